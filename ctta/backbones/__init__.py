@@ -1,0 +1,1 @@
+"""Frozen backbones (timm ViT, open_clip CLIP) wrapped for prompting; each module registers in BACKBONES."""

@@ -1,0 +1,77 @@
+"""Command line: ``ctta run CONFIG [key=value ...]``, ``ctta demo``, ``ctta list``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from importlib import resources
+
+warnings.filterwarnings("ignore", message=".*QP solver.*")  # avalanche's optional qpsolvers notice
+
+DEMO_CONFIG = "demo.yaml"  # packaged inside ctta/ so the demo works from any install, offline
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from ctta.config import ConfigError, load_config
+    from ctta.run import run
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"ctta: config error: {e}", file=sys.stderr)
+        return 2
+    run(cfg)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ctta.config import ConfigError, load_config
+    from ctta.run import run
+
+    with resources.as_file(resources.files("ctta") / DEMO_CONFIG) as path:
+        try:
+            cfg = load_config(path, args.overrides)
+        except ConfigError as e:
+            print(f"ctta: config error: {e}", file=sys.stderr)
+            return 2
+    print(f"ctta demo: {cfg.strategy.name} on {cfg.scenario.name} (embedded default, offline)")
+    run(cfg)
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from ctta.registry import BACKBONES, SCENARIOS, STRATEGIES
+
+    for title, reg in (("strategies", STRATEGIES), ("scenarios", SCENARIOS), ("backbones", BACKBONES)):
+        names = list(reg)
+        print(f"{title}:")
+        for n in names:
+            entry = reg.get(n)
+            doc = (entry.builder.__doc__ or "").strip().splitlines()
+            print(f"  {n:<18} {doc[0] if doc else ''}")
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ctta", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run a YAML config; key=value pairs override it (e.g. strategy.lr=0.01)")
+    r.add_argument("config")
+    r.add_argument("overrides", nargs="*", metavar="key=value")
+    r.set_defaults(func=_cmd_run)
+    d = sub.add_parser("demo", help="run the embedded default (offline, bundled digits)")
+    d.add_argument("overrides", nargs="*", metavar="key=value")
+    d.set_defaults(func=_cmd_demo)
+    ls = sub.add_parser("list", help="list registered strategies, scenarios and backbones")
+    ls.set_defaults(func=_cmd_list)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,259 @@
+"""YAML configs into nested frozen dataclasses, with typed ``key=value`` overrides.
+
+A run config names three components (scenario, backbone, strategy); each section is ``{name: ..., **params}``
+and its params are validated against the config dataclass the component registered with. Unknown keys raise
+a ``ConfigError`` naming the valid keys; values are converted to the annotated types (``"5e-3"`` -> float,
+lists -> tuples) and a value that cannot be converted raises naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+@dataclass(frozen=True)
+class Section:
+    """A component section: registered ``name`` and its typed ``params`` (an instance of its config class)."""
+
+    name: str
+    params: Any = None
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    out_dir: str = "runs/default"  # results.json, metrics.csv, config.yaml, log.txt, plots
+    progress: bool = True  # tqdm bar over the stream
+    plot: bool = True  # PNG of accuracy over the stream
+    interactive: bool = False  # also attach Avalanche's InteractiveLogger (verbose)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    scenario: Section
+    backbone: Section
+    strategy: Section
+    seed: int = 1
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    log: LogConfig = field(default_factory=LogConfig)
+    resume: bool = False
+
+
+_SECTION_REGISTRIES = {"scenario": "SCENARIOS", "backbone": "BACKBONES", "strategy": "STRATEGIES"}
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Convert ``value`` to the annotated type ``tp`` or raise ``ConfigError`` naming ``key``."""
+    if tp is Any or tp is object:
+        return value
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in (a for a in args if a is not type(None)):
+            try:
+                return _convert(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: {value!r} fits none of {_type_name(tp)}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    if origin in (tuple, Sequence, list) or tp in (tuple, list):
+        if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if origin is tuple and args:
+            if len(args) != len(value):
+                raise ConfigError(f"{key}: expected {len(args)} items, got {len(value)}")
+            return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
+        inner = args[0] if args else Any
+        return tuple(_convert(v, inner, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin in (dict, Mapping) or tp in (dict,):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if tp is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def from_dict(cls: type, data: Mapping[str, Any] | None, where: str = "") -> Any:
+    """Build the dataclass ``cls`` from ``data``; unknown keys raise naming the valid keys."""
+    if data is None:
+        data = {}
+    if dataclasses.is_dataclass(data) and isinstance(data, cls):
+        return data
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {unknown} in {where or cls.__name__} ({cls.__name__}); valid keys: {sorted(fields)}"
+        )
+    kwargs = {}
+    for name, f in fields.items():
+        key = f"{where}.{name}" if where else name
+        if name in data:
+            kwargs[name] = _convert(data[name], hints[name], key)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"missing required key {key!r} ({cls.__name__})")
+    return cls(**kwargs)
+
+
+def _section(kind: str, data: Any) -> Section:
+    from ctta import registry
+
+    if isinstance(data, Section):
+        return data
+    if not isinstance(data, Mapping) or "name" not in data:
+        raise ConfigError(f"{kind}: expected a mapping with a 'name' key, got {data!r}")
+    reg = getattr(registry, _SECTION_REGISTRIES[kind])
+    try:
+        entry = reg.get(str(data["name"]))
+    except KeyError as e:
+        raise ConfigError(f"{kind}.name: {e.args[0]}") from None
+    params = {k: v for k, v in data.items() if k != "name"}
+    if entry.config is None:
+        if params:
+            raise ConfigError(f"{kind} {entry.name!r} takes no parameters, got {sorted(params)}")
+        return Section(entry.name, None)
+    return Section(entry.name, from_dict(entry.config, params, kind))
+
+
+def build_run_config(data: Mapping[str, Any]) -> RunConfig:
+    """Validate a nested mapping (as read from YAML) into a ``RunConfig``."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"a run config must be a mapping, got {type(data).__name__}")
+    valid = [f.name for f in dataclasses.fields(RunConfig)]
+    unknown = sorted(set(data) - set(valid))
+    if unknown:
+        raise ConfigError(f"unknown top-level key(s) {unknown}; valid keys: {sorted(valid)}")
+    for kind in _SECTION_REGISTRIES:
+        if kind not in data:
+            raise ConfigError(f"missing required section {kind!r}")
+    d = dict(data)
+    sections = {k: _section(k, d.pop(k)) for k in _SECTION_REGISTRIES}
+    rest = from_dict(_RunRest, d)
+    return RunConfig(**sections, **dataclasses.asdict(rest) | {"log": rest.log})
+
+
+@dataclass(frozen=True)
+class _RunRest:
+    seed: int = 1
+    device: str = "auto"
+    precision: str = "auto"
+    log: LogConfig = field(default_factory=LogConfig)
+    resume: bool = False
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides to a nested dict (values parsed as YAML scalars/lists)."""
+    for ov in overrides:
+        if "=" not in ov:
+            raise ConfigError(f"override {ov!r} is not of the form key=value (e.g. strategy.lr=0.01)")
+        key, raw = ov.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override {ov!r}: empty key component")
+        node = data
+        for p in parts[:-1]:
+            nxt = node.get(p)
+            if nxt is None:
+                nxt = node[p] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {ov!r}: {p!r} is not a section")
+            node = nxt
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    return data
+
+
+def load_config(path: str | Path | Mapping[str, Any], overrides: Sequence[str] = ()) -> RunConfig:
+    """Read a YAML run config (or a mapping), apply overrides and validate it into a ``RunConfig``."""
+    if isinstance(path, Mapping):
+        data = _deepcopy(path)
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p} (see configs/ for the shipped ones)")
+        with open(p) as fh:
+            data = yaml.safe_load(fh) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: a run config must be a YAML mapping")
+    return build_run_config(apply_overrides(data, overrides))
+
+
+def _deepcopy(m: Any) -> Any:
+    if isinstance(m, Mapping):
+        return {k: _deepcopy(v) for k, v in m.items()}
+    if isinstance(m, list):
+        return [_deepcopy(v) for v in m]
+    return m
+
+
+def to_dict(obj: Any) -> Any:
+    """A plain (YAML/JSON-serialisable) dict of a config; sections flatten to ``{name, **params}``."""
+    if isinstance(obj, Section):
+        params = to_dict(obj.params) if obj.params is not None else {}
+        return {"name": obj.name, **params}
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, Mapping):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def dump_config(cfg: RunConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (loadable again with ``load_config``)."""
+    with open(path, "w") as fh:
+        yaml.safe_dump(to_dict(cfg), fh, sort_keys=False)

@@ -1,0 +1,134 @@
+"""One run: seed -> scenario -> backbone -> strategy -> stream loop -> results (DESIGN.md "Data flow")."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ctta.config import RunConfig, dump_config, to_dict
+from ctta.logging import ProgressPlugin, anytime_metric, make_evaluator, package_versions, write_results
+from ctta.registry import BACKBONES, SCENARIOS, STRATEGIES
+from ctta.templates import TestTimeTemplate
+from ctta.utils import resolve_device, seed_everything
+
+
+def build_strategy(cfg: RunConfig, bench, backbone, evaluator=None, plugins=()):
+    """Build the configured strategy over an already built benchmark and backbone."""
+    return STRATEGIES.get(cfg.strategy.name).builder.from_config(
+        cfg.strategy.params,
+        backbone=backbone,
+        benchmark=bench,
+        device=resolve_device(cfg.device),
+        evaluator=evaluator if evaluator is not None else make_evaluator(),
+        plugins=list(plugins),
+        precision=cfg.precision,
+    )
+
+
+def build_components(cfg: RunConfig, evaluator=None, plugins=()) -> tuple[Any, Any, Any]:
+    """Build ``(benchmark, backbone, strategy)`` from a validated config."""
+    bench = SCENARIOS.get(cfg.scenario.name).builder(cfg.scenario.params, seed=cfg.seed)
+    backbone = BACKBONES.get(cfg.backbone.name).builder(cfg.backbone.params)
+    return bench, backbone, build_strategy(cfg, bench, backbone, evaluator, plugins)
+
+
+def _stream_size(stream) -> int:
+    return sum(len(exp.dataset) for exp in stream)
+
+
+def run(cfg: RunConfig, verbose: bool = True) -> dict[str, Any]:
+    """Run ``cfg`` end to end and write its outputs; returns the results dict (also saved as results.json)."""
+    t0 = time.perf_counter()
+    seed_everything(cfg.seed)
+    out = Path(cfg.log.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, out / "config.yaml")
+    strategy_cls = STRATEGIES.get(cfg.strategy.name).builder
+    extra = strategy_cls.extra_metrics(cfg.strategy.params) if hasattr(strategy_cls, "extra_metrics") else ()
+    evaluator = make_evaluator(out, interactive=cfg.log.interactive, extra_metrics=extra)
+    bench = SCENARIOS.get(cfg.scenario.name).builder(cfg.scenario.params, seed=cfg.seed)
+    backbone = BACKBONES.get(cfg.backbone.name).builder(cfg.backbone.params)
+    is_tta = issubclass(strategy_cls, TestTimeTemplate)
+    stream = bench.test_stream if is_tta else bench.train_stream
+    progress = ProgressPlugin(_stream_size(stream), desc=cfg.strategy.name, train=not is_tta, enabled=cfg.log.progress)
+    strategy = build_strategy(cfg, bench, backbone, evaluator, [progress])
+    t_setup = time.perf_counter() - t0
+    try:
+        _loop(strategy, bench, is_tta)
+    finally:
+        progress.close()
+    results = summarise(cfg, strategy, evaluator, progress, timings={"setup_s": t_setup})
+    results["timings"]["total_s"] = time.perf_counter() - t0
+    write_results(out, results, results.pop("_rows"), plot=cfg.log.plot)
+    if verbose:
+        print(format_summary(results, out))
+    return results
+
+
+def _loop(strategy, bench, is_tta: bool) -> None:
+    if is_tta:
+        for exp in bench.test_stream:
+            strategy.eval(exp)
+        return
+    has_anytime = any(type(p).__name__ == "AnytimeEvalPlugin" for p in strategy.plugins)
+    for i, exp in enumerate(bench.train_stream):
+        strategy.train(exp, eval_streams=[])
+        if hasattr(strategy, "eval_after_experience"):
+            strategy.eval_after_experience(bench, i)
+        elif not has_anytime:
+            strategy.eval(bench.test_stream)
+
+
+def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, (int, float)) or (isinstance(v, torch.Tensor) and v.numel() == 1):
+            out[k] = float(v)
+    return out
+
+
+def summarise(cfg: RunConfig, strategy, evaluator, progress: ProgressPlugin, timings: dict) -> dict[str, Any]:
+    """Final metrics, evaluation history rows, config, versions, weight tags and timings."""
+    m = anytime_metric(evaluator)
+    rows: list[dict[str, Any]] = []
+    summary: dict[str, float] = {}
+    if m is not None:
+        rows += [{"kind": "periodic", "samples": x, "accuracy": a} for x, a in m.periodic]
+        rows += [{"kind": "task_end", "samples": x, "accuracy": a} for x, a in m.task_end]
+        rows.sort(key=lambda r: (r["samples"], r["kind"] == "task_end"))
+        summary.update(m.result())
+    rows += progress_rows(progress)
+    last = _scalar_metrics(evaluator.get_last_metrics())
+    top1 = [v for k, v in last.items() if k.startswith("Top1_Acc_Stream/eval_phase/test_stream")]
+    if top1:
+        summary.setdefault("top1", top1[-1])
+    bb = to_dict(cfg.backbone)
+    return {
+        "title": f"{cfg.strategy.name} on {cfg.scenario.name} (seed {cfg.seed})",
+        "summary": summary,
+        "last_metrics": last,
+        "config": to_dict(cfg),
+        "seed": cfg.seed,
+        "weights": {k: bb.get(k) for k in ("name", "model", "pretrained") if k in bb},
+        "versions": package_versions(),
+        "device": str(resolve_device(cfg.device)),
+        "timings": timings,
+        "_rows": rows,
+    }
+
+
+def progress_rows(progress: ProgressPlugin) -> list[dict[str, Any]]:
+    return [{"kind": "sample", "samples": n, "accuracy": a} for n, a in getattr(progress, "curve", [])]
+
+
+def format_summary(results: dict[str, Any], out: Path) -> str:
+    s = results["summary"]
+    parts = [f"{k}={100 * v:.2f}" for k, v in s.items()]
+    t = results["timings"]["total_s"]
+    return (
+        f"{results['title']}: " + (", ".join(parts) if parts else "no metrics")
+        + f"  ({t:.1f}s)\nwrote {out}/results.json, metrics.csv, accuracy.png, config.yaml"
+    )

@@ -1,0 +1,1 @@
+"""Stream builders: each module registers a builder in ``ctta.registry.SCENARIOS`` returning an Avalanche benchmark."""

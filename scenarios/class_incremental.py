@@ -1,0 +1,91 @@
+"""Class-incremental benchmark over any labelled dataset, never dropping classes.
+
+Avalanche's ``class_incremental_benchmark(num_experiences=k)`` silently drops the remainder classes when ``k``
+does not divide the class count and reseeds the global torch RNG (spec avalanche.md §6). This builder splits
+the class order into ``n_experiences`` groups whose sizes differ by at most one (earlier groups larger), or
+into explicit ``classes_per_exp`` sizes, shuffles with a private generator, and keeps native sample order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ctta.data.avl import as_avl_dataset
+from ctta.data.sources import load_dataset
+from ctta.registry import SCENARIOS
+from ctta.scenarios_common import annotate, make_benchmark
+
+
+@dataclass(frozen=True)
+class ClassIncrementalConfig:
+    dataset: str = "digits"  # see ctta.data.sources.DATASETS
+    root: str = "data"  # parent folder of local datasets
+    n_experiences: int = 5
+    classes_per_exp: tuple[int, ...] | None = None  # explicit sizes (sum = number of classes); wins over n_exp
+    class_order: tuple[int, ...] | None = None  # explicit order; default label order (shuffled if shuffle)
+    shuffle_classes: bool = True
+    img_size: int = 32  # resize for small built-in sets (digits); folder datasets use their own transforms
+
+
+def split_classes(
+    n_classes: int,
+    n_experiences: int | None = None,
+    classes_per_exp: Sequence[int] | None = None,
+    class_order: Sequence[int] | None = None,
+    shuffle: bool = True,
+    seed: int = 0,
+) -> list[list[int]]:
+    """Class ids per experience. Every class appears exactly once; nothing is dropped."""
+    if class_order is not None:
+        order = [int(c) for c in class_order]
+        if sorted(order) != list(range(n_classes)):
+            raise ValueError(f"class_order must be a permutation of 0..{n_classes - 1}, got {order[:20]}...")
+    elif shuffle:
+        order = torch.randperm(n_classes, generator=torch.Generator().manual_seed(seed)).tolist()
+    else:
+        order = list(range(n_classes))
+    if classes_per_exp is not None:
+        sizes = [int(s) for s in classes_per_exp]
+        if sum(sizes) != n_classes or min(sizes) < 1:
+            raise ValueError(f"classes_per_exp {sizes} must be positive and sum to {n_classes}")
+    else:
+        if n_experiences is None or not 1 <= n_experiences <= n_classes:
+            raise ValueError(f"n_experiences must be in [1, {n_classes}], got {n_experiences}")
+        base, extra = divmod(n_classes, n_experiences)
+        sizes = [base + (i < extra) for i in range(n_experiences)]
+    cuts = [0]
+    for s in sizes:
+        cuts.append(cuts[-1] + s)
+    return [order[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
+
+
+def class_incremental_benchmark(train_ds, test_ds, groups: Sequence[Sequence[int]], classnames=None):
+    """Avalanche benchmark with one train and one test experience per class group (native sample order)."""
+    tr, te = as_avl_dataset(train_ds), as_avl_dataset(test_ds)
+    ytr, yte = torch.as_tensor(list(train_ds.targets)), torch.as_tensor(list(test_ds.targets))
+
+    def parts(ds, y):
+        out = []
+        for g in groups:
+            idx = torch.nonzero(torch.isin(y, torch.as_tensor(list(g)))).flatten().tolist()
+            if not idx:
+                raise ValueError(f"no samples for classes {list(g)[:10]} in a split")
+            out.append(ds.subset(idx))
+        return out
+
+    n_classes = sum(len(g) for g in groups)
+    bench = make_benchmark(parts(tr, ytr), parts(te, yte))
+    return annotate(bench, n_classes=n_classes, classnames=classnames, test_dataset=te, class_groups=groups)
+
+
+@SCENARIOS.register("class_incremental", config=ClassIncrementalConfig)
+def build_class_incremental(cfg: ClassIncrementalConfig, *, seed: int = 0):
+    """Class-incremental stream (one experience per class group) over a named dataset."""
+    src = load_dataset(cfg.dataset, cfg.root, img_size=cfg.img_size)
+    groups = split_classes(
+        len(src.classnames), cfg.n_experiences, cfg.classes_per_exp, cfg.class_order, cfg.shuffle_classes, seed
+    )
+    return class_incremental_benchmark(src.train, src.test, groups, src.classnames)

@@ -1,0 +1,1 @@
+"""Avalanche strategies, one file per method; each registers in ``ctta.registry.STRATEGIES``."""

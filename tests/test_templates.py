@@ -1,0 +1,128 @@
+"""OnlineCLTemplate and TestTimeTemplate mechanics on a tiny linear model (no ViT needed)."""
+
+from __future__ import annotations
+
+import torch
+from avalanche.benchmarks.scenarios import DatasetExperience
+from avalanche.training.plugins import SupervisedPlugin
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from ctta.data.avl import as_avl_dataset
+from ctta.logging import anytime_metric, make_evaluator
+from ctta.scenarios_common import single_experience_stream
+from ctta.templates import OnlineCLTemplate, TestTimeTemplate
+
+
+class Linear(OnlineCLTemplate):
+    def forward_logits(self):
+        return self.model(self.mb_x)
+
+
+def _data(n=40, d=6, c=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    y = torch.randint(0, c, (n,), generator=g)
+    ds = TensorDataset(x, y)
+    ds.targets = y.tolist()
+    return as_avl_dataset(ds)
+
+
+class Recorder(SupervisedPlugin):
+    def __init__(self):
+        super().__init__()
+        self.updates, self.batches = 0, []
+
+    def after_update(self, strategy, **kw):
+        self.updates += 1
+
+    def after_training_iteration(self, strategy, **kw):
+        self.batches.append(strategy.mb_y.tolist())
+
+
+def _strategy(train, test=None, iters=3, bs=8, every=16):
+    model = nn.Sequential(nn.Linear(6, 5))
+    model[0].bias.requires_grad_(False)  # a frozen parameter must stay out of the optimiser
+    opt = torch.optim.Adam([model[0].weight], lr=0.1)
+    rec = Recorder()
+    s = Linear(
+        model=model, optimizer=opt, num_classes=5, online_iters=iters, train_mb_size=bs, eval_mb_size=16,
+        eval_every=every, eval_dataset=test, device="cpu", plugins=[rec], evaluator=make_evaluator(),
+    )
+    return s, rec, model
+
+
+def test_online_loop_order_updates_and_exposure():
+    train = _data()
+    s, rec, model = _strategy(train)
+    bias = model[0].bias.detach().clone()
+    s.train(DatasetExperience(dataset=train, current_experience=0), eval_streams=[])
+    ys = train.targets
+    assert rec.batches == [list(ys[i : i + 8]) for i in range(0, 40, 8)]  # stream order, no shuffle
+    assert rec.updates == 3 * 5  # online_iters per incoming batch
+    first_seen = list(dict.fromkeys(ys))
+    assert s.exposed == first_seen  # first-appearance order
+    assert s.seen_samples == 40
+    assert torch.equal(model[0].bias, bias)
+    assert [p for g in s.optimizer.param_groups for p in g["params"]] == [model[0].weight]
+
+
+def test_optimizer_state_survives_experiences():
+    train = _data()
+    s, _, model = _strategy(train)
+    s.train(DatasetExperience(dataset=train.subset(range(16)), current_experience=0), eval_streams=[])
+    step = s.optimizer.state[model[0].weight]["step"].item()
+    s.train(DatasetExperience(dataset=train.subset(range(16, 32)), current_experience=1), eval_streams=[])
+    assert s.optimizer.state[model[0].weight]["step"].item() == step + 6
+
+
+def test_anytime_eval_schedule_and_seen_class_filter():
+    train, test = _data(), _data(n=30, seed=1)
+    s, _, _ = _strategy(train, test, bs=8, every=16)
+    s.train(DatasetExperience(dataset=train, current_experience=0), eval_streams=[])
+    m = anytime_metric(s.evaluator)
+    # batches end at 8,16,24,32,40: seen > num_eval fires at 24 (x=16) and 40 (x=32)
+    assert [x for x, _ in m.periodic] == [16, 32]
+    assert [x for x, _ in m.task_end] == [40]
+    assert set(m.task_end_per_class[0]) <= set(s.exposed)
+    assert 0.0 <= m.result()["A_last"] <= 1.0
+
+
+def test_seen_mask_and_class_reindexing():
+    train = _data()
+    s, _, _ = _strategy(train)
+    s.expose(torch.tensor([3, 1, 3]))
+    assert s.exposed == [3, 1]
+    logits = torch.arange(10.0).view(2, 5) + s.seen_mask()
+    out = s.positions_to_classes(logits)
+    assert out[0, 3] == 0 and out[0, 1] == 1 and torch.isinf(out[0, [0, 2, 4]]).all()
+
+
+class Shift(TestTimeTemplate):
+    """Adapts a bias towards the batch mean: an observable state change."""
+
+    def adapt_and_predict(self, x):
+        loss = ((self.model.b - x.mean()) ** 2).sum()
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        return (x.sum(-1, keepdim=True) + self.model.b).repeat(1, 3)
+
+
+def _tta(episodic):
+    model = nn.Module()
+    model.b = nn.Parameter(torch.zeros(3))
+    opt = torch.optim.Adam([model.b], lr=0.5)
+    return Shift(model=model, optimizer=opt, episodic=episodic, eval_mb_size=2, device="cpu",
+                 evaluator=make_evaluator())
+
+
+def test_test_time_episodic_resets_and_continual_keeps():
+    ds = _data(n=6, d=4, c=3)
+    exp = single_experience_stream(ds)
+    ep = _tta(True)
+    ep.eval(exp)
+    assert torch.equal(ep.model.b, torch.zeros(3)) and not ep.optimizer.state_dict()["state"]
+    co = _tta(False)
+    co.eval(exp)
+    assert not torch.equal(co.model.b, torch.zeros(3))
