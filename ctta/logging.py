@@ -93,8 +93,8 @@ class ProgressPlugin(SupervisedPlugin):
     def _postfix(self, strategy) -> None:
         m = anytime_metric(strategy.evaluator)
         if m is not None and (m.periodic or m.task_end):
-            last = (m.periodic + m.task_end)[-1] if not m.task_end else max(m.periodic + m.task_end)
-            self.bar.set_postfix(acc=f"{last[1]:.3f}", refresh=False)
+            latest = max(m.periodic + m.task_end, key=lambda p: p[0])
+            self.bar.set_postfix(acc=f"{latest[1]:.3f}", refresh=False)
 
     def close(self) -> None:
         self.bar.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,23 @@ def _stream_size(stream) -> int:
     return sum(len(exp.dataset) for exp in stream)
 
 
-def run(cfg: RunConfig, verbose: bool = True) -> dict[str, Any]:
-    """Run ``cfg`` end to end and write its outputs; returns the results dict (also saved as results.json)."""
+@dataclass
+class RunContext:
+    """Everything one run builds (returned by ``prepare`` so tests and scripts can inspect it)."""
+
+    cfg: RunConfig
+    out: Path
+    bench: Any
+    backbone: Any
+    strategy: Any
+    evaluator: Any
+    progress: ProgressPlugin
+    is_tta: bool
+    t0: float
+
+
+def prepare(cfg: RunConfig) -> RunContext:
+    """Seed, write the resolved config, build benchmark, backbone, evaluator and strategy."""
     t0 = time.perf_counter()
     seed_everything(cfg.seed)
     out = Path(cfg.log.out_dir)
@@ -53,19 +69,30 @@ def run(cfg: RunConfig, verbose: bool = True) -> dict[str, Any]:
     backbone = BACKBONES.get(cfg.backbone.name).builder(cfg.backbone.params)
     is_tta = issubclass(strategy_cls, TestTimeTemplate)
     stream = bench.test_stream if is_tta else bench.train_stream
-    progress = ProgressPlugin(_stream_size(stream), desc=cfg.strategy.name, train=not is_tta, enabled=cfg.log.progress)
+    progress = ProgressPlugin(_stream_size(stream), cfg.strategy.name, train=not is_tta, enabled=cfg.log.progress)
     strategy = build_strategy(cfg, bench, backbone, evaluator, [progress])
-    t_setup = time.perf_counter() - t0
+    return RunContext(cfg, out, bench, backbone, strategy, evaluator, progress, is_tta, t0)
+
+
+def execute(ctx: RunContext, verbose: bool = True) -> dict[str, Any]:
+    """Run the stream loop of a prepared run and write its outputs; returns the results dict."""
+    t_loop = time.perf_counter()
     try:
-        _loop(strategy, bench, is_tta)
+        _loop(ctx.strategy, ctx.bench, ctx.is_tta)
     finally:
-        progress.close()
-    results = summarise(cfg, strategy, evaluator, progress, timings={"setup_s": t_setup})
-    results["timings"]["total_s"] = time.perf_counter() - t0
-    write_results(out, results, results.pop("_rows"), plot=cfg.log.plot)
+        ctx.progress.close()
+    now = time.perf_counter()
+    timings = {"setup_s": t_loop - ctx.t0, "stream_s": now - t_loop, "total_s": now - ctx.t0}
+    results = summarise(ctx.cfg, ctx.strategy, ctx.evaluator, ctx.progress, timings)
+    write_results(ctx.out, results, results.pop("_rows"), plot=ctx.cfg.log.plot)
     if verbose:
-        print(format_summary(results, out))
+        print(format_summary(results, ctx.out))
     return results
+
+
+def run(cfg: RunConfig, verbose: bool = True) -> dict[str, Any]:
+    """Run ``cfg`` end to end and write its outputs; returns the results dict (also saved as results.json)."""
+    return execute(prepare(cfg), verbose)
 
 
 def _loop(strategy, bench, is_tta: bool) -> None:

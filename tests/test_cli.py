@@ -1,0 +1,30 @@
+"""CLI: demo end to end (outputs written), list, config errors reported without a traceback."""
+
+from __future__ import annotations
+
+import json
+
+from ctta.cli import main
+
+
+def test_demo_writes_outputs(tmp_path, capsys):
+    rc = main(["demo", f"log.out_dir={tmp_path}", "log.progress=false", "scenario.n_experiences=2"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "A_last=" in out and "results.json" in out
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert 0.0 <= res["summary"]["A_last"] <= 1.0
+    assert res["history"] and (tmp_path / "accuracy.png").stat().st_size > 1000
+    assert (tmp_path / "metrics.csv").read_text().startswith("kind,samples,accuracy")
+
+
+def test_list_shows_components(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "strategies:" in out and "vpt" in out and "class_incremental" in out and "vit" in out
+
+
+def test_config_error_is_reported(tmp_path, capsys):
+    rc = main(["demo", "strategy.nope=1"])
+    assert rc == 2
+    assert "unknown key(s) ['nope']" in capsys.readouterr().err
