@@ -37,6 +37,7 @@ class LogConfig:
     progress: bool = True  # tqdm bar over the stream
     plot: bool = True  # PNG of accuracy over the stream
     interactive: bool = False  # also attach Avalanche's InteractiveLogger (verbose)
+    checkpoint_every: int = 0  # online CL: save a resumable checkpoint every N stream samples (0: off)
 
 
 @dataclass(frozen=True)

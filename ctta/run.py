@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ctta.checkpoint import CheckpointPlugin, load_latest
 from ctta.config import RunConfig, dump_config, to_dict
 from ctta.logging import ProgressPlugin, anytime_metric, make_evaluator, package_versions, write_results
 from ctta.registry import BACKBONES, SCENARIOS, STRATEGIES
@@ -53,6 +55,7 @@ class RunContext:
     progress: ProgressPlugin
     is_tta: bool
     t0: float
+    start_exp: int = 0  # first experience to run (> 0 when resuming)
 
 
 def prepare(cfg: RunConfig) -> RunContext:
@@ -70,15 +73,35 @@ def prepare(cfg: RunConfig) -> RunContext:
     is_tta = issubclass(strategy_cls, TestTimeTemplate)
     stream = bench.test_stream if is_tta else bench.train_stream
     progress = ProgressPlugin(_stream_size(stream), cfg.strategy.name, train=not is_tta, enabled=cfg.log.progress)
-    strategy = build_strategy(cfg, bench, backbone, evaluator, [progress])
-    return RunContext(cfg, out, bench, backbone, strategy, evaluator, progress, is_tta, t0)
+    plugins: list[Any] = [progress]
+    if cfg.log.checkpoint_every > 0 and not is_tta:
+        plugins.append(CheckpointPlugin(out / "checkpoints", cfg.log.checkpoint_every))
+    strategy = build_strategy(cfg, bench, backbone, evaluator, plugins)
+    ctx = RunContext(cfg, out, bench, backbone, strategy, evaluator, progress, is_tta, t0)
+    if cfg.resume:
+        _resume(ctx)
+    return ctx
+
+
+def _resume(ctx: RunContext) -> None:
+    """Restore the newest valid checkpoint under ``out_dir/checkpoints`` (fresh start if there is none)."""
+    if ctx.is_tta or not hasattr(ctx.strategy, "load_checkpoint_state"):
+        raise ValueError(f"resume=true is supported for online continual learning, not {ctx.cfg.strategy.name!r}")
+    found = load_latest(ctx.out / "checkpoints")
+    if found is None:
+        warnings.warn(f"resume=true but no checkpoint under {ctx.out / 'checkpoints'}; starting fresh", stacklevel=2)
+        return
+    state, path = found
+    ctx.start_exp = ctx.strategy.load_checkpoint_state(state)
+    ctx.progress.bar.update(ctx.strategy.seen_samples)
+    print(f"resumed from {path} ({ctx.strategy.seen_samples} stream samples done)")
 
 
 def execute(ctx: RunContext, verbose: bool = True) -> dict[str, Any]:
     """Run the stream loop of a prepared run and write its outputs; returns the results dict."""
     t_loop = time.perf_counter()
     try:
-        _loop(ctx.strategy, ctx.bench, ctx.is_tta)
+        _loop(ctx.strategy, ctx.bench, ctx.is_tta, ctx.start_exp)
     finally:
         ctx.progress.close()
     now = time.perf_counter()
@@ -95,13 +118,15 @@ def run(cfg: RunConfig, verbose: bool = True) -> dict[str, Any]:
     return execute(prepare(cfg), verbose)
 
 
-def _loop(strategy, bench, is_tta: bool) -> None:
+def _loop(strategy, bench, is_tta: bool, start_exp: int = 0) -> None:
     if is_tta:
         for exp in bench.test_stream:
             strategy.eval(exp)
         return
     has_anytime = any(type(p).__name__ == "AnytimeEvalPlugin" for p in strategy.plugins)
     for i, exp in enumerate(bench.train_stream):
+        if i < start_exp:
+            continue
         strategy.train(exp, eval_streams=[])
         if hasattr(strategy, "eval_after_experience"):
             strategy.eval_after_experience(bench, i)

@@ -83,8 +83,8 @@ class OnlineCLTemplate(SupervisedTemplate):
                 f"{num_classes}, {online_iters}, {train_mb_size}"
             )
         plugins = list(plugins or [])
-        if eval_dataset is not None:
-            plugins.append(AnytimeEvalPlugin(eval_dataset, eval_every))
+        if eval_dataset is not None:  # first, so checkpoints taken by later plugins include this batch's eval
+            plugins.insert(0, AnytimeEvalPlugin(eval_dataset, eval_every))
         super().__init__(
             model=model,
             optimizer=optimizer,
@@ -106,6 +106,10 @@ class OnlineCLTemplate(SupervisedTemplate):
         self.eval_kind: str | None = None  # "periodic" | "task_end" | None (manual eval)
         self.mb_logits_pos: torch.Tensor | None = None
         self._optimizer_ready = False
+        self.exp_index = -1  # experiences started (train() calls)
+        self.batches_done = 0  # incoming batches consumed in the current experience
+        self.exp_done = False
+        self._skip_batches = 0  # set when resuming mid-experience
 
     # ------------------------------------------------------------------ label bookkeeping
     def expose(self, y: torch.Tensor) -> None:
@@ -175,10 +179,23 @@ class OnlineCLTemplate(SupervisedTemplate):
         kwargs.pop("shuffle", None)
         super().make_train_dataloader(shuffle=False, **kwargs)
 
+    def _before_training_exp(self, **kwargs: Any) -> None:
+        self.exp_index += 1
+        self.batches_done, self.exp_done = 0, False
+        super()._before_training_exp(**kwargs)
+
+    def _after_training_exp(self, **kwargs: Any) -> None:
+        self.exp_done = True
+        super()._after_training_exp(**kwargs)
+
     def training_epoch(self, **kwargs: Any) -> None:
+        skip, self._skip_batches = self._skip_batches, 0
         for self.mbatch in self.dataloader:
             if self._stop_training:
                 break
+            if self.batches_done < skip:  # resuming: these batches were consumed before the checkpoint
+                self.batches_done += 1
+                continue
             self._unpack_minibatch()
             self._before_training_iteration(**kwargs)
             self.expose(self.mb_y)
@@ -189,6 +206,7 @@ class OnlineCLTemplate(SupervisedTemplate):
             self.mbatch[0] = raw_x
             self.after_incoming_batch()
             self.seen_samples += len(raw_x)
+            self.batches_done += 1
             self._after_training_iteration(**kwargs)
 
     def _one_update(self, **kwargs: Any) -> None:
@@ -207,6 +225,62 @@ class OnlineCLTemplate(SupervisedTemplate):
 
     def after_incoming_batch(self) -> None:
         """Called once per incoming batch after its updates (e.g. replay-memory update)."""
+
+    # ------------------------------------------------------------------ checkpointing (plain state dicts)
+    def extra_state(self) -> dict[str, Any]:
+        """Strategy-specific state to checkpoint (e.g. a replay memory); override with ``load_extra_state``."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what ``extra_state`` returned."""
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Everything needed to resume: trainable params + buffers, optimiser, bookkeeping, metrics, RNG."""
+        from ctta.checkpoint import rng_state
+
+        m = self.model
+        model_state = {n: p.detach().clone() for n, p in m.named_parameters() if p.requires_grad}
+        model_state |= {n: b.detach().clone() for n, b in m.named_buffers()}
+        return {
+            "model": model_state,
+            "optimizer": self.optimizer.state_dict(),
+            "exposed": list(self.exposed),
+            "seen_samples": self.seen_samples,
+            "position": {"exp_index": self.exp_index, "batches_done": self.batches_done, "exp_done": self.exp_done},
+            "plugins": {type(p).__name__: p.state_dict() for p in self.plugins if hasattr(p, "state_dict")},
+            "metrics": {type(x).__name__: x.state_dict() for x in self.evaluator.metrics if hasattr(x, "state_dict")},
+            "extra": self.extra_state(),
+            "rng": rng_state(),
+        }
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> int:
+        """Restore a ``checkpoint_state``; returns the index of the experience to (re)enter."""
+        from ctta.checkpoint import set_rng_state
+
+        named = dict(self.model.named_parameters()) | dict(self.model.named_buffers())
+        with torch.no_grad():
+            for n, v in state["model"].items():
+                named[n].copy_(v)
+        self.make_optimizer()
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.exposed = []
+        self.class_to_pos.fill_(-1)
+        self.expose(torch.tensor(state["exposed"], dtype=torch.long))
+        self.seen_samples = int(state["seen_samples"])
+        for p in self.plugins:
+            if type(p).__name__ in state["plugins"]:
+                p.load_state_dict(state["plugins"][type(p).__name__])
+        for x in self.evaluator.metrics:
+            if type(x).__name__ in state["metrics"]:
+                x.load_state_dict(state["metrics"][type(x).__name__])
+        self.load_extra_state(state["extra"])
+        set_rng_state(state["rng"])
+        pos = state["position"]
+        if pos["exp_done"]:
+            self.exp_index = pos["exp_index"]
+            return pos["exp_index"] + 1
+        self.exp_index, self._skip_batches = pos["exp_index"] - 1, pos["batches_done"]
+        return pos["exp_index"]
 
     @classmethod
     def from_config(cls, cfg, *, backbone, benchmark, device, evaluator, plugins=(), precision="auto"):
@@ -239,10 +313,12 @@ class AnytimeEvalPlugin(SupervisedPlugin):
             return
         stream = single_experience_stream(self.dataset.subset(idx), "test_seen")
         strategy.eval_kind, strategy.eval_x = kind, x
+        saved = strategy.mbatch, strategy.mb_output, strategy.loss  # eval() clears them; later plugins need them
         try:
             strategy.eval(stream)
         finally:
             strategy.eval_kind = None
+            strategy.mbatch, strategy.mb_output, strategy.loss = saved
 
     def after_training_iteration(self, strategy: OnlineCLTemplate, **kwargs: Any) -> None:
         if self.every > 0 and strategy.seen_samples > self.num_eval:

@@ -1,0 +1,71 @@
+"""Checkpoint/resume: a run killed mid-stream and resumed ends with the uninterrupted run's metrics; a truncated
+checkpoint is detected and the previous one is used."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+from avalanche.training.plugins import SupervisedPlugin
+
+from ctta.checkpoint import load_latest, save_checkpoint
+from ctta.config import load_config
+from ctta.run import execute, prepare
+from tests.conftest import ROOT
+
+CFG = ROOT / "configs" / "smoke" / "vpt_digits.yaml"
+OVR = ["log.progress=false", "log.plot=false", "device=cpu", "strategy.batch_size=32", "strategy.eval_every=200",
+       "strategy.online_iters=2", "log.checkpoint_every=96"]
+
+
+class Killer(SupervisedPlugin):
+    def __init__(self, after_batches):
+        super().__init__()
+        self.left = after_batches
+
+    def after_training_iteration(self, strategy, **kw):
+        self.left -= 1
+        if self.left == 0:
+            raise KeyboardInterrupt("simulated kill")
+
+
+def _summary(out):
+    return json.loads((out / "results.json").read_text())["summary"]
+
+
+def test_killed_run_resumes_to_identical_metrics(tmp_path):
+    full = tmp_path / "full"
+    execute(prepare(load_config(CFG, [*OVR, f"log.out_dir={full}"])), verbose=False)
+    part = tmp_path / "part"
+    cfg = load_config(CFG, [*OVR, f"log.out_dir={part}"])
+    ctx = prepare(cfg)
+    n_batches = sum(-(-len(e.dataset) // 32) for e in ctx.bench.train_stream)
+    kill_at = random.Random(0).randrange(4, n_batches - 2)
+    ctx.strategy.plugins.insert(1, Killer(kill_at))  # after the anytime eval, before the checkpoint plugin
+    with pytest.raises(KeyboardInterrupt):
+        execute(ctx, verbose=False)
+    assert list((part / "checkpoints").glob("ckpt-*.pt"))
+    resumed = execute(prepare(load_config(CFG, [*OVR, f"log.out_dir={part}", "resume=true"])), verbose=False)
+    want = _summary(full)
+    assert resumed["summary"].keys() == want.keys()
+    for k, v in want.items():
+        assert resumed["summary"][k] == pytest.approx(v, abs=1e-6), k
+
+
+def test_truncated_checkpoint_falls_back_to_previous(tmp_path):
+    save_checkpoint(tmp_path, {"x": torch.arange(3)}, step=10)
+    newest = save_checkpoint(tmp_path, {"x": torch.arange(5)}, step=20)
+    data = newest.read_bytes()
+    newest.write_bytes(data[: len(data) // 2])
+    with pytest.warns(UserWarning, match="skipping unreadable checkpoint"):
+        state, path = load_latest(tmp_path)
+    assert path.name.startswith("ckpt-000000000010") and torch.equal(state["x"], torch.arange(3))
+
+
+def test_keep_prunes_old_checkpoints_and_missing_dir(tmp_path):
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, {"s": step}, step=step, keep=2)
+    assert len(list(tmp_path.glob("ckpt-*.pt"))) == 2
+    assert load_latest(tmp_path / "nothing") is None
