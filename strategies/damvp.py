@@ -1,0 +1,478 @@
+"""DAM-VP: diversity-aware meta visual prompting, as an Avalanche strategy (one experience = one dataset).
+
+Paper: Huang et al., "Diversity-Aware Meta Visual Prompting", CVPR 2023 (arXiv 2303.08138).
+Reference: shikiw/DAM-VP@dec5821 ``task_adapting/adapter.py::Adapter.our_method{,_with_head}``,
+``task_adapting/main.py``, ``utils/train_utils.py::cosine_lr`` (re-implemented from ``specs/damvp.md``).
+
+Per experience (a downstream dataset d): cluster phi of the first 1000 (shuffled, augmented) training images
+with threshold tau -> K prototypes; K pad prompts start as copies of theta_meta; every image is routed to the
+prompt of its nearest prototype (phi of the raw image); SGD with per-iteration warm-up + cosine lr; after each
+epoch the best-validation prompts are kept; every 5 epochs the best-val prompts are tested. Afterwards the
+adapter (prompts, prototypes, head) is kept, so every earlier dataset stays evaluable, and (``stream_meta_update``)
+theta_meta takes a Reptile step toward the dataset's prompts, initialising the next dataset's prompts: the
+meta-prompt is bootstrapped across a stream of datasets. ``meta_train`` runs the offline Reptile trainer (§7).
+
+Defaults reproduce the reference: head-tuning momentum 0 (misspelt key) and head at the prompt lr
+(``head_tuning_optimizer="fixed"``: momentum 0.9, head on its own 0.1 schedule); prompts only snapshotted
+(``snapshot_head_with_best_val``); clustering on the augmented shuffled loader (``cluster_source``);
+``legacy_zero_grad``: torch<2 ``zero_grad`` left zero tensors, so prompts not routed in a batch still move by
+momentum / weight decay (torch>=2 skips them; False gives that behaviour).
+Deviations: the offline meta-trainer really updates (see ``ctta.reptile``); validation/test accuracy loops run
+inside the strategy on the benchmark's ``valid_stream``/``test_stream`` (no validation stream: the last prompts
+are kept); test-time dispatch to a dataset's adapter uses the sample's task label (= dataset index), else the
+experience index.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from avalanche.benchmarks.scenarios import DatasetExperience
+from avalanche.benchmarks.scenarios.generic_scenario import EagerCLStream
+from avalanche.training.templates import SupervisedTemplate
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ctta.clustering import cluster_features, collect_features, default_tau
+from ctta.damvp_model import (
+    BACKBONE_DEFAULTS,
+    DAMVPModel,
+    DatasetAdapter,
+    Featurizer,
+    load_representation,
+    noise_readout_order,
+    readout_indices,
+)
+from ctta.prompts.pixel import PadPromptBank, PadPrompter, load_prompter
+from ctta.registry import STRATEGIES
+from ctta.reptile import MetaTask, ReptileMetaTrainer, reptile_update
+from ctta.utils import autocast, resolve_device
+
+
+@dataclass(frozen=True)
+class DAMVPConfig:
+    backbone_key: str = "vit-b-1k"  # vit-b-1k | vit-b-22k | clip-vit-b | clip-resnet50: tau, phi, head, meta_lr
+    adapt_method: str = "auto"  # auto (by backbone_key) | prompt_wo_head | prompt_w_head
+    feature: str = "auto"  # auto | cls | pre_logits_tanh | clip_logits (phi, spec §2)
+    tau: float | None = None  # clustering threshold; None: reference value per backbone (CLIP: per dataset)
+    lr: float = 1e4  # official default --lr; per-dataset values in the paper's Tables 13-14
+    weight_decay: float = 0.0
+    head_lr: float = 0.1
+    epochs: int = 50
+    batch_size: int = 128
+    eval_batch_size: int = 256
+    pad_width: int = 30  # prompt width at 224 px (69,840 parameters)
+    seed: int = 2023  # noise read-out and prompt init
+    n_noise: int = 512
+    max_cluster_samples: int = 1000
+    cluster_source: str = "train_loader"  # train_loader (reference) | eval_transform (deterministic)
+    diversity_adaptive: bool = True  # False: one prompt, no clustering/routing (--wo_da)
+    head_tuning_optimizer: str = "official"  # official (momentum 0, head at prompt lr) | fixed
+    snapshot_head_with_best_val: bool = False
+    legacy_zero_grad: bool = True
+    test_every_epochs: int = 5  # periodic test of the best-val prompts (<= 0: off)
+    meta_prompt_path: str = ""  # theta_meta checkpoint ("" = randn)
+    representation_path: str = ""  # vit-b-22k: original in21k checkpoint holding pre_logits.fc
+    stream_meta_update: bool = True  # Reptile step of theta_meta toward each finished dataset's prompts
+    stream_meta_step_size: float = 0.5
+    meta_lr: float | None = None  # offline meta-training (§7); None: 0.5 / 1.0 per backbone
+    meta_step_size: float = 0.5
+    update_step: int = 8
+    meta_weight_decay: float = 1e-4
+
+
+def warmup_cosine_lr(step: int, base: float, warmup: int, total: int) -> float:
+    """lr(g) of spec §6.3: ``base (g+1)/W`` for g < W, else ``0.5 (1 + cos(pi (g-W)/(S-W))) base``."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))) * base
+
+
+def _resolve(cfg: DAMVPConfig) -> tuple[str, str, str, float]:
+    """(adapt_method, feature, meta_variant, meta_lr) with ``auto`` filled from the backbone key."""
+    if cfg.backbone_key not in BACKBONE_DEFAULTS:
+        raise ValueError(
+            f"backbone_key={cfg.backbone_key!r}; supported: {sorted(BACKBONE_DEFAULTS)} (swin/moco/resnet50 have "
+            "no ctta backbone)"
+        )
+    bd = BACKBONE_DEFAULTS[cfg.backbone_key]
+    adapt = bd.adapt_method if cfg.adapt_method == "auto" else cfg.adapt_method
+    feature = bd.feature if cfg.feature == "auto" else cfg.feature
+    if adapt not in ("prompt_wo_head", "prompt_w_head"):
+        raise ValueError(f"adapt_method={cfg.adapt_method!r}; valid: auto, prompt_wo_head, prompt_w_head")
+    for name, val, ok in (
+        ("cluster_source", cfg.cluster_source, ("train_loader", "eval_transform")),
+        ("head_tuning_optimizer", cfg.head_tuning_optimizer, ("official", "fixed")),
+    ):
+        if val not in ok:
+            raise ValueError(f"{name}={val!r}; valid: {list(ok)}")
+    variant = "ht" if adapt == "prompt_w_head" else bd.meta_variant
+    return adapt, feature, variant, bd.meta_lr if cfg.meta_lr is None else cfg.meta_lr
+
+
+@STRATEGIES.register("damvp", config=DAMVPConfig)
+class DAMVP(SupervisedTemplate):
+    """DAM-VP over a stream of downstream datasets (one experience each; one experience = the paper's setting).
+
+    Args:
+        model: a ``DAMVPModel``.
+        config: the ``DAMVPConfig``.
+        n_classes: size of the global label space (datasets occupy disjoint class-id blocks).
+        datasets: optional per-dataset info ``[{"name", "classes", "classnames"}]`` indexed by experience id.
+        valid_stream, test_stream: optional per-dataset validation/test experiences (same indices).
+        device, plugins, evaluator, precision: as Avalanche / ctta.
+    """
+
+    def __init__(
+        self, *, model: DAMVPModel, config: DAMVPConfig, n_classes: int, datasets=None, valid_stream=None,
+        test_stream=None, device="auto", plugins=None, evaluator=None, precision: str = "auto", **kwargs: Any,
+    ) -> None:  # fmt: skip
+        self.adapt_method, self.feature, self.meta_variant, self.meta_lr = _resolve(config)
+        placeholder = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.0)  # replaced per dataset
+        super().__init__(
+            model=model, optimizer=placeholder, criterion=nn.CrossEntropyLoss(), train_mb_size=config.batch_size,
+            train_epochs=config.epochs, eval_mb_size=config.eval_batch_size, device=resolve_device(device),
+            plugins=plugins, evaluator=evaluator if evaluator is not None else _default_evaluator(), **kwargs,
+        )  # fmt: skip
+        self.cfg, self.n_classes, self.precision = config, int(n_classes), precision
+        self.datasets = list(datasets or [])
+        self.valid_exps = list(valid_stream) if valid_stream is not None else []
+        self.test_exps = list(test_stream) if test_stream is not None else []
+        self.history: dict[int, list[dict]] = {}
+        self.seen_samples, self.eval_kind, self.eval_x = 0, None, 0
+        self._order: torch.Tensor | None = None  # noise read-out order (computed once)
+
+    # ------------------------------------------------------------------ dataset setup
+    def _dataset_id(self) -> int:
+        return int(self.experience.current_experience)
+
+    def _dataset_classes(self, d: int) -> list[int]:
+        if d < len(self.datasets) and self.datasets[d].get("classes") is not None:
+            return sorted(int(c) for c in self.datasets[d]["classes"])
+        classes = getattr(self.experience, "classes_in_this_experience", None)
+        return sorted(int(c) for c in (classes if classes is not None else set(self.experience.dataset.targets)))
+
+    def _tau(self, d: int) -> float:
+        if self.cfg.tau is not None:
+            return float(self.cfg.tau)
+        name = self.datasets[d].get("name") if d < len(self.datasets) else None
+        return default_tau(self.cfg.backbone_key, name)
+
+    def _cluster_loader(self) -> DataLoader:
+        ds = self.experience.dataset
+        if self.cfg.cluster_source == "eval_transform":
+            return DataLoader(ds.eval(), batch_size=self.cfg.batch_size, shuffle=False)
+        return DataLoader(ds.train(), batch_size=self.cfg.batch_size, shuffle=True)
+
+    def build_adapter(self, d: int) -> DatasetAdapter:
+        """Clustering (§4), prompts from theta_meta, read-out/head/text for dataset ``d`` (registered in the model)."""
+        if len(self.experience.dataset) == 0:
+            raise ValueError(f"experience {d} has an empty training set: nothing to adapt to")
+        model, classes = self.model, self._dataset_classes(d)
+        text = readout = head = None
+        if self.feature == "clip_logits":
+            names = self.datasets[d].get("classnames") if d < len(self.datasets) else None
+            if not names:
+                raise ValueError("CLIP DAM-VP needs class names (benchmark.dataset_classnames)")
+            text = model.featurizer.text_features(list(names))
+        elif self.adapt_method == "prompt_wo_head":
+            readout = readout_indices(self._noise_order(), len(classes))
+        if self.adapt_method == "prompt_w_head":
+            head = nn.Linear(model.featurizer.dim or len(classes), len(classes))
+        meta = model.meta_prompt  # every prompt starts as a copy of theta_meta (or of its randn init)
+        bank = PadPromptBank(1, *_geometry(meta), init=meta)
+        adapter = DatasetAdapter(bank, torch.zeros(0, 1), classes, readout, head, text).to(self.device)
+        model.adapters[str(d)] = adapter
+        if self.cfg.diversity_adaptive:
+            phi = lambda x: self._phi(x, d)  # noqa: E731
+            feats = collect_features(phi, self._cluster_loader(), self.cfg.max_cluster_samples, self.device)
+            clus = cluster_features(feats, self._tau(d))
+            adapter.prototypes = clus.prototypes.float().to(self.device)
+            adapter.bank = PadPromptBank(clus.n_clusters, *_geometry(meta), init=meta).to(self.device)
+        return adapter
+
+    def _phi(self, x: torch.Tensor, d: int) -> torch.Tensor:
+        with torch.no_grad(), autocast(self.device, self.precision):
+            return self.model.phi(x, d).float()
+
+    def _noise_order(self) -> torch.Tensor:
+        if self._order is None:
+            fz = self.model.featurizer
+            phi = lambda x: self._phi_plain(x)  # noqa: E731
+            self._order = noise_readout_order(phi, fz.image_size, self.cfg.seed, self.cfg.n_noise, 64, self.device)
+        return self._order
+
+    def _phi_plain(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), autocast(self.device, self.precision):
+            return self.model.featurizer(x).float()
+
+    # ------------------------------------------------------------------ Avalanche hooks
+    def _before_training_exp(self, **kwargs: Any) -> None:
+        d = self._dataset_id()
+        self.model.to(self.device)
+        self.build_adapter(d)
+        self._step, self._best_val, self._best = 0, -math.inf, None
+        self.history[d] = []
+        super()._before_training_exp(**kwargs)
+        self._total = len(self.dataloader) * self.train_epochs
+        self._warmup = self._total // 5
+
+    def check_model_and_optimizer(self, **kwargs: Any) -> None:
+        self.model = self.model_adaptation()
+        self.make_optimizer()
+
+    def make_optimizer(self, **kwargs: Any) -> None:
+        """SGD over the current dataset's prompts (one group each) and head (spec §6.1/§6.2)."""
+        ad = self.model.adapter(self._dataset_id())
+        tuning, fixed = self.adapt_method == "prompt_w_head", self.cfg.head_tuning_optimizer == "fixed"
+        momentum = 0.9 if (not tuning or fixed) else 0.0  # official head-tuning: misspelt key -> momentum 0
+        wd = self.cfg.weight_decay if (tuning or self.feature == "clip_logits") else 0.0
+        groups = [
+            {"params": list(p.parameters()), "weight_decay": wd, "base_lr": self.cfg.lr} for p in ad.bank.prompters
+        ]
+        if ad.head is not None:
+            head_base = self.cfg.head_lr if fixed else self.cfg.lr  # official: schedule sets the prompt lr everywhere
+            groups.append({"params": list(ad.head.parameters()), "weight_decay": 0.0, "lr": self.cfg.head_lr,
+                           "base_lr": head_base})  # fmt: skip
+        self.optimizer = torch.optim.SGD(groups, lr=self.cfg.lr, momentum=momentum)
+        self._touched: set[int] = set()
+
+    def _before_training_iteration(self, **kwargs: Any) -> None:
+        for g in self.optimizer.param_groups:  # lr set before the forward pass, every iteration (§6.3)
+            g["lr"] = warmup_cosine_lr(self._step, g["base_lr"], self._warmup, self._total)
+        self._step += 1
+        super()._before_training_iteration(**kwargs)
+
+    def forward(self) -> torch.Tensor:
+        with autocast(self.device, self.precision):
+            if self.is_training:
+                d = self._dataset_id()
+                self.mb_logits_local = self.model.dataset_logits(self.mb_x, d).float()
+                out = self.mb_x.new_full((len(self.mb_x), self.n_classes), float("-inf"), dtype=torch.float32)
+                out[:, self.model.adapter(d).classes] = self.mb_logits_local
+                return out
+            return self.model(self.mb_x, self._mb_dataset_ids(), self.n_classes)
+
+    def _mb_dataset_ids(self) -> torch.Tensor:
+        if len(self.mbatch) >= 3:
+            return self.mbatch[-1].long()
+        return torch.full((len(self.mb_x),), self._dataset_id(), dtype=torch.long, device=self.mb_x.device)
+
+    def criterion(self) -> torch.Tensor:
+        if self.is_training:
+            ad = self.model.adapter(self._dataset_id())
+            return F.cross_entropy(self.mb_logits_local, _local_labels(self.mb_y, ad.classes))
+        return F.cross_entropy(self.mb_output.clamp_min(-1e4), self.mb_y)
+
+    def optimizer_step(self) -> None:
+        if self.cfg.legacy_zero_grad:  # torch<2 semantics: once-used params keep zero grads, so SGD still moves them
+            for g in self.optimizer.param_groups:
+                for p in g["params"]:
+                    if p.grad is not None:
+                        self._touched.add(id(p))
+                    elif id(p) in self._touched:
+                        p.grad = torch.zeros_like(p)
+        super().optimizer_step()
+
+    def _after_training_epoch(self, **kwargs: Any) -> None:
+        d, epoch = self._dataset_id(), len(self.history[self._dataset_id()])
+        ad, rec = self.model.adapter(d), {"epoch": epoch, "loss": float(self.loss.detach())}
+        if d < len(self.valid_exps):
+            rec["val_acc"] = self.accuracy(self.valid_exps[d].dataset, d)
+            if rec["val_acc"] > self._best_val:  # strictly better -> deep-copy the prompts (and head if asked)
+                self._best_val, self._best = rec["val_acc"], self._snapshot(ad)
+        every = self.cfg.test_every_epochs
+        if every > 0 and epoch > 0 and (epoch + 1) % every == 0 and d < len(self.test_exps):
+            rec["test_acc"] = self._test_best(ad, d)
+        self.history[d].append(rec)
+        super()._after_training_epoch(**kwargs)
+
+    def _snapshot(self, ad: DatasetAdapter) -> dict:
+        snap = {"bank": copy.deepcopy(ad.bank.state_dict())}
+        if self.cfg.snapshot_head_with_best_val and ad.head is not None:
+            snap["head"] = copy.deepcopy(ad.head.state_dict())
+        return snap
+
+    def _test_best(self, ad: DatasetAdapter, d: int) -> float:
+        """Test accuracy of the best-val prompts with the current head (reference), training state restored."""
+        if self._best is None:
+            return self.accuracy(self.test_exps[d].dataset, d)
+        current = {"bank": copy.deepcopy(ad.bank.state_dict())}
+        if ad.head is not None:
+            current["head"] = copy.deepcopy(ad.head.state_dict())
+        self._load(ad, self._best)
+        acc = self.accuracy(self.test_exps[d].dataset, d)
+        self._load(ad, current)
+        return acc
+
+    @staticmethod
+    def _load(ad: DatasetAdapter, snap: dict) -> None:
+        ad.bank.load_state_dict(snap["bank"])
+        if "head" in snap and ad.head is not None:
+            ad.head.load_state_dict(snap["head"])
+
+    def _after_training_exp(self, **kwargs: Any) -> None:
+        d = self._dataset_id()
+        ad = self.model.adapter(d)
+        if self._best is not None:
+            self._load(ad, self._best)  # best-val prompts (+ head if snapshotted), current head otherwise
+        if self.cfg.stream_meta_update:  # bootstrap theta_meta across datasets (Reptile toward this dataset)
+            reptile_update(self.model.meta_prompt, [ad.bank], self.cfg.stream_meta_step_size)
+        ad.requires_grad_(False)  # a finished dataset's prompts/head are kept frozen (still evaluable)
+        self.seen_samples += len(self.experience.dataset)
+        super()._after_training_exp(**kwargs)
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def accuracy(self, dataset, d: int) -> float:
+        """Top-1 of dataset ``d``'s adapter on an Avalanche dataset (eval transform), local labels."""
+        ad, correct, n = self.model.adapter(d), 0, 0
+        was_training = self.model.training
+        self.model.eval()
+        for batch in DataLoader(dataset.eval(), batch_size=self.eval_mb_size, shuffle=False):
+            x, y = batch[0].to(self.device), batch[1].to(self.device)
+            with autocast(self.device, self.precision):
+                pred = self.model.dataset_logits(x, d).argmax(-1)
+            correct += int((pred == _local_labels(y, ad.classes)).sum())
+            n += len(y)
+        self.model.train(was_training)
+        return correct / max(n, 1)
+
+    def eval_after_experience(self, bench, i: int) -> dict:
+        """Task-end evaluation on the test images of every dataset trained so far (one pooled experience)."""
+        classes = torch.cat([a.classes.cpu() for a in self.model.adapters.values()])
+        test = getattr(bench, "test_dataset", None)
+        if test is None:
+            return self.eval(bench.test_stream)
+        idx = torch.isin(torch.as_tensor(list(test.targets)), classes).nonzero().flatten().tolist()
+        self.eval_kind, self.eval_x = "task_end", self.seen_samples
+        try:
+            return self.eval(EagerCLStream("test", [DatasetExperience(dataset=test.subset(idx), current_experience=i)]))
+        finally:
+            self.eval_kind = None
+
+    # ------------------------------------------------------------------ offline meta-training (§7)
+    def meta_train(self, experiences, epochs: int, finetune_eval=None):
+        """Offline Reptile meta-training of theta_meta over source datasets (one experience each, §7).
+
+        Sets the model's meta-prompt to the ``best_train_loss`` checkpoint (the default theta_meta) and returns the
+        ``ctta.reptile.MetaResult``. ``finetune_eval(prompt) -> score`` enables the ``best_test_finetune`` checkpoint.
+        """
+        self.model.to(self.device)
+        tasks = [self._meta_task(exp) for exp in experiences]
+        self.experience = None
+        trainer = ReptileMetaTrainer(
+            self.model.meta_prompt, meta_lr=self.meta_lr, variant=self.meta_variant,
+            meta_step_size=self.cfg.meta_step_size, update_step=self.cfg.update_step,
+            weight_decay=self.cfg.meta_weight_decay, head_lr=self.cfg.head_lr,
+            diversity_adaptive=self.cfg.diversity_adaptive, device=self.device,
+        )  # fmt: skip
+        result = trainer.fit(tasks, epochs, finetune_eval)
+        with torch.no_grad():
+            for p, q in zip(self.model.meta_prompt.parameters(), result.best_train_loss.parameters()):
+                p.copy_(q)
+        return result
+
+    def _meta_task(self, exp) -> MetaTask:
+        """Cluster one source dataset and wrap its read-out/head as a ``MetaTask`` (its adapter is not kept)."""
+        self.experience, d = exp, int(exp.current_experience)
+        ad = self.build_adapter(d)
+        del self.model.adapters[str(d)]
+        fz, text = self.model.featurizer, ad.text
+        loader = DataLoader(exp.dataset.train(), batch_size=self.cfg.batch_size, shuffle=True)
+        return MetaTask(
+            f"experience{d}", _LocalLabels(loader, ad.classes), ad.prototypes,
+            features_fn=lambda x: fz(x, text), logits_fn=lambda x: ad.logits(fz(x, text)), head=ad.head,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(cls, cfg: DAMVPConfig, *, backbone, benchmark, device, evaluator, plugins=(), precision="auto"):
+        _, feature, _, _ = _resolve(cfg)
+        dev = resolve_device(device)
+        rep = tok = None
+        if feature == "pre_logits_tanh":
+            if not cfg.representation_path:
+                raise ValueError(
+                    "vit-b-22k phi needs strategy.representation_path (the in21k checkpoint with pre_logits)"
+                )
+            rep = load_representation(cfg.representation_path, int(backbone.embed_dim))
+        if feature == "clip_logits":
+            backbone, tok = _clip_parts(backbone)
+        fz = Featurizer(backbone, feature, rep, tok)
+        meta = _initial_meta_prompt(cfg, fz.image_size)
+        return cls(
+            model=DAMVPModel(fz, meta), config=cfg, n_classes=benchmark.n_classes, datasets=_dataset_info(benchmark),
+            valid_stream=getattr(benchmark, "valid_stream", None), test_stream=getattr(benchmark, "test_stream", None),
+            device=dev, plugins=list(plugins), evaluator=evaluator, precision=precision,
+        )  # fmt: skip
+
+
+class _LocalLabels:
+    """Batches of an Avalanche loader with global labels mapped to the dataset's local label space."""
+
+    def __init__(self, loader: DataLoader, classes: torch.Tensor) -> None:
+        self.loader, self.classes = loader, classes.cpu()
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for b in self.loader:
+            yield b[0], _local_labels(b[1], self.classes)
+
+
+def _local_labels(y: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """Global class ids -> positions in the dataset's sorted ``classes`` (raises for a foreign label)."""
+    classes = classes.to(y.device)
+    pos = torch.searchsorted(classes, y)
+    if (pos >= len(classes)).any() or (classes[pos.clamp_max(len(classes) - 1)] != y).any():
+        raise ValueError(
+            f"labels {sorted(set(y.tolist()) - set(classes.tolist()))[:10]} are not classes of this dataset"
+        )
+    return pos
+
+
+def _geometry(p: PadPrompter) -> tuple[int, int, int]:
+    return p.image_size, p.pad_width, p.channels
+
+
+def _initial_meta_prompt(cfg: DAMVPConfig, image_size: int) -> PadPrompter:
+    if cfg.meta_prompt_path:
+        meta = load_prompter(cfg.meta_prompt_path)
+        if (meta.image_size, meta.pad_width) != (image_size, cfg.pad_width):
+            raise ValueError(
+                f"meta-prompt {cfg.meta_prompt_path} is {meta.image_size}px / width {meta.pad_width}, the run needs "
+                f"{image_size}px / width {cfg.pad_width}"
+            )
+        return meta
+    return PadPrompter(image_size, cfg.pad_width, generator=torch.Generator().manual_seed(cfg.seed))
+
+
+def _dataset_info(bench) -> list[dict]:
+    classes = getattr(bench, "dataset_classes", None)
+    if classes is None:
+        return []
+    names = getattr(bench, "dataset_names", None) or [None] * len(classes)
+    cnames = getattr(bench, "dataset_classnames", None) or [None] * len(classes)
+    return [{"name": n, "classes": c, "classnames": cn} for n, c, cn in zip(names, classes, cnames)]
+
+
+def _clip_parts(backbone):
+    """(open_clip model, tokenizer) from the CLIP backbone object."""
+    model = next((getattr(backbone, a) for a in ("model", "clip") if hasattr(backbone, a)), backbone)
+    tok = getattr(backbone, "tokenizer", None)
+    if tok is None:
+        raise TypeError(f"CLIP backbone {type(backbone).__name__} exposes no tokenizer")
+    return model, tok
+
+
+def _default_evaluator():
+    from ctta.logging import make_evaluator
+
+    return make_evaluator()
