@@ -29,7 +29,10 @@ _PACKAGES = ("ctta", "torch", "torchvision", "timm", "avalanche-lib", "open_clip
 
 
 def make_evaluator(
-    log_dir: str | Path | None = None, interactive: bool = False, extra_metrics: Iterable = ()
+    log_dir: str | Path | None = None,
+    interactive: bool = False,
+    extra_metrics: Iterable = (),
+    f_last_variant: str = "official",
 ) -> EvaluationPlugin:
     """Avalanche ``EvaluationPlugin`` with top-1/loss, ctta's anytime metrics and a text log in ``log_dir``."""
     loggers = []
@@ -43,7 +46,7 @@ def make_evaluator(
         return EvaluationPlugin(
             accuracy_metrics(experience=True, stream=True),
             loss_metrics(stream=True),
-            AnytimeAccuracy(),
+            AnytimeAccuracy(f_last_variant),
             *extra_metrics,
             loggers=loggers,
         )

@@ -67,7 +67,7 @@ def prepare(cfg: RunConfig) -> RunContext:
     dump_config(cfg, out / "config.yaml")
     strategy_cls = STRATEGIES.get(cfg.strategy.name).builder
     extra = strategy_cls.extra_metrics(cfg.strategy.params) if hasattr(strategy_cls, "extra_metrics") else ()
-    evaluator = make_evaluator(out, interactive=cfg.log.interactive, extra_metrics=extra)
+    evaluator = make_evaluator(out, cfg.log.interactive, extra, cfg.log.f_last_variant)
     bench = SCENARIOS.get(cfg.scenario.name).builder(cfg.scenario.params, seed=cfg.seed)
     backbone = BACKBONES.get(cfg.backbone.name).builder(cfg.backbone.params)
     is_tta = issubclass(strategy_cls, TestTimeTemplate)
