@@ -37,6 +37,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             return 2
     print(f"ctta demo: {cfg.strategy.name} on {cfg.scenario.name} (embedded default, offline)")
     run(cfg)
+    print("note: the demo backbone has random weights, so accuracy is near chance; see README for real weights")
     return 0
 
 

@@ -24,6 +24,7 @@ from avalanche.training.plugins import EvaluationPlugin, SupervisedPlugin
 from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 
+from ctta.data.replay import ReservoirMemory
 from ctta.scenarios_common import single_experience_stream
 from ctta.utils import autocast, resolve_device, trainable_parameters
 
@@ -75,6 +76,9 @@ class OnlineCLTemplate(SupervisedTemplate):
         plugins=None,
         evaluator=None,
         precision: str = "auto",
+        train_augment=None,
+        memory_size: int = 0,
+        memory_batch_size: int = 32,
         **kwargs: Any,
     ) -> None:
         if num_classes <= 0 or online_iters < 1 or train_mb_size < 1:
@@ -100,6 +104,11 @@ class OnlineCLTemplate(SupervisedTemplate):
         self.num_classes = int(num_classes)
         self.online_iters = int(online_iters)
         self.precision = precision
+        self.train_augment = train_augment  # batch augmentation from the scenario (e.g. Si-Blurry's, spec §3)
+        self.memory = ReservoirMemory(memory_size)  # replay (spec si-blurry §8); 0 = rehearsal-free
+        self.memory_batch_size = int(memory_batch_size)
+        self._stream_batch: list[torch.Tensor] | None = None  # the incoming batch, without replayed rows
+        self._exp_offset = 0  # stream position inside the current experience (memory references)
         self.exposed: list[int] = []
         self.class_to_pos = torch.full((self.num_classes,), -1, dtype=torch.long)
         self.seen_samples = 0
@@ -147,8 +156,8 @@ class OnlineCLTemplate(SupervisedTemplate):
         raise NotImplementedError(f"{type(self).__name__} must implement forward_logits()")
 
     def augment(self, x: torch.Tensor) -> torch.Tensor:
-        """Training-time batch augmentation, re-drawn at every update (identity by default)."""
-        return x
+        """Training-time batch augmentation, re-drawn at every update (``train_augment`` or identity)."""
+        return x if self.train_augment is None else self.train_augment(x)
 
     def forward(self) -> torch.Tensor:
         with autocast(self.device, self.precision):
@@ -181,7 +190,7 @@ class OnlineCLTemplate(SupervisedTemplate):
 
     def _before_training_exp(self, **kwargs: Any) -> None:
         self.exp_index += 1
-        self.batches_done, self.exp_done = 0, False
+        self.batches_done, self.exp_done, self._exp_offset = 0, False, 0
         super()._before_training_exp(**kwargs)
 
     def _after_training_exp(self, **kwargs: Any) -> None:
@@ -195,19 +204,33 @@ class OnlineCLTemplate(SupervisedTemplate):
                 break
             if self.batches_done < skip:  # resuming: these batches were consumed before the checkpoint
                 self.batches_done += 1
+                self._exp_offset += len(self.mbatch[1])
                 continue
             self._unpack_minibatch()
             self._before_training_iteration(**kwargs)
             self.expose(self.mb_y)
-            raw_x = self.mbatch[0]
+            stream = self._stream_batch = list(self.mbatch)
             for _ in range(self.online_iters):
-                self.mbatch[0] = self.augment(raw_x)
+                self.mbatch = self.replay_batch(stream)
+                self.mbatch[0] = self.augment(self.mbatch[0])
                 self._one_update(**kwargs)
-            self.mbatch[0] = raw_x
+            n = len(stream[0])
+            self.mbatch = list(stream)  # plugins see the stream batch (replayed rows dropped)
+            if self.mb_output is not None:
+                self.mb_output = self.mb_output[:n]
+            self.memory.add(self.experience.dataset, range(self._exp_offset, self._exp_offset + n))
+            self._exp_offset += n
             self.after_incoming_batch()
-            self.seen_samples += len(raw_x)
+            self.seen_samples += n
             self.batches_done += 1
             self._after_training_iteration(**kwargs)
+
+    def replay_batch(self, stream: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The update batch: the stream batch plus a fresh draw of ``memory_batch_size`` replayed samples."""
+        if not len(self.memory) or self.memory_batch_size <= 0:
+            return list(stream)
+        mem = self.memory.sample(self.memory_batch_size)
+        return [torch.cat([b, m.to(b)]) for b, m in zip(stream, mem)]  # (B + M, ...)
 
     def _one_update(self, **kwargs: Any) -> None:
         self.optimizer.zero_grad()
@@ -237,6 +260,9 @@ class OnlineCLTemplate(SupervisedTemplate):
     def checkpoint_state(self) -> dict[str, Any]:
         """Everything needed to resume: trainable params + buffers, optimiser, bookkeeping, metrics, RNG."""
         from ctta.checkpoint import rng_state
+
+        if self.memory.capacity > 0:
+            raise NotImplementedError("checkpointing a run with a replay memory is not supported yet (memory_size > 0)")
 
         m = self.model
         model_state = {n: p.detach().clone() for n, p in m.named_parameters() if p.requires_grad}

@@ -35,7 +35,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ctta.data.replay import ReservoirMemory
 from ctta.data.siblurry_aug import cutmix
 from ctta.prompts import PromptPool
 from ctta.registry import STRATEGIES
@@ -95,46 +94,14 @@ class PromptERTemplate(OnlineCLTemplate):
     """Online ER-trainer protocol for prompt models that expose ``aux_loss()`` (see module docstring).
 
     Args:
-        train_augment: batch augmentation applied at every update (the benchmark's ``train_augment``).
-        memory_size, memory_batch_size, cutmix_prob, cutmix_alpha: see ``PromptERConfig``.
-        **kwargs: ``OnlineCLTemplate`` arguments.
+        cutmix_prob, cutmix_alpha: see ``PromptERConfig``.
+        **kwargs: ``OnlineCLTemplate`` arguments (``train_augment``, ``memory_size``, ``memory_batch_size``, ...).
     """
 
-    def __init__(
-        self,
-        *,
-        train_augment=None,
-        memory_size: int = 0,
-        memory_batch_size: int = 32,
-        cutmix_prob: float = 0.5,
-        cutmix_alpha: float = 1.0,
-        **kwargs,
-    ) -> None:
+    def __init__(self, *, cutmix_prob: float = 0.5, cutmix_alpha: float = 1.0, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.train_augment = train_augment
-        self.memory = ReservoirMemory(memory_size)
-        self.memory_batch_size = int(memory_batch_size)
         self.cutmix_prob, self.cutmix_alpha = float(cutmix_prob), float(cutmix_alpha)
         self._mix: tuple[torch.Tensor, float] | None = None  # (perm, lam) of the current update
-        self._stream_batch: list[torch.Tensor] | None = None
-        self._exp_offset = 0  # stream position inside the current experience (for memory references)
-
-    def _before_training_exp(self, **kwargs) -> None:
-        super()._before_training_exp(**kwargs)
-        self._exp_offset = 0
-
-    def _before_training_iteration(self, **kwargs) -> None:
-        super()._before_training_iteration(**kwargs)
-        self._stream_batch = list(self.mbatch)  # the incoming batch, before any replay concatenation
-
-    def augment(self, x: torch.Tensor) -> torch.Tensor:
-        """Stream batch + a fresh memory draw (labels updated in ``mbatch``), then the batch augmentation."""
-        if len(self.memory) and self.memory_batch_size > 0:
-            mem = self.memory.sample(self.memory_batch_size)
-            for c in range(1, len(self.mbatch)):
-                self.mbatch[c] = torch.cat([self._stream_batch[c], mem[c].to(self._stream_batch[c])])
-            x = torch.cat([x, mem[0].to(x)])  # (B + M, C, H, W)
-        return self.train_augment(x) if self.train_augment is not None else x
 
     def forward_logits(self) -> torch.Tensor:
         x, self._mix = self.mb_x, None
@@ -153,16 +120,6 @@ class PromptERTemplate(OnlineCLTemplate):
             perm, lam = self._mix
             ce = lam * F.cross_entropy(logits, y) + (1 - lam) * F.cross_entropy(logits, y[perm])
         return ce + self.model.aux_loss()
-
-    def after_incoming_batch(self) -> None:
-        """Drop the replayed rows (plugins see the stream batch), then the reservoir update."""
-        n = len(self._stream_batch[0])
-        for c in range(1, len(self.mbatch)):
-            self.mbatch[c] = self._stream_batch[c]
-        if self.mb_output is not None:
-            self.mb_output = self.mb_output[:n]
-        self.memory.add(self.experience.dataset, range(self._exp_offset, self._exp_offset + n))
-        self._exp_offset += n
 
     @classmethod
     def build_model(cls, cfg, backbone: nn.Module, num_classes: int) -> nn.Module:

@@ -32,7 +32,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ctta.data.replay import ReservoirMemory
 from ctta.prompts.pool import PoolSelection, PromptPool
 from ctta.registry import STRATEGIES
 from ctta.templates import OnlineCLTemplate
@@ -45,7 +44,6 @@ __all__ = [
     "MVPOutput",
     "MVP",
     "QueryCache",
-    "ReservoirMemory",
     "gsf_ignore",
     "gsf_loss",
     "afs_logits",
@@ -332,46 +330,16 @@ class MVP(OnlineCLTemplate):
 
     applies_seen_mask = True
 
-    def __init__(self, *, model: MVPModel, optimizer, num_classes: int, train_augment=None, **kwargs) -> None:
+    def __init__(self, *, model: MVPModel, optimizer, num_classes: int, **kwargs) -> None:
         kwargs.setdefault("online_iters", model.cfg.online_iters)
         super().__init__(model=model, optimizer=optimizer, num_classes=num_classes, **kwargs)
         self.cfg: MVPConfig = model.cfg
-        self.train_augment = train_augment
-        self.memory = ReservoirMemory(self.cfg.memory_size)
         self._out: MVPOutput | None = None
-        self._stream_batch: list[torch.Tensor] | None = None
-        self._exp_offset = 0
         self.query_cache = QueryCache(enabled=self.cfg.cache_query)
 
-    # ------------------------------------------------------------------ batches, replay and augmentation
-    def _before_training_exp(self, **kwargs) -> None:
-        super()._before_training_exp(**kwargs)
-        self._exp_offset = 0
-
-    def _before_training_iteration(self, **kwargs) -> None:
-        super()._before_training_iteration(**kwargs)
-        self._stream_batch = list(self.mbatch)  # the incoming batch, before any replay concatenation
-
-    def augment(self, x: torch.Tensor) -> torch.Tensor:
-        """Concatenate ``memory_batch_size`` replayed samples (if any), then apply the batch augmentation."""
-        if len(self.memory) and self.cfg.memory_batch_size > 0:
-            mem = self.memory.sample(self.cfg.memory_batch_size)
-            for c in range(1, len(self.mbatch)):
-                self.mbatch[c] = torch.cat([self._stream_batch[c], mem[c].to(self._stream_batch[c])])
-            x = torch.cat([x, mem[0].to(x)])  # (B + M, C, H, W)
-        return self.train_augment(x) if self.train_augment is not None else x
-
     def after_incoming_batch(self) -> None:
-        """Restore the stream batch (drop replayed rows), then the reservoir update (spec §8)."""
-        n = len(self._stream_batch[0])
-        for c in range(1, len(self.mbatch)):
-            self.mbatch[c] = self._stream_batch[c]
-        if self.mb_output is not None:
-            self.mb_output = self.mb_output[:n]
+        """The frozen query of this batch is never reused by the next one."""
         self.query_cache.clear()
-        if self.memory.capacity > 0:
-            self.memory.add(self.experience.dataset, range(self._exp_offset, self._exp_offset + n))
-        self._exp_offset += n
 
     # ------------------------------------------------------------------ forward and loss
     def forward_logits(self) -> torch.Tensor:
@@ -396,6 +364,8 @@ class MVP(OnlineCLTemplate):
             optimizer=optimizer,
             num_classes=benchmark.n_classes,
             train_augment=augment,
+            memory_size=cfg.memory_size,
+            memory_batch_size=cfg.memory_batch_size,
             train_mb_size=cfg.batch_size or getattr(benchmark, "batch_size", 64),
             eval_mb_size=cfg.eval_batch_size,
             eval_every=cfg.eval_every,

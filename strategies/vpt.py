@@ -77,4 +77,5 @@ class VPT(OnlineCLTemplate):
             plugins=plugins,
             evaluator=evaluator,
             precision=precision,
+            train_augment=getattr(benchmark, "train_augment", None),
         )

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from ctta.backbones.vit import PromptedViT, create_vit
 from ctta.data.digits import TensorImageDataset
+from ctta.data.replay import ReservoirMemory
 from ctta.logging import anytime_metric
 from ctta.prompts.pool import PromptPool
 from scenarios.si_blurry import si_blurry_benchmark
@@ -19,7 +20,6 @@ from strategies.mvp import (
     MVPConfig,
     MVPModel,
     MVPParameters,
-    ReservoirMemory,
     afs_logits,
     cvpt_loss,
     gsf_ignore,
