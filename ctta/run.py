@@ -153,9 +153,14 @@ def summarise(cfg: RunConfig, strategy, evaluator, progress: ProgressPlugin, tim
         rows.sort(key=lambda r: (r["samples"], r["kind"] == "task_end"))
         summary.update(m.result())
     rows += progress_rows(progress)
+    for metric in evaluator.metrics:  # ctta's own plugin metrics summarise themselves (mAP, CF1, OF1, ...)
+        if metric is not m and type(metric).__module__.startswith("ctta"):
+            res = metric.result()
+            if isinstance(res, dict):
+                summary.update(_scalar_metrics(res))
     last = _scalar_metrics(evaluator.get_last_metrics())
     top1 = [v for k, v in last.items() if k.startswith("Top1_Acc_Stream/eval_phase/test_stream")]
-    if top1:
+    if top1 and "mAP" not in summary:  # argmax top-1 is meaningless for multi-hot targets
         summary.setdefault("top1", top1[-1])
     bb = to_dict(cfg.backbone)
     return {
