@@ -8,7 +8,7 @@ from ctta.cli import main
 
 
 def test_demo_writes_outputs(tmp_path, capsys):
-    rc = main(["demo", f"log.out_dir={tmp_path}", "log.progress=false", "scenario.n_experiences=2"])
+    rc = main(["demo", f"log.out_dir={tmp_path}", "log.progress=false", "scenario.n_tasks=3"])
     assert rc == 0
     out = capsys.readouterr().out
     assert "A_last=" in out and "results.json" in out
@@ -21,7 +21,7 @@ def test_demo_writes_outputs(tmp_path, capsys):
 def test_list_shows_components(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    assert "strategies:" in out and "vpt" in out and "class_incremental" in out and "vit" in out
+    assert "strategies:" in out and "mvp" in out and "si_blurry" in out and "vit" in out
 
 
 def test_config_error_is_reported(tmp_path, capsys):
