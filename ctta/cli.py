@@ -1,4 +1,4 @@
-"""Command line: ``ctta run CONFIG [key=value ...]``, ``ctta demo``, ``ctta list``."""
+"""Command line: ``ctta run CONFIG [key=value ...]``, ``ctta demo``, ``ctta generate CONFIG``, ``ctta list``."""
 
 from __future__ import annotations
 
@@ -41,6 +41,28 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_generate(args: argparse.Namespace) -> int:
+    """Pre-generate cached views (DiffTPT) for a config; shards by torchrun's RANK / WORLD_SIZE."""
+    import os
+
+    from ctta.config import ConfigError, load_config
+    from ctta.run import prepare
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"ctta: config error: {e}", file=sys.stderr)
+        return 2
+    ctx = prepare(cfg)
+    if not hasattr(ctx.strategy, "pregenerate"):
+        print(f"ctta: strategy {cfg.strategy.name!r} has nothing to pre-generate", file=sys.stderr)
+        return 2
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    n = ctx.strategy.pregenerate(ctx.bench.test_stream, rank=rank, world_size=world)
+    print(f"generated {n} images (rank {rank} of {world}); cached views are reused by `ctta run`")
+    return 0
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     from ctta.registry import BACKBONES, SCENARIOS, STRATEGIES
 
@@ -64,6 +86,10 @@ def make_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run the embedded default (offline, bundled digits)")
     d.add_argument("overrides", nargs="*", metavar="key=value")
     d.set_defaults(func=_cmd_demo)
+    g = sub.add_parser("generate", help="pre-generate cached views (DiffTPT diffusion views) for a config")
+    g.add_argument("config")
+    g.add_argument("overrides", nargs="*", metavar="key=value")
+    g.set_defaults(func=_cmd_generate)
     ls = sub.add_parser("list", help="list registered strategies, scenarios and backbones")
     ls.set_defaults(func=_cmd_list)
     return p

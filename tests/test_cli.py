@@ -28,3 +28,17 @@ def test_config_error_is_reported(tmp_path, capsys):
     rc = main(["demo", "strategy.nope=1"])
     assert rc == 2
     assert "unknown key(s) ['nope']" in capsys.readouterr().err
+
+
+def test_generate_caches_views_once(tmp_path, capsys):
+    from tests.conftest import ROOT
+
+    cfg = str(ROOT / "configs" / "smoke" / "difftpt_digits.yaml")
+    args = ["generate", cfg, f"log.out_dir={tmp_path}", "log.progress=false",
+            f"strategy.diffusion.cache_dir={tmp_path / 'views'}"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert main(args) == 0
+    assert "generated 0 images" in capsys.readouterr().out and "generated 0 images" not in first
+    assert main(["generate", str(ROOT / "configs" / "smoke" / "vpt_digits.yaml"), f"log.out_dir={tmp_path}/v",
+                 "log.progress=false"]) == 2
