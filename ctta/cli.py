@@ -12,29 +12,34 @@ warnings.filterwarnings("ignore", message=".*QP solver.*")  # avalanche's option
 DEMO_CONFIG = "demo.yaml"  # packaged inside ctta/ so the demo works from any install, offline
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def _load(path, overrides):
+    """The validated config, or None after printing the config error (no traceback)."""
     from ctta.config import ConfigError, load_config
-    from ctta.run import run
 
     try:
-        cfg = load_config(args.config, args.overrides)
+        return load_config(path, overrides)
     except ConfigError as e:
         print(f"ctta: config error: {e}", file=sys.stderr)
+        return None
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from ctta.run import run
+
+    cfg = _load(args.config, args.overrides)
+    if cfg is None:
         return 2
     run(cfg)
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ctta.config import ConfigError, load_config
     from ctta.run import run
 
     with resources.as_file(resources.files("ctta") / DEMO_CONFIG) as path:
-        try:
-            cfg = load_config(path, args.overrides)
-        except ConfigError as e:
-            print(f"ctta: config error: {e}", file=sys.stderr)
-            return 2
+        cfg = _load(path, args.overrides)
+    if cfg is None:
+        return 2
     print(f"ctta demo: {cfg.strategy.name} on {cfg.scenario.name} (embedded default, offline)")
     run(cfg)
     print("note: the demo backbone has random weights, so accuracy is near chance; see README for real weights")
@@ -45,13 +50,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     """Pre-generate cached views (DiffTPT) for a config; shards by torchrun's RANK / WORLD_SIZE."""
     import os
 
-    from ctta.config import ConfigError, load_config
     from ctta.run import prepare
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"ctta: config error: {e}", file=sys.stderr)
+    cfg = _load(args.config, args.overrides)
+    if cfg is None:
         return 2
     ctx = prepare(cfg)
     if not hasattr(ctx.strategy, "pregenerate"):

@@ -38,7 +38,7 @@ class LogConfig:
     plot: bool = True  # PNG of accuracy over the stream
     interactive: bool = False  # also attach Avalanche's InteractiveLogger (verbose)
     checkpoint_every: int = 0  # online CL: save a resumable checkpoint every N stream samples (0: off)
-    f_last_variant: Literal["official", "standard"] = "official"  # F_last: "official" (reference quirks) | "standard" (spec si-blurry §9)
+    f_last_variant: Literal["official", "standard"] = "official"  # reference quirks | standard (si-blurry §9)
 
 
 @dataclass(frozen=True)

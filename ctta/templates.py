@@ -308,6 +308,30 @@ class OnlineCLTemplate(SupervisedTemplate):
         self.exp_index, self._skip_batches = pos["exp_index"] - 1, pos["batches_done"]
         return pos["exp_index"]
 
+    @staticmethod
+    def online_kwargs(cfg, benchmark, *, device, evaluator, plugins=(), precision="auto") -> dict[str, Any]:
+        """Constructor arguments every online strategy takes from its config and the benchmark.
+
+        Reads ``cfg.online_iters``, ``cfg.batch_size`` (None: the benchmark's ``batch_size``, else 64),
+        ``cfg.eval_batch_size``, ``cfg.eval_every`` and, when present, ``cfg.memory_size`` /
+        ``cfg.memory_batch_size``; from the benchmark ``n_classes``, ``test_dataset`` and ``train_augment``.
+        """
+        return {
+            "num_classes": benchmark.n_classes,
+            "online_iters": cfg.online_iters,
+            "train_mb_size": getattr(cfg, "batch_size", None) or getattr(benchmark, "batch_size", 64),
+            "eval_mb_size": cfg.eval_batch_size,
+            "eval_every": cfg.eval_every,
+            "eval_dataset": getattr(benchmark, "test_dataset", None),
+            "train_augment": getattr(benchmark, "train_augment", None),
+            "memory_size": getattr(cfg, "memory_size", 0),
+            "memory_batch_size": getattr(cfg, "memory_batch_size", 32),
+            "device": device,
+            "plugins": plugins,
+            "evaluator": evaluator,
+            "precision": precision,
+        }
+
     @classmethod
     def from_config(cls, cfg, *, backbone, benchmark, device, evaluator, plugins=(), precision="auto"):
         raise NotImplementedError(f"{cls.__name__}.from_config is not implemented")

@@ -129,25 +129,8 @@ class PromptERTemplate(OnlineCLTemplate):
     def from_config(cls, cfg, *, backbone, benchmark, device, evaluator, plugins=(), precision="auto"):
         model = cls.build_model(cfg, backbone, benchmark.n_classes)
         opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-        return cls(
-            model=model,
-            optimizer=opt,
-            num_classes=benchmark.n_classes,
-            online_iters=cfg.online_iters,
-            train_mb_size=cfg.batch_size or getattr(benchmark, "batch_size", 64),
-            eval_mb_size=cfg.eval_batch_size,
-            eval_every=cfg.eval_every,
-            eval_dataset=getattr(benchmark, "test_dataset", None),
-            device=device,
-            plugins=plugins,
-            evaluator=evaluator,
-            precision=precision,
-            train_augment=getattr(benchmark, "train_augment", None),
-            memory_size=cfg.memory_size,
-            memory_batch_size=cfg.memory_batch_size,
-            cutmix_prob=cfg.cutmix_prob,
-            cutmix_alpha=cfg.cutmix_alpha,
-        )
+        kw = cls.online_kwargs(cfg, benchmark, device=device, evaluator=evaluator, plugins=plugins, precision=precision)
+        return cls(model=model, optimizer=opt, cutmix_prob=cfg.cutmix_prob, cutmix_alpha=cfg.cutmix_alpha, **kw)
 
 
 # ----------------------------------------------------------------------------------------------------- L2P

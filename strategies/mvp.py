@@ -358,20 +358,7 @@ class MVP(OnlineCLTemplate):
         """Build MVP on ``benchmark`` (uses ``n_classes``, ``test_dataset``, ``batch_size``, ``train_augment``)."""
         model = MVPModel(backbone, benchmark.n_classes, cfg)
         optimizer = torch.optim.Adam(trainable_parameters(model), lr=cfg.lr)  # wd 0, default betas
-        augment = getattr(benchmark, "train_augment", None) if cfg.augmentation == "scenario" else None
-        return cls(
-            model=model,
-            optimizer=optimizer,
-            num_classes=benchmark.n_classes,
-            train_augment=augment,
-            memory_size=cfg.memory_size,
-            memory_batch_size=cfg.memory_batch_size,
-            train_mb_size=cfg.batch_size or getattr(benchmark, "batch_size", 64),
-            eval_mb_size=cfg.eval_batch_size,
-            eval_every=cfg.eval_every,
-            eval_dataset=getattr(benchmark, "test_dataset", None),
-            device=device,
-            plugins=plugins,
-            evaluator=evaluator,
-            precision=precision,
-        )
+        kw = cls.online_kwargs(cfg, benchmark, device=device, evaluator=evaluator, plugins=plugins, precision=precision)
+        if cfg.augmentation == "none":
+            kw["train_augment"] = None
+        return cls(model=model, optimizer=optimizer, **kw)

@@ -25,7 +25,7 @@ class VPTConfig:
     n_prompts: int = 4
     lr: float = 5e-3  # Adam
     online_iters: int = 3
-    batch_size: int = 64  # incoming stream batch
+    batch_size: int | None = None  # incoming stream batch (None: the benchmark's batch_size, else 64)
     eval_every: int = 1000  # samples between anytime evaluations (<= 0: task ends only)
     eval_batch_size: int = 128
 
@@ -64,18 +64,5 @@ class VPT(OnlineCLTemplate):
     def from_config(cls, cfg: VPTConfig, *, backbone, benchmark, device, evaluator, plugins=(), precision="auto"):
         model = PromptedClassifier(backbone, benchmark.n_classes, cfg.n_prompts)
         opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-        return cls(
-            model=model,
-            optimizer=opt,
-            num_classes=benchmark.n_classes,
-            online_iters=cfg.online_iters,
-            train_mb_size=cfg.batch_size,
-            eval_mb_size=cfg.eval_batch_size,
-            eval_every=cfg.eval_every,
-            eval_dataset=getattr(benchmark, "test_dataset", None),
-            device=device,
-            plugins=plugins,
-            evaluator=evaluator,
-            precision=precision,
-            train_augment=getattr(benchmark, "train_augment", None),
-        )
+        kw = cls.online_kwargs(cfg, benchmark, device=device, evaluator=evaluator, plugins=plugins, precision=precision)
+        return cls(model=model, optimizer=opt, **kw)
