@@ -19,15 +19,6 @@ from strategies.damvp import DAMVP, DAMVPConfig, warmup_cosine_lr
 TINY = dict(tau=0.7, lr=1000.0, epochs=1, batch_size=16, eval_batch_size=64, pad_width=4, n_noise=32)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run fastest single-threaded (no oversubscription on shared CI cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def bench():
     return build_transfer(TransferConfig(datasets=("digits/0/2", "digits/1/2"), img_size=32, max_per_split=48))

@@ -36,15 +36,6 @@ COCO_NAMES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on the shared 2-core CI machine, 2 spinning threads are ~50x slower here."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize(
     ("n", "base", "inc", "sizes"),
     [(80, 0, 10, [10] * 8), (80, 40, 10, [40, 10, 10, 10, 10]), (20, 0, 4, [4] * 5), (20, 10, 2, [10] + [2] * 5),

@@ -27,15 +27,6 @@ from strategies.multilane import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on the shared 2-core CI machine, 2 spinning threads are ~50x slower here."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _model(tiny_vit, tasks=((0, 1, 2, 3), (4, 5, 6, 7), (8, 9, 10, 11)), start=True, **kw):
     torch.manual_seed(1)
     kw = {"num_selectors": 4, "num_prompts": 3, "num_prompt_layers": 2, **kw}

@@ -26,17 +26,9 @@ from strategies.mvp import (
     gsf_loss,
     mvp_loss,
 )
+from tests.conftest import TINY_VIT
 
-TINY = dict(img_size=32, patch_size=8, embed_dim=48, depth=6, num_heads=3)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread avoids OpenMP spin-waits on a shared, oversubscribed CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+TINY = {k: v for k, v in TINY_VIT.items() if k not in ("model", "pretrained")}
 
 
 @pytest.fixture(scope="module")
