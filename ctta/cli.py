@@ -99,7 +99,11 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except FileNotFoundError as e:  # missing dataset folder or weight file: the message says what to do
+        print(f"ctta: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

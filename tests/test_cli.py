@@ -42,3 +42,13 @@ def test_generate_caches_views_once(tmp_path, capsys):
     assert "generated 0 images" in capsys.readouterr().out and "generated 0 images" not in first
     assert main(["generate", str(ROOT / "configs" / "smoke" / "vpt_digits.yaml"), f"log.out_dir={tmp_path}/v",
                  "log.progress=false"]) == 2
+
+
+def test_missing_dataset_is_reported_without_traceback(tmp_path, capsys):
+    from tests.conftest import ROOT
+
+    rc = main(["run", str(ROOT / "configs" / "mvp_siblurry_cifar100.yaml"), f"scenario.root={tmp_path}",
+               f"log.out_dir={tmp_path}/out", "backbone.pretrained=false"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "CIFAR-100 not found" in err and "cifar-100-python.tar.gz" in err
