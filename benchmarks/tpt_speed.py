@@ -48,6 +48,16 @@ def _mem_available_mb() -> float:
     return float("inf")
 
 
+def _clock(device) -> float:
+    """CPU seconds of this process on CPU (robust to other processes sharing the cores), wall seconds on CUDA."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return time.perf_counter()
+    return time.process_time()
+
+
 def _worker(spec: dict, out_path: str) -> None:
     import torch
 
@@ -71,23 +81,19 @@ def _worker(spec: dict, out_path: str) -> None:
     base_rss = _rss_mb()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    t0 = time.perf_counter()
+    t0 = _clock(device)
     if spec["config"].get("fast", True):
         tuner._artefacts()  # per class set: T0 and its retained graph (or J)
-    setup_s = time.perf_counter() - t0
+    setup_s = _clock(device) - t0
     times, logits, selected = [], [], []
     for v in views:
-        t0 = time.perf_counter()
+        t0 = _clock(device)
         logits.append(tuner.predict(v.to(device)).cpu())
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - t0)
+        times.append(_clock(device) - t0)
         selected.append(tuner.last_selected[0])
-    t0 = time.perf_counter()
+    t0 = _clock(device)
     tuner.encode_views(views[0].to(device))  # the floor of any exact method: encoding the views once
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    views_s = time.perf_counter() - t0
+    views_s = _clock(device) - t0
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 2**20
     else:
@@ -164,6 +170,7 @@ def report(n_classes: int, out: dict, slow_200: dict | None, fast_200: dict | No
         f"{t_slow / views_s:.2f}x{est}"
     )
     print(f"{'path':16s} {'s/sample':>10s} {'speed-up':>9s} {'peak MB':>9s} {'setup s':>8s}  agreement")
+    print("(seconds are process CPU seconds on CPU, so other load on the machine does not skew the ratios)")
     for name in ("straightforward", "fast", "jacobian"):
         if name not in res:
             if name in notes:

@@ -170,6 +170,29 @@ def _create_tiny(name: str, pretrained: str, precision: str):
     return model
 
 
+def _create_open_clip(name, pretrained, precision, quick_gelu, allow_mismatch, cache_dir):
+    """``open_clip.create_model`` with checked tags/files, the QuickGELU rule and a clear offline error."""
+    import open_clip
+
+    if pretrained and _is_file_path(pretrained) and not os.path.isfile(pretrained):
+        raise FileNotFoundError(f"CLIP weight file not found: {pretrained}")
+    if pretrained and not _is_file_path(pretrained) and not open_clip.get_pretrained_cfg(name, pretrained):
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        raise ValueError(f"unknown pretrained tag {pretrained!r} for {name}; valid tags: {tags} (or a file path)")
+    name, force_qg = _resolve_activation(name, pretrained, quick_gelu, allow_mismatch)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="QuickGELU mismatch")
+            model = open_clip.create_model(
+                name, pretrained=pretrained or None, precision=precision, force_quick_gelu=force_qg, cache_dir=cache_dir
+            )
+    except RuntimeError as e:
+        if pretrained and not _is_file_path(pretrained) and "download" in str(e).lower():
+            raise _offline_error(name, pretrained, e) from e
+        raise
+    return name, model
+
+
 def create_clip(
     name: str = "ViT-B-16",
     pretrained: str = "openai",
@@ -204,26 +227,7 @@ def create_clip(
     if name in TINY_CLIP_CONFIGS:
         model = _create_tiny(name, pretrained, precision)
     else:
-        if pretrained and _is_file_path(pretrained) and not os.path.isfile(pretrained):
-            raise FileNotFoundError(f"CLIP weight file not found: {pretrained}")
-        if pretrained and not _is_file_path(pretrained) and not open_clip.get_pretrained_cfg(name, pretrained):
-            tags = open_clip.list_pretrained_tags_by_model(name)
-            raise ValueError(f"unknown pretrained tag {pretrained!r} for {name}; valid tags: {tags} (or a file path)")
-        name, force_qg = _resolve_activation(name, pretrained, quick_gelu, allow_activation_mismatch)
-        try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="QuickGELU mismatch")
-                model = open_clip.create_model(
-                    name,
-                    pretrained=pretrained or None,
-                    precision=precision,
-                    force_quick_gelu=force_qg,
-                    cache_dir=cache_dir,
-                )
-        except RuntimeError as e:
-            if pretrained and not _is_file_path(pretrained) and "download" in str(e).lower():
-                raise _offline_error(name, pretrained, e) from e
-            raise
+        name, model = _create_open_clip(name, pretrained, precision, quick_gelu, allow_activation_mismatch, cache_dir)
     model.eval().requires_grad_(False)
     size = model.visual.image_size
     preprocess = open_clip.image_transform(
