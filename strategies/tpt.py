@@ -9,19 +9,18 @@ of their mean prediction; predict from view 0 alone with the tuned context.
 ``PromptTuner`` (the engine, ``ctta/backbones/clip_tuner.py``, re-exported here) is the script-level API (no
 Avalanche objects); ``TPT`` wraps it as an Avalanche strategy on ``TestTimeTemplate``. ``TPTConfig(fast=False)``
 runs the straightforward path (77-token text, views re-encoded at every step and for the prediction, one sample at a
-time, torch's AdamW), the reference's computation. The default
-fast path gives the same predictions with the exact speed-ups of spec section 7.3: text truncated at the longest
-EOT in length buckets, view features encoded once per sample, zero-shot text features ``T0`` precomputed per class
-set (step-1 selection needs no text pass), the step-1 text backward run on one retained forward at ``ctx0``
-(shared by every sample), or the 1-step Jacobian method, and batched episodes with stacked per-sample contexts.
+time, torch's AdamW), the reference's computation. The default fast path gives the same predictions with the exact
+speed-ups of spec section 7.3: text truncated at the longest EOT in length buckets with SOS + context encoded once
+(shared prefix), view features encoded once per sample, zero-shot text features ``T0`` precomputed per class set
+(step-1 selection needs no text pass), the step-1 text backward run on one retained forward at ``ctx0`` (shared by
+every sample), or the 1-step Jacobian method, and batched episodes with stacked per-sample contexts.
 
 Deviations from the reference code:
 - View generation lives in the scenario (``scenarios/test_time.py``), so ``n_views``/``augmentation`` are scenario
   options; ``ctta.data.tta_views.make_views`` builds views for scripts.
 - ``grad_scaler="auto"`` (default) = the reference's shared scaler when AMP is fp16 (CUDA), none in fp32 (CPU, where
   the reference's ``torch.cuda.amp.GradScaler`` is disabled).
-- ``init="cocoop"`` is not provided (the authors' CoCoOp weights are unreleased); the optional shared-prefix
-  speed-up (7.3 item 3) is not implemented.
+- ``init="cocoop"`` is not provided (the authors' CoCoOp weights are unreleased).
 - The zero-shot baseline is ``tta_steps=0`` (view 0, the hand-written prompt); the 80-template "Ensemble" baseline is
   not provided.
 - Selection sorts entropies stably; the reference's crash paths (``prompt_learner[0]``) are not reproduced.
@@ -60,6 +59,7 @@ class TPTConfig:
         init: ``text`` (from ``ctx_init``) or ``coop:<path>`` (a CoOp checkpoint's ``ctx``).
         fast: False runs the straightforward reference computation (all switches below ignored).
         text_truncation: ``bucket`` | ``longest`` | ``none``; n_buckets: maximum length buckets.
+        shared_prefix: encode SOS + context once per context instead of once per class (exact).
         cache_view_features: encode the views once per sample.
         step1_graph: at step 1 back-propagate through one retained text forward at ``ctx0`` shared by all samples.
         text_grad: ``auto`` | ``backward`` | ``jacobian`` (1 step, episodic only; ``auto`` uses it when the
@@ -84,6 +84,7 @@ class TPTConfig:
     fast: bool = True
     text_truncation: str = "bucket"
     n_buckets: int = 4
+    shared_prefix: bool = True
     cache_view_features: bool = True
     step1_graph: bool = True
     text_grad: str = "auto"

@@ -42,10 +42,13 @@ def _reference(model, tok, names, prefix="a photo of a"):
     return model.encode_text(tok([f"{prefix} {n.replace('_', ' ')}." for n in names]))
 
 
-@pytest.mark.parametrize("truncate,bucket", [(False, False), (True, False), (True, True)])
-def test_prompted_encoder_equals_encode_text(tiny, truncate, bucket):
+@pytest.mark.parametrize(
+    "truncate,bucket,shared", [(False, False, False), (True, False, False), (True, True, False), (True, True, True)]
+)
+def test_prompted_encoder_equals_encode_text(tiny, truncate, bucket, shared):
     model, tok = tiny
-    enc = PromptedTextEncoder(model, tok, NAMES, truncate=truncate, bucket=bucket)
+    enc = PromptedTextEncoder(model, tok, NAMES, truncate=truncate, bucket=bucket, shared_prefix=shared)
+    assert enc.shared_prefix == shared
     with torch.no_grad():
         assert torch.allclose(enc(), _reference(model, tok, NAMES), atol=1e-5, rtol=0)
     if truncate:
@@ -68,24 +71,28 @@ def test_truncation_and_buckets_are_exact_for_gradients(tiny):
     model, tok = tiny
     full = PromptedTextEncoder(model, tok, NAMES, truncate=False)
     fast = PromptedTextEncoder(model, tok, NAMES, bucket=True, n_buckets=3)
+    shared = PromptedTextEncoder(model, tok, NAMES, bucket=True, n_buckets=3, shared_prefix=True)
     w = torch.randn(len(NAMES), full().shape[-1])
     grads = []
-    for enc in (full, fast):
+    for enc in (full, fast, shared):
         ctx = enc.ctx0 + 0.01 * torch.randn(enc.ctx0.shape, generator=torch.Generator().manual_seed(1))
         ctx = ctx.requires_grad_(True)
         (enc(ctx, normalize=True) * w).sum().backward()
         grads.append(ctx.grad)
     assert torch.allclose(grads[0], grads[1], atol=1e-5, rtol=1e-4)
+    assert torch.allclose(grads[0], grads[2], atol=1e-5, rtol=1e-4)
     assert fast.tokens_encoded < full.tokens_encoded
 
 
 def test_stacked_and_per_class_contexts(tiny):
     model, tok = tiny
     enc = PromptedTextEncoder(model, tok, NAMES)
+    shared = PromptedTextEncoder(model, tok, NAMES, shared_prefix=True)
     ctxs = enc.ctx0 + 0.05 * torch.randn(3, *enc.ctx0.shape, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         stacked = enc(ctxs)  # (S, C, E)
         assert stacked.shape == (3, len(NAMES), enc().shape[-1])
+        assert torch.allclose(shared(ctxs), stacked, atol=1e-5, rtol=0)
         for s in range(3):
             assert torch.allclose(stacked[s], enc(ctxs[s]), atol=1e-5, rtol=0)
         per_class = enc(ctxs[:1].expand(len(NAMES), -1, -1), per_class=True)

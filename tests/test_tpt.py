@@ -111,6 +111,7 @@ CASES = [
     (1, dict(text_truncation="none", episode_batch=2)),
     (1, dict(cache_view_features=False)),
     (1, dict(step1_graph=False)),
+    (1, dict(shared_prefix=False, episode_batch=3)),
     (1, dict(text_grad="jacobian", episode_batch=3)),
     (4, dict()),
     (4, dict(step1_graph=False, cache_view_features=False)),

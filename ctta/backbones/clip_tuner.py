@@ -13,15 +13,16 @@ Two computations of the same function:
 - straightforward (``config.fast=False``): the reference's computation: 77-token text, the views re-encoded at
   every step and for the prediction, one sample at a time, ``torch.optim.AdamW`` and a loss scaler per step;
 - fast (default), exact in exact arithmetic (spec section 7.3): text truncated at the longest EOT in length
-  buckets; view features encoded once per sample; zero-shot text features ``T0`` precomputed per class set (the
-  step-1 selection needs no text pass); the step-1 backward run on ONE retained text forward at ``ctx0`` shared by
-  every sample (a batched vector-Jacobian product), or the 1-step Jacobian method; batched episodes with stacked
-  per-sample contexts and ``BatchedAdamW`` (elementwise, so each slice equals its own optimiser); the shared loss
-  scaler's (sample, step) events forecast in stream order, samples after an overflow recomputed at the new scale.
+  buckets, with SOS + context encoded once per context rather than once per class (shared prefix); view features
+  encoded once per sample; zero-shot text features ``T0`` precomputed per class set (the step-1 selection needs no
+  text pass); the step-1 backward run on ONE retained text forward at ``ctx0`` shared by every sample (a batched
+  vector-Jacobian product), or the 1-step Jacobian method; batched episodes with stacked per-sample contexts and
+  ``BatchedAdamW`` (elementwise, so each slice equals its own optimiser); the shared loss scaler's (sample, step)
+  events forecast in stream order, samples after an overflow recomputed at the new scale.
 
 Deviations from the reference code: selection sorts entropies stably; ``grad_scaler="auto"`` = the shared scaler
 under fp16 only (the reference's ``torch.cuda.amp.GradScaler`` is disabled on CPU); ``tta_steps=0`` gives the
-zero-shot CLIP prediction of view 0; the optional shared-prefix speed-up (7.3 item 3) is not implemented.
+zero-shot CLIP prediction of view 0.
 """
 
 from __future__ import annotations
@@ -105,6 +106,7 @@ class PromptTuner:
             bucket=trunc == "bucket",
             truncate=trunc != "none",
             n_buckets=cfg.n_buckets,
+            shared_prefix=cfg.fast and cfg.shared_prefix and trunc != "none",
             generator=generator,
         )
         if cfg.init.startswith("coop:"):
@@ -306,10 +308,11 @@ class PromptTuner:
             jac = art["jac"]  # (C, E, n*D)
             g = g_text.reshape(len(sel), -1).to(jac.dtype) @ jac.reshape(-1, jac.shape[-1])
             return g.reshape(len(sel), *self.text.ctx0.shape).float()
-        (g,) = torch.autograd.grad(
-            art["t0_graph"], art["leaf"], g_text.to(art["t0_graph"].dtype), retain_graph=True, is_grads_batched=True
-        )  # one backward per sample, batched
-        return g.float()
+        cot = g_text.to(art["t0_graph"].dtype)
+        if len(cot) == 1:  # a plain backward (vmap adds overhead for a single sample)
+            return torch.autograd.grad(art["t0_graph"], art["leaf"], cot[0], retain_graph=True)[0][None].float()
+        (g,) = torch.autograd.grad(art["t0_graph"], art["leaf"], cot, retain_graph=True, is_grads_batched=True)
+        return g.float()  # one backward per sample, batched
 
     def _full_grad(self, ctx: torch.Tensor, feats_fn, idx, scales):
         """Text forward + backward with stacked contexts ``(B, n, D)``; selects views when ``idx`` is None."""
