@@ -56,6 +56,8 @@ class DiffusionConfig:
         jpeg_quality: JPEG quality (PIL default 75 reproduces the reference's lossy step).
         on_mismatch: ``raise`` (default: a corrupt/mismatching cached file raises naming it) | ``regenerate``.
         allow_generate: False = never run the pipeline; a cache miss raises (runs that must use pre-generated views).
+        lock_timeout_s: longest wait for another process generating the same source image (cache writer lock).
+        lock_stale_s: a cache lock older than this is a crashed writer's and is broken (with a warning).
     """
 
     model: str = SD_IMAGE_VARIATIONS
@@ -75,6 +77,8 @@ class DiffusionConfig:
     jpeg_quality: int = 75
     on_mismatch: str = "raise"
     allow_generate: bool = True
+    lock_timeout_s: float = 3600.0
+    lock_stale_s: float = 1800.0
 
     def __post_init__(self) -> None:
         if self.dtype not in (*_DTYPES, "auto"):
@@ -85,6 +89,8 @@ class DiffusionConfig:
             raise ValueError(f"diffusion.on_mismatch={self.on_mismatch!r}; valid: ['raise', 'regenerate']")
         if self.num_inference_steps < 1 or self.chunk_size < 1 or self.resolution < 0:
             raise ValueError("diffusion: num_inference_steps and chunk_size must be >= 1, resolution >= 0")
+        if self.lock_timeout_s < 0 or self.lock_stale_s <= 0:
+            raise ValueError("diffusion: lock_timeout_s must be >= 0 and lock_stale_s > 0")
         if self.resolution % 8:
             raise ValueError(f"diffusion.resolution must be a multiple of 8, got {self.resolution}")
 
@@ -339,7 +345,7 @@ class DiffusionViews:
         self.settings = generation_settings(cfg, self.device)
         self.cache = ViewCache(
             cfg.cache_dir, self.settings, fmt=cfg.cache_format, jpeg_quality=cfg.jpeg_quality,
-            on_mismatch=cfg.on_mismatch,
+            on_mismatch=cfg.on_mismatch, lock_timeout_s=cfg.lock_timeout_s, lock_stale_s=cfg.lock_stale_s,
         )  # fmt: skip
         self._pipeline = pipeline
         self._generator: ImageVariationGenerator | None = None
@@ -361,15 +367,21 @@ class DiffusionViews:
         key, source = source_key(image)
         found = self.cache.load(key, self.n_views)
         if found.missing:
-            found.images.update(self._generate(image, key, source, found.missing, label))
+            self._check_generate(key, source, found.missing)  # before locking: a read-only cache stays read-only
+            with self.cache.writer(key):  # one writer per source image across processes (torchrun ranks)
+                found = self.cache.load(key, self.n_views)  # another process may have generated them meanwhile
+                if found.missing:
+                    found.images.update(self._generate(image, key, source, found.missing, label))
         return [found.images[i] for i in range(self.n_views)]
 
-    def _generate(self, image, key: str, source: str, missing: list[int], label: int | None) -> dict:
+    def _check_generate(self, key: str, source: str, missing: list[int]) -> None:
         if not self.cfg.allow_generate:
             raise RuntimeError(
                 f"no cached diffusion views {missing[:5]}... for {source} (sha256 {key[:12]}...) in "
                 f"{self.cache.dir} and diffusion.allow_generate=false; generate them first or allow generation"
             )
+
+    def _generate(self, image, key: str, source: str, missing: list[int], label: int | None) -> dict:
         if isinstance(image, (str, Path)):
             from PIL import Image
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -192,9 +194,50 @@ def test_other_settings_use_another_cache_and_format_follows_source(tmp_path):
     assert c.cache.suffix_for("<PIL image>") == ".png"
 
 
+class _SlowFakeGenerator:
+    """Stands in for ``ImageVariationGenerator``: deterministic images, slow, records its calls."""
+
+    def __init__(self, calls: list):
+        self.calls = calls
+
+    def conditioning(self, image):
+        return image
+
+    def generate(self, cond, key, indices):
+        self.calls.append(list(indices))
+        time.sleep(0.3)  # the other writer reaches the lock meanwhile
+        return [Image.new("RGB", (16, 16), (int(key[:2], 16), 40 * i, 9)) for i in indices]
+
+    def provenance(self):
+        return {"generator": "fake"}
+
+
+def test_concurrent_writers_generate_a_source_once(tmp_path):
+    calls, barrier, out = [], threading.Barrier(2), {}
+    views = [_views(tmp_path), _views(tmp_path)]  # two processes' objects over one cache folder
+    for dv in views:
+        dv._generator = _SlowFakeGenerator(calls)
+
+    def run(i):
+        barrier.wait()
+        out[i] = [im.tobytes() for im in views[i].images(_image(80))]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert calls == [list(range(N_VIEWS))]  # generated once, by one writer
+    assert sorted(dv.generated for dv in views) == [0, N_VIEWS]
+    assert out[0] == out[1]
+    assert not any((views[0].cache.dir / "locks").iterdir())
+
+
 def test_allow_generate_false_and_offline_errors(tmp_path):
     with pytest.raises(RuntimeError, match="allow_generate=false"):
-        _views(tmp_path, allow_generate=False)(_image(60))
+        dv = _views(tmp_path, allow_generate=False)
+        dv(_image(60))
+    assert not (dv.cache.dir / "locks").exists()  # a read-only run takes no lock
     cfg = DiffusionConfig(model="ctta-test/not-a-model", revision="v9", download=False)
     with pytest.raises(RuntimeError, match=r"ctta-test/not-a-model revision v9.*diffusion.local_dir"):
         load_pipeline(cfg)

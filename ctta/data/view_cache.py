@@ -12,18 +12,27 @@ is written after its images, so it is the commit point. Reads verify each image'
 A corrupt or missing image, an unreadable entry or an entry made under other settings raises ``CacheCorruptError``
 / ``CacheMismatchError`` naming the file (``on_mismatch="raise"``, the spec's default) or is reported as missing so
 that exactly those images are regenerated (``on_mismatch="regenerate"``); nothing else is touched.
-Concurrency: per-key files and a manifest rebuilt from them need no lock for one writer per key; two writers of
-the same key would need a per-key lock around ``store`` (not provided here).
+Concurrency (several processes sharing one cache folder, e.g. torchrun ranks): reads need no lock (an entry names
+only images already in place). Writers of a key take its lock, ``writer(key)``: an exclusive lock file
+``<root>/<digest16>/locks/<sha256>.lock`` (``O_CREAT | O_EXCL``; pid, host and time inside), re-``load`` the key
+(another process may have generated it meanwhile) and store only what is still missing, so there is exactly one writer
+per key. A waiting process polls; a lock older than ``lock_stale_s`` (a crashed writer) is broken with a warning, and
+after ``lock_timeout_s`` a ``CacheError`` names the lock file. ``flush`` rebuilds the manifest under its own lock
+(``locks/manifest.lock``), so the last flush sees every entry committed before it started; entries written
+concurrently are either complete or not yet visible, never half-read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
+import socket
 import time
 import uuid
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +40,7 @@ from typing import Any
 
 _JPEG_SUFFIXES = (".jpg", ".jpeg")
 _FORMATS = ("source", "jpeg", "png")
+_POLL_S = (0.01, 0.5)  # first and longest sleep while waiting for a lock
 
 
 class CacheError(RuntimeError):
@@ -107,6 +117,101 @@ def decode_image(data: bytes):
         return im.convert("RGB")
 
 
+@contextlib.contextmanager
+def file_lock(path: Path, *, timeout_s: float, stale_s: float):
+    """Hold the exclusive lock file ``path`` (``O_CREAT | O_EXCL``) for the ``with`` block; removed on exit.
+
+    Waits (polling) while another holder has it; a lock file older than ``stale_s`` seconds is broken with a warning.
+
+    Raises:
+        CacheError: still locked after ``timeout_s`` seconds (names the lock file).
+    """
+    token = _acquire(path, timeout_s, stale_s)
+    try:
+        yield path
+    finally:
+        _release(path, token)
+
+
+def _acquire(path: Path, timeout_s: float, stale_s: float) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex
+    record = _dumps({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time(), "token": token})
+    start, sleep = time.monotonic(), _POLL_S[0]
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            pass
+        else:
+            _write_lock(fd, path, record)
+            return token
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            continue  # released meanwhile: try again at once
+        age = time.time() - st.st_mtime
+        if age > stale_s:
+            _break_stale(path, st, f"{_holder(path)}, {age:.0f} s old > stale_s={stale_s:g}")
+            continue
+        waited = time.monotonic() - start
+        if waited >= timeout_s:
+            raise CacheError(
+                f"{path}: cache key locked by {_holder(path)} for {age:.0f} s (waited {waited:.0f} s); if no process "
+                f"is writing it (a crashed run), delete this lock file, or raise diffusion.lock_timeout_s"
+            )
+        time.sleep(min(sleep, timeout_s - waited))
+        sleep = min(2 * sleep, _POLL_S[1])
+
+
+def _write_lock(fd: int, path: Path, record: bytes) -> None:
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(record)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+
+
+def _holder(path: Path) -> str:
+    try:
+        rec = json.loads(path.read_bytes())
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec["time"]))
+        return f"pid {rec['pid']} on {rec['host']} since {since}"
+    except (OSError, ValueError, TypeError, KeyError):
+        return "an unknown holder"
+
+
+def _break_stale(path: Path, st: os.stat_result, why: str) -> None:
+    """Remove the lock file ``path`` if it still is the one seen as ``st`` (renamed aside first, then checked)."""
+    aside = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.stale")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return  # released or broken by another process meanwhile
+    got = os.stat(aside)
+    if (got.st_ino, got.st_mtime_ns) != (st.st_ino, st.st_mtime_ns):  # a fresh lock taken meanwhile: put it back
+        with contextlib.suppress(OSError):
+            os.link(aside, path)
+        os.unlink(aside)
+        return
+    os.unlink(aside)
+    warnings.warn(f"broke stale cache lock {path} ({why}): its writer presumably crashed", stacklevel=2)
+
+
+def _release(path: Path, token: str) -> None:
+    try:
+        held = json.loads(path.read_bytes()).get("token")
+    except (OSError, ValueError, AttributeError):
+        held = None
+    if held == token:
+        path.unlink(missing_ok=True)
+    else:
+        warnings.warn(
+            f"{path}: cache lock was broken while held (held longer than stale_s?); left in place", stacklevel=2
+        )
+
+
 @dataclass
 class Lookup:
     """Result of ``ViewCache.load``: verified images by index and the indices still to generate."""
@@ -126,6 +231,8 @@ class ViewCache:
         jpeg_quality: JPEG quality.
         on_mismatch: ``raise`` | ``regenerate`` (see the module docstring).
         flush_every_s: rebuild the manifest after a ``store`` when this many seconds passed since the last one.
+        lock_timeout_s: longest wait for another process's lock (``writer``, ``flush``) before ``CacheError``.
+        lock_stale_s: a lock file older than this is a crashed writer's and is broken (with a warning).
     """
 
     def __init__(
@@ -137,6 +244,8 @@ class ViewCache:
         jpeg_quality: int = 75,
         on_mismatch: str = "raise",
         flush_every_s: float = 60.0,
+        lock_timeout_s: float = 3600.0,
+        lock_stale_s: float = 1800.0,
     ) -> None:
         if fmt not in _FORMATS:
             raise ValueError(f"cache format {fmt!r}; valid: {list(_FORMATS)}")
@@ -147,6 +256,7 @@ class ViewCache:
         self.dir = Path(root).expanduser() / self.digest[:16]
         self.fmt, self.jpeg_quality, self.on_mismatch = fmt, int(jpeg_quality), on_mismatch
         self.flush_every_s = flush_every_s
+        self.lock_timeout_s, self.lock_stale_s = float(lock_timeout_s), float(lock_stale_s)
         self._last_flush = time.monotonic()
         self._dirty = False
         self._open()
@@ -162,10 +272,16 @@ class ViewCache:
     def image_path(self, key: str, index: int, suffix: str) -> Path:
         return self.dir / "images" / key[:2] / f"{key}_{index}{suffix}"
 
+    def lock_path(self, name: str) -> Path:
+        return self.dir / "locks" / f"{name}.lock"
+
     def keys(self) -> list[str]:
-        """Keys of all committed entries (sorted)."""
-        folder = self.dir / "entries"
-        return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
+        """Keys of all committed entries (sorted; temporaries of writes in progress are not entries)."""
+        try:
+            names = os.listdir(self.dir / "entries")
+        except FileNotFoundError:
+            return []
+        return sorted(n[: -len(".json")] for n in names if n.endswith(".json") and not n.startswith("."))
 
     def _open(self) -> None:
         path = self.dir / "settings.json"
@@ -246,6 +362,22 @@ class ViewCache:
         return None
 
     # ----------------------------------------------------------------- writes
+    def writer(self, key: str, *, timeout_s: float | None = None, stale_s: float | None = None):
+        """Context manager holding the writer lock of source ``key`` (one writer per key across processes).
+
+        Use: ``load`` -> on a miss ``with cache.writer(key):`` ``load`` again, generate what is still missing,
+        ``store``. ``timeout_s`` / ``stale_s`` default to ``lock_timeout_s`` / ``lock_stale_s``.
+
+        Raises:
+            CacheError: the lock is still held by another writer after ``timeout_s`` (names the lock file).
+        """
+        return self._lock(key, timeout_s, stale_s)
+
+    def _lock(self, name: str, timeout_s: float | None = None, stale_s: float | None = None):
+        timeout_s = self.lock_timeout_s if timeout_s is None else timeout_s
+        stale_s = self.lock_stale_s if stale_s is None else stale_s
+        return file_lock(self.lock_path(name), timeout_s=timeout_s, stale_s=stale_s)
+
     def suffix_for(self, source: str | None) -> str:
         """File suffix of generated images: the source's suffix (``source`` format) or .jpg / .png."""
         if self.fmt == "jpeg":
@@ -303,9 +435,10 @@ class ViewCache:
         """The manifest derived from the settings and every readable entry file (unreadable ones are listed)."""
         entries, unreadable = {}, []
         for key in self.keys():
-            entry = self._existing_entry(key)
+            entry = self._existing_entry(key) or self._existing_entry(key)  # again: replaced while read (NFS)
             if entry is None:
-                unreadable.append(str(self.entry_path(key)))
+                if self.entry_path(key).exists():  # not one that vanished meanwhile
+                    unreadable.append(str(self.entry_path(key)))
                 continue
             entries[key] = {k: entry.get(k) for k in ("source", "label", "files", "provenance")}
         n_images = sum(len(e["files"]) for e in entries.values())
@@ -315,9 +448,14 @@ class ViewCache:
         }  # fmt: skip
 
     def flush(self) -> dict:
-        """Rebuild ``manifest.json`` from the entry files and write it atomically; returns it."""
-        manifest = self.rebuild_manifest()
-        atomic_write(self.manifest_path, _dumps(manifest))
+        """Rebuild ``manifest.json`` from the entry files and write it atomically; returns it.
+
+        Flushes of several processes are serialised (``locks/manifest.lock``), so the manifest written last was
+        rebuilt last; entry writers do not take this lock.
+        """
+        with self._lock("manifest"):
+            manifest = self.rebuild_manifest()
+            atomic_write(self.manifest_path, _dumps(manifest))
         self._dirty = False
         self._last_flush = time.monotonic()
         return manifest
