@@ -86,7 +86,7 @@ def load_latest(directory: str | Path) -> tuple[dict[str, Any], Path] | None:
     return None
 
 
-class CheckpointPlugin(SupervisedPlugin):
+class CheckpointPlugin(SupervisedPlugin, supports_distributed=True):
     """Save ``strategy.checkpoint_state()`` every ``every`` stream samples and at the end of each experience."""
 
     def __init__(self, directory: str | Path, every: int, keep: int = 2) -> None:

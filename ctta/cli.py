@@ -104,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as e:  # missing dataset folder or weight file: the message says what to do
         print(f"ctta: {e}", file=sys.stderr)
         return 1
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():  # torchrun: leave the process group cleanly
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

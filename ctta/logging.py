@@ -57,7 +57,7 @@ def anytime_metric(evaluator: EvaluationPlugin) -> AnytimeAccuracy | None:
     return next((m for m in evaluator.metrics if isinstance(m, AnytimeAccuracy)), None)
 
 
-class ProgressPlugin(SupervisedPlugin):
+class ProgressPlugin(SupervisedPlugin, supports_distributed=True):
     """A tqdm bar over stream samples: training samples for CL, evaluated samples for test-time adaptation."""
 
     def __init__(self, total: int, desc: str = "stream", train: bool = True, enabled: bool = True) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from ctta import distributed
 from ctta.checkpoint import CheckpointPlugin, load_latest
 from ctta.config import RunConfig, dump_config, to_dict
 from ctta.logging import ProgressPlugin, anytime_metric, make_evaluator, package_versions, write_results
@@ -59,22 +60,35 @@ class RunContext:
 
 
 def prepare(cfg: RunConfig) -> RunContext:
-    """Seed, write the resolved config, build benchmark, backbone, evaluator and strategy."""
+    """Seed, write the resolved config, build benchmark, backbone, evaluator and strategy.
+
+    Under torchrun (``WORLD_SIZE`` > 1) the process group is joined first; every rank uses the same seed (same
+    stream, augmentation and replay draws) and only rank 0 writes outputs, logs, checkpoints and the progress bar.
+    """
     t0 = time.perf_counter()
+    dctx = distributed.init_from_env(cfg.device)
+    strategy_cls = STRATEGIES.get(cfg.strategy.name).builder
+    if dctx.active and not getattr(strategy_cls, "distributed_ok", False):
+        raise ValueError(
+            f"strategy {cfg.strategy.name!r} does not support multi-process runs (WORLD_SIZE={dctx.world}); "
+            f"run it in one process (supported: online continual learning and episodic test-time strategies)"
+        )
     seed_everything(cfg.seed)
     out = Path(cfg.log.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, out / "config.yaml")
-    strategy_cls = STRATEGIES.get(cfg.strategy.name).builder
+    if dctx.main:
+        out.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, out / "config.yaml")
     extra = strategy_cls.extra_metrics(cfg.strategy.params) if hasattr(strategy_cls, "extra_metrics") else ()
-    evaluator = make_evaluator(out, cfg.log.interactive, extra, cfg.log.f_last_variant)
+    evaluator = make_evaluator(out if dctx.main else None, cfg.log.interactive and dctx.main, extra,
+                               cfg.log.f_last_variant)  # fmt: skip
     bench = SCENARIOS.get(cfg.scenario.name).builder(cfg.scenario.params, seed=cfg.seed)
     backbone = BACKBONES.get(cfg.backbone.name).builder(cfg.backbone.params)
     is_tta = issubclass(strategy_cls, TestTimeTemplate)
     stream = bench.test_stream if is_tta else bench.train_stream
-    progress = ProgressPlugin(_stream_size(stream), cfg.strategy.name, train=not is_tta, enabled=cfg.log.progress)
+    progress = ProgressPlugin(_stream_size(stream), cfg.strategy.name, train=not is_tta,
+                              enabled=cfg.log.progress and dctx.main)  # fmt: skip
     plugins: list[Any] = [progress]
-    if cfg.log.checkpoint_every > 0 and not is_tta:
+    if cfg.log.checkpoint_every > 0 and not is_tta and dctx.main:
         plugins.append(CheckpointPlugin(out / "checkpoints", cfg.log.checkpoint_every))
     strategy = build_strategy(cfg, bench, backbone, evaluator, plugins)
     ctx = RunContext(cfg, out, bench, backbone, strategy, evaluator, progress, is_tta, t0)
@@ -87,14 +101,16 @@ def _resume(ctx: RunContext) -> None:
     """Restore the newest valid checkpoint under ``out_dir/checkpoints`` (fresh start if there is none)."""
     if ctx.is_tta or not hasattr(ctx.strategy, "load_checkpoint_state"):
         raise ValueError(f"resume=true is supported for online continual learning, not {ctx.cfg.strategy.name!r}")
-    found = load_latest(ctx.out / "checkpoints")
+    found = load_latest(ctx.out / "checkpoints") if distributed.is_main() else None
+    found = distributed.broadcast_object(found)  # every rank resumes from rank 0's checkpoint
     if found is None:
         warnings.warn(f"resume=true but no checkpoint under {ctx.out / 'checkpoints'}; starting fresh", stacklevel=2)
         return
     state, path = found
-    ctx.start_exp = ctx.strategy.load_checkpoint_state(state)
+    ctx.start_exp = ctx.strategy.load_checkpoint_state(state, ctx.bench.train_stream)
     ctx.progress.bar.update(ctx.strategy.seen_samples)
-    print(f"resumed from {path} ({ctx.strategy.seen_samples} stream samples done)")
+    if distributed.is_main():
+        print(f"resumed from {path} ({ctx.strategy.seen_samples} stream samples done)")
 
 
 def execute(ctx: RunContext, verbose: bool = True) -> dict[str, Any]:
@@ -107,9 +123,12 @@ def execute(ctx: RunContext, verbose: bool = True) -> dict[str, Any]:
     now = time.perf_counter()
     timings = {"setup_s": t_loop - ctx.t0, "stream_s": now - t_loop, "total_s": now - ctx.t0}
     results = summarise(ctx.cfg, ctx.strategy, ctx.evaluator, ctx.progress, timings)
-    write_results(ctx.out, results, results.pop("_rows"), plot=ctx.cfg.log.plot)
-    if verbose:
-        print(format_summary(results, ctx.out))
+    rows = results.pop("_rows")
+    if distributed.is_main():
+        write_results(ctx.out, results, rows, plot=ctx.cfg.log.plot)
+        if verbose:
+            print(format_summary(results, ctx.out))
+    distributed.barrier()
     return results
 
 
@@ -172,6 +191,7 @@ def summarise(cfg: RunConfig, strategy, evaluator, progress: ProgressPlugin, tim
         "weights": {k: bb.get(k) for k in ("name", "model", "pretrained") if k in bb},
         "versions": package_versions(),
         "device": str(resolve_device(cfg.device)),
+        "world_size": distributed.world_size(),
         "timings": timings,
         "_rows": rows,
     }
@@ -186,6 +206,7 @@ def format_summary(results: dict[str, Any], out: Path) -> str:
     parts = [f"{k}={100 * v:.2f}" for k, v in s.items()]
     t = results["timings"]["total_s"]
     return (
-        f"{results['title']}: " + (", ".join(parts) if parts else "no metrics")
+        f"{results['title']}: "
+        + (", ".join(parts) if parts else "no metrics")
         + f"  ({t:.1f}s)\nwrote {out}/results.json, metrics.csv, accuracy.png, config.yaml"
     )

@@ -24,6 +24,7 @@ from avalanche.training.plugins import EvaluationPlugin, SupervisedPlugin
 from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 
+from ctta import distributed
 from ctta.data.replay import ReservoirMemory
 from ctta.scenarios_common import single_experience_stream
 from ctta.utils import autocast, resolve_device, trainable_parameters
@@ -52,7 +53,19 @@ def _default_evaluator() -> EvaluationPlugin:
     return make_evaluator()
 
 
-class OnlineCLTemplate(SupervisedTemplate):
+class _WholeStreamLoaders:
+    """Under torchrun every rank reads the whole stream in order (ctta shards each batch itself, see
+    ``ctta.distributed``), so Avalanche's automatic ``DistributedSampler`` is switched off."""
+
+    def _obtain_common_dataloader_parameters(self, **kwargs: Any) -> dict[str, Any]:
+        args = super()._obtain_common_dataloader_parameters(**kwargs)
+        avalanche_loader = not self.is_training or hasattr(self.experience, "task_labels")  # else a torch DataLoader
+        if distributed.context().active and avalanche_loader:
+            args["distributed_sampling"] = False
+        return args
+
+
+class OnlineCLTemplate(_WholeStreamLoaders, SupervisedTemplate):
     """Online class-incremental template: ``online_iters`` updates per incoming batch, in stream order.
 
     Subclasses implement ``forward_logits()`` -> ``(B, num_classes)`` logits over exposed POSITIONS and may
@@ -60,6 +73,7 @@ class OnlineCLTemplate(SupervisedTemplate):
     """
 
     applies_seen_mask = False  # set True if forward_logits already adds ``seen_mask()``
+    distributed_ok = True  # torchrun: exact sharded updates (``loss_inputs`` must list what criterion() reads)
 
     def __init__(
         self,
@@ -119,6 +133,7 @@ class OnlineCLTemplate(SupervisedTemplate):
         self.batches_done = 0  # incoming batches consumed in the current experience
         self.exp_done = False
         self._skip_batches = 0  # set when resuming mid-experience
+        self._surrogate: torch.Tensor | None = None  # distributed training: what backward() back-propagates
 
     # ------------------------------------------------------------------ label bookkeeping
     def expose(self, y: torch.Tensor) -> None:
@@ -160,6 +175,18 @@ class OnlineCLTemplate(SupervisedTemplate):
         return x if self.train_augment is None else self.train_augment(x)
 
     def forward(self) -> torch.Tensor:
+        ctx = distributed.context()
+        if not ctx.active or self.is_training:  # distributed training shards in ``_one_update``
+            return self._forward_local()
+        full = self.mbatch  # evaluation: each rank scores its rows, the logits are gathered in batch order
+        self.mbatch = [distributed.shard(t, ctx) for t in full]
+        try:
+            out = self._forward_local() if len(self.mb_x) else torch.zeros(0, self.num_classes, device=self.device)
+        finally:
+            self.mbatch = full
+        return distributed.all_gather_cat(out, live=False)
+
+    def _forward_local(self) -> torch.Tensor:
         with autocast(self.device, self.precision):
             logits = self.forward_logits()
         logits = logits.float()
@@ -218,7 +245,7 @@ class OnlineCLTemplate(SupervisedTemplate):
             self.mbatch = list(stream)  # plugins see the stream batch (replayed rows dropped)
             if self.mb_output is not None:
                 self.mb_output = self.mb_output[:n]
-            self.memory.add(self.experience.dataset, range(self._exp_offset, self._exp_offset + n))
+            self.memory.add(self.experience.dataset, range(self._exp_offset, self._exp_offset + n), tag=self.exp_index)
             self._exp_offset += n
             self.after_incoming_batch()
             self.seen_samples += n
@@ -235,10 +262,20 @@ class OnlineCLTemplate(SupervisedTemplate):
     def _one_update(self, **kwargs: Any) -> None:
         self.optimizer.zero_grad()
         self.loss = self._make_empty_loss()
+        ctx = distributed.context()
+        full = self.mbatch
+        if ctx.active:  # this rank's rows of the global update batch (ctta/distributed.py)
+            self.mbatch = [distributed.shard(t, ctx) for t in full]
         self._before_forward(**kwargs)
         self.mb_output = self.forward()
         self._after_forward(**kwargs)
-        self.loss += self.criterion()
+        if ctx.active:
+            self.mbatch = full
+            self.mb_output = distributed.all_gather_cat(self.mb_output.detach(), live=False)
+            value, self._surrogate = self._distributed_loss(ctx)
+            self.loss += value
+        else:
+            self.loss += self.criterion()
         self._before_backward(**kwargs)
         self.backward()
         self._after_backward(**kwargs)
@@ -248,6 +285,55 @@ class OnlineCLTemplate(SupervisedTemplate):
 
     def after_incoming_batch(self) -> None:
         """Called once per incoming batch after its updates (e.g. replay-memory update)."""
+
+    # ------------------------------------------------------------------ distributed training (ctta/distributed.py)
+    def loss_inputs(self) -> dict[str, Any]:
+        """Per-sample outputs ``criterion()`` reads in training, by attribute path from the strategy.
+
+        Under torchrun they are gathered over the global update batch (rank order = batch order) before the loss;
+        override together with ``gather_loss_inputs`` when the loss reads more than ``mb_logits_pos``.
+        """
+        return {"mb_logits_pos": self.mb_logits_pos}
+
+    def gather_loss_inputs(self, inputs: dict[str, Any], gather) -> dict[str, Any]:
+        """Global-batch versions of ``inputs``: ``gather(t)`` concatenates a per-sample tensor over ranks.
+
+        The default gathers every tensor (dataclasses and containers are walked); override for values that are
+        not per-sample (e.g. pool-level statistics) or for bookkeeping that must see the global batch.
+        """
+        return {k: distributed.map_tensors(v, gather) for k, v in inputs.items()}
+
+    def _set_loss_inputs(self, values: dict[str, Any]) -> None:
+        for path, v in values.items():
+            distributed.set_attr_path(self, path, v)
+
+    def _distributed_loss(self, ctx) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(global loss, surrogate to back-propagate)``; summed over ranks the surrogates' gradients equal the
+        one-process gradient (module docstring of ``ctta.distributed``)."""
+        cache: dict[int, torch.Tensor] = {}
+
+        def gather(t: torch.Tensor) -> torch.Tensor:
+            if id(t) not in cache:
+                cache[id(t)] = distributed.all_gather_cat(t)
+            return cache[id(t)]
+
+        local = self.loss_inputs()
+        glob = self.gather_loss_inputs(local, gather)
+        self._set_loss_inputs(glob)
+        value = self.criterion()
+        surrogate = value
+        if not ctx.main:  # remove the direct (parameter-only) gradient part: rank 0 contributes it once
+            self._set_loss_inputs(distributed.detach_tree(glob))
+            surrogate = value - self.criterion()
+            self._set_loss_inputs(glob)
+        return value.detach(), surrogate
+
+    def backward(self) -> None:
+        surrogate, self._surrogate = self._surrogate, None
+        if surrogate is None:
+            return super().backward()
+        surrogate.backward()
+        distributed.all_reduce_grads(trainable_parameters(self.model))
 
     # ------------------------------------------------------------------ checkpointing (plain state dicts)
     def extra_state(self) -> dict[str, Any]:
@@ -261,9 +347,6 @@ class OnlineCLTemplate(SupervisedTemplate):
         """Everything needed to resume: trainable params + buffers, optimiser, bookkeeping, metrics, RNG."""
         from ctta.checkpoint import rng_state
 
-        if self.memory.capacity > 0:
-            raise NotImplementedError("checkpointing a run with a replay memory is not supported yet (memory_size > 0)")
-
         m = self.model
         model_state = {n: p.detach().clone() for n, p in m.named_parameters() if p.requires_grad}
         model_state |= {n: b.detach().clone() for n, b in m.named_buffers()}
@@ -275,12 +358,19 @@ class OnlineCLTemplate(SupervisedTemplate):
             "position": {"exp_index": self.exp_index, "batches_done": self.batches_done, "exp_done": self.exp_done},
             "plugins": {type(p).__name__: p.state_dict() for p in self.plugins if hasattr(p, "state_dict")},
             "metrics": {type(x).__name__: x.state_dict() for x in self.evaluator.metrics if hasattr(x, "state_dict")},
+            "memory": self.memory.state_dict(),
             "extra": self.extra_state(),
             "rng": rng_state(),
         }
 
-    def load_checkpoint_state(self, state: dict[str, Any]) -> int:
-        """Restore a ``checkpoint_state``; returns the index of the experience to (re)enter."""
+    def load_checkpoint_state(self, state: dict[str, Any], train_stream=None) -> int:
+        """Restore a ``checkpoint_state``; returns the index of the experience to (re)enter.
+
+        Args:
+            state: what ``checkpoint_state`` returned.
+            train_stream: the run's training stream (needed to re-attach a replay memory's samples: the memory
+                stores ``(experience index, row)`` references).
+        """
         from ctta.checkpoint import set_rng_state
 
         named = dict(self.model.named_parameters()) | dict(self.model.named_buffers())
@@ -299,6 +389,11 @@ class OnlineCLTemplate(SupervisedTemplate):
         for x in self.evaluator.metrics:
             if type(x).__name__ in state["metrics"]:
                 x.load_state_dict(state["metrics"][type(x).__name__])
+        mem = state.get("memory")
+        if mem is not None and (mem["items"] or self.memory.capacity):
+            if mem["items"] and train_stream is None:
+                raise ValueError("this checkpoint holds a replay memory: pass the training stream to load it")
+            self.memory.load_state_dict(mem, lambda exp_index: train_stream[exp_index].dataset)
         self.load_extra_state(state["extra"])
         set_rng_state(state["rng"])
         pos = state["position"]
@@ -337,7 +432,7 @@ class OnlineCLTemplate(SupervisedTemplate):
         raise NotImplementedError(f"{cls.__name__}.from_config is not implemented")
 
 
-class AnytimeEvalPlugin(SupervisedPlugin):
+class AnytimeEvalPlugin(SupervisedPlugin, supports_distributed=True):
     """Periodic (every ``every`` samples) and task-end evaluation on the test images of exposed classes.
 
     Implements the Si-Blurry rule (spec si-blurry-mvp.md §4): after each incoming batch, if
@@ -393,7 +488,7 @@ def _is_task_end(exp) -> bool:
     return not hasattr(exp, "origin_experience")
 
 
-class TestTimeTemplate(SupervisedTemplate):
+class TestTimeTemplate(_WholeStreamLoaders, SupervisedTemplate):
     """Test-time adaptation inside ``eval()``: ``adapt_and_predict(mb_x)`` runs under ``enable_grad``.
 
     Episodic mode (the papers' setting) restores ``state_to_reset()`` after every mini-batch; continual mode
@@ -401,6 +496,7 @@ class TestTimeTemplate(SupervisedTemplate):
     """
 
     __test__ = False  # not a pytest test class
+    distributed_ok = True  # torchrun: samples sharded over ranks (episodic mode)
 
     def __init__(
         self,
@@ -462,11 +558,27 @@ class TestTimeTemplate(SupervisedTemplate):
     def eval(self, exp_list, **kwargs: Any):
         if self._initial_state is None:
             self.snapshot()
-        return super().eval(exp_list, **kwargs)
+        ctx = distributed.context()
+        if not ctx.active:
+            return super().eval(exp_list, **kwargs)
+        distributed.require_episodic(type(self).__name__, self.episodic)
+        per_rank, self.eval_mb_size = self.eval_mb_size, self.eval_mb_size * ctx.world  # one shard per rank
+        try:
+            return super().eval(exp_list, **kwargs)
+        finally:
+            self.eval_mb_size = per_rank
 
     def forward(self) -> torch.Tensor:
+        ctx = distributed.context()
+        if not ctx.active:
+            return self._adapt_local(self.mb_x)
+        x = distributed.shard(self.mb_x, ctx)  # episodic: samples are independent, so sharding is exact
+        out = self._adapt_local(x) if len(x) else torch.zeros(0, device=self.device)
+        return distributed.all_gather_cat(out, live=False)  # sample order restored
+
+    def _adapt_local(self, x: torch.Tensor) -> torch.Tensor:
         with torch.enable_grad():
-            out = self.adapt_and_predict(self.mb_x)
+            out = self.adapt_and_predict(x)
         if self.episodic:
             self.reset()
         return out.detach().float()

@@ -18,10 +18,17 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if isinstance(device, torch.device):
         return device
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device={device!r} requested but CUDA is not available; use device=cpu or auto")
+    if (
+        dev.type == "cuda"
+        and dev.index is None
+        and torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+    ):
+        dev = torch.device("cuda", torch.cuda.current_device())  # torchrun: this rank's GPU (LOCAL_RANK)
     return dev
 
 

@@ -103,12 +103,19 @@ class PromptERTemplate(OnlineCLTemplate):
         self.cutmix_prob, self.cutmix_alpha = float(cutmix_prob), float(cutmix_alpha)
         self._mix: tuple[torch.Tensor, float] | None = None  # (perm, lam) of the current update
 
-    def forward_logits(self) -> torch.Tensor:
-        x, self._mix = self.mb_x, None
-        if self.is_training and self.cutmix_prob > 0 and float(torch.rand(())) < self.cutmix_prob:
+    def augment(self, x: torch.Tensor) -> torch.Tensor:
+        """The benchmark's batch augmentation, then CutMix with probability ``cutmix_prob`` (whole update batch)."""
+        x, self._mix = super().augment(x), None
+        if self.cutmix_prob > 0 and float(torch.rand(())) < self.cutmix_prob:
             x, perm, lam = cutmix(x, self.cutmix_alpha)
             self._mix = (perm, lam)
-        return self.model(x)  # (B, num_classes) over exposed positions
+        return x
+
+    def forward_logits(self) -> torch.Tensor:
+        return self.model(self.mb_x)  # (B, num_classes) over exposed positions
+
+    def loss_inputs(self) -> dict:
+        return {"mb_logits_pos": self.mb_logits_pos, "model.selected_distance": self.model.selected_distance}
 
     def criterion(self) -> torch.Tensor:
         if not self.is_training:

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ctta import distributed
 from ctta.prompts.pool import PoolSelection, PromptPool
 from ctta.registry import STRATEGIES
 from ctta.templates import OnlineCLTemplate
@@ -345,8 +346,20 @@ class MVP(OnlineCLTemplate):
     def forward_logits(self) -> torch.Tensor:
         """``z~ = (W f + b) * mu + s`` over positions; on training forwards the pool count is updated."""
         t0, q = self.query_cache(self.model, self.mb_x, use=self.is_training)
-        self._out = self.model(None, update_count=self.is_training, tokens=t0, query=q)
+        count_here = self.is_training and not distributed.context().active  # else in gather_loss_inputs
+        self._out = self.model(None, update_count=count_here, tokens=t0, query=q)
         return self._out.logits * self._out.mu + self.seen_mask()
+
+    def loss_inputs(self) -> dict:
+        return {"_out": self._out}
+
+    def gather_loss_inputs(self, inputs: dict, gather) -> dict:
+        """Global batch of the MVP outputs; the pool count is advanced by every rank's selections."""
+        out: MVPOutput = inputs["_out"]
+        s = out.selection  # ``mass`` is pool-level (count + 1 before this step), the same on every rank
+        sel = PoolSelection(idx=gather(s.idx), distance=gather(s.distance), mass=s.mass)
+        self.model.mvp.pool.update_count(sel.idx)
+        return {"_out": MVPOutput(gather(out.feats), gather(out.logits), gather(out.mu), sel)}
 
     def criterion(self) -> torch.Tensor:
         if not self.is_training:

@@ -16,8 +16,15 @@ from ctta.run import execute, prepare
 from tests.conftest import ROOT
 
 CFG = ROOT / "configs" / "smoke" / "vpt_digits.yaml"
-OVR = ["log.progress=false", "log.plot=false", "device=cpu", "strategy.batch_size=32", "strategy.eval_every=200",
-       "strategy.online_iters=2", "log.checkpoint_every=96"]
+OVR = [
+    "log.progress=false",
+    "log.plot=false",
+    "device=cpu",
+    "strategy.batch_size=32",
+    "strategy.eval_every=200",
+    "strategy.online_iters=2",
+    "log.checkpoint_every=96",
+]
 
 
 class Killer(SupervisedPlugin):
@@ -35,11 +42,20 @@ def _summary(out):
     return json.loads((out / "results.json").read_text())["summary"]
 
 
-def test_killed_run_resumes_to_identical_metrics(tmp_path):
+@pytest.mark.parametrize(
+    "cfg_path,extra",
+    [
+        (CFG, []),
+        (ROOT / "configs" / "smoke" / "l2p_digits.yaml", ["strategy.memory_size=40", "strategy.memory_batch_size=8"]),
+    ],
+    ids=["vpt", "l2p-replay"],
+)
+def test_killed_run_resumes_to_identical_metrics(tmp_path, cfg_path, extra):
     full = tmp_path / "full"
-    execute(prepare(load_config(CFG, [*OVR, f"log.out_dir={full}"])), verbose=False)
+    ovr = [*OVR, *extra]
+    execute(prepare(load_config(cfg_path, [*ovr, f"log.out_dir={full}"])), verbose=False)
     part = tmp_path / "part"
-    cfg = load_config(CFG, [*OVR, f"log.out_dir={part}"])
+    cfg = load_config(cfg_path, [*ovr, f"log.out_dir={part}"])
     ctx = prepare(cfg)
     n_batches = sum(-(-len(e.dataset) // 32) for e in ctx.bench.train_stream)
     kill_at = random.Random(0).randrange(4, n_batches - 2)
@@ -47,7 +63,7 @@ def test_killed_run_resumes_to_identical_metrics(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         execute(ctx, verbose=False)
     assert list((part / "checkpoints").glob("ckpt-*.pt"))
-    resumed = execute(prepare(load_config(CFG, [*OVR, f"log.out_dir={part}", "resume=true"])), verbose=False)
+    resumed = execute(prepare(load_config(cfg_path, [*ovr, f"log.out_dir={part}", "resume=true"])), verbose=False)
     want = _summary(full)
     assert resumed["summary"].keys() == want.keys()
     for k, v in want.items():

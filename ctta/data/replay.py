@@ -38,12 +38,18 @@ class ReservoirMemory:
         self.capacity = int(capacity)
         self.items: list[tuple[Any, int]] = []
         self.seen = 0
+        self._tags: dict[int, Any] = {}  # id(dataset) -> tag naming it in ``state_dict`` (e.g. experience index)
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def add(self, dataset, indices) -> None:
-        """Offer ``dataset[i]`` for each ``i`` in ``indices`` (stream order) to the reservoir."""
+    def add(self, dataset, indices, tag: Any = None) -> None:
+        """Offer ``dataset[i]`` for each ``i`` in ``indices`` (stream order) to the reservoir.
+
+        ``tag`` names ``dataset`` in ``state_dict`` (a checkpoint stores ``(tag, index)`` pairs, not images).
+        """
+        if tag is not None:
+            self._tags[id(dataset)] = tag
         for i in indices:
             self.seen += 1
             if self.capacity == 0:
@@ -54,6 +60,30 @@ class ReservoirMemory:
                 j = int(torch.randint(0, self.seen, ()))
                 if j < self.capacity:
                     self.items[j] = (dataset, int(i))
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"capacity", "seen", "items": [(tag, index), ...]}`` (plain data; datasets named by their ``add`` tag)."""
+        untagged = {id(ds) for ds, _ in self.items} - set(self._tags)
+        if untagged:
+            raise ValueError("memory items were added without a tag; pass add(..., tag=...) to checkpoint them")
+        return {
+            "capacity": self.capacity,
+            "seen": self.seen,
+            "items": [(self._tags[id(ds)], i) for ds, i in self.items],
+        }
+
+    def load_state_dict(self, state: dict[str, Any], datasets) -> None:
+        """Restore ``state_dict()``; ``datasets(tag)`` returns the dataset an item's tag names."""
+        if int(state["capacity"]) != self.capacity:
+            raise ValueError(f"checkpoint memory capacity {state['capacity']} != configured {self.capacity}")
+        resolved: dict[Any, Any] = {}
+        items = []
+        for tag, i in state["items"]:
+            if tag not in resolved:
+                resolved[tag] = datasets(tag)
+                self._tags[id(resolved[tag])] = tag
+            items.append((resolved[tag], int(i)))
+        self.items, self.seen = items, int(state["seen"])
 
     def sample(self, n: int) -> list[torch.Tensor]:
         """``min(n, len(self))`` distinct stored samples, collated like a mini-batch ``[x (M, ...), y (M,), ...]``."""

@@ -1,0 +1,60 @@
+"""Worker for tests/test_distributed.py: one ctta run (one rank, or the single-process reference), recorded.
+
+Importable by ``torch.multiprocessing`` spawn children (not a test module itself).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from avalanche.training.plugins import SupervisedPlugin
+
+
+class Recorder(SupervisedPlugin, supports_distributed=True):
+    """Global training loss of every update and the (gathered) outputs of every test-time mini-batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.losses: list[float] = []
+        self.outputs: list[torch.Tensor] = []
+
+    def after_backward(self, strategy, **kwargs) -> None:
+        self.losses.append(float(strategy.loss.detach()))
+
+    def after_eval_forward(self, strategy, **kwargs) -> None:
+        if getattr(strategy, "eval_kind", None) is None:  # test-time runs (not the anytime evaluation)
+            self.outputs.append(strategy.mb_output.detach().cpu().clone())
+
+
+def run_recorded(cfg_path: str, overrides: list[str], out_dir: str) -> dict:
+    """Run ``cfg_path`` with ``overrides``; returns losses, outputs, summary and the trainable state."""
+    from ctta.config import load_config
+    from ctta.run import execute, prepare
+
+    cfg = load_config(cfg_path, [*overrides, f"log.out_dir={out_dir}"])
+    ctx = prepare(cfg)
+    rec = Recorder()
+    ctx.strategy.plugins.append(rec)
+    results = execute(ctx, verbose=False)
+    model = ctx.strategy.model
+    state = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+    state |= {n: b.detach().cpu().clone() for n, b in model.named_buffers()}
+    out = torch.cat(rec.outputs) if rec.outputs else None
+    return {"losses": rec.losses, "outputs": out, "summary": results["summary"], "state": state}
+
+
+def rank_main(rank: int, world: int, port: int, cfg_path: str, overrides: list[str], out_dir: str, dump: str):
+    """``torch.multiprocessing.spawn`` target: join a gloo group as torchrun would, run, save the record."""
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    try:
+        rec = run_recorded(cfg_path, overrides, out_dir)
+        torch.save(rec, f"{dump}.rank{rank}")
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
