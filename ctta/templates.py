@@ -572,8 +572,13 @@ class TestTimeTemplate(_WholeStreamLoaders, SupervisedTemplate):
         ctx = distributed.context()
         if not ctx.active:
             return self._adapt_local(self.mb_x)
-        x = distributed.shard(self.mb_x, ctx)  # episodic: samples are independent, so sharding is exact
-        out = self._adapt_local(x) if len(x) else torch.zeros(0, device=self.device)
+        full = self.mbatch  # episodic: samples are independent, so sharding is exact
+        self.mbatch = [distributed.shard(t, ctx) for t in full]  # strategies see their rows (and labels)
+        try:
+            x = self.mb_x
+            out = self._adapt_local(x) if len(x) else torch.zeros(0, device=self.device)
+        finally:
+            self.mbatch = full
         return distributed.all_gather_cat(out, live=False)  # sample order restored
 
     def _adapt_local(self, x: torch.Tensor) -> torch.Tensor:

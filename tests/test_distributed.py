@@ -7,6 +7,7 @@ identical parameters. TPT (episodic): per-sample logits gathered in sample order
 
 from __future__ import annotations
 
+import json
 import socket
 
 import pytest
@@ -82,6 +83,27 @@ def test_tpt_two_processes_equal_one(tmp_path):
         torch.testing.assert_close(rec["outputs"], single["outputs"], rtol=1e-4, atol=1e-4)
         assert torch.equal(rec["outputs"].argmax(-1), single["outputs"].argmax(-1))
         assert rec["summary"] == pytest.approx(single["summary"], abs=1e-6)
+
+
+def test_difftpt_two_processes_share_one_view_cache(tmp_path):
+    from ctta.data.view_cache import ViewCache
+
+    base = ["scenario.max_samples=7", "strategy.episode_batch=2"]
+    single = run_recorded(
+        str(SMOKE / "difftpt_digits.yaml"), [*COMMON, *base, f"strategy.diffusion.cache_dir={tmp_path / 'c1'}"],
+        str(tmp_path / "single"),
+    )  # fmt: skip
+    dump = str(tmp_path / "rec")
+    overrides = [*COMMON, *base, f"strategy.diffusion.cache_dir={tmp_path / 'c2'}"]  # fresh: the ranks generate
+    args = (2, _free_port(), str(SMOKE / "difftpt_digits.yaml"), overrides, str(tmp_path / "multi"), dump)
+    mp.spawn(rank_main, args=args, nprocs=2, join=True)
+    for r in range(2):
+        rec = torch.load(f"{dump}.rank{r}", weights_only=False)
+        torch.testing.assert_close(rec["outputs"], single["outputs"], rtol=1e-4, atol=1e-4)
+    (folder,) = [p for p in (tmp_path / "c2").iterdir() if p.is_dir()]
+    cache = ViewCache(tmp_path / "c2", json.loads((folder / "settings.json").read_text())["settings"])
+    assert len(cache.keys()) == 7 and not cache.verify()  # every sample generated once, all files intact
+    assert not list(folder.glob("locks/*.lock"))  # every writer lock released
 
 
 def test_shard_bounds_partition_in_order():
