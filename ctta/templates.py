@@ -65,7 +65,81 @@ class _WholeStreamLoaders:
         return args
 
 
-class OnlineCLTemplate(_WholeStreamLoaders, SupervisedTemplate):
+class ShardedTraining(_WholeStreamLoaders):
+    """Exact multi-process training for an Avalanche template under torchrun (scheme: ``ctta/distributed.py``).
+
+    A strategy runs its forward on ``on_shard`` (this rank's rows of the global batch), lists in ``loss_inputs``
+    the per-sample outputs its ``criterion()`` reads, and calls ``distributed_loss`` instead of its criterion when
+    distributed; ``backward()`` then back-propagates the surrogate and sums the gradients over ranks.
+    """
+
+    _surrogate: torch.Tensor | None = None  # what backward() back-propagates in a distributed update
+    _in_distributed_loss = False
+
+    def on_shard(self, fn, ctx):
+        """``fn()`` with ``self.mbatch`` replaced by this rank's contiguous rows (restored afterwards)."""
+        full = self.mbatch
+        self.mbatch = [distributed.shard(t, ctx) for t in full]
+        try:
+            return fn()
+        finally:
+            self.mbatch = full
+
+    def loss_inputs(self) -> dict[str, Any]:
+        """Per-sample outputs ``criterion()`` reads in training, by attribute path from the strategy.
+
+        Under torchrun they are gathered over the global update batch (rank order = batch order) before the loss.
+        """
+        return {"mb_output": self.mb_output}
+
+    def gather_loss_inputs(self, inputs: dict[str, Any], gather) -> dict[str, Any]:
+        """Global-batch versions of ``inputs``: ``gather(t)`` concatenates a per-sample tensor over ranks.
+
+        The default gathers every tensor (dataclasses and containers are walked); override for values that are
+        not per-sample (e.g. pool-level statistics) or for bookkeeping that must see the global batch.
+        """
+        return {k: distributed.map_tensors(v, gather) for k, v in inputs.items()}
+
+    def _set_loss_inputs(self, values: dict[str, Any]) -> None:
+        for path, v in values.items():
+            distributed.set_attr_path(self, path, v)
+
+    def distributed_loss(self, ctx) -> torch.Tensor:
+        """The global batch's loss (detached; for logging); its surrogate is kept for ``backward()``.
+
+        Summed over ranks the surrogates' gradients equal the one-process gradient (``ctta.distributed``).
+        """
+        cache: dict[int, torch.Tensor] = {}
+
+        def gather(t: torch.Tensor) -> torch.Tensor:
+            if id(t) not in cache:
+                cache[id(t)] = distributed.all_gather_cat(t)
+            return cache[id(t)]
+
+        glob = self.gather_loss_inputs(self.loss_inputs(), gather)
+        self._in_distributed_loss = True
+        try:
+            self._set_loss_inputs(glob)
+            value = self.criterion()
+            surrogate = value
+            if not ctx.main:  # remove the direct (parameter-only) gradient part: rank 0 contributes it once
+                self._set_loss_inputs(distributed.detach_tree(glob))
+                surrogate = value - self.criterion()
+                self._set_loss_inputs(glob)
+        finally:
+            self._in_distributed_loss = False
+        self._surrogate = surrogate
+        return value.detach()
+
+    def backward(self) -> None:
+        surrogate, self._surrogate = self._surrogate, None
+        if surrogate is None:
+            return super().backward()
+        surrogate.backward()
+        distributed.all_reduce_grads(trainable_parameters(self.model))
+
+
+class OnlineCLTemplate(ShardedTraining, SupervisedTemplate):
     """Online class-incremental template: ``online_iters`` updates per incoming batch, in stream order.
 
     Subclasses implement ``forward_logits()`` -> ``(B, num_classes)`` logits over exposed POSITIONS and may
@@ -133,7 +207,6 @@ class OnlineCLTemplate(_WholeStreamLoaders, SupervisedTemplate):
         self.batches_done = 0  # incoming batches consumed in the current experience
         self.exp_done = False
         self._skip_batches = 0  # set when resuming mid-experience
-        self._surrogate: torch.Tensor | None = None  # distributed training: what backward() back-propagates
 
     # ------------------------------------------------------------------ label bookkeeping
     def expose(self, y: torch.Tensor) -> None:
@@ -178,13 +251,13 @@ class OnlineCLTemplate(_WholeStreamLoaders, SupervisedTemplate):
         ctx = distributed.context()
         if not ctx.active or self.is_training:  # distributed training shards in ``_one_update``
             return self._forward_local()
-        full = self.mbatch  # evaluation: each rank scores its rows, the logits are gathered in batch order
-        self.mbatch = [distributed.shard(t, ctx) for t in full]
-        try:
-            out = self._forward_local() if len(self.mb_x) else torch.zeros(0, self.num_classes, device=self.device)
-        finally:
-            self.mbatch = full
-        return distributed.all_gather_cat(out, live=False)
+        out = self.on_shard(self._forward_local_or_empty, ctx)  # evaluation: each rank scores its rows
+        return distributed.all_gather_cat(out, live=False)  # logits in batch order
+
+    def _forward_local_or_empty(self) -> torch.Tensor:
+        if not len(self.mb_x):
+            return torch.zeros(0, self.num_classes, device=self.device)
+        return self._forward_local()
 
     def _forward_local(self) -> torch.Tensor:
         with autocast(self.device, self.precision):
@@ -263,19 +336,14 @@ class OnlineCLTemplate(_WholeStreamLoaders, SupervisedTemplate):
         self.optimizer.zero_grad()
         self.loss = self._make_empty_loss()
         ctx = distributed.context()
-        full = self.mbatch
-        if ctx.active:  # this rank's rows of the global update batch (ctta/distributed.py)
-            self.mbatch = [distributed.shard(t, ctx) for t in full]
         self._before_forward(**kwargs)
-        self.mb_output = self.forward()
-        self._after_forward(**kwargs)
-        if ctx.active:
-            self.mbatch = full
-            self.mb_output = distributed.all_gather_cat(self.mb_output.detach(), live=False)
-            value, self._surrogate = self._distributed_loss(ctx)
-            self.loss += value
+        if ctx.active:  # this rank's rows of the global update batch (ctta/distributed.py)
+            local = self.on_shard(self.forward, ctx)
+            self.mb_output = distributed.all_gather_cat(local.detach(), live=False)
         else:
-            self.loss += self.criterion()
+            self.mb_output = self.forward()
+        self._after_forward(**kwargs)
+        self.loss += self.distributed_loss(ctx) if ctx.active else self.criterion()
         self._before_backward(**kwargs)
         self.backward()
         self._after_backward(**kwargs)
@@ -286,54 +354,9 @@ class OnlineCLTemplate(_WholeStreamLoaders, SupervisedTemplate):
     def after_incoming_batch(self) -> None:
         """Called once per incoming batch after its updates (e.g. replay-memory update)."""
 
-    # ------------------------------------------------------------------ distributed training (ctta/distributed.py)
     def loss_inputs(self) -> dict[str, Any]:
-        """Per-sample outputs ``criterion()`` reads in training, by attribute path from the strategy.
-
-        Under torchrun they are gathered over the global update batch (rank order = batch order) before the loss;
-        override together with ``gather_loss_inputs`` when the loss reads more than ``mb_logits_pos``.
-        """
+        """What ``criterion()`` reads per sample (distributed runs gather it); override with ``criterion``."""
         return {"mb_logits_pos": self.mb_logits_pos}
-
-    def gather_loss_inputs(self, inputs: dict[str, Any], gather) -> dict[str, Any]:
-        """Global-batch versions of ``inputs``: ``gather(t)`` concatenates a per-sample tensor over ranks.
-
-        The default gathers every tensor (dataclasses and containers are walked); override for values that are
-        not per-sample (e.g. pool-level statistics) or for bookkeeping that must see the global batch.
-        """
-        return {k: distributed.map_tensors(v, gather) for k, v in inputs.items()}
-
-    def _set_loss_inputs(self, values: dict[str, Any]) -> None:
-        for path, v in values.items():
-            distributed.set_attr_path(self, path, v)
-
-    def _distributed_loss(self, ctx) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(global loss, surrogate to back-propagate)``; summed over ranks the surrogates' gradients equal the
-        one-process gradient (module docstring of ``ctta.distributed``)."""
-        cache: dict[int, torch.Tensor] = {}
-
-        def gather(t: torch.Tensor) -> torch.Tensor:
-            if id(t) not in cache:
-                cache[id(t)] = distributed.all_gather_cat(t)
-            return cache[id(t)]
-
-        local = self.loss_inputs()
-        glob = self.gather_loss_inputs(local, gather)
-        self._set_loss_inputs(glob)
-        value = self.criterion()
-        surrogate = value
-        if not ctx.main:  # remove the direct (parameter-only) gradient part: rank 0 contributes it once
-            self._set_loss_inputs(distributed.detach_tree(glob))
-            surrogate = value - self.criterion()
-            self._set_loss_inputs(glob)
-        return value.detach(), surrogate
-
-    def backward(self) -> None:
-        surrogate, self._surrogate = self._surrogate, None
-        if surrogate is None:
-            return super().backward()
-        surrogate.backward()
-        distributed.all_reduce_grads(trainable_parameters(self.model))
 
     # ------------------------------------------------------------------ checkpointing (plain state dicts)
     def extra_state(self) -> dict[str, Any]:
@@ -488,7 +511,7 @@ def _is_task_end(exp) -> bool:
     return not hasattr(exp, "origin_experience")
 
 
-class TestTimeTemplate(_WholeStreamLoaders, SupervisedTemplate):
+class TestTimeTemplate(ShardedTraining, SupervisedTemplate):
     """Test-time adaptation inside ``eval()``: ``adapt_and_predict(mb_x)`` runs under ``enable_grad``.
 
     Episodic mode (the papers' setting) restores ``state_to_reset()`` after every mini-batch; continual mode
@@ -572,14 +595,9 @@ class TestTimeTemplate(_WholeStreamLoaders, SupervisedTemplate):
         ctx = distributed.context()
         if not ctx.active:
             return self._adapt_local(self.mb_x)
-        full = self.mbatch  # episodic: samples are independent, so sharding is exact
-        self.mbatch = [distributed.shard(t, ctx) for t in full]  # strategies see their rows (and labels)
-        try:
-            x = self.mb_x
-            out = self._adapt_local(x) if len(x) else torch.zeros(0, device=self.device)
-        finally:
-            self.mbatch = full
-        return distributed.all_gather_cat(out, live=False)  # sample order restored
+        # episodic: samples are independent, so sharding is exact; strategies see their rows (and labels)
+        out = self.on_shard(lambda: self._adapt_local(self.mb_x) if len(self.mb_x) else torch.zeros(0), ctx)
+        return distributed.all_gather_cat(out.to(self.device), live=False)  # sample order restored
 
     def _adapt_local(self, x: torch.Tensor) -> torch.Tensor:
         with torch.enable_grad():

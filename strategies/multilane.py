@@ -35,9 +35,11 @@ import torch.nn.functional as F
 from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 
+from ctta import distributed
 from ctta.backbones.vit import PromptedViT, _attention, block_forward
 from ctta.metrics_multilabel import multilane_metrics
 from ctta.registry import STRATEGIES
+from ctta.templates import ShardedTraining
 from ctta.utils import autocast, resolve_device, trainable_parameters
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -270,13 +272,17 @@ class MultiLaneModel(nn.Module):
         return u + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(u))))
 
     # -- heads (§4)
-    def forward_train(self, x: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Lane ``t`` logits over all C columns ``(B, C)`` and the TaskIdentifier loss (task mode) or None."""
+    def forward_train(self, x: torch.Tensor, t: int, reduce: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Lane ``t`` logits over all C columns ``(B, C)`` and the TaskIdentifier loss (task mode) or None.
+
+        ``reduce=False`` returns the per-sample TaskIdentifier terms ``(B,)`` (their mean is the loss).
+        """
         feats, frozen = self.lane_features(x, [t])
         aux = None
         if self.head_mode == "task":
             q = F.normalize(frozen[:, 0].detach(), dim=-1)
-            aux = -(q @ F.normalize(self.keys[t], dim=-1)).mean()
+            aux = -(q @ F.normalize(self.keys[t], dim=-1))  # (B,)
+            aux = aux.mean() if reduce else aux
         return self.head(feats[0]), aux
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -335,7 +341,7 @@ def masked_ce(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torc
 
 # ----------------------------------------------------------------------------------------------- strategy
 @STRATEGIES.register("multilane", config=MultiLaneConfig)
-class MultiLane(SupervisedTemplate):
+class MultiLane(ShardedTraining, SupervisedTemplate):
     """MULTI-LANE as an Avalanche strategy: per-task epochs over one experience = one task = one lane.
 
     Experiences must carry ``classes_in_this_experience`` (C_t); ``experience.current_experience`` selects the
@@ -351,6 +357,8 @@ class MultiLane(SupervisedTemplate):
         num_workers: dataloader workers.
         precision: ``ctta.utils.autocast`` precision.
     """
+
+    distributed_ok = True  # torchrun: exact sharded updates (``ctta.templates.ShardedTraining``)
 
     def __init__(
         self, *, model: MultiLaneModel, lr: float = 0.015, train_mb_size: int = 128, train_epochs: int = 30,
@@ -372,7 +380,8 @@ class MultiLane(SupervisedTemplate):
         self.num_workers, self.precision = num_workers, precision
         self.scheduler = None
         self.task_id: int | None = None
-        self._aux: torch.Tensor | None = None
+        self._aux: torch.Tensor | None = None  # per-sample TaskIdentifier terms (B,) in training
+        self._local_out: torch.Tensor | None = None  # this rank's logits in a distributed update
 
     # -- per-task set-up (§5.1-5.3)
     def check_model_and_optimizer(self, **kwargs) -> None:
@@ -406,14 +415,30 @@ class MultiLane(SupervisedTemplate):
 
     # -- forward / loss
     def forward(self) -> torch.Tensor:
+        ctx = distributed.context()
+        if not ctx.active:
+            return self._forward_local()
+        local = self.on_shard(self._forward_local, ctx)  # torchrun: this rank's rows (ctta/distributed.py)
+        if self.is_training:
+            self._local_out = local
+            return distributed.all_gather_cat(local.detach(), live=False)
+        return distributed.all_gather_cat(local, live=False)
+
+    def _forward_local(self) -> torch.Tensor:
         with autocast(self.device, self.precision):
             if self.is_training:
-                logits, self._aux = self.model.forward_train(self.mb_x, self.task_id)
+                logits, self._aux = self.model.forward_train(self.mb_x, self.task_id, reduce=False)  # aux (B,)
             else:
                 logits, self._aux = self.model(self.mb_x), None
         return logits.float()  # (B, C)
 
+    def loss_inputs(self) -> dict:
+        return {"mb_output": self._local_out, "_aux": self._aux}
+
     def criterion(self) -> torch.Tensor:
+        ctx = distributed.context()
+        if ctx.active and self.is_training and not self._in_distributed_loss:
+            return self.distributed_loss(ctx)
         ct = self.model.class_task
         mask = (ct == self.task_id) if self.is_training else (ct >= 0)  # (C,)
         if not bool(mask.any()):
@@ -423,7 +448,7 @@ class MultiLane(SupervisedTemplate):
             loss = masked_bce(self.mb_output, y, mask, self.bce_reduction)
         else:
             loss = masked_ce(self.mb_output, y, mask)
-        return loss + self._aux if self._aux is not None else loss
+        return loss + self._aux.float().mean() if self._aux is not None else loss
 
     def optimizer_step(self) -> None:
         if self.clip_grad_norm is not None:

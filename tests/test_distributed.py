@@ -75,6 +75,14 @@ def test_l2p_cutmix_two_processes_equal_one(tmp_path):
     _assert_same_run(single, ranks)
 
 
+@pytest.mark.parametrize("head_mode", ["task", "concat"])
+def test_multilane_two_processes_equal_one(tmp_path, head_mode):
+    overrides = ["strategy.batch_size=15", f"strategy.head_mode={head_mode}"]  # shuffled epochs, uneven shards
+    single, ranks = _compare(SMOKE / "multilane_synthetic.yaml", overrides, tmp_path)
+    assert single["losses"] and single["summary"]
+    _assert_same_run(single, ranks)
+
+
 def test_tpt_two_processes_equal_one(tmp_path):
     overrides = ["scenario.max_samples=11", "strategy.episode_batch=2"]  # 11 samples: the last shard is empty
     single, ranks = _compare(SMOKE / "tpt_digits.yaml", overrides, tmp_path)
@@ -136,7 +144,7 @@ def test_unsupported_strategy_is_refused_under_torchrun(monkeypatch):
     from ctta.run import prepare
 
     monkeypatch.setattr(distributed, "init_from_env", lambda device: distributed.DistContext(rank=0, world=2))
-    cfg = load_config(SMOKE / "damvp_digits.yaml", COMMON)
+    cfg = load_config(SMOKE / "damvp_digits.yaml", COMMON)  # DAM-VP: meta-training + per-cluster prompts
     with pytest.raises(ValueError, match="does not support multi-process runs"):
         prepare(cfg)
 
