@@ -38,6 +38,7 @@ from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ctta import distributed
 from ctta.clustering import cluster_features, collect_features, default_tau
 from ctta.damvp_model import (
     BACKBONE_DEFAULTS,
@@ -51,6 +52,7 @@ from ctta.damvp_model import (
 from ctta.prompts.pixel import PadPromptBank, PadPrompter, load_prompter
 from ctta.registry import STRATEGIES
 from ctta.reptile import MetaTask, ReptileMetaTrainer, reptile_update
+from ctta.templates import ShardedTraining
 from ctta.utils import autocast, resolve_device
 
 
@@ -116,7 +118,7 @@ def _resolve(cfg: DAMVPConfig) -> tuple[str, str, str, float]:
 
 
 @STRATEGIES.register("damvp", config=DAMVPConfig)
-class DAMVP(SupervisedTemplate):
+class DAMVP(ShardedTraining, SupervisedTemplate):
     """DAM-VP over a stream of downstream datasets (one experience each; one experience = the paper's setting).
 
     Args:
@@ -127,6 +129,8 @@ class DAMVP(SupervisedTemplate):
         valid_stream, test_stream: optional per-dataset validation/test experiences (same indices).
         device, plugins, evaluator, precision: as Avalanche / ctta.
     """
+
+    distributed_ok = True  # torchrun: exact sharded updates; clustering and accuracy loops replicated per rank
 
     def __init__(
         self, *, model: DAMVPModel, config: DAMVPConfig, n_classes: int, datasets=None, valid_stream=None,
@@ -249,6 +253,16 @@ class DAMVP(SupervisedTemplate):
         super()._before_training_iteration(**kwargs)
 
     def forward(self) -> torch.Tensor:
+        ctx = distributed.context()
+        if not ctx.active:
+            return self._forward_local()
+        local = self.on_shard(self._forward_local, ctx)  # torchrun: this rank's rows (ctta/distributed.py)
+        return distributed.all_gather_cat(local.detach() if self.is_training else local, live=False)
+
+    def loss_inputs(self) -> dict:
+        return {"mb_logits_local": self.mb_logits_local}
+
+    def _forward_local(self) -> torch.Tensor:
         with autocast(self.device, self.precision):
             if self.is_training:
                 d = self._dataset_id()
@@ -264,6 +278,9 @@ class DAMVP(SupervisedTemplate):
         return torch.full((len(self.mb_x),), self._dataset_id(), dtype=torch.long, device=self.mb_x.device)
 
     def criterion(self) -> torch.Tensor:
+        ctx = distributed.context()
+        if ctx.active and self.is_training and not self._in_distributed_loss:
+            return self.distributed_loss(ctx)
         if self.is_training:
             ad = self.model.adapter(self._dataset_id())
             return F.cross_entropy(self.mb_logits_local, _local_labels(self.mb_y, ad.classes))

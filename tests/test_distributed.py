@@ -83,6 +83,12 @@ def test_multilane_two_processes_equal_one(tmp_path, head_mode):
     _assert_same_run(single, ranks)
 
 
+def test_damvp_two_processes_equal_one(tmp_path):
+    single, ranks = _compare(SMOKE / "damvp_digits.yaml", [], tmp_path)
+    assert single["losses"]
+    _assert_same_run(single, ranks)
+
+
 def test_tpt_two_processes_equal_one(tmp_path):
     overrides = ["scenario.max_samples=11", "strategy.episode_batch=2"]  # 11 samples: the last shard is empty
     single, ranks = _compare(SMOKE / "tpt_digits.yaml", overrides, tmp_path)
@@ -142,9 +148,11 @@ def test_continual_tta_refuses_sharding(monkeypatch):
 def test_unsupported_strategy_is_refused_under_torchrun(monkeypatch):
     from ctta.config import load_config
     from ctta.run import prepare
+    from strategies.vpt import VPT
 
     monkeypatch.setattr(distributed, "init_from_env", lambda device: distributed.DistContext(rank=0, world=2))
-    cfg = load_config(SMOKE / "damvp_digits.yaml", COMMON)  # DAM-VP: meta-training + per-cluster prompts
+    monkeypatch.setattr(VPT, "distributed_ok", False)  # a strategy that has not declared multi-process support
+    cfg = load_config(SMOKE / "vpt_digits.yaml", COMMON)
     with pytest.raises(ValueError, match="does not support multi-process runs"):
         prepare(cfg)
 
