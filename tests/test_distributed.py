@@ -69,9 +69,10 @@ def test_mvp_two_processes_equal_one(tmp_path):
     assert (tmp_path / "multi" / "results.json").is_file()  # rank 0 writes the outputs
 
 
-def test_l2p_cutmix_two_processes_equal_one(tmp_path):
+@pytest.mark.parametrize("name", ["l2p", "dualprompt"])
+def test_prompt_er_cutmix_two_processes_equal_one(tmp_path, name):
     overrides = ["scenario.batch_size=31", "strategy.cutmix_prob=1.0", "strategy.eval_every=400"]
-    single, ranks = _compare(SMOKE / "l2p_digits.yaml", overrides, tmp_path)
+    single, ranks = _compare(SMOKE / f"{name}_digits.yaml", overrides, tmp_path)
     _assert_same_run(single, ranks)
 
 
