@@ -8,6 +8,8 @@ Both add one level on Avalanche's ``SupervisedTemplate`` (DESIGN.md: shallow inh
   evaluation runs every ``eval_every`` samples and at the end of each ``train()`` call (task end).
 * ``TestTimeTemplate``: adapts inside ``eval()`` (Avalanche runs eval under ``no_grad``; adaptation runs under
   ``enable_grad``), restoring the saved state after each mini-batch in episodic mode.
+* ``ShardedTraining`` (a mixin of both, also used by MULTI-LANE and DAM-VP): under torchrun each rank runs the
+  network on its rows of the global batch and the loss on the gathered global batch (``ctta/distributed.py``).
 
 Avalanche facts relied on (spec avalanche.md §3): keyword-only constructors, ``make_optimizer`` must be
 overridden to keep trainable parameters only, ``eval()`` saves and restores the training state so it can be
