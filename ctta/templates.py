@@ -8,8 +8,8 @@ Both add one level on Avalanche's ``SupervisedTemplate`` (DESIGN.md: shallow inh
   evaluation runs every ``eval_every`` samples and at the end of each ``train()`` call (task end).
 * ``TestTimeTemplate``: adapts inside ``eval()`` (Avalanche runs eval under ``no_grad``; adaptation runs under
   ``enable_grad``), restoring the saved state after each mini-batch in episodic mode.
-* ``ShardedTraining`` (a mixin of both, also used by MULTI-LANE and DAM-VP): under torchrun each rank runs the
-  network on its rows of the global batch and the loss on the gathered global batch (``ctta/distributed.py``).
+* ``ctta.distributed.ShardedTraining`` (a mixin of both, also used by MULTI-LANE and DAM-VP): under torchrun each
+  rank runs the network on its rows of the global batch and the loss on the gathered global batch.
 
 Avalanche facts relied on (spec avalanche.md §3): keyword-only constructors, ``make_optimizer`` must be
 overridden to keep trainable parameters only, ``eval()`` saves and restores the training state so it can be
@@ -28,6 +28,7 @@ from torch import nn
 
 from ctta import distributed
 from ctta.data.replay import ReservoirMemory
+from ctta.distributed import ShardedTraining
 from ctta.scenarios_common import single_experience_stream
 from ctta.utils import autocast, resolve_device, trainable_parameters
 
@@ -53,92 +54,6 @@ def _default_evaluator() -> EvaluationPlugin:
     from ctta.logging import make_evaluator
 
     return make_evaluator()
-
-
-class _WholeStreamLoaders:
-    """Under torchrun every rank reads the whole stream in order (ctta shards each batch itself, see
-    ``ctta.distributed``), so Avalanche's automatic ``DistributedSampler`` is switched off."""
-
-    def _obtain_common_dataloader_parameters(self, **kwargs: Any) -> dict[str, Any]:
-        args = super()._obtain_common_dataloader_parameters(**kwargs)
-        avalanche_loader = not self.is_training or hasattr(self.experience, "task_labels")  # else a torch DataLoader
-        if distributed.context().active and avalanche_loader:
-            args["distributed_sampling"] = False
-        return args
-
-
-class ShardedTraining(_WholeStreamLoaders):
-    """Exact multi-process training for an Avalanche template under torchrun (scheme: ``ctta/distributed.py``).
-
-    A strategy runs its forward on ``on_shard`` (this rank's rows of the global batch), lists in ``loss_inputs``
-    the per-sample outputs its ``criterion()`` reads, and calls ``distributed_loss`` instead of its criterion when
-    distributed; ``backward()`` then back-propagates the surrogate and sums the gradients over ranks.
-    """
-
-    _surrogate: torch.Tensor | None = None  # what backward() back-propagates in a distributed update
-    _in_distributed_loss = False
-
-    def on_shard(self, fn, ctx):
-        """``fn()`` with ``self.mbatch`` replaced by this rank's contiguous rows (restored afterwards)."""
-        full = self.mbatch
-        self.mbatch = [distributed.shard(t, ctx) for t in full]
-        try:
-            return fn()
-        finally:
-            self.mbatch = full
-
-    def loss_inputs(self) -> dict[str, Any]:
-        """Per-sample outputs ``criterion()`` reads in training, by attribute path from the strategy.
-
-        Under torchrun they are gathered over the global update batch (rank order = batch order) before the loss.
-        """
-        return {"mb_output": self.mb_output}
-
-    def gather_loss_inputs(self, inputs: dict[str, Any], gather) -> dict[str, Any]:
-        """Global-batch versions of ``inputs``: ``gather(t)`` concatenates a per-sample tensor over ranks.
-
-        The default gathers every tensor (dataclasses and containers are walked); override for values that are
-        not per-sample (e.g. pool-level statistics) or for bookkeeping that must see the global batch.
-        """
-        return {k: distributed.map_tensors(v, gather) for k, v in inputs.items()}
-
-    def _set_loss_inputs(self, values: dict[str, Any]) -> None:
-        for path, v in values.items():
-            distributed.set_attr_path(self, path, v)
-
-    def distributed_loss(self, ctx) -> torch.Tensor:
-        """The global batch's loss (detached; for logging); its surrogate is kept for ``backward()``.
-
-        Summed over ranks the surrogates' gradients equal the one-process gradient (``ctta.distributed``).
-        """
-        cache: dict[int, torch.Tensor] = {}
-
-        def gather(t: torch.Tensor) -> torch.Tensor:
-            if id(t) not in cache:
-                cache[id(t)] = distributed.all_gather_cat(t)
-            return cache[id(t)]
-
-        glob = self.gather_loss_inputs(self.loss_inputs(), gather)
-        self._in_distributed_loss = True
-        try:
-            self._set_loss_inputs(glob)
-            value = self.criterion()
-            surrogate = value
-            if not ctx.main:  # remove the direct (parameter-only) gradient part: rank 0 contributes it once
-                self._set_loss_inputs(distributed.detach_tree(glob))
-                surrogate = value - self.criterion()
-                self._set_loss_inputs(glob)
-        finally:
-            self._in_distributed_loss = False
-        self._surrogate = surrogate
-        return value.detach()
-
-    def backward(self) -> None:
-        surrogate, self._surrogate = self._surrogate, None
-        if surrogate is None:
-            return super().backward()
-        surrogate.backward()
-        distributed.all_reduce_grads(trainable_parameters(self.model))
 
 
 class OnlineCLTemplate(ShardedTraining, SupervisedTemplate):

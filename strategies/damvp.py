@@ -49,10 +49,10 @@ from ctta.damvp_model import (
     noise_readout_order,
     readout_indices,
 )
+from ctta.distributed import ShardedTraining
 from ctta.prompts.pixel import PadPromptBank, PadPrompter, load_prompter
 from ctta.registry import STRATEGIES
 from ctta.reptile import MetaTask, ReptileMetaTrainer, reptile_update
-from ctta.templates import ShardedTraining
 from ctta.utils import autocast, resolve_device
 
 

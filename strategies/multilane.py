@@ -37,9 +37,9 @@ from torch import nn
 
 from ctta import distributed
 from ctta.backbones.vit import PromptedViT, _attention, block_forward
+from ctta.distributed import ShardedTraining
 from ctta.metrics_multilabel import multilane_metrics
 from ctta.registry import STRATEGIES
-from ctta.templates import ShardedTraining
 from ctta.utils import autocast, resolve_device, trainable_parameters
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
