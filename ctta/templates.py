@@ -124,6 +124,7 @@ class OnlineCLTemplate(ShardedTraining, SupervisedTemplate):
         self.batches_done = 0  # incoming batches consumed in the current experience
         self.exp_done = False
         self._skip_batches = 0  # set when resuming mid-experience
+        self._resume_rng: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ label bookkeeping
     def expose(self, y: torch.Tensor) -> None:
@@ -223,6 +224,7 @@ class OnlineCLTemplate(ShardedTraining, SupervisedTemplate):
                 self.batches_done += 1
                 self._exp_offset += len(self.mbatch[1])
                 continue
+            self._restore_resume_rng()
             self._unpack_minibatch()
             self._before_training_iteration(**kwargs)
             self.expose(self.mb_y)
@@ -241,6 +243,17 @@ class OnlineCLTemplate(ShardedTraining, SupervisedTemplate):
             self.seen_samples += n
             self.batches_done += 1
             self._after_training_iteration(**kwargs)
+
+        self._restore_resume_rng()
+
+    def _restore_resume_rng(self) -> None:
+        """Resuming mid-experience: the checkpoint's RNG state is set once the data iterator exists, because
+        creating it draws a seed from the global RNG (it had been drawn before the checkpoint was taken)."""
+        if self._resume_rng is not None:
+            from ctta.checkpoint import set_rng_state
+
+            set_rng_state(self._resume_rng)
+            self._resume_rng = None
 
     def replay_batch(self, stream: list[torch.Tensor]) -> list[torch.Tensor]:
         """The update batch: the stream batch plus a fresh draw of ``memory_batch_size`` replayed samples."""
@@ -341,6 +354,7 @@ class OnlineCLTemplate(ShardedTraining, SupervisedTemplate):
             self.exp_index = pos["exp_index"]
             return pos["exp_index"] + 1
         self.exp_index, self._skip_batches = pos["exp_index"] - 1, pos["batches_done"]
+        self._resume_rng = state["rng"]  # set again after the experience's data iterator draws its seed
         return pos["exp_index"]
 
     @staticmethod

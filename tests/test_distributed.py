@@ -121,6 +121,31 @@ def test_difftpt_two_processes_share_one_view_cache(tmp_path):
     assert not list(folder.glob("locks/*.lock"))  # every writer lock released
 
 
+def test_killed_run_resumes_under_two_processes(tmp_path):
+    """A one-process run killed mid-stream resumes under 2 processes (rank 0 loads, broadcasts) to the same end."""
+    from ctta.config import load_config
+    from ctta.run import execute, prepare
+    from tests.test_checkpoint import Killer
+
+    cfg_path = SMOKE / "l2p_digits.yaml"
+    ovr = [*COMMON, "scenario.batch_size=32", "strategy.eval_every=200", "strategy.memory_size=40",
+           "strategy.memory_batch_size=8", "log.checkpoint_every=96"]  # fmt: skip
+    full = run_recorded(str(cfg_path), ovr, str(tmp_path / "full"))
+    part = tmp_path / "part"
+    ctx = prepare(load_config(cfg_path, [*ovr, f"log.out_dir={part}"]))
+    ctx.strategy.plugins.insert(1, Killer(17))  # after the anytime eval, before the checkpoint plugin
+    with pytest.raises(KeyboardInterrupt):
+        execute(ctx, verbose=False)
+    dump = str(tmp_path / "rec")
+    args = (2, _free_port(), str(cfg_path), [*ovr, "resume=true"], str(part), dump)
+    mp.spawn(rank_main, args=args, nprocs=2, join=True)
+    for r in range(2):
+        rec = torch.load(f"{dump}.rank{r}", weights_only=False)
+        assert rec["summary"] == pytest.approx(full["summary"], abs=1e-6)
+        for name, v in full["state"].items():
+            torch.testing.assert_close(rec["state"][name], v, rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_shard_bounds_partition_in_order():
     for n in (0, 1, 5, 64, 97):
         for world in (1, 2, 3, 8):
