@@ -21,10 +21,10 @@ import time
 
 import torch
 import torch.nn.functional as F
+from ctta.strategies.damvp.model import DAMVPModel, DatasetAdapter, Featurizer, readout_indices
+from ctta.strategies.damvp.pixel import PadPromptBank, PadPrompter, scaled_pad_width
 
 from ctta.backbones.vit import ViTConfig, build_vit
-from ctta.damvp_model import DAMVPModel, DatasetAdapter, Featurizer, readout_indices
-from ctta.prompts.pixel import PadPromptBank, PadPrompter, scaled_pad_width
 from ctta.utils import resolve_device
 
 MODELS = {

@@ -21,12 +21,12 @@ import time
 from dataclasses import replace
 
 import torch
+from ctta.strategies.difftpt import DiffTPTConfig, denormalize, make_tuner
+from ctta.strategies.difftpt.diffusion import TINY_RANDOM, DiffusionConfig, DiffusionViews, load_pipeline
 
 from ctta.backbones.clip import CLIPConfig, build_clip
 from ctta.data.digits import DIGIT_NAMES, load_digits
 from ctta.data.tta_views import make_views
-from ctta.diffusion import TINY_RANDOM, DiffusionConfig, DiffusionViews, load_pipeline
-from strategies.difftpt import DiffTPTConfig, denormalize, make_tuner
 
 
 def _samples(n: int, n_conv: int, res: int) -> tuple[torch.Tensor, list]:
@@ -55,7 +55,7 @@ def _run(views, sources, dv: DiffusionViews, tuner, device) -> tuple[float, floa
 
 def _warm_up(pipe, cfg: DiffusionConfig, tuner, views: torch.Tensor, device) -> None:
     """One untimed generation and tuning pass (kernel selection, lazy imports) outside the cache."""
-    from ctta.diffusion import ImageVariationGenerator
+    from ctta.strategies.difftpt.diffusion import ImageVariationGenerator
 
     gen = ImageVariationGenerator(pipe, replace(cfg, num_inference_steps=2, seed=0))
     gen.generate(gen.conditioning(torch.rand(3, 32, 32)), "warm-up", [0])

@@ -27,9 +27,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ctta.strategies.multilane import MultiLaneModel  # noqa: E402
+
 from ctta.backbones.vit import PromptedViT, create_vit  # noqa: E402
 from ctta.utils import resolve_device  # noqa: E402
-from strategies.multilane import MultiLaneModel  # noqa: E402
 
 SETTINGS = {  # name -> MultiLaneModel options (spec §3.3, §3.4)
     "coco": dict(num_selectors=20, num_prompts=20, num_prompt_layers=5),

@@ -31,8 +31,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ctta.strategies.mvp import MVPConfig, MVPModel, QueryCache, mvp_loss  # noqa: E402
+
 from ctta.backbones.vit import PromptedViT, create_vit  # noqa: E402
-from strategies.mvp import MVPConfig, MVPModel, QueryCache, mvp_loss  # noqa: E402
 
 MODELS = {
     "tiny": dict(

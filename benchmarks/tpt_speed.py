@@ -60,10 +60,10 @@ def _clock(device) -> float:
 
 def _worker(spec: dict, out_path: str) -> None:
     import torch
+    from ctta.strategies.tpt import PromptTuner, TPTConfig
 
     from ctta.backbones.clip import create_clip
     from ctta.data.classnames import imagenet_classnames
-    from strategies.tpt import PromptTuner, TPTConfig
 
     torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])

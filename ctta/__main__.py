@@ -2,6 +2,6 @@
 
 import sys
 
-from ctta.cli import main
+from ctta.runner.cli import main
 
 sys.exit(main())

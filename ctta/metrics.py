@@ -86,7 +86,7 @@ class AnytimeAccuracy(PluginMetric[dict]):
         pred = strategy.mb_output.argmax(-1).cpu()
         y = strategy.mb_y.cpu()
         if y.ndim != 1:
-            return  # multi-label targets: see ctta.metrics_multilabel
+            return  # multi-label targets: see ctta.strategies.multilane.metrics
         for c, ok in zip(y.tolist(), (pred == y).tolist()):
             self._count[c] = self._count.get(c, 0) + 1
             self._correct[c] = self._correct.get(c, 0) + int(ok)
@@ -128,3 +128,36 @@ class AnytimeAccuracy(PluginMetric[dict]):
 def top1(logits: torch.Tensor, y: torch.Tensor) -> float:
     """Fraction of rows whose argmax equals ``y``."""
     return float((logits.argmax(-1) == y).float().mean()) if len(y) else 0.0
+
+
+class TopKAccuracy(PluginMetric[float]):
+    """Stream top-k accuracy (Avalanche's ``topk_acc_metrics`` needs task labels, which TTA streams lack)."""
+
+    def __init__(self, k: int = 5) -> None:
+        super().__init__()
+        self.k, self.correct, self.count = k, 0, 0
+
+    def reset(self) -> None:
+        self.correct = self.count = 0
+
+    def result(self) -> float:
+        return self.correct / max(1, self.count)
+
+    def before_eval(self, strategy) -> None:
+        self.reset()
+
+    def after_eval_iteration(self, strategy) -> None:
+        super().after_eval_iteration(strategy)
+        out, y = strategy.mb_output, strategy.mb_y
+        top = out.topk(min(self.k, out.shape[-1]), dim=-1).indices  # (B, k)
+        self.correct += int((top == y[:, None]).any(-1).sum())
+        self.count += len(y)
+
+    def after_eval(self, strategy) -> list[MetricValue]:
+        name = getattr(getattr(strategy.experience, "origin_stream", None), "name", "test_stream")
+        name = name if name.endswith("_stream") else f"{name}_stream"
+        x = strategy.clock.train_iterations
+        return [MetricValue(self, f"Top{self.k}_Acc_Stream/eval_phase/{name}", self.result(), x)]
+
+    def __str__(self) -> str:
+        return f"Top{self.k}_Acc_Stream"

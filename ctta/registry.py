@@ -71,7 +71,7 @@ STRATEGIES = Registry("strategy")
 SCENARIOS = Registry("scenario")
 BACKBONES = Registry("backbone")
 
-_BUILTIN_PACKAGES = ("ctta.backbones", "scenarios", "strategies")
+_BUILTIN_PACKAGES = ("ctta.backbones", "ctta.scenarios", "ctta.strategies")
 _loaded = False
 
 

@@ -1,10 +1,11 @@
-"""Small shared helpers: device resolution, autocast, seeding, trainable-parameter selection."""
+"""Small shared helpers: device resolution, autocast, seeding, RNG state, trainable-parameter selection."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import random
+from typing import Any
 
 import numpy as np
 import torch
@@ -71,3 +72,20 @@ def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
 def trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
     """Detached clones of the trainable parameters, by name (for episodic reset or change checks)."""
     return {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
+
+
+def rng_state() -> dict[str, Any]:
+    """The global RNG states (torch, numpy, random, CUDA when present), for resumable checkpoints."""
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "random": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what ``rng_state`` returned."""
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["random"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -252,7 +252,7 @@ def _load_cil(cfg: MultiLaneCILConfig):
 @SCENARIOS.register("multilane_cil", config=MultiLaneCILConfig)
 def build_multilane_cil(cfg: MultiLaneCILConfig, *, seed: int = 0):
     """CIFAR-100 10x10 / ImageNet-R 10x20 with MULTI-LANE's transforms via the class-incremental builder."""
-    from scenarios.class_incremental import class_incremental_benchmark, split_classes
+    from ctta.scenarios.class_incremental import class_incremental_benchmark, split_classes
 
     train, test, names = _load_cil(cfg)
     order = class_order(len(names), cfg.shuffle, seed if cfg.shuffle_seed is None else cfg.shuffle_seed)

@@ -32,7 +32,7 @@ from torch import nn
 
 from ctta.prompts import PromptPool
 from ctta.registry import STRATEGIES
-from strategies.l2p import PromptERConfig, PromptERTemplate, cls_position, make_head
+from ctta.templates.prompt_er import PromptERConfig, PromptERTemplate, cls_position, make_head
 
 
 @dataclass(frozen=True)

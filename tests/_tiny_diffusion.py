@@ -1,8 +1,8 @@
 """Tiny randomly initialised diffusers image-variation pipeline for tests (no download), with call counters.
 
-Reusable by any test: ``tiny_pipeline()`` builds the pipeline from configs (``ctta.diffusion``'s builder, also used
-by the smoke configs through ``diffusion.model: tiny-random``); ``count_calls(pipe)`` counts forwards of its parts;
-``tiny_diffusion_config(cache_dir, **overrides)`` gives fast generation settings (2 denoising steps).
+Reusable by any test: ``tiny_pipeline()`` builds the pipeline from configs (the DiffTPT diffusion module's builder,
+also used by the smoke configs through ``diffusion.model: tiny-random``); ``count_calls(pipe)`` counts forwards of
+its parts; ``tiny_diffusion_config(cache_dir, **overrides)`` gives fast generation settings (2 denoising steps).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import replace
 
-from ctta.diffusion import TINY_RANDOM, DiffusionConfig, tiny_image_variation_pipeline
+from ctta.strategies.difftpt.diffusion import TINY_RANDOM, DiffusionConfig, tiny_image_variation_pipeline
 
 
 def tiny_pipeline(seed: int = 0, sample_size: int = 8, image_size: int = 32):

@@ -15,8 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE_CONFIGS = sorted((ROOT / "configs" / "smoke").glob("*.yaml"))
 
 # The tiny ViT used across the suite (depth >= 6 so MVP's prompt layers 0-4 exist).
-TINY_VIT = dict(model="vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=6, embed_dim=48,
-                num_heads=3)
+TINY_VIT = dict(
+    model="vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=6, embed_dim=48, num_heads=3
+)
 
 
 @pytest.fixture

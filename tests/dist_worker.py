@@ -29,8 +29,8 @@ class Recorder(SupervisedPlugin, supports_distributed=True):
 
 def run_recorded(cfg_path: str, overrides: list[str], out_dir: str) -> dict:
     """Run ``cfg_path`` with ``overrides``; returns losses, outputs, summary and the trainable state."""
-    from ctta.config import load_config
-    from ctta.run import execute, prepare
+    from ctta.runner.config import load_config
+    from ctta.runner.run import execute, prepare
 
     cfg = load_config(cfg_path, [*overrides, f"log.out_dir={out_dir}"])
     ctx = prepare(cfg)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 from avalanche.benchmarks.scenarios import benchmark_from_datasets
 from avalanche.training.supervised import Naive
+from ctta.scenarios.class_incremental import ClassIncrementalConfig
+from ctta.strategies.vpt import VPT, VPTConfig
 
 from ctta.data.avl import as_avl_dataset
 from ctta.logging import anytime_metric, make_evaluator
 from ctta.registry import SCENARIOS
-from scenarios.class_incremental import ClassIncrementalConfig
-from strategies.vpt import VPT, VPTConfig
 
 
 def test_vpt_on_benchmark_from_datasets(tiny_vit, digits):
@@ -18,8 +18,13 @@ def test_vpt_on_benchmark_from_datasets(tiny_vit, digits):
     tr, te = as_avl_dataset(train), as_avl_dataset(test)
     bench = benchmark_from_datasets(train=[tr.subset(range(0, 200)), tr.subset(range(200, 400))], test=[te])
     bench.n_classes, bench.test_dataset = 10, te
-    s = VPT.from_config(VPTConfig(online_iters=1, eval_every=150), backbone=tiny_vit, benchmark=bench,
-                        device="cpu", evaluator=make_evaluator())
+    s = VPT.from_config(
+        VPTConfig(online_iters=1, eval_every=150),
+        backbone=tiny_vit,
+        benchmark=bench,
+        device="cpu",
+        evaluator=make_evaluator(),
+    )
     before = tiny_vit.state_dict()
     before = {k: v.clone() for k, v in before.items()}
     for exp in bench.train_stream:
@@ -34,8 +39,14 @@ def test_vpt_on_benchmark_from_datasets(tiny_vit, digits):
 def test_avalanche_naive_runs_on_our_class_incremental_benchmark():
     bench = SCENARIOS.get("class_incremental").builder(ClassIncrementalConfig(n_experiences=2, img_size=8), seed=0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10))
-    s = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), train_mb_size=64,
-              eval_mb_size=256, device="cpu", evaluator=make_evaluator())
+    s = Naive(
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        train_mb_size=64,
+        eval_mb_size=256,
+        device="cpu",
+        evaluator=make_evaluator(),
+    )
     for exp in bench.train_stream:
         s.train(exp)
     res = s.eval(bench.test_stream)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from ctta.scenarios.si_blurry import si_blurry_benchmark
+from ctta.strategies.dualprompt import DualPrompt, DualPromptConfig, DualPromptModel
+from ctta.strategies.l2p import L2P, L2PConfig, L2PModel, cls_position
 from torch.utils.data import TensorDataset
 
 from ctta.data.replay import ReservoirMemory
 from ctta.data.siblurry_aug import SiBlurryTrainAugment, cutmix
-from scenarios.si_blurry import si_blurry_benchmark
-from strategies.dualprompt import DualPrompt, DualPromptConfig, DualPromptModel
-from strategies.l2p import L2P, L2PConfig, L2PModel, cls_position
 
 MEAN = STD = (0.5, 0.5, 0.5)
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from avalanche.training.plugins import SupervisedPlugin
 
-from ctta.checkpoint import load_latest, save_checkpoint
-from ctta.config import load_config
-from ctta.run import execute, prepare
+from ctta.runner.checkpoint import load_latest, save_checkpoint
+from ctta.runner.config import load_config
+from ctta.runner.run import execute, prepare
 from tests.conftest import ROOT
 
 CFG = ROOT / "configs" / "smoke" / "vpt_digits.yaml"

@@ -148,7 +148,7 @@ def test_unknown_dataset():
 
 
 def test_si_blurry_builder_on_fake_cifar(tmp_path):
-    from scenarios.si_blurry import SiBlurryConfig, build_si_blurry
+    from ctta.scenarios.si_blurry import SiBlurryConfig, build_si_blurry
 
     labels = make_cifar(tmp_path, n_classes=10, per_class=6)
     bench = build_si_blurry(SiBlurryConfig(dataset="cifar100", root=str(tmp_path), img_size=32), seed=1)

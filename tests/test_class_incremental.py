@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from ctta.scenarios.class_incremental import ClassIncrementalConfig, split_classes
 
-from ctta.config import load_config
 from ctta.registry import SCENARIOS
-from scenarios.class_incremental import ClassIncrementalConfig, split_classes
+from ctta.runner.config import load_config
 
 
 def test_split_never_drops_classes_when_not_divisible():
@@ -62,8 +62,13 @@ def test_missing_folder_dataset_says_what_to_do(tmp_path):
 
 
 def test_bad_config_key():
-    from ctta.config import ConfigError
+    from ctta.runner.config import ConfigError
 
     with pytest.raises(ConfigError, match="valid keys"):
-        load_config({"scenario": {"name": "class_incremental", "n_exp": 2}, "backbone": {"name": "vit"},
-                     "strategy": {"name": "vpt"}})
+        load_config(
+            {
+                "scenario": {"name": "class_incremental", "n_exp": 2},
+                "backbone": {"name": "vit"},
+                "strategy": {"name": "vpt"},
+            }
+        )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ctta.cli import main
+from ctta.runner.cli import main
 
 
 def test_demo_writes_outputs(tmp_path, capsys):
@@ -34,21 +34,42 @@ def test_generate_caches_views_once(tmp_path, capsys):
     from tests.conftest import ROOT
 
     cfg = str(ROOT / "configs" / "smoke" / "difftpt_digits.yaml")
-    args = ["generate", cfg, f"log.out_dir={tmp_path}", "log.progress=false",
-            f"strategy.diffusion.cache_dir={tmp_path / 'views'}"]
+    args = [
+        "generate",
+        cfg,
+        f"log.out_dir={tmp_path}",
+        "log.progress=false",
+        f"strategy.diffusion.cache_dir={tmp_path / 'views'}",
+    ]
     assert main(args) == 0
     first = capsys.readouterr().out
     assert main(args) == 0
     assert "generated 0 images" in capsys.readouterr().out and "generated 0 images" not in first
-    assert main(["generate", str(ROOT / "configs" / "smoke" / "vpt_digits.yaml"), f"log.out_dir={tmp_path}/v",
-                 "log.progress=false"]) == 2
+    assert (
+        main(
+            [
+                "generate",
+                str(ROOT / "configs" / "smoke" / "vpt_digits.yaml"),
+                f"log.out_dir={tmp_path}/v",
+                "log.progress=false",
+            ]
+        )
+        == 2
+    )
 
 
 def test_missing_dataset_is_reported_without_traceback(tmp_path, capsys):
     from tests.conftest import ROOT
 
-    rc = main(["run", str(ROOT / "configs" / "mvp_siblurry_cifar100.yaml"), f"scenario.root={tmp_path}",
-               f"log.out_dir={tmp_path}/out", "backbone.pretrained=false"])
+    rc = main(
+        [
+            "run",
+            str(ROOT / "configs" / "mvp_siblurry_cifar100.yaml"),
+            f"scenario.root={tmp_path}",
+            f"log.out_dir={tmp_path}/out",
+            "backbone.pretrained=false",
+        ]
+    )
     assert rc == 1
     err = capsys.readouterr().err
     assert "CIFAR-100 not found" in err and "cifar-100-python.tar.gz" in err

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from ctta.config import ConfigError, apply_overrides, dump_config, from_dict, load_config
+from ctta.runner.config import ConfigError, apply_overrides, dump_config, from_dict, load_config
 
 BASE = {
     "seed": 3,

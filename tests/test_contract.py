@@ -9,9 +9,9 @@ import math
 import pytest
 import torch
 
-from ctta.config import load_config
 from ctta.registry import STRATEGIES
-from ctta.run import execute, prepare
+from ctta.runner.config import load_config
+from ctta.runner.run import execute, prepare
 from tests.conftest import SMOKE_CONFIGS
 
 

@@ -7,14 +7,14 @@ import math
 
 import pytest
 import torch
+from ctta.scenarios.transfer import TransferConfig, build_transfer
+from ctta.strategies.damvp import DAMVP, DAMVPConfig, warmup_cosine_lr
+from ctta.strategies.damvp.clustering import cluster_features, default_tau, route
+from ctta.strategies.damvp.model import Featurizer, load_representation, noise_readout_order, readout_indices
+from ctta.strategies.damvp.pixel import PadPromptBank, PadPrompter, load_prompter, pad_prompt_numel, save_prompter
+from ctta.strategies.damvp.reptile import MetaTask, ReptileMetaTrainer, meta_inner_lr, reptile_update
 
-from ctta.clustering import cluster_features, default_tau, route
-from ctta.damvp_model import Featurizer, load_representation, noise_readout_order, readout_indices
 from ctta.logging import make_evaluator
-from ctta.prompts.pixel import PadPromptBank, PadPrompter, load_prompter, pad_prompt_numel, save_prompter
-from ctta.reptile import MetaTask, ReptileMetaTrainer, meta_inner_lr, reptile_update
-from scenarios.transfer import TransferConfig, build_transfer
-from strategies.damvp import DAMVP, DAMVPConfig, warmup_cosine_lr
 
 TINY = dict(tau=0.7, lr=1000.0, epochs=1, batch_size=16, eval_batch_size=64, pad_width=4, n_noise=32)
 

@@ -6,13 +6,13 @@ import json
 
 import pytest
 import torch
+from ctta.strategies.difftpt import DiffTPT, DiffTPTConfig, difftpt_select, make_tuner
 
 from ctta.backbones.clip import CLIPConfig, build_clip
 from ctta.data.digits import DIGIT_NAMES, load_digits
 from ctta.data.tta_views import make_views
 from ctta.losses import entropy
 from ctta.scenarios_common import annotate, make_benchmark
-from strategies.difftpt import DiffTPT, DiffTPTConfig, difftpt_select, make_tuner
 from tests._tiny_diffusion import tiny_diffusion_config
 
 N_CONV, N_DIFF = 7, 4  # views per sample: 1 original + 7 conventional + 4 diffusion = 12

@@ -12,16 +12,16 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-from ctta.data.view_cache import (
+from ctta.strategies.difftpt.diffusion import DiffusionConfig, DiffusionViews, ImageVariationGenerator, load_pipeline
+from ctta.strategies.difftpt.view_cache import (
     CacheCorruptError,
     CacheMismatchError,
     ViewCache,
     sha256_bytes,
     source_key,
 )
-from ctta.diffusion import DiffusionConfig, DiffusionViews, ImageVariationGenerator, load_pipeline
+from PIL import Image
+
 from tests._tiny_diffusion import count_calls, tiny_diffusion_config, tiny_pipeline
 
 N_VIEWS = 5

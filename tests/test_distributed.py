@@ -101,7 +101,7 @@ def test_tpt_two_processes_equal_one(tmp_path):
 
 
 def test_difftpt_two_processes_share_one_view_cache(tmp_path):
-    from ctta.data.view_cache import ViewCache
+    from ctta.strategies.difftpt.view_cache import ViewCache
 
     base = ["scenario.max_samples=7", "strategy.episode_batch=2"]
     single = run_recorded(
@@ -123,8 +123,8 @@ def test_difftpt_two_processes_share_one_view_cache(tmp_path):
 
 def test_killed_run_resumes_under_two_processes(tmp_path):
     """A one-process run killed mid-stream resumes under 2 processes (rank 0 loads, broadcasts) to the same end."""
-    from ctta.config import load_config
-    from ctta.run import execute, prepare
+    from ctta.runner.config import load_config
+    from ctta.runner.run import execute, prepare
     from tests.test_checkpoint import Killer
 
     cfg_path = SMOKE / "l2p_digits.yaml"
@@ -172,9 +172,10 @@ def test_continual_tta_refuses_sharding(monkeypatch):
 
 
 def test_unsupported_strategy_is_refused_under_torchrun(monkeypatch):
-    from ctta.config import load_config
-    from ctta.run import prepare
-    from strategies.vpt import VPT
+    from ctta.strategies.vpt import VPT
+
+    from ctta.runner.config import load_config
+    from ctta.runner.run import prepare
 
     monkeypatch.setattr(distributed, "init_from_env", lambda device: distributed.DistContext(rank=0, world=2))
     monkeypatch.setattr(VPT, "distributed_ok", False)  # a strategy that has not declared multi-process support

@@ -7,9 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from sklearn.metrics import average_precision_score
-
-from ctta.metrics_multilabel import (
+from ctta.strategies.multilane.metrics import (
     MultiLabelMetrics,
     TaskAveragedAccuracy,
     average_precision,
@@ -18,6 +16,7 @@ from ctta.metrics_multilabel import (
     seen_columns,
     task_average_summary,
 )
+from sklearn.metrics import average_precision_score
 
 
 def test_average_precision_matches_sklearn_with_ties():
@@ -94,7 +93,7 @@ def _run(metric, strat):
 
 
 def test_multilabel_plugin_restricts_to_seen_columns_and_tracks_amap(monkeypatch):
-    import ctta.metrics_multilabel as mm
+    import ctta.strategies.multilane.metrics as mm
 
     monkeypatch.setattr(mm, "get_metric_name", lambda k, s, **kw: k)
     m = MultiLabelMetrics()
@@ -123,7 +122,7 @@ def test_task_average_summary_acc_forgetting_bwt():
 
 
 def test_task_averaged_plugin_ignores_multi_hot_and_fills_matrix(monkeypatch):
-    import ctta.metrics_multilabel as mm
+    import ctta.strategies.multilane.metrics as mm
 
     monkeypatch.setattr(mm, "get_metric_name", lambda k, s, **kw: k)
     m = TaskAveragedAccuracy()

@@ -9,11 +9,7 @@ import torch
 from avalanche.evaluation.metrics import accuracy_metrics, loss_metrics
 from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.supervised import Naive
-
-from ctta.data.multilabel_datasets import MultiLabelDataset, parse_coco
-from ctta.metrics_multilabel import MultiLabelMetrics
-from ctta.registry import SCENARIOS
-from scenarios.multilabel import (
+from ctta.scenarios.multilabel import (
     MultiLabelConfig,
     MultiLaneCILConfig,
     build_multilabel,
@@ -22,6 +18,10 @@ from scenarios.multilabel import (
     multilabel_benchmark,
     task_classes,
 )
+from ctta.strategies.multilane.metrics import MultiLabelMetrics
+
+from ctta.data.multilabel_datasets import MultiLabelDataset, parse_coco
+from ctta.registry import SCENARIOS
 
 COCO_NAMES = [
     n.replace("_", " ")

@@ -11,12 +11,8 @@ import torch.nn.functional as F
 from avalanche.benchmarks.scenarios import DatasetExperience
 from avalanche.benchmarks.scenarios.generic_scenario import EagerCLStream
 from avalanche.training.plugins import EvaluationPlugin, SupervisedPlugin
-
-from ctta.backbones.vit import PromptedViT
-from ctta.metrics_multilabel import multilane_metrics
-from ctta.registry import STRATEGIES
-from scenarios.multilabel import MultiLabelConfig, build_multilabel
-from strategies.multilane import (
+from ctta.scenarios.multilabel import MultiLabelConfig, build_multilabel
+from ctta.strategies.multilane import (
     MultiLane,
     MultiLaneConfig,
     MultiLaneModel,
@@ -25,6 +21,10 @@ from strategies.multilane import (
     masked_ce,
     tome_merge,
 )
+from ctta.strategies.multilane.metrics import multilane_metrics
+
+from ctta.backbones.vit import PromptedViT
+from ctta.registry import STRATEGIES
 
 
 def _model(tiny_vit, tasks=((0, 1, 2, 3), (4, 5, 6, 7), (8, 9, 10, 11)), start=True, **kw):
@@ -254,7 +254,7 @@ def test_strategy_isolation_schedule_and_metrics(tiny_vit):
 
 
 def test_single_label_ce_and_bad_experience(tiny_vit, digits):
-    from scenarios.class_incremental import class_incremental_benchmark
+    from ctta.scenarios.class_incremental import class_incremental_benchmark
 
     train, test = digits
     idx = list(range(60))
@@ -292,7 +292,7 @@ def test_bad_options_raise(tiny_vit):
      ("cifar100", (None, 10, 20, 5, 1024, 0.04)), ("imagenet_r", (None, 10, 20, 12, 1024, 0.04))],
 )  # fmt: skip
 def test_benchmark_configs_hold_the_reference_defaults(name, want):
-    from ctta.config import load_config
+    from ctta.runner.config import load_config
     from tests.conftest import ROOT
 
     cfg = load_config(ROOT / "configs" / f"multilane_{name}.yaml")

@@ -8,14 +8,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
-from ctta.backbones.vit import PromptedViT, create_vit
-from ctta.data.digits import TensorImageDataset
-from ctta.data.replay import ReservoirMemory
-from ctta.logging import anytime_metric
-from ctta.prompts.pool import PromptPool
-from scenarios.si_blurry import si_blurry_benchmark
-from strategies.mvp import (
+from ctta.scenarios.si_blurry import si_blurry_benchmark
+from ctta.strategies.mvp import (
     MVP,
     MVPConfig,
     MVPModel,
@@ -26,6 +20,12 @@ from strategies.mvp import (
     gsf_loss,
     mvp_loss,
 )
+
+from ctta.backbones.vit import PromptedViT, create_vit
+from ctta.data.digits import TensorImageDataset
+from ctta.data.replay import ReservoirMemory
+from ctta.logging import anytime_metric
+from ctta.prompts.pool import PromptPool
 from tests.conftest import TINY_VIT
 
 TINY = {k: v for k, v in TINY_VIT.items() if k not in ("model", "pretrained")}

@@ -6,9 +6,8 @@ import warnings
 
 import pytest
 import torch
+from ctta.scenarios.si_blurry import SiBlurryConfig, si_blurry_benchmark, si_blurry_split
 from torch.utils.data import TensorDataset
-
-from scenarios.si_blurry import SiBlurryConfig, si_blurry_benchmark, si_blurry_split
 
 # spec §2.5: seed 1, N=50, M=10, T=5, class-blocked targets with 500 images per class
 VECTORS = {

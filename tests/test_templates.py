@@ -46,8 +46,17 @@ def _strategy(train, test=None, iters=3, bs=8, every=16):
     opt = torch.optim.Adam([model[0].weight], lr=0.1)
     rec = Recorder()
     s = Linear(
-        model=model, optimizer=opt, num_classes=5, online_iters=iters, train_mb_size=bs, eval_mb_size=16,
-        eval_every=every, eval_dataset=test, device="cpu", plugins=[rec], evaluator=make_evaluator(),
+        model=model,
+        optimizer=opt,
+        num_classes=5,
+        online_iters=iters,
+        train_mb_size=bs,
+        eval_mb_size=16,
+        eval_every=every,
+        eval_dataset=test,
+        device="cpu",
+        plugins=[rec],
+        evaluator=make_evaluator(),
     )
     return s, rec, model
 
@@ -113,8 +122,9 @@ def _tta(episodic):
     model = nn.Module()
     model.b = nn.Parameter(torch.zeros(3))
     opt = torch.optim.Adam([model.b], lr=0.5)
-    return Shift(model=model, optimizer=opt, episodic=episodic, eval_mb_size=2, device="cpu",
-                 evaluator=make_evaluator())
+    return Shift(
+        model=model, optimizer=opt, episodic=episodic, eval_mb_size=2, device="cpu", evaluator=make_evaluator()
+    )
 
 
 def test_test_time_episodic_resets_and_continual_keeps():

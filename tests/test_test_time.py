@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from ctta.scenarios.test_time import TestTimeConfig, build_test_time
 from PIL import Image
 
 from ctta.data import classnames as cn
@@ -16,7 +17,6 @@ from ctta.data.corruptions import ON_THE_FLY, corrupt
 from ctta.data.digits import DIGIT_NAMES
 from ctta.data.tta_datasets import load_tta_dataset, select_subset
 from ctta.registry import SCENARIOS
-from scenarios.test_time import TestTimeConfig, build_test_time
 
 # sha256("\n".join(names))[:16] of the reference lists (azshue/TPT@63ecbace data/cls_to_names.py)
 GOLDEN = {

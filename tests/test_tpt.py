@@ -8,12 +8,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from ctta.strategies.tpt import TPT, PromptTuner, TPTConfig
 
 from ctta.backbones.clip import create_clip
 from ctta.backbones.clip_tuning import BatchedAdamW, LossScaler
 from ctta.data import tta_views
 from ctta.losses import avg_entropy, confident_indices, cosine_keep_indices, entropy, gather_views, n_confident
-from strategies.tpt import TPT, PromptTuner, TPTConfig
 
 NAMES = ["dog", "cat", "great white shark", "golden retriever", "a red sports car", "tree"]
 
@@ -227,9 +227,10 @@ def test_views_shapes_determinism_and_augmix_bounds():
 
 # ---------------------------------------------------------------------------------------------- strategy
 def test_strategy_on_a_tiny_stream(tiny):
+    from ctta.scenarios.test_time import TestTimeConfig, build_test_time
+
     from ctta.backbones.clip import CLIPBackbone
     from ctta.logging import make_evaluator
-    from scenarios.test_time import TestTimeConfig, build_test_time
 
     model, tok = tiny
     bench = build_test_time(TestTimeConfig(dataset="digits", n_views=6, resolution=32, max_samples=6), seed=0)

@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
+from ctta.scenarios.transfer import TransferConfig, build_transfer
 from PIL import Image
 
 from ctta.data.transfer_datasets import damvp_transforms, load_transfer_dataset
-from scenarios.transfer import TransferConfig, build_transfer
 
 
 def _img(path, colour=(10, 20, 30), size=(12, 10)):

@@ -10,9 +10,8 @@ import threading
 import time
 
 import pytest
+from ctta.strategies.difftpt.view_cache import CacheError, ViewCache, sha256_bytes
 from PIL import Image
-
-from ctta.data.view_cache import CacheError, ViewCache, sha256_bytes
 
 SETTINGS = {"pipeline": "fake", "seed": 0}
 KEY = "ab" + "0" * 62

@@ -2,8 +2,8 @@
 
 Paper: TPT (Shu et al., NeurIPS 2022, arXiv 2209.07511). Reference: azshue/TPT@63ecbace (MIT)
 ``tpt_classification.py:{test_time_tuning, test_time_adapt_eval}``, re-implemented from the spec
-``tpt-difftpt.md`` (sections 2, 3, 7, 8); no code copied. ``strategies/tpt.py`` holds ``TPTConfig`` and the
-Avalanche strategy; ``strategies/difftpt.py`` plugs its view filtration in through ``select_fn``.
+``tpt-difftpt.md`` (sections 2, 3, 7, 8); no code copied. ``PromptTuningConfig`` holds its settings;
+the ``tpt`` and ``difftpt`` strategies wrap it (DiffTPT plugs its view filtration in through ``select_fn``).
 
 Per test sample (an episode): reset the context to ``ctx0`` and a fresh AdamW; encode the N views; keep the views
 chosen by ``select_fn`` at step 1 (TPT: the ``int(N * p)`` lowest-entropy ones); ``tta_steps`` AdamW steps on the
@@ -28,6 +28,7 @@ zero-shot CLIP prediction of view 0.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -36,9 +37,80 @@ from ctta.backbones.clip import PromptedTextEncoder
 from ctta.backbones.clip_tuning import BatchedAdamW, LossScaler, jacobian_bytes, text_jacobian
 from ctta.losses import avg_entropy, confident_indices, gather_views
 
-__all__ = ["PromptTuner", "TPTModel", "SelectFn"]
+__all__ = ["PromptTuner", "PromptTuningConfig", "TPTModel", "SelectFn"]
 
 SelectFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits (B,N,C), feats (B,N,E)) -> (B, k)
+
+
+@dataclass(frozen=True)
+class PromptTuningConfig:
+    """Settings of the prompt-tuning engine (TPT, DiffTPT); defaults are TPT's reference values (azshue/TPT@63ecbace).
+
+    Attributes:
+        ctx_init: initial context phrase (its word count sets ``n_ctx``); "" = ``n_ctx`` random vectors.
+        n_ctx: context length for random init.
+        lr, weight_decay, betas, eps: AdamW, reset per sample.
+        tta_steps: optimiser steps per sample (0 = zero-shot CLIP on view 0 with the hand-written prompt).
+        selection_p: fraction of lowest-entropy views kept (64 views -> 6).
+        amp: ``auto`` (fp16 autocast on CUDA, fp32 on CPU) | ``fp16`` | ``bf16`` | ``off``.
+        grad_scaler: ``auto`` (``shared`` under fp16, else ``none``) | ``shared`` | ``fixed`` | ``none``.
+        init_scale: initial loss scale (1000 as the reference).
+        episodic: reset the context after every sample (False = continual TTA, a ctta extension).
+        init: ``text`` (from ``ctx_init``) or ``coop:<path>`` (a CoOp checkpoint's ``ctx``).
+        fast: False runs the straightforward reference computation (all switches below ignored).
+        text_truncation: ``bucket`` | ``longest`` | ``none``; n_buckets: maximum length buckets.
+        shared_prefix: encode SOS + context once per context instead of once per class (exact).
+        cache_view_features: encode the views once per sample.
+        step1_graph: at step 1 back-propagate through one retained text forward at ``ctx0`` shared by all samples.
+        text_grad: ``auto`` | ``backward`` | ``jacobian`` (1 step, episodic only; ``auto`` uses it when the
+            expected number of samples exceeds ``jacobian_min_ratio`` x E and J fits ``jacobian_max_gb``).
+        episode_batch: samples tuned together (stacked contexts); also the strategy's eval mini-batch size.
+        log_selected: keep the selected view indices of every sample (``TPT.selected``).
+    """
+
+    ctx_init: str = "a photo of a"
+    n_ctx: int = 4
+    lr: float = 5e-3
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    tta_steps: int = 1
+    selection_p: float = 0.1
+    amp: str = "auto"
+    grad_scaler: str = "auto"
+    init_scale: float = 1000.0
+    episodic: bool = True
+    init: str = "text"
+    fast: bool = True
+    text_truncation: str = "bucket"
+    n_buckets: int = 4
+    shared_prefix: bool = True
+    cache_view_features: bool = True
+    step1_graph: bool = True
+    text_grad: str = "auto"
+    jacobian_max_gb: float = 4.0
+    jacobian_min_ratio: float = 2.0
+    episode_batch: int = 1
+    log_selected: bool = False
+
+    def __post_init__(self) -> None:
+        checks = {
+            "amp": (self.amp, ("auto", "fp16", "bf16", "off")),
+            "grad_scaler": (self.grad_scaler, ("auto", "shared", "fixed", "none")),
+            "text_truncation": (self.text_truncation, ("bucket", "longest", "none")),
+            "text_grad": (self.text_grad, ("auto", "backward", "jacobian")),
+        }
+        for key, (val, valid) in checks.items():
+            if val not in valid:
+                raise ValueError(f"{type(self).__name__}.{key}={val!r}; valid: {list(valid)}")
+        if self.tta_steps < 0 or self.episode_batch < 1 or self.n_buckets < 1:
+            raise ValueError("need tta_steps >= 0 (0 = zero-shot CLIP), episode_batch >= 1 and n_buckets >= 1")
+        if not (self.init == "text" or self.init.startswith("coop:")):
+            raise ValueError(
+                f"{type(self).__name__}.init={self.init!r}; valid: 'text' or 'coop:<path to CoOp checkpoint>'"
+            )
+        if self.text_grad == "jacobian" and (self.tta_steps != 1 or not self.episodic):
+            raise ValueError("text_grad='jacobian' needs tta_steps=1 and episodic=True (J is taken at ctx0)")
 
 
 class TPTModel(nn.Module):
@@ -77,7 +149,7 @@ class PromptTuner:
         clip_model: frozen open_clip CLIP (e.g. ``create_clip("ViT-B-16", "openai")[0]``).
         tokenizer: its tokenizer.
         classnames: class names of the current label space (``set_classnames`` changes them).
-        config: a ``strategies.tpt.TPTConfig`` (or DiffTPT's subclass); its fields drive every choice here.
+        config: a ``PromptTuningConfig`` (``TPTConfig``, ``DiffTPTConfig``); its fields drive every choice here.
         select_fn: view selection ``(logits (B, N, C), image feats (B, N, E)) -> (B, k)`` indices, run once per
             sample at step 1 (default: the ``selection_p`` lowest-entropy views). DiffTPT passes its filtration.
         generator: RNG for a random context init.
@@ -94,7 +166,7 @@ class PromptTuner:
         generator: torch.Generator | None = None,
     ) -> None:
         if config is None:
-            raise TypeError("PromptTuner needs a config, e.g. strategies.tpt.TPTConfig()")
+            raise TypeError("PromptTuner needs a config, e.g. ctta.strategies.tpt.TPTConfig()")
         self.cfg = cfg = config
         trunc = cfg.text_truncation if cfg.fast else "none"
         text = PromptedTextEncoder(

@@ -9,12 +9,12 @@ from importlib import resources
 
 warnings.filterwarnings("ignore", message=".*QP solver.*")  # avalanche's optional qpsolvers notice
 
-DEMO_CONFIG = "demo.yaml"  # packaged inside ctta/ so the demo works from any install, offline
+DEMO_CONFIG = "demo.yaml"  # packaged inside ctta/runner/ so the demo works from any install, offline
 
 
 def _load(path, overrides):
     """The validated config, or None after printing the config error (no traceback)."""
-    from ctta.config import ConfigError, load_config
+    from ctta.runner.config import ConfigError, load_config
 
     try:
         return load_config(path, overrides)
@@ -24,7 +24,7 @@ def _load(path, overrides):
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from ctta.run import run
+    from ctta.runner.run import run
 
     cfg = _load(args.config, args.overrides)
     if cfg is None:
@@ -34,9 +34,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ctta.run import run
+    from ctta.runner.run import run
 
-    with resources.as_file(resources.files("ctta") / DEMO_CONFIG) as path:
+    with resources.as_file(resources.files("ctta.runner") / DEMO_CONFIG) as path:
         cfg = _load(path, args.overrides)
     if cfg is None:
         return 2
@@ -50,7 +50,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     """Pre-generate cached views (DiffTPT) for a config; shards by torchrun's RANK / WORLD_SIZE."""
     import os
 
-    from ctta.run import prepare
+    from ctta.runner.run import prepare
 
     cfg = _load(args.config, args.overrides)
     if cfg is None:

@@ -336,7 +336,7 @@ class DiffusionViews:
     def __init__(
         self, cfg: DiffusionConfig, *, n_views: int = 63, view_size: int = 224, device="cpu", pipeline=None
     ) -> None:
-        from ctta.data.view_cache import ViewCache
+        from ctta.strategies.difftpt.view_cache import ViewCache
 
         if n_views < 1:
             raise ValueError(f"n_views must be >= 1, got {n_views}")
@@ -362,7 +362,7 @@ class DiffusionViews:
 
     def images(self, image, *, label: int | None = None) -> list:
         """The ``n_views`` generated PIL images of ``image`` (a path, a PIL image or a (3, H, W) tensor in [0, 1])."""
-        from ctta.data.view_cache import source_key
+        from ctta.strategies.difftpt.view_cache import source_key
 
         key, source = source_key(image)
         found = self.cache.load(key, self.n_views)

@@ -14,32 +14,17 @@ from __future__ import annotations
 
 import hashlib
 import os
-import random
 import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from avalanche.training.plugins import SupervisedPlugin
 
+from ctta.utils import rng_state, set_rng_state  # noqa: F401  (re-exported for checkpoint users)
+
 CKPT_GLOB = "ckpt-*.pt"
-
-
-def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "random": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["random"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _sha256(path: Path) -> str:

@@ -19,12 +19,12 @@ views by cosine plus the top ``selection_selfentro`` of the conventional views i
 
 Diffusion views come from the stream when the scenario supplies them (``benchmark.diffusion_views`` > 0: the
 reference's conditioning on the raw image) or are generated here from view 0 (``diffusion_source="view0"``)
-through ``ctta.diffusion.DiffusionViews`` and its disk cache (a second run generates nothing).
+through ``ctta.strategies.difftpt.diffusion.DiffusionViews`` and its disk cache (a second run generates nothing).
 
 Deviations from the reference code:
 - ``diffusion_source="view0"`` conditions the generator on the centre crop (view 0, de-normalised, 8-bit)
   instead of the whole image squashed to 224 x 224; used when the stream carries no diffusion views.
-- Generation is seeded per (source image, index) (the reference is unseeded) and cached (``ctta.diffusion``).
+- Generation is seeded per (source image, index) (the reference is unseeded) and cached (``diffusion.py``).
 - Sorting in the filtration is stable (ties keep view order).
 - ``selection_p`` (TPT's confidence fraction) is unused; DiffTPT's entropy fraction is ``selection_selfentro``.
 """
@@ -33,60 +33,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import torch
+from ctta.strategies.difftpt.config import DiffTPTConfig
+from ctta.strategies.difftpt.diffusion import DiffusionViews
 
+from ctta.backbones.clip_tuner import PromptTuner
 from ctta.data.tta_views import CLIP_MEAN, CLIP_STD
-from ctta.diffusion import DiffusionConfig, DiffusionViews
 from ctta.losses import confident_indices, cosine_keep_indices, gather_views
 from ctta.registry import STRATEGIES
-from strategies.tpt import TPT, PromptTuner, TPTConfig
+from ctta.templates.prompt_tuning import PromptTuningTemplate
 
 _log = logging.getLogger(__name__)
 
 __all__ = ["DiffTPTConfig", "DiffTPT", "difftpt_select", "make_select_fn", "make_tuner", "denormalize"]
-
-
-@dataclass(frozen=True)
-class DiffTPTConfig(TPTConfig):
-    """DiffTPT settings: TPT's fields (``tta_steps`` defaults to 4) plus the filtration and the generator.
-
-    Attributes:
-        n_diffusion_views: diffusion views per sample, placed last (reference 63).
-        selection_cosine: fraction of the non-original views kept by cosine similarity to view 0 (0.8).
-        selection_selfentro: fraction of the kept views used for the loss, lowest entropy first (0.3).
-        cosine_space: ``logits`` (reference code) | ``image_features`` (paper text).
-        filter_scope: ``pooled`` (reference code) | ``split`` (paper reading, see module docstring).
-        diffusion_source: ``auto`` (the stream's diffusion views if the benchmark has them, else ``view0``) |
-            ``stream`` | ``view0``.
-        diffusion: generation and cache settings (``ctta.diffusion.DiffusionConfig``).
-    """
-
-    tta_steps: int = 4
-    n_diffusion_views: int = 63
-    selection_cosine: float = 0.8
-    selection_selfentro: float = 0.3
-    cosine_space: str = "logits"
-    filter_scope: str = "pooled"
-    diffusion_source: str = "auto"
-    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        checks = {
-            "cosine_space": (self.cosine_space, ("logits", "image_features")),
-            "filter_scope": (self.filter_scope, ("pooled", "split")),
-            "diffusion_source": (self.diffusion_source, ("auto", "stream", "view0")),
-        }
-        for key, (val, valid) in checks.items():
-            if val not in valid:
-                raise ValueError(f"DiffTPTConfig.{key}={val!r}; valid: {list(valid)}")
-        if self.n_diffusion_views < 1:
-            raise ValueError(f"DiffTPTConfig.n_diffusion_views must be >= 1, got {self.n_diffusion_views}")
-        for key in ("selection_cosine", "selection_selfentro"):
-            if not 0.0 < getattr(self, key) <= 1.0:
-                raise ValueError(f"DiffTPTConfig.{key} must be in (0, 1], got {getattr(self, key)}")
 
 
 def difftpt_select(
@@ -161,8 +121,8 @@ def denormalize(x: torch.Tensor) -> torch.Tensor:
 
 
 @STRATEGIES.register("difftpt", config=DiffTPTConfig)
-class DiffTPT(TPT):
-    """DiffTPT as an Avalanche strategy on ``TestTimeTemplate`` (through TPT): episodic or continual.
+class DiffTPT(PromptTuningTemplate):
+    """DiffTPT as an Avalanche strategy on ``PromptTuningTemplate`` (shared with TPT): episodic or continual.
 
     Args:
         tuner: a ``PromptTuner`` built with DiffTPT's ``select_fn`` (``make_tuner``).

@@ -22,10 +22,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from ctta.strategies.damvp.clustering import route
+from ctta.strategies.damvp.pixel import PadPromptBank, PadPrompter
 from torch import nn
-
-from ctta.clustering import route
-from ctta.prompts.pixel import PadPromptBank, PadPrompter
 
 __all__ = [
     "BACKBONE_DEFAULTS",

@@ -30,7 +30,7 @@ from ctta import distributed
 from ctta.data.replay import ReservoirMemory
 from ctta.distributed import ShardedTraining
 from ctta.scenarios_common import single_experience_stream
-from ctta.utils import autocast, resolve_device, trainable_parameters
+from ctta.utils import autocast, resolve_device, rng_state, set_rng_state, trainable_parameters
 
 
 def _restrict_to_trainable(optimizer: torch.optim.Optimizer, model: nn.Module, reset_state: bool) -> None:
@@ -250,8 +250,6 @@ class OnlineCLTemplate(ShardedTraining, SupervisedTemplate):
         """Resuming mid-experience: the checkpoint's RNG state is set once the data iterator exists, because
         creating it draws a seed from the global RNG (it had been drawn before the checkpoint was taken)."""
         if self._resume_rng is not None:
-            from ctta.checkpoint import set_rng_state
-
             set_rng_state(self._resume_rng)
             self._resume_rng = None
 
@@ -298,8 +296,6 @@ class OnlineCLTemplate(ShardedTraining, SupervisedTemplate):
 
     def checkpoint_state(self) -> dict[str, Any]:
         """Everything needed to resume: trainable params + buffers, optimiser, bookkeeping, metrics, RNG."""
-        from ctta.checkpoint import rng_state
-
         m = self.model
         model_state = {n: p.detach().clone() for n, p in m.named_parameters() if p.requires_grad}
         model_state |= {n: b.detach().clone() for n, b in m.named_buffers()}
@@ -324,8 +320,6 @@ class OnlineCLTemplate(ShardedTraining, SupervisedTemplate):
             train_stream: the run's training stream (needed to re-attach a replay memory's samples: the memory
                 stores ``(experience index, row)`` references).
         """
-        from ctta.checkpoint import set_rng_state
-
         named = dict(self.model.named_parameters()) | dict(self.model.named_buffers())
         with torch.no_grad():
             for n, v in state["model"].items():

@@ -32,10 +32,9 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from ctta.strategies.damvp.clustering import route
+from ctta.strategies.damvp.pixel import PadPromptBank, PadPrompter
 from torch import nn
-
-from ctta.clustering import route
-from ctta.prompts.pixel import PadPromptBank, PadPrompter
 
 __all__ = ["MetaResult", "MetaTask", "ReptileMetaTrainer", "meta_inner_lr", "reptile_update"]
 
@@ -74,7 +73,7 @@ class MetaTask:
     Attributes:
         name: dataset name (for logs).
         loader: re-iterable batches ``(x, y, ...)`` (e.g. a shuffled DataLoader of the augmented train split).
-        prototypes: ``(K_d, D)`` cluster prototypes of the task (``ctta.clustering``).
+        prototypes: ``(K_d, D)`` cluster prototypes of the task (``ctta.strategies.damvp.clustering``).
         features_fn: raw images -> routing features phi ``(B, D)`` (CLIP: the task's zero-shot logits).
         logits_fn: prompted images ``(B, C, H, W)`` -> logits ``(B, C_d)`` (read-out, CLIP, or ``head(phi)``).
         head: the persistent linear head of a head-tuning task (trained in the inner loop; ``ht`` only).

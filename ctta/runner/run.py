@@ -11,10 +11,11 @@ from typing import Any
 import torch
 
 from ctta import distributed
-from ctta.checkpoint import CheckpointPlugin, load_latest
-from ctta.config import RunConfig, dump_config, to_dict
-from ctta.logging import ProgressPlugin, anytime_metric, make_evaluator, package_versions, write_results
+from ctta.logging import ProgressPlugin, anytime_metric, make_evaluator
 from ctta.registry import BACKBONES, SCENARIOS, STRATEGIES
+from ctta.runner.checkpoint import CheckpointPlugin, load_latest
+from ctta.runner.config import RunConfig, dump_config, to_dict
+from ctta.runner.results import package_versions, write_results
 from ctta.templates import TestTimeTemplate
 from ctta.utils import resolve_device, seed_everything
 

@@ -17,7 +17,7 @@ Defaults reproduce the reference: head-tuning momentum 0 (misspelt key) and head
 (``snapshot_head_with_best_val``); clustering on the augmented shuffled loader (``cluster_source``);
 ``legacy_zero_grad``: torch<2 ``zero_grad`` left zero tensors, so prompts not routed in a batch still move by
 momentum / weight decay (torch>=2 skips them; False gives that behaviour).
-Deviations: the offline meta-trainer really updates (see ``ctta.reptile``); validation/test accuracy loops run
+Deviations: the offline meta-trainer really updates (see ``reptile.py``); validation/test accuracy loops run
 inside the strategy on the benchmark's ``valid_stream``/``test_stream`` (no validation stream: the last prompts
 are kept); test-time dispatch to a dataset's adapter uses the sample's task label (= dataset index), else the
 experience index.
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -35,12 +34,9 @@ import torch.nn.functional as F
 from avalanche.benchmarks.scenarios import DatasetExperience
 from avalanche.benchmarks.scenarios.generic_scenario import EagerCLStream
 from avalanche.training.templates import SupervisedTemplate
-from torch import nn
-from torch.utils.data import DataLoader
-
-from ctta import distributed
-from ctta.clustering import cluster_features, collect_features, default_tau
-from ctta.damvp_model import (
+from ctta.strategies.damvp.clustering import cluster_features, collect_features, default_tau
+from ctta.strategies.damvp.config import DAMVPConfig
+from ctta.strategies.damvp.model import (
     BACKBONE_DEFAULTS,
     DAMVPModel,
     DatasetAdapter,
@@ -49,43 +45,15 @@ from ctta.damvp_model import (
     noise_readout_order,
     readout_indices,
 )
+from ctta.strategies.damvp.pixel import PadPromptBank, PadPrompter, load_prompter
+from ctta.strategies.damvp.reptile import MetaTask, ReptileMetaTrainer, reptile_update
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ctta import distributed
 from ctta.distributed import ShardedTraining
-from ctta.prompts.pixel import PadPromptBank, PadPrompter, load_prompter
 from ctta.registry import STRATEGIES
-from ctta.reptile import MetaTask, ReptileMetaTrainer, reptile_update
 from ctta.utils import autocast, resolve_device
-
-
-@dataclass(frozen=True)
-class DAMVPConfig:
-    backbone_key: str = "vit-b-1k"  # vit-b-1k | vit-b-22k | clip-vit-b | clip-resnet50: tau, phi, head, meta_lr
-    adapt_method: str = "auto"  # auto (by backbone_key) | prompt_wo_head | prompt_w_head
-    feature: str = "auto"  # auto | cls | pre_logits_tanh | clip_logits (phi, spec §2)
-    tau: float | None = None  # clustering threshold; None: reference value per backbone (CLIP: per dataset)
-    lr: float = 1e4  # official default --lr; per-dataset values in the paper's Tables 13-14
-    weight_decay: float = 0.0
-    head_lr: float = 0.1
-    epochs: int = 50
-    batch_size: int = 128
-    eval_batch_size: int = 256
-    pad_width: int = 30  # prompt width at 224 px (69,840 parameters)
-    seed: int = 2023  # noise read-out and prompt init
-    n_noise: int = 512
-    max_cluster_samples: int = 1000
-    cluster_source: str = "train_loader"  # train_loader (reference) | eval_transform (deterministic)
-    diversity_adaptive: bool = True  # False: one prompt, no clustering/routing (--wo_da)
-    head_tuning_optimizer: str = "official"  # official (momentum 0, head at prompt lr) | fixed
-    snapshot_head_with_best_val: bool = False
-    legacy_zero_grad: bool = True
-    test_every_epochs: int = 5  # periodic test of the best-val prompts (<= 0: off)
-    meta_prompt_path: str = ""  # theta_meta checkpoint ("" = randn)
-    representation_path: str = ""  # vit-b-22k: original in21k checkpoint holding pre_logits.fc
-    stream_meta_update: bool = True  # Reptile step of theta_meta toward each finished dataset's prompts
-    stream_meta_step_size: float = 0.5
-    meta_lr: float | None = None  # offline meta-training (§7); None: 0.5 / 1.0 per backbone
-    meta_step_size: float = 0.5
-    update_step: int = 8
-    meta_weight_decay: float = 1e-4
 
 
 def warmup_cosine_lr(step: int, base: float, warmup: int, total: int) -> float:
@@ -378,7 +346,7 @@ class DAMVP(ShardedTraining, SupervisedTemplate):
         """Offline Reptile meta-training of theta_meta over source datasets (one experience each, §7).
 
         Sets the model's meta-prompt to the ``best_train_loss`` checkpoint (the default theta_meta) and returns the
-        ``ctta.reptile.MetaResult``. ``finetune_eval(prompt) -> score`` enables the ``best_test_finetune`` checkpoint.
+        ``reptile.MetaResult``. ``finetune_eval(prompt) -> score`` enables the ``best_test_finetune`` checkpoint.
         """
         self.model.to(self.device)
         tasks = [self._meta_task(exp) for exp in experiences]

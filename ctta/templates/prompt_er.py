@@ -1,0 +1,120 @@
+"""The online ER-trainer protocol shared by L2P and DualPrompt on Si-Blurry streams.
+
+Reference: moonjunyyy/Si-Blurry@c4024ce ``methods/er_baseline.py`` (the ER trainer both baselines run through with
+``--mode er``), re-implemented; no code copied. ``PromptERTemplate``: the benchmark's batch-shared augmentation,
+replay composition, CutMix on the whole update batch (probability 0.5, alpha 1: the trainer's default
+``transforms=['cutmix', 'autoaug']``), CE over exposed positions plus the prompt model's ``aux_loss()``; Adam with a
+constant learning rate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ctta.data.siblurry_aug import cutmix
+from ctta.templates import OnlineCLTemplate
+
+__all__ = ["PromptERConfig", "PromptERTemplate", "cls_position", "make_head"]
+
+
+@dataclass(frozen=True)
+class PromptERConfig:
+    """Training protocol shared by L2P and DualPrompt (the reference's ER trainer).
+
+    Attributes:
+        lr: Adam learning rate (constant; weight decay 0).
+        online_iters: optimiser updates per incoming batch.
+        batch_size: incoming stream batch (None: the benchmark's ``batch_size``, else 64).
+        eval_every: samples between anytime evaluations (<= 0: task ends only).
+        eval_batch_size: evaluation mini-batch.
+        memory_size: reservoir replay capacity (0: no replay).
+        memory_batch_size: memory samples appended to each update's batch.
+        cutmix_prob: probability of CutMix per update (ER trainer default 0.5; 0 disables).
+        cutmix_alpha: CutMix Beta parameter.
+    """
+
+    lr: float = 5e-3
+    online_iters: int = 3
+    batch_size: int | None = None
+    eval_every: int = 1000
+    eval_batch_size: int = 128
+    memory_size: int = 0
+    memory_batch_size: int = 32
+    cutmix_prob: float = 0.5
+    cutmix_alpha: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.online_iters < 1 or self.memory_size < 0 or self.memory_batch_size < 0:
+            raise ValueError(f"{type(self).__name__}: need lr > 0, online_iters >= 1, memory sizes >= 0")
+        if not 0.0 <= self.cutmix_prob <= 1.0 or self.cutmix_alpha <= 0:
+            raise ValueError(f"{type(self).__name__}: cutmix_prob must be in [0, 1] and cutmix_alpha > 0")
+
+
+def cls_position(backbone: nn.Module) -> torch.Tensor:
+    """The CLS token's positional embedding ``(1, D)`` of a ``PromptedViT`` (added to L2P/DualPrompt prompts)."""
+    vit = backbone.vit
+    if getattr(vit, "cls_token", None) is None or getattr(vit, "no_embed_class", False):
+        raise ValueError("L2P/DualPrompt prompts need a ViT with a CLS token that has a position embedding")
+    return vit.pos_embed[:, 0]
+
+
+def make_head(dim: int, num_classes: int) -> nn.Linear:
+    """Linear head with timm's default init (trunc-normal std 0.02, zero bias)."""
+    head = nn.Linear(dim, num_classes)
+    nn.init.trunc_normal_(head.weight, std=0.02)
+    nn.init.zeros_(head.bias)
+    return head
+
+
+class PromptERTemplate(OnlineCLTemplate):
+    """Online ER-trainer protocol for prompt models that expose ``aux_loss()`` (see module docstring).
+
+    Args:
+        cutmix_prob, cutmix_alpha: see ``PromptERConfig``.
+        **kwargs: ``OnlineCLTemplate`` arguments (``train_augment``, ``memory_size``, ``memory_batch_size``, ...).
+    """
+
+    def __init__(self, *, cutmix_prob: float = 0.5, cutmix_alpha: float = 1.0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.cutmix_prob, self.cutmix_alpha = float(cutmix_prob), float(cutmix_alpha)
+        self._mix: tuple[torch.Tensor, float] | None = None  # (perm, lam) of the current update
+
+    def augment(self, x: torch.Tensor) -> torch.Tensor:
+        """The benchmark's batch augmentation, then CutMix with probability ``cutmix_prob`` (whole update batch)."""
+        x, self._mix = super().augment(x), None
+        if self.cutmix_prob > 0 and float(torch.rand(())) < self.cutmix_prob:
+            x, perm, lam = cutmix(x, self.cutmix_alpha)
+            self._mix = (perm, lam)
+        return x
+
+    def forward_logits(self) -> torch.Tensor:
+        return self.model(self.mb_x)  # (B, num_classes) over exposed positions
+
+    def loss_inputs(self) -> dict:
+        return {"mb_logits_pos": self.mb_logits_pos, "model.selected_distance": self.model.selected_distance}
+
+    def criterion(self) -> torch.Tensor:
+        if not self.is_training:
+            return super().criterion()
+        logits, y = self.mb_logits_pos, self.mb_y_pos  # (B, C), (B,)
+        if self._mix is None:
+            ce = F.cross_entropy(logits, y)
+        else:
+            perm, lam = self._mix
+            ce = lam * F.cross_entropy(logits, y) + (1 - lam) * F.cross_entropy(logits, y[perm])
+        return ce + self.model.aux_loss()
+
+    @classmethod
+    def build_model(cls, cfg, backbone: nn.Module, num_classes: int) -> nn.Module:
+        raise NotImplementedError(f"{cls.__name__}.build_model")
+
+    @classmethod
+    def from_config(cls, cfg, *, backbone, benchmark, device, evaluator, plugins=(), precision="auto"):
+        model = cls.build_model(cfg, backbone, benchmark.n_classes)
+        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+        kw = cls.online_kwargs(cfg, benchmark, device=device, evaluator=evaluator, plugins=plugins, precision=precision)
+        return cls(model=model, optimizer=opt, cutmix_prob=cfg.cutmix_prob, cutmix_alpha=cfg.cutmix_alpha, **kw)
