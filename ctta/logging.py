@@ -6,15 +6,50 @@ Run outputs (results.json, metrics.csv, the accuracy plot) are written by the ru
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from avalanche.evaluation.metrics import accuracy_metrics, loss_metrics
 from avalanche.logging import InteractiveLogger, TextLogger
 from avalanche.training.plugins import EvaluationPlugin, SupervisedPlugin
+from avalanche.training.plugins.evaluation import default_loggers
 from tqdm.auto import tqdm
 
 from ctta.metrics import AnytimeAccuracy
+
+
+def default_evaluator(
+    extra_metrics: Iterable = (),
+    loggers: Sequence | Callable[[], Sequence] | None = default_loggers,
+    f_last_variant: str = "official",
+) -> EvaluationPlugin:
+    """Avalanche's default evaluator plus ctta's metrics: what a strategy uses when no evaluator is given.
+
+    Avalanche's own default (``avalanche.training.plugins.evaluation.default_evaluator``: accuracy and loss per
+    epoch, experience and stream, logged by an ``InteractiveLogger`` on the main process) extended with ctta's
+    anytime accuracy (A_auc / A_last / A_avg / F_last when the strategy runs anytime evaluations) and the
+    strategy's own metrics.
+
+    Args:
+        extra_metrics: further ``PluginMetric`` instances, e.g. ``StrategyClass.extra_metrics(cfg)`` (TPT's
+            top-5, MULTI-LANE's mAP / CF1 / OF1).
+        loggers: Avalanche loggers (a sequence, or a callable returning one, as ``EvaluationPlugin`` accepts);
+            the default is Avalanche's ``default_loggers`` (an ``InteractiveLogger`` on the main process), so a
+            run is not silent. ``()`` logs nothing.
+        f_last_variant: ``"official"`` (reference quirks) or ``"standard"`` F_last.
+
+    Returns:
+        a fresh ``EvaluationPlugin`` (never share one between strategies).
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="No loggers specified")
+        return EvaluationPlugin(
+            accuracy_metrics(minibatch=False, epoch=True, experience=True, stream=True),
+            loss_metrics(minibatch=False, epoch=True, experience=True, stream=True),
+            AnytimeAccuracy(f_last_variant),
+            *extra_metrics,
+            loggers=loggers if loggers is not None else [],
+        )
 
 
 def make_evaluator(
@@ -23,7 +58,10 @@ def make_evaluator(
     extra_metrics: Iterable = (),
     f_last_variant: str = "official",
 ) -> EvaluationPlugin:
-    """Avalanche ``EvaluationPlugin`` with top-1/loss, ctta's anytime metrics and a text log in ``log_dir``."""
+    """The runner's evaluator: top-1/loss, ctta's anytime metrics and a text log in ``log_dir``.
+
+    Scripts should prefer :func:`default_evaluator` (Avalanche's default metrics and loggers plus ctta's).
+    """
     loggers = []
     if log_dir is not None:
         Path(log_dir).mkdir(parents=True, exist_ok=True)
