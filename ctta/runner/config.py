@@ -4,6 +4,11 @@ A run config names three components (scenario, backbone, strategy); each section
 and its params are validated against the config dataclass the component registered with. Unknown keys raise
 a ``ConfigError`` naming the valid keys; values are converted to the annotated types (``"5e-3"`` -> float,
 lists -> tuples) and a value that cannot be converted raises naming the key.
+
+A config file may extend others: ``_base_: path`` (relative to the file) or a list of paths; the bases merge in
+order, then the file's own keys over them (nested mappings merge, any other value of the child replaces the base's).
+``configs/tpt_dtd.yaml`` is ``_base_: _base/tpt.yaml`` plus the dataset and the output folder. Runs write the
+resolved config (no ``_base_`` left).
 """
 
 from __future__ import annotations
@@ -90,7 +95,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if origin is tuple and args:
             if len(args) != len(value):
                 raise ConfigError(f"{key}: expected {len(args)} items, got {len(value)}")
-            return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
+            return tuple(_convert(v, a, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
         inner = args[0] if args else Any
         return tuple(_convert(v, inner, f"{key}[{i}]") for i, v in enumerate(value))
     if origin in (dict, Mapping) or tp in (dict,):
@@ -218,18 +223,64 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     return data
 
 
+BASE_KEY = "_base_"
+
+
+def merge(base: Mapping[str, Any], child: Mapping[str, Any]) -> dict[str, Any]:
+    """Nested merge: mappings merge key by key, any other value (lists included) of ``child`` replaces ``base``'s."""
+    out = _deepcopy(dict(base))
+    for k, v in child.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = _deepcopy(v)
+    return out
+
+
+def read_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML config and resolve its ``_base_`` chain into one mapping.
+
+    ``_base_: other.yaml`` (a path relative to the file) or a list of them: the bases are merged in order, then the
+    file's own keys over them (nested mappings merge, the child's keys win). A missing base, a cycle or a YAML
+    syntax error raises ``ConfigError`` naming the file.
+    """
+    p = Path(path)
+    chain = (*_chain, p.resolve())
+    via = f" (base of {_chain[-1]})" if _chain else ""
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}{via} (see configs/ for the shipped ones)")
+    if p.resolve() in _chain:
+        cycle = " -> ".join(str(c) for c in (*_chain[_chain.index(p.resolve()) :], p.resolve()))
+        raise ConfigError(f"{p}: _base_ cycle: {cycle}")
+    try:
+        with open(p) as fh:
+            data = yaml.safe_load(fh)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}{via}: not valid YAML: {e}") from None
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: a run config must be a YAML mapping")
+    bases = data.pop(BASE_KEY, None)
+    if bases is None:
+        return data
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) and b for b in bases):
+        raise ConfigError(f"{p}: {BASE_KEY} must be a path or a list of paths, got {bases!r}")
+    merged: dict[str, Any] = {}
+    for b in bases:
+        merged = merge(merged, read_yaml(p.parent / b, chain))
+    return merge(merged, data)
+
+
 def load_config(path: str | Path | Mapping[str, Any], overrides: Sequence[str] = ()) -> RunConfig:
-    """Read a YAML run config (or a mapping), apply overrides and validate it into a ``RunConfig``."""
+    """Read a YAML run config (or a mapping), resolve its ``_base_`` files, apply overrides and validate it."""
     if isinstance(path, Mapping):
         data = _deepcopy(path)
+        if BASE_KEY in data:
+            raise ConfigError(f"{BASE_KEY} is only understood in config files (paths are relative to the file)")
     else:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p} (see configs/ for the shipped ones)")
-        with open(p) as fh:
-            data = yaml.safe_load(fh) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: a run config must be a YAML mapping")
+        data = read_yaml(path)
     return build_run_config(apply_overrides(data, overrides))
 
 
