@@ -3,7 +3,7 @@
 Prints, per backbone (tiny ViT; ViT-B/16 at 224 px with random weights):
 
 1. inference: routing pass + prompted forward (``DAMVPModel.dataset_logits``) / one plain forward
-   (spec §11 expects about 2: two backbone passes per image);
+   (about 2 expected: two backbone passes per image);
 2. training step with per-sample prompts (routing pass + prompted forward/backward + SGD step over K prompts)
    / the same step with ONE shared prompt and no routing (the ``diversity_adaptive=False`` ablation);
 3. training step with the reference per-sample Python loop (``PadPromptBank.forward_loop``) / our vectorised

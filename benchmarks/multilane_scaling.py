@@ -1,6 +1,6 @@
 """Inference cost of MULTI-LANE with 1..10 lanes relative to one plain ViT pass (FLOPs and wall-clock).
 
-Reference figures (specs/multilane.md §11, ViT-B/16 at 224 px, one image): plain ViT-B 35.1 GFLOPs; COCO setting
+Reference figures (MULTI-LANE paper's cost analysis, ViT-B/16 at 224 px, one image): plain ViT-B 35.1 GFLOPs; COCO setting
 (S=20, P=20, L_p=5) +3.74 GFLOPs (10.6 % of a ViT-B pass) per added lane; VOC (S=10, P=10) +1.95 (5.5 %);
 ToMe K=30 +1.62. ``coco_ref`` computes every lane query as the reference does; the default computes only the
 lane-CLS query where drop-and-replace discards the other outputs (exact, fewer FLOPs). FLOPs are counted with
@@ -32,7 +32,7 @@ from ctta.strategies.multilane import MultiLaneModel  # noqa: E402
 from ctta.backbones.vit import PromptedViT, create_vit  # noqa: E402
 from ctta.utils import resolve_device  # noqa: E402
 
-SETTINGS = {  # name -> MultiLaneModel options (spec §3.3, §3.4)
+SETTINGS = {  # name -> MultiLaneModel options (the official COCO / VOC settings)
     "coco": dict(num_selectors=20, num_prompts=20, num_prompt_layers=5),
     "coco_ref": dict(num_selectors=20, num_prompts=20, num_prompt_layers=5, fast_cls_attention=False),
     "voc": dict(num_selectors=10, num_prompts=10, num_prompt_layers=5),

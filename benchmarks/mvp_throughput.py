@@ -6,10 +6,10 @@ nothing can be reused across updates unless ``--static`` is given). Printed per 
 each, the speed-up, peak extra memory of one incoming batch, and the largest relative loss difference (the two
 must compute the same losses).
 
-The reference follows the official update (moonjunyyy/Si-Blurry@c4024ce ``methods/mvp.py`` as described in
-``specs/si-blurry-mvp.md`` §5-§6, re-implemented): a separate no-grad query pass through timm's blocks, a prompted
+The reference follows the official update (moonjunyyy/Si-Blurry@c4024ce ``methods/mvp.py``,
+re-implemented): a separate no-grad query pass through timm's blocks, a prompted
 pass that appends the prompt tokens and truncates after every block, and GSF by one backward per sample through a
-deep-copied head. Ours is the code path of ``strategies.mvp.MVP`` (shared embedding, key/value-only prompt
+deep-copied head. Ours is the code path of ``ctta.strategies.mvp.MVP`` (shared embedding, key/value-only prompt
 tokens, closed-form GSF, query cache).
 
 Usage: ``python benchmarks/mvp_throughput.py [--quick] [--models tiny vitb] [--threads 1] [--static]``.

@@ -1,15 +1,15 @@
 """CoOp-style prompted text encoder for CLIP over open_clip's own text modules, with exact truncation/bucketing.
 
 Papers: CoOp context vectors (Zhou et al., IJCV 2022, arXiv 2109.01134) as used by TPT (Shu et al., NeurIPS 2022).
-Reference: azshue/TPT@63ecbace ``clip/custom_clip.py:{PromptLearner, TextEncoder}`` (re-implemented from the spec
-``tpt-difftpt.md`` sections 2.2, 2.3 and 7.3 items 1-3, no code copied); open_clip v3.3.0 ``CLIP.encode_text`` is
+Reference: azshue/TPT@63ecbace ``clip/custom_clip.py:{PromptLearner, TextEncoder}`` (re-implemented,
+no code copied); open_clip v3.3.0 ``CLIP.encode_text`` is
 the function reproduced (the test compares both within 1e-5). Re-exported by ``ctta.backbones.clip``.
 
 Exact speed-ups (equal in exact arithmetic; results differ at rounding level only):
 - truncation at the longest end-of-text (EOT) position and length buckets: the mask is causal, pooling reads the EOT
   row and everything else acts per token, so positions after a prompt's EOT never reach its pooled feature;
-  bucket boundaries are chosen by dynamic programming to minimise the encoded tokens (the spec's example uses
-  equal-count buckets);
+  bucket boundaries are chosen by dynamic programming to minimise the encoded tokens (equal-count buckets would
+  also be exact);
 - shared prefix (``shared_prefix=True``): SOS and the context tokens are the same for every class and attend only
   to each other, so their hidden states (and keys/values) are computed once per context instead of once per class;
   the class tokens attend to the shared keys/values plus their own. This drives each residual block's own modules

@@ -1,8 +1,8 @@
 """The episodic test-time prompt-tuning engine for CLIP (TPT, DiffTPT): ``PromptTuner``.
 
 Paper: TPT (Shu et al., NeurIPS 2022, arXiv 2209.07511). Reference: azshue/TPT@63ecbace (MIT)
-``tpt_classification.py:{test_time_tuning, test_time_adapt_eval}``, re-implemented from the spec
-``tpt-difftpt.md`` (sections 2, 3, 7, 8); no code copied. ``PromptTuningConfig`` holds its settings;
+``tpt_classification.py:{test_time_tuning, test_time_adapt_eval}``, re-implemented; no code
+copied. ``PromptTuningConfig`` holds its settings;
 the ``tpt`` and ``difftpt`` strategies wrap it (DiffTPT plugs its view filtration in through ``select_fn``).
 
 Per test sample (an episode): reset the context to ``ctx0`` and a fresh AdamW; encode the N views; keep the views
@@ -12,7 +12,7 @@ marginal entropy of their mean prediction; predict from view 0 alone with the tu
 Two computations of the same function:
 - straightforward (``config.fast=False``): the reference's computation: 77-token text, the views re-encoded at
   every step and for the prediction, one sample at a time, ``torch.optim.AdamW`` and a loss scaler per step;
-- fast (default), exact in exact arithmetic (spec section 7.3): text truncated at the longest EOT in length
+- fast (default), exact in exact arithmetic: text truncated at the longest EOT in length
   buckets, with SOS + context encoded once per context rather than once per class (shared prefix); view features
   encoded once per sample; zero-shot text features ``T0`` precomputed per class set (the step-1 selection needs no
   text pass); the step-1 backward run on ONE retained text forward at ``ctx0`` shared by every sample (a batched

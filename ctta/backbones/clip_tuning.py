@@ -1,8 +1,7 @@
 """Per-sample context optimisation pieces for test-time prompt tuning of CLIP (TPT, DiffTPT).
 
 Paper: TPT (Shu et al., NeurIPS 2022). Reference: azshue/TPT@63ecbace ``tpt_classification.py:test_time_tuning``
-(per-sample AdamW reset, ``torch.cuda.amp.GradScaler``), re-implemented from the spec ``tpt-difftpt.md`` sections
-3.5, 3.6 and 7.3 (items 6 and 7); no code copied.
+(per-sample AdamW reset, ``torch.cuda.amp.GradScaler``), re-implemented; no code copied.
 
 - ``BatchedAdamW``: ``torch.optim.AdamW`` arithmetic (decoupled weight decay, bias corrections) over a stacked
   ``(B, ...)`` parameter holding B independent samples, with per-sample step counts and a per-sample "skip" mask.
