@@ -1,6 +1,6 @@
 """Inference cost of MULTI-LANE with 1..10 lanes relative to one plain ViT pass (FLOPs and wall-clock).
 
-Reference figures (MULTI-LANE paper's cost analysis, ViT-B/16 at 224 px, one image): plain ViT-B 35.1 GFLOPs; COCO setting
+Reference figures (the paper's cost analysis, ViT-B/16 at 224 px, one image): plain ViT-B 35.1 GFLOPs; COCO setting
 (S=20, P=20, L_p=5) +3.74 GFLOPs (10.6 % of a ViT-B pass) per added lane; VOC (S=10, P=10) +1.95 (5.5 %);
 ToMe K=30 +1.62. ``coco_ref`` computes every lane query as the reference does; the default computes only the
 lane-CLS query where drop-and-replace discards the other outputs (exact, fewer FLOPs). FLOPs are counted with
