@@ -5,6 +5,7 @@ Run outputs (results.json, metrics.csv, the accuracy plot) are written by the ru
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -52,22 +53,65 @@ def default_evaluator(
         )
 
 
+LOGGER_NAMES = ("text", "csv", "tensorboard", "interactive")  # the runner's ``log.loggers`` choices
+
+
+def make_loggers(names: Iterable[str], log_dir: str | Path | None) -> list:
+    """Avalanche loggers by name: ``text`` (``log_dir/log.txt``), ``csv`` (``log_dir/csv/``, Avalanche's
+    ``training_results.csv`` / ``eval_results.csv``), ``tensorboard`` (``log_dir/tensorboard/``), ``interactive``.
+
+    File loggers need ``log_dir``; without it (non-main ranks) only ``interactive`` is made.
+    """
+    names = list(dict.fromkeys(names))
+    unknown = [n for n in names if n not in LOGGER_NAMES]
+    if unknown:
+        raise ValueError(f"unknown logger(s) {unknown}; valid: {list(LOGGER_NAMES)}")
+    loggers: list = []
+    out = Path(log_dir) if log_dir is not None else None
+    if out is not None and names:
+        out.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        if name == "interactive":
+            loggers.append(InteractiveLogger())
+        elif out is None:
+            continue
+        elif name == "text":
+            loggers.append(TextLogger(open(out / "log.txt", "a")))  # noqa: SIM115 (closed by close_loggers)
+        elif name == "csv":
+            from avalanche.logging import CSVLogger
+
+            loggers.append(CSVLogger(str(out / "csv")))
+        elif name == "tensorboard":
+            from avalanche.logging import TensorboardLogger
+
+            loggers.append(TensorboardLogger(out / "tensorboard"))
+    return loggers
+
+
+def close_loggers(evaluator: EvaluationPlugin) -> None:
+    """Flush and close the files of ``evaluator``'s loggers (text, CSV, TensorBoard)."""
+    for lg in evaluator.loggers:
+        if isinstance(lg, TextLogger) and lg.file not in (sys.stdout, sys.stderr):
+            lg.file.close()
+        elif hasattr(lg, "close"):
+            lg.close()
+        elif hasattr(lg, "writer"):
+            lg.writer.close()
+
+
 def make_evaluator(
     log_dir: str | Path | None = None,
     interactive: bool = False,
     extra_metrics: Iterable = (),
     f_last_variant: str = "official",
+    loggers: Iterable[str] = ("text",),
 ) -> EvaluationPlugin:
-    """The runner's evaluator: top-1/loss, ctta's anytime metrics and a text log in ``log_dir``.
+    """The runner's evaluator: top-1/loss, ctta's anytime metrics and the named loggers (see ``make_loggers``).
 
+    ``interactive=True`` adds ``"interactive"`` to ``loggers``; file loggers write into ``log_dir`` (none if None).
     Scripts should prefer :func:`default_evaluator` (Avalanche's default metrics and loggers plus ctta's).
     """
-    loggers = []
-    if log_dir is not None:
-        Path(log_dir).mkdir(parents=True, exist_ok=True)
-        loggers.append(TextLogger(open(Path(log_dir) / "log.txt", "a")))  # noqa: SIM115 (closed at exit)
-    if interactive:
-        loggers.append(InteractiveLogger())
+    names = [*loggers, *(["interactive"] if interactive else [])]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="No loggers specified")
         return EvaluationPlugin(
@@ -75,7 +119,7 @@ def make_evaluator(
             loss_metrics(stream=True),
             AnytimeAccuracy(f_last_variant),
             *extra_metrics,
-            loggers=loggers,
+            loggers=make_loggers(names, log_dir),
         )
 
 

@@ -41,7 +41,9 @@ class LogConfig:
     out_dir: str = "runs/default"  # results.json, metrics.csv, config.yaml, log.txt, plots
     progress: bool = True  # tqdm bar over the stream
     plot: bool = True  # PNG of accuracy over the stream
-    interactive: bool = False  # also attach Avalanche's InteractiveLogger (verbose)
+    # Avalanche loggers: text (log.txt), csv (csv/), tensorboard (tensorboard/), interactive (console, verbose)
+    loggers: tuple[Literal["text", "csv", "tensorboard", "interactive"], ...] = ("text",)
+    interactive: bool = False  # also attach Avalanche's InteractiveLogger (same as adding "interactive" to loggers)
     checkpoint_every: int = 0  # online CL: save a resumable checkpoint every N stream samples (0: off)
     f_last_variant: Literal["official", "standard"] = "official"  # reference quirks | standard (si-blurry §9)
 

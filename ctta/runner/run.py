@@ -11,7 +11,8 @@ from typing import Any
 import torch
 
 from ctta import distributed
-from ctta.logging import ProgressPlugin, anytime_metric, make_evaluator
+from ctta.logging import ProgressPlugin, anytime_metric, close_loggers, make_evaluator
+from ctta.metrics import TopKAccuracy
 from ctta.registry import BACKBONES, SCENARIOS, STRATEGIES
 from ctta.runner.checkpoint import CheckpointPlugin, load_latest
 from ctta.runner.config import RunConfig, dump_config, to_dict
@@ -80,8 +81,9 @@ def prepare(cfg: RunConfig) -> RunContext:
         out.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, out / "config.yaml")
     extra = strategy_cls.extra_metrics(cfg.strategy.params) if hasattr(strategy_cls, "extra_metrics") else ()
-    evaluator = make_evaluator(out if dctx.main else None, cfg.log.interactive and dctx.main, extra,
-                               cfg.log.f_last_variant)  # fmt: skip
+    main = dctx.main
+    evaluator = make_evaluator(out if main else None, cfg.log.interactive and main, extra, cfg.log.f_last_variant,
+                               loggers=cfg.log.loggers if main else ())  # fmt: skip
     bench = SCENARIOS.get(cfg.scenario.name).builder(cfg.scenario.params, seed=cfg.seed)
     backbone = BACKBONES.get(cfg.backbone.name).builder(cfg.backbone.params)
     is_tta = issubclass(strategy_cls, TestTimeTemplate)
@@ -121,6 +123,7 @@ def execute(ctx: RunContext, verbose: bool = True) -> dict[str, Any]:
         _loop(ctx.strategy, ctx.bench, ctx.is_tta, ctx.start_exp)
     finally:
         ctx.progress.close()
+        close_loggers(ctx.evaluator)
     now = time.perf_counter()
     timings = {"setup_s": t_loop - ctx.t0, "stream_s": now - t_loop, "total_s": now - ctx.t0}
     results = summarise(ctx.cfg, ctx.strategy, ctx.evaluator, ctx.progress, timings)
@@ -162,6 +165,12 @@ def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def _summary_key(metric) -> str:
+    """results.json summary name of a single-valued metric: ``top5`` for top-5 accuracy, else its Avalanche name."""
+    k = getattr(metric, "k", None)
+    return f"top{k}" if isinstance(metric, TopKAccuracy) and k else str(metric)
+
+
 def summarise(cfg: RunConfig, strategy, evaluator, progress: ProgressPlugin, timings: dict) -> dict[str, Any]:
     """Final metrics, evaluation history rows, config, versions, weight tags and timings."""
     m = anytime_metric(evaluator)
@@ -173,11 +182,13 @@ def summarise(cfg: RunConfig, strategy, evaluator, progress: ProgressPlugin, tim
         rows.sort(key=lambda r: (r["samples"], r["kind"] == "task_end"))
         summary.update(m.result())
     rows += progress_rows(progress)
-    for metric in evaluator.metrics:  # ctta's own plugin metrics summarise themselves (mAP, CF1, OF1, ...)
+    for metric in evaluator.metrics:  # ctta's own plugin metrics summarise themselves (top-5, mAP, CF1, OF1, ...)
         if metric is not m and type(metric).__module__.startswith("ctta"):
             res = metric.result()
             if isinstance(res, dict):
                 summary.update(_scalar_metrics(res))
+            elif isinstance(res, (int, float)) or (isinstance(res, torch.Tensor) and res.numel() == 1):
+                summary[_summary_key(metric)] = float(res)
     last = _scalar_metrics(evaluator.get_last_metrics())
     top1 = [v for k, v in last.items() if k.startswith("Top1_Acc_Stream/eval_phase/test_stream")]
     if top1 and "mAP" not in summary:  # argmax top-1 is meaningless for multi-hot targets
