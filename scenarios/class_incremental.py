@@ -1,9 +1,15 @@
-"""Class-incremental benchmark over any labelled dataset, never dropping classes.
+"""Class-incremental benchmark over any labelled dataset of the catalogue, never dropping classes.
 
-Avalanche's ``class_incremental_benchmark(num_experiences=k)`` silently drops the remainder classes when ``k``
-does not divide the class count and reseeds the global torch RNG (spec avalanche.md §6). This builder splits
-the class order into ``n_experiences`` groups whose sizes differ by at most one (earlier groups larger), or
-into explicit ``classes_per_exp`` sizes, shuffles with a private generator, and keeps native sample order.
+Avalanche 0.6's ``class_incremental_benchmark(num_experiences=k)`` (ContinualAI/avalanche v0.6.0,
+``benchmarks/scenarios/supervised.py``) silently drops the remainder classes when ``k`` does not divide the class
+count and reseeds the global torch RNG. This builder splits the class order into ``n_experiences`` groups whose
+sizes differ by at most one (earlier groups larger), or into explicit ``classes_per_exp`` sizes, shuffles with a
+private generator, and keeps native sample order.
+
+Datasets: every ``cl`` name of ``ctta.data.catalogue`` (``cifar100``, ``tinyimagenet``, ``imagenet_r``, ``digits``,
+``folder``) and the train/test splits of every ``transfer`` name (``cub200``, ``food101``, ``vtab-<task>``,
+``imagefolder:<dir>``, ...). Images read from files are fed through ``default_transform(img_size)`` (resize,
+centre crop, to tensor); the bundled digits are tensors at ``img_size`` already.
 """
 
 from __future__ import annotations
@@ -12,22 +18,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from torch.utils.data import Dataset
 
+from ctta.data import catalogue
 from ctta.data.avl import as_avl_dataset
-from ctta.data.sources import load_dataset
+from ctta.data.folder import default_transform
 from ctta.registry import SCENARIOS
 from ctta.scenarios_common import annotate, make_benchmark
 
 
 @dataclass(frozen=True)
 class ClassIncrementalConfig:
-    dataset: str = "digits"  # see ctta.data.sources.DATASETS
-    root: str = "data"  # parent folder of local datasets
+    dataset: str = "digits"  # a cl or transfer name of ctta.data.catalogue
+    root: str = "data"  # parent folder of local datasets (each in its catalogue folder)
     n_experiences: int = 5
     classes_per_exp: tuple[int, ...] | None = None  # explicit sizes (sum = number of classes); wins over n_exp
     class_order: tuple[int, ...] | None = None  # explicit order; default label order (shuffled if shuffle)
     shuffle_classes: bool = True
-    img_size: int = 32  # resize for small built-in sets (digits); folder datasets use their own transforms
+    img_size: int = 32  # image side: digits are rendered at it, file images resized and centre-cropped to it
 
 
 def split_classes(
@@ -81,11 +89,46 @@ def class_incremental_benchmark(train_ds, test_ds, groups: Sequence[Sequence[int
     return annotate(bench, n_classes=n_classes, classnames=classnames, test_dataset=te, class_groups=groups)
 
 
+KINDS = ("cl", "transfer")  # catalogue kinds this scenario reads (a cl name wins over a transfer one)
+
+
+class _Transformed(Dataset):
+    """``(transform(x), y)`` over a dataset of ``(x, y)``; keeps ``targets`` (and ``classes`` when present)."""
+
+    def __init__(self, base, transform) -> None:
+        self.base, self.transform = base, transform
+        self.targets = list(base.targets)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        x, y = self.base[i]
+        return self.transform(x), y
+
+
+def load_labelled(name: str, root: str, img_size: int):
+    """``(train, test, classnames)`` of catalogue dataset ``name`` (kinds ``KINDS``) with tensor images."""
+    entry = catalogue.entry(name, KINDS)
+    if "cl" in entry.loaders:
+        if entry.bundled:
+            train, test = entry.load("cl", root, img_size=img_size)
+        else:
+            tf = default_transform(img_size)
+            train, test = entry.load("cl", root, train_transform=tf, test_transform=tf)
+        return train, test, list(train.classes)
+    data = entry.load("transfer", root, img_size=img_size)
+    if entry.bundled:
+        return data.train, data.test, list(data.classnames)
+    tf = default_transform(img_size)
+    return _Transformed(data.train, tf), _Transformed(data.test, tf), list(data.classnames)
+
+
 @SCENARIOS.register("class_incremental", config=ClassIncrementalConfig)
 def build_class_incremental(cfg: ClassIncrementalConfig, *, seed: int = 0):
-    """Class-incremental stream (one experience per class group) over a named dataset."""
-    src = load_dataset(cfg.dataset, cfg.root, img_size=cfg.img_size)
+    """Class-incremental stream (one experience per class group) over a named catalogue dataset."""
+    train, test, names = load_labelled(cfg.dataset, cfg.root, cfg.img_size)
     groups = split_classes(
-        len(src.classnames), cfg.n_experiences, cfg.classes_per_exp, cfg.class_order, cfg.shuffle_classes, seed
+        len(names), cfg.n_experiences, cfg.classes_per_exp, cfg.class_order, cfg.shuffle_classes, seed
     )
-    return class_incremental_benchmark(src.train, src.test, groups, src.classnames)
+    return class_incremental_benchmark(train, test, groups, names)

@@ -29,21 +29,15 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from avalanche.benchmarks.utils import AvalancheDataset, DataAttribute
 
-from ctta.data.multilabel_datasets import (
-    load_coco2014,
-    load_voc2007,
-    make_synthetic_multilabel,
-    reference_transforms,
-)
+from ctta.data import catalogue
+from ctta.data.multilabel_datasets import reference_transforms
 from ctta.registry import SCENARIOS
 from ctta.scenarios_common import annotate, make_benchmark
 
-DATASETS = ("coco", "voc", "synthetic")
 SHUFFLE = ("none", "yes")
 
 
@@ -182,27 +176,13 @@ def multilabel_benchmark(train_ds, test_ds, tasks: Sequence[Sequence[int]], clas
     )  # fmt: skip
 
 
-def _coco_root(root: str | Path) -> Path:
-    base = Path(root).expanduser()
-    for cand in (base, base / "coco2014", base / "coco"):
-        if (cand / "annotations").is_dir():
-            return cand
-    return base  # load_coco2014 raises the how-to-get error
-
-
 def load_multilabel(cfg: MultiLabelConfig, seed: int = 0):
-    """(train, test) multi-label datasets named by ``cfg.dataset``."""
-    if cfg.dataset == "synthetic":
-        return make_synthetic_multilabel(
-            cfg.synthetic_classes, cfg.synthetic_train, cfg.synthetic_test, cfg.img_size, cfg.synthetic_max_labels
-        )
-    train_tf, test_tf = reference_transforms(cfg.img_size)
-    if cfg.dataset == "coco":
-        root = _coco_root(cfg.root)
-        return load_coco2014(root, "train", train_tf), load_coco2014(root, "val", test_tf)
-    if cfg.dataset == "voc":
-        return load_voc2007(cfg.root, "trainval", train_tf), load_voc2007(cfg.root, "test", test_tf)
-    raise ValueError(f"unknown multi-label dataset {cfg.dataset!r}; valid: {list(DATASETS)}")
+    """(train, test) multi-label datasets named by ``cfg.dataset`` (a ``multilabel`` name of the catalogue)."""
+    synthetic = {
+        "num_classes": cfg.synthetic_classes, "n_train": cfg.synthetic_train, "n_test": cfg.synthetic_test,
+        "max_labels": cfg.synthetic_max_labels,
+    }  # fmt: skip
+    return catalogue.load(cfg.dataset, "multilabel", cfg.root, img_size=cfg.img_size, **synthetic)
 
 
 @SCENARIOS.register("multilabel", config=MultiLabelConfig)
@@ -228,25 +208,14 @@ class MultiLaneCILConfig:
 
 
 def _load_cil(cfg: MultiLaneCILConfig):
-    from ctta.data import cl_datasets as cl
-
-    if cfg.dataset == "digits":
-        from ctta.data.digits import DIGIT_NAMES, load_digits
-
-        train, test = load_digits(img_size=cfg.img_size)
-        return train, test, list(DIGIT_NAMES)
+    entry = catalogue.entry(cfg.dataset, "cl")
+    if entry.bundled:  # the digits: tensors at img_size, no transforms
+        train, test = entry.load("cl", cfg.root, img_size=cfg.img_size)
+        return train, test, list(train.classes)
     train_tf, test_tf = reference_transforms(cfg.img_size)
-    if cfg.dataset == "cifar100":
-        train, test = cl.load_cifar100(cfg.root, train_tf, test_tf)
-        return train, test, train.classes
-    if cfg.dataset == "imagenet_r":  # the reference applies only its own transforms (no fixed 256/224 crop)
-        base = Path(cfg.root) / "imagenet-r"
-        full = cl.ImageFolderDataset(base, dataset_name="ImageNet-R", how_to_get=cl._HOW["imagenet_r"])
-        tr_idx, te_idx = cl.imagenet_r_split(len(full.samples))
-        names = cl._imagenet_r_names(base, full.classes)
-        train = cl.ImageListDataset([full.samples[i] for i in tr_idx], names, train_tf)
-        return train, cl.ImageListDataset([full.samples[i] for i in te_idx], names, test_tf), names
-    raise ValueError(f"unknown CIL dataset {cfg.dataset!r}; valid: ['cifar100', 'imagenet_r', 'digits']")
+    kwargs = {"fixed_crop": False} if cfg.dataset == "imagenet_r" else {}  # only the reference's own transforms
+    train, test = entry.load("cl", cfg.root, train_transform=train_tf, test_transform=test_tf, **kwargs)
+    return train, test, list(train.classes)
 
 
 @SCENARIOS.register("multilane_cil", config=MultiLaneCILConfig)

@@ -25,7 +25,13 @@ import torch
 from ctta.registry import SCENARIOS
 
 STREAM_MODES = ("stochastic", "fixed")
-DATASETS = ("cifar100", "tinyimagenet", "imagenet_r", "digits")
+
+
+def _datasets() -> list[str]:
+    """The catalogue's ``cl`` datasets with Si-Blurry statistics (cifar100, tinyimagenet, imagenet_r, digits)."""
+    from ctta.data import catalogue
+
+    return [e.name for e in catalogue.entries("cl") if e.stats is not None]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -182,8 +188,10 @@ class SiBlurryConfig:
     """Si-Blurry scenario config (defaults = the published setting, spec §10).
 
     Attributes:
-        dataset: "cifar100" | "tinyimagenet" | "imagenet_r" | "digits" (bundled, offline smoke runs).
-        root: parent folder of the dataset folders (``cifar-100-python``, ``tiny-imagenet-200``, ``imagenet-r``).
+        dataset: a ``cl`` dataset of ``ctta.data.catalogue`` with Si-Blurry statistics: "cifar100" |
+            "tinyimagenet" | "imagenet_r" | "digits" (bundled, offline smoke runs).
+        root: parent folder of the dataset folders (catalogue: ``cifar-100-python``, ``tiny-imagenet-200``,
+            ``imagenet-r``).
         n_tasks: T.
         disjoint_pct: N, percentage of disjoint classes.
         blurry_pct: M, percentage of blurred samples among the blurry-class samples.
@@ -212,8 +220,8 @@ class SiBlurryConfig:
     imagenet_r_test_center_crop: bool = False
 
     def __post_init__(self) -> None:
-        if self.dataset not in DATASETS:
-            raise ValueError(f"SiBlurryConfig.dataset={self.dataset!r}; valid: {list(DATASETS)}")
+        if self.dataset not in _datasets():
+            raise ValueError(f"SiBlurryConfig.dataset={self.dataset!r}; valid: {_datasets()}")
         if self.stream_mode not in STREAM_MODES:
             raise ValueError(f"SiBlurryConfig.stream_mode={self.stream_mode!r}; valid: {list(STREAM_MODES)}")
         if self.batch_size < 1 or self.img_size < 1 or self.n_tasks < 1:
@@ -335,15 +343,16 @@ def build_si_blurry(cfg: SiBlurryConfig, *, seed: int):
     augmentation module (spec §3) that strategies apply to every training mini-batch at every update, and
     ``dataset_stats`` (normalisation and AutoAugment policy).
     """
-    from ctta.data.cl_datasets import DATASET_STATS, load_cl_dataset
+    from ctta.data import catalogue
     from ctta.data.siblurry_aug import SiBlurryTrainAugment, siblurry_test_transform
 
-    stats = DATASET_STATS[cfg.dataset]
+    entry = catalogue.entry(cfg.dataset, "cl")
+    stats = entry.stats
     test_tf = siblurry_test_transform(stats.mean, stats.std, cfg.img_size)
-    kwargs = {"img_size": cfg.img_size, "channels": 3} if cfg.dataset == "digits" else {}
+    kwargs = {"img_size": cfg.img_size, "channels": 3} if entry.bundled else {}
     if cfg.dataset == "imagenet_r":
         kwargs["test_center_crop"] = cfg.imagenet_r_test_center_crop
-    train_ds, test_ds = load_cl_dataset(cfg.dataset, cfg.root, None, test_tf, **kwargs)
+    train_ds, test_ds = entry.load("cl", cfg.root, train_transform=None, test_transform=test_tf, **kwargs)
     augment = SiBlurryTrainAugment(
         stats.mean,
         stats.std,

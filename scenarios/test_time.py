@@ -22,17 +22,15 @@ global RNGs (so they do not depend on the number of workers); ``max_samples`` tr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torchvision.transforms.functional as TF
 from torchvision.transforms import InterpolationMode
 
+from ctta.data import catalogue
 from ctta.data.avl import as_avl_dataset
-from ctta.data.classnames import classnames, imagenet_subset_wnids, imagenet_wnids
 from ctta.data.corruptions import IMAGENET_C_ORDER, ON_THE_FLY, corrupt
-from ctta.data.folder import ImageFolderDataset
-from ctta.data.tta_datasets import TTA_DATASETS, TTASet, ViewsDataset, load_tta_dataset, select_subset
+from ctta.data.tta_datasets import TTASet, ViewsDataset, load_tta_dataset, select_subset
 from ctta.data.tta_views import TPTViews
 from ctta.registry import SCENARIOS
 from ctta.scenarios_common import annotate, make_benchmark
@@ -45,9 +43,9 @@ class TestTimeConfig:
     """Scenario section ``scenario: {name: test_time, ...}``.
 
     Attributes:
-        dataset: one of ``ctta.data.tta_datasets.TTA_DATASETS`` (ImageNet family, fine-grained sets, ``digits``).
+        dataset: a ``test_time`` name of ``ctta.data.catalogue`` (ImageNet family, fine-grained sets, ``digits``).
         datasets: a domain sequence (one experience per set, in order); overrides ``dataset`` when non-empty.
-        root: parent folder of the datasets (TPT's folder names, see ``ctta.data.tta_datasets``).
+        root: parent folder of the datasets (each in its catalogue folder: TPT's folder names).
         split_file: CoOp split JSON for a fine-grained set (default: found in the dataset folder).
         n_views: views per sample including the original (TPT 64; DiffTPT's conventional 65).
         augmentation: ``auto`` (AugMix on fine-grained sets only) | ``crop_flip`` | ``augmix``.
@@ -78,8 +76,7 @@ class TestTimeConfig:
 
     def __post_init__(self) -> None:
         for name in self.datasets or (self.dataset,):
-            if name not in TTA_DATASETS:
-                raise ValueError(f"unknown test-time dataset {name!r}; valid: {list(TTA_DATASETS)}")
+            catalogue.entry(name, "test_time")  # unknown names raise, listing the valid ones
         if self.augmentation not in ("auto", "crop_flip", "augmix"):
             raise ValueError(f"augmentation={self.augmentation!r}; valid: auto, crop_flip, augmix")
         if self.corruptions and self.datasets:
@@ -126,18 +123,10 @@ def _corruption_folders(cfg: TestTimeConfig, seed: int):
     """ImageNet-C-style folders ``<corruption_root>/<corruption>/<severity>/<wnid>/`` (ImageNet family only)."""
     if cfg.dataset not in ("imagenet", "imagenet_a", "imagenet_r"):
         raise ValueError(f"corruption_root needs dataset imagenet, imagenet_a or imagenet_r, got {cfg.dataset!r}")
-    wnids = imagenet_wnids() if cfg.dataset == "imagenet" else imagenet_subset_wnids(cfg.dataset)
-    names = classnames(cfg.dataset)
     parts = []
     for k, (name, sev) in enumerate((c, s) for c in cfg.corruptions for s in cfg.severities):
-        ds = ImageFolderDataset(
-            Path(cfg.corruption_root) / name / str(sev),
-            classes=wnids,
-            dataset_name=f"ImageNet-C {name}/{sev}",
-            how_to_get="Download ImageNet-C from https://github.com/hendrycks/robustness.",
-        )
-        tta = TTASet(f"{cfg.dataset}-{name}-{sev}", ds, names, "imagenet")
-        parts.append((*_experience(tta, cfg, seed, 1000 + k), names))
+        tta = catalogue.load(f"imagenet_c/{name}/{sev}", "test_time", cfg.corruption_root, label_space=cfg.dataset)
+        parts.append((*_experience(tta, cfg, seed, 1000 + k), tta.classnames))
     return parts
 
 

@@ -1,7 +1,8 @@
 """Transfer stream: a sequence of downstream datasets, one experience each (DAM-VP's setting for k = 1).
 
-Paper: Huang et al., "Diversity-Aware Meta Visual Prompting", CVPR 2023 (arXiv 2303.08138), §4 (datasets
-and splits in ``ctta.data.transfer_datasets``, spec ``specs/damvp.md`` §8).
+Paper: Huang et al., "Diversity-Aware Meta Visual Prompting", CVPR 2023 (arXiv 2303.08138), §4; reference
+shikiw/DAM-VP@dec5821 ``data_utils/`` (datasets and splits: the ``transfer`` entries of ``ctta.data.catalogue``,
+loaders in ``ctta.data.transfer_datasets``).
 
 The benchmark has three streams with one experience per dataset, in config order: ``train_stream``,
 ``valid_stream`` and ``test_stream``. Datasets occupy disjoint, consecutive blocks of global class ids (dataset
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from avalanche.benchmarks.scenarios import CLScenario, DatasetExperience
 from avalanche.benchmarks.scenarios.generic_scenario import EagerCLStream
 from avalanche.benchmarks.scenarios.supervised import with_classes_timeline
@@ -29,16 +29,15 @@ from avalanche.benchmarks.utils.data_attribute import TaskLabels
 from avalanche.benchmarks.utils.transform_groups import TransformGroups
 from torch.utils.data import Dataset
 
-from ctta.data.transfer_datasets import NORMALIZATION, TransferData, damvp_transforms, load_transfer_dataset
+from ctta.data import catalogue
+from ctta.data.transfer_datasets import NORMALIZATION, Relabel, damvp_transforms
 from ctta.registry import SCENARIOS
 from ctta.scenarios_common import annotate
-
-_TINTS = ((1.0, 0.35, 0.35), (0.35, 1.0, 0.35), (0.35, 0.35, 1.0), (1.0, 1.0, 0.35), (0.35, 1.0, 1.0))
 
 
 @dataclass(frozen=True)
 class TransferConfig:
-    datasets: tuple[str, ...] = ("cifar100",)  # transfer_datasets names, vtab-<task>, imagefolder:<dir>, digits/<k>/<n>
+    datasets: tuple[str, ...] = ("cifar100",)  # catalogue transfer names (vtab-<task>, digits/<k>/<n>, ...)
     root: str = "data"  # holds torchvision_dataset/, FGVC/, vtab-1k/
     img_size: int = 224
     normalization: str = "imagenet"  # imagenet | half (vit-b-22k) | clip
@@ -46,54 +45,8 @@ class TransferConfig:
     task_labels: bool = True  # samples (x, y, dataset index)
 
 
-class _Relabel(Dataset):
-    """``(x, y)`` of ``base`` at ``indices`` with ``y -> label_map[y] + offset`` and an optional image map."""
-
-    def __init__(self, base, indices, targets, label_map: dict, offset: int, image_fn=None) -> None:
-        self.base, self.indices, self.image_fn = base, list(indices), image_fn
-        self.label_map, self.offset = label_map, offset
-        self.targets = [label_map[int(targets[i])] + offset for i in self.indices]
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int):
-        x, _ = self.base[self.indices[i]]
-        return (self.image_fn(x) if self.image_fn else x), self.targets[i]
-
-
-class _Tint:
-    """Multiply the RGB channels of a ``(3, H, W)`` tensor image by a colour (the digits' per-dataset look)."""
-
-    def __init__(self, tint) -> None:
-        self.tint = torch.tensor(tint).view(3, 1, 1)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.tint
-
-
-def _digits(name: str, img_size: int) -> TransferData:
-    from ctta.data.digits import DIGIT_NAMES, load_digits
-
-    parts = name.split("/")
-    k, n = (int(parts[1]), int(parts[2])) if len(parts) == 3 else (0, 1)
-    if len(parts) not in (1, 3) or not 0 <= k < n <= 10:
-        raise ValueError(f"synthetic digits dataset {name!r}: use 'digits' or 'digits/<k>/<n>' with 0 <= k < n <= 10")
-    classes = torch.arange(10).tensor_split(n)[k].tolist()
-    lmap = {c: i for i, c in enumerate(classes)}
-    tr, te = load_digits(img_size=img_size)
-    tint = _Tint(_TINTS[k % len(_TINTS)]) if n > 1 else None
-    pick = lambda ds: [i for i, y in enumerate(ds.targets) if y in lmap]  # noqa: E731
-    tr_idx = pick(tr)
-    cut = int(0.8 * len(tr_idx))
-    mk = lambda ds, idx: _Relabel(ds, idx, ds.targets, lmap, 0, tint)  # noqa: E731
-    return TransferData(
-        name, mk(tr, tr_idx[:cut]), mk(tr, tr_idx[cut:]), mk(te, pick(te)), [DIGIT_NAMES[c] for c in classes]
-    )
-
-
-def _transforms(name: str, cfg: TransferConfig) -> dict:
-    if name.startswith("digits"):  # tensors already at img_size: normalise only, no augmentation
+def _transforms(entry, cfg: TransferConfig) -> dict:
+    if entry.bundled:  # the digits: tensors already at img_size: normalise only, no augmentation
         from torchvision.transforms import Normalize
 
         mean, std = NORMALIZATION[cfg.normalization]
@@ -111,7 +64,7 @@ def _avl(ds: Dataset, d: int, cfg: TransferConfig, tf: dict) -> ClassificationDa
 def _limit(ds: Dataset, n: int) -> Dataset:
     if n <= 0 or len(ds) <= n:
         return ds
-    return _Relabel(ds, range(n), ds.targets, {int(t): int(t) for t in set(ds.targets)}, 0)
+    return Relabel(ds, range(n), ds.targets, {int(t): int(t) for t in set(ds.targets)}, 0)
 
 
 @SCENARIOS.register("transfer", config=TransferConfig)
@@ -125,11 +78,12 @@ def build_transfer(cfg: TransferConfig, *, seed: int = 0) -> CLScenario:
     streams: dict[str, list] = {"train": [], "valid": [], "test": []}
     names, classes, cnames, offset = [], [], [], 0
     for d, name in enumerate(cfg.datasets):
-        data = _digits(name, cfg.img_size) if name.startswith("digits") else load_transfer_dataset(name, cfg.root)
-        tf, n_cls = _transforms(name, cfg), len(data.classnames)
+        entry = catalogue.entry(name, "transfer")
+        data = entry.load("transfer", cfg.root, img_size=cfg.img_size)
+        tf, n_cls = _transforms(entry, cfg), len(data.classnames)
         for stream, split in (("train", data.train), ("valid", data.val), ("test", data.test)):
             split = _limit(split, cfg.max_per_split)
-            relabeled = _Relabel(split, range(len(split)), split.targets, {c: c for c in range(n_cls)}, offset)
+            relabeled = Relabel(split, range(len(split)), split.targets, {c: c for c in range(n_cls)}, offset)
             streams[stream].append(_avl(relabeled, d, cfg, tf))
         names.append(name)
         classes.append(list(range(offset, offset + n_cls)))

@@ -1,7 +1,9 @@
 """Local-folder loaders for the Si-Blurry benchmarks: CIFAR-100, Tiny-ImageNet and ImageNet-R.
 
-Splits, native orders and statistics follow ``specs/si-blurry-mvp.md`` §3 (reference: moonjunyyy/Si-Blurry@c4024ce,
-``datasets/{TinyImageNet,Imagenet_R}.py`` and torchvision's CIFAR-100; re-implemented, no code copied):
+Splits, native orders and statistics follow the Si-Blurry reference, moonjunyyy/Si-Blurry@c4024ce
+(``datasets/{TinyImageNet,Imagenet_R}.py``, ``utils/data_loader.py``) and torchvision's CIFAR-100 (Moon et al.,
+"Online Continual Learning on Hierarchical Label Expansion", ICCV 2023, arXiv 2308.09303; re-implemented, no code
+copied). Folders, download sources and statistics are the entries of ``ctta.data.catalogue``:
 
 - CIFAR-100: the torchvision pickle layout ``<root>/cifar-100-python/{train,test,meta}``, pickle order.
 - Tiny-ImageNet: ``<root>/tiny-imagenet-200``; train = torchvision ImageFolder order over ``train/`` (sorted wnid
@@ -12,7 +14,8 @@ Splits, native orders and statistics follow ``specs/si-blurry-mvp.md`` §3 (refe
   ``RandomCrop(224)`` to both splits (``test_center_crop=True`` uses ``CenterCrop`` for the test split).
 
 Every dataset returns ``(transform(img), label)`` and has ``.targets`` (list[int]) and ``.classes`` (readable
-names). Deviations: none in the splits; the loaders read the files directly (no download, no md5 check).
+names). ``load_*_entry`` are the catalogue's loaders (``loader(entry, root, **kw)``). Deviations: none in the
+splits; the loaders read the files directly (no download, no md5 check).
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from __future__ import annotations
 import os
 import pickle
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,46 +31,27 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
-from ctta.data.folder import ImageFolderDataset, load_rgb, require_dir
+from ctta.data import catalogue
+from ctta.data.catalogue import DatasetEntry, DatasetStats
+from ctta.data.folder import ImageFolderDataset, load_rgb
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = [
+    "DATASET_STATS",
+    "ArrayImageDataset",
+    "DatasetStats",
+    "ImageListDataset",
+    "imagenet_r_split",
+    "load_cifar100",
+    "load_cl_dataset",
+    "load_imagenet_r",
+    "load_tiny_imagenet",
+    "walk_images",
+]
+
 _IMG_EXT = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's list
 
-
-@dataclass(frozen=True)
-class DatasetStats:
-    """Per-dataset constants of spec §3.
-
-    Attributes:
-        n_classes: number of classes C.
-        mean: normalisation mean (RGB).
-        std: normalisation std (RGB).
-        autoaugment: torchvision ``AutoAugmentPolicy`` value ("cifar10" | "imagenet") or None.
-    """
-
-    n_classes: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    autoaugment: str | None
-
-
-DATASET_STATS = {
-    "cifar100": DatasetStats(100, (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761), "cifar10"),
-    "tinyimagenet": DatasetStats(200, (0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262), "imagenet"),
-    "imagenet_r": DatasetStats(200, IMAGENET_MEAN, IMAGENET_STD, "imagenet"),
-    # the bundled sklearn digits (smoke runs; not part of the reference): centred [0, 1] images
-    "digits": DatasetStats(10, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "cifar10"),
-}
-
-_HOW = {
-    "cifar100": "Download the python version https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz and extract "
-    "it so that <root>/cifar-100-python/{train,test,meta} exist.",
-    "tinyimagenet": "Download http://cs231n.stanford.edu/tiny-imagenet-200.zip and unzip it so that "
-    "<root>/tiny-imagenet-200/{wnids.txt,train,val} exist.",
-    "imagenet_r": "Download https://people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar and extract it so that "
-    "<root>/imagenet-r/<wnid>/*.jpg exist (200 class folders, 30,000 images).",
-}
+# Si-Blurry's per-dataset constants: a view of the catalogue
+DATASET_STATS: dict[str, DatasetStats] = {e.name: e.stats for e in catalogue.entries("cl") if e.stats is not None}
 
 
 class ArrayImageDataset(Dataset):
@@ -111,9 +94,9 @@ def _default(transform: Callable | None) -> Callable:
 
 
 # ---------------------------------------------------------------------------------------------- CIFAR-100
-def _unpickle(path: Path) -> dict:
+def _unpickle(path: Path, entry: DatasetEntry) -> dict:
     if not path.is_file():
-        raise FileNotFoundError(f"CIFAR-100 file missing: {path}. {_HOW['cifar100']}")
+        raise FileNotFoundError(f"{entry.title} file missing: {path}. {entry.how_to_get()}")
     with open(path, "rb") as fh:
         d = pickle.load(fh, encoding="latin1")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
@@ -130,11 +113,16 @@ def load_cifar100(root: str | Path, train_transform=None, test_transform=None):
     Returns:
         ``(train, test)`` ``ArrayImageDataset``s with ``.targets`` and ``.classes``.
     """
-    base = require_dir(Path(root) / "cifar-100-python", "CIFAR-100", _HOW["cifar100"])
-    names = [n.replace("_", " ") for n in _unpickle(base / "meta")["fine_label_names"]]
+    return catalogue.load("cifar100", "cl", root, train_transform=train_transform, test_transform=test_transform)
+
+
+def load_cifar100_entry(entry: DatasetEntry, root: str | Path, train_transform=None, test_transform=None):
+    """Catalogue loader of ``load_cifar100``."""
+    base = entry.require(entry.path(root))
+    names = [n.replace("_", " ") for n in _unpickle(base / "meta", entry)["fine_label_names"]]
     out = []
     for split, tf in (("train", train_transform), ("test", test_transform)):
-        d = _unpickle(base / split)
+        d = _unpickle(base / split, entry)
         data = np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
         out.append(ArrayImageDataset(np.ascontiguousarray(data), d["fine_labels"], names, _default(tf)))
     return out[0], out[1]
@@ -157,8 +145,8 @@ def _tiny_names(base: Path, wnids: list[str]) -> list[str]:
     return [table.get(w, w).split(",")[0].strip() for w in wnids]
 
 
-def _tiny_train(base: Path, idx: dict[str, int]) -> list[tuple[Path, int]]:
-    train_dir = require_dir(base / "train", "Tiny-ImageNet train split", _HOW["tinyimagenet"])
+def _tiny_train(base: Path, idx: dict[str, int], entry: DatasetEntry) -> list[tuple[Path, int]]:
+    train_dir = entry.require(base / "train", "train split")
     samples = []
     for cls_dir in sorted(d for d in train_dir.iterdir() if d.is_dir()):  # ImageFolder class order
         if cls_dir.name not in idx:
@@ -167,11 +155,11 @@ def _tiny_train(base: Path, idx: dict[str, int]) -> list[tuple[Path, int]]:
     return samples
 
 
-def _tiny_val(base: Path, idx: dict[str, int]) -> list[tuple[Path, int]]:
-    val_dir = require_dir(base / "val", "Tiny-ImageNet val split", _HOW["tinyimagenet"])
+def _tiny_val(base: Path, idx: dict[str, int], entry: DatasetEntry) -> list[tuple[Path, int]]:
+    val_dir = entry.require(base / "val", "val split")
     ann = val_dir / "val_annotations.txt"
     if not ann.is_file():
-        raise FileNotFoundError(f"Tiny-ImageNet: {ann} missing. {_HOW['tinyimagenet']}")
+        raise FileNotFoundError(f"{entry.title}: {ann} missing. {entry.how_to_get()}")
     rows = [ln.split("\t") for ln in ann.read_text().splitlines() if ln.strip()]
     file_label = {r[0]: idx[r[1]] for r in rows}
     samples = []
@@ -188,15 +176,20 @@ def load_tiny_imagenet(root: str | Path, train_transform=None, test_transform=No
         train_transform: applied to train PIL images (default ``ToTensor()``, native 64 px).
         test_transform: applied to val PIL images (default ``ToTensor()``).
     """
-    base = require_dir(Path(root) / "tiny-imagenet-200", "Tiny-ImageNet", _HOW["tinyimagenet"])
+    return catalogue.load("tinyimagenet", "cl", root, train_transform=train_transform, test_transform=test_transform)
+
+
+def load_tiny_imagenet_entry(entry: DatasetEntry, root: str | Path, train_transform=None, test_transform=None):
+    """Catalogue loader of ``load_tiny_imagenet``."""
+    base = entry.require(entry.path(root))
     wnid_file = base / "wnids.txt"
     if not wnid_file.is_file():
-        raise FileNotFoundError(f"Tiny-ImageNet: {wnid_file} missing. {_HOW['tinyimagenet']}")
+        raise FileNotFoundError(f"{entry.title}: {wnid_file} missing. {entry.how_to_get()}")
     wnids = [w.strip() for w in wnid_file.read_text().splitlines() if w.strip()]
     idx = {w: i for i, w in enumerate(wnids)}  # labels = line index in wnids.txt (reference relabelling)
     names = _tiny_names(base, wnids)
-    train = ImageListDataset(_tiny_train(base, idx), names, _default(train_transform))
-    test = ImageListDataset(_tiny_val(base, idx), names, _default(test_transform))
+    train = ImageListDataset(_tiny_train(base, idx, entry), names, _default(train_transform))
+    test = ImageListDataset(_tiny_val(base, idx, entry), names, _default(test_transform))
     return train, test
 
 
@@ -229,10 +222,29 @@ def load_imagenet_r(root: str | Path, train_transform=None, test_transform=None,
         test_center_crop: use ``CenterCrop(224)`` for the test split (option ``imagenet_r_test_center_crop``);
             the reference crops test images at random.
     """
-    base = Path(root) / "imagenet-r"
-    full = ImageFolderDataset(base, dataset_name="ImageNet-R", how_to_get=_HOW["imagenet_r"])
+    return catalogue.load(
+        "imagenet_r", "cl", root, train_transform=train_transform, test_transform=test_transform,
+        test_center_crop=test_center_crop,
+    )  # fmt: skip
+
+
+def load_imagenet_r_entry(
+    entry: DatasetEntry,
+    root: str | Path,
+    train_transform=None,
+    test_transform=None,
+    test_center_crop: bool = False,
+    fixed_crop: bool = True,
+):
+    """Catalogue loader of ``load_imagenet_r``; ``fixed_crop=False`` leaves out the dataset's own 256/224 crop
+    (MULTI-LANE's reference applies only its transforms, tdemin16/multi-lane@5ee982c ``continual_datasets.py``)."""
+    base = entry.path(root)
+    full = ImageFolderDataset(base, dataset_name=entry.title, how_to_get=entry.how_to_get())
     train_idx, test_idx = imagenet_r_split(len(full.samples))
     names = _imagenet_r_names(base, full.classes)
+    if not fixed_crop:
+        train = ImageListDataset([full.samples[i] for i in train_idx], names, train_transform)
+        return train, ImageListDataset([full.samples[i] for i in test_idx], names, test_transform)
     crop = T.Compose([T.Resize(256), T.RandomCrop(224)])
     test_crop = T.Compose([T.Resize(256), T.CenterCrop(224)]) if test_center_crop else crop
     train = ImageListDataset([full.samples[i] for i in train_idx], names, T.Compose([crop, _default(train_transform)]))
@@ -243,21 +255,10 @@ def load_imagenet_r(root: str | Path, train_transform=None, test_transform=None,
 
 
 def load_cl_dataset(name: str, root: str | Path, train_transform=None, test_transform=None, **kwargs):
-    """Dispatch to the loader of ``name`` ("cifar100" | "tinyimagenet" | "imagenet_r" | "digits").
+    """The ``(train, test)`` pair of catalogue dataset ``name`` (kind ``cl``: cifar100, tinyimagenet, imagenet_r,
+    digits, folder, ...).
 
     ``kwargs`` go to the loader (``test_center_crop`` for ImageNet-R; ``img_size``/``channels`` for digits).
     For digits the transforms act on tensors (the images are already tensors in [0, 1]).
     """
-    if name == "cifar100":
-        return load_cifar100(root, train_transform, test_transform, **kwargs)
-    if name == "tinyimagenet":
-        return load_tiny_imagenet(root, train_transform, test_transform, **kwargs)
-    if name == "imagenet_r":
-        return load_imagenet_r(root, train_transform, test_transform, **kwargs)
-    if name == "digits":
-        from ctta.data.digits import load_digits
-
-        train, test = load_digits(**kwargs)
-        train.transform, test.transform = train_transform, test_transform
-        return train, test
-    raise ValueError(f"unknown dataset {name!r}; valid: {sorted(DATASET_STATS)}")
+    return catalogue.load(name, "cl", root, train_transform=train_transform, test_transform=test_transform, **kwargs)

@@ -51,3 +51,10 @@ def load_digits(img_size: int = 32, channels: int = 3, test_fraction: float = 0.
     y = d.target.tolist()
     mk = lambda ix: TensorImageDataset(x[ix], [y[i] for i in ix], DIGIT_NAMES, transform)  # noqa: E731
     return mk(tr), mk(te)
+
+
+def load_digits_cl(entry, root=None, train_transform=None, test_transform=None, img_size: int = 32, channels: int = 3):
+    """Catalogue loader (kind ``cl``): train/test digits at ``img_size`` px; transforms act on the tensors."""
+    train, test = load_digits(img_size=img_size, channels=channels)
+    train.transform, test.transform = train_transform, test_transform
+    return train, test

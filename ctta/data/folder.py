@@ -1,4 +1,9 @@
-"""ImageFolder-style datasets and the "dataset is missing" error shared by every local-folder loader."""
+"""ImageFolder-style datasets, the ``folder`` catalogue source and the "dataset is missing" error of every loader.
+
+``ImageFolderDataset`` follows torchvision's ``ImageFolder`` conventions (sorted class folders, sorted files); the
+``folder`` source (``<root>/train/<class>/*``, ``<root>/test/<class>/*``) yields tensors through
+``default_transform`` unless given its own transforms, so default batching stacks its samples.
+"""
 
 from __future__ import annotations
 
@@ -74,3 +79,25 @@ class ImageFolderDataset(Dataset):
         path, label = self.samples[i]
         img = load_rgb(path)
         return (self.transform(img) if self.transform else img), label
+
+
+def default_transform(img_size: int):
+    """``Resize(img_size)`` (shorter side) -> ``CenterCrop(img_size)`` -> ``ToTensor()``: PIL image -> (3, S, S)."""
+    from torchvision import transforms as T
+
+    return T.Compose([T.Resize(img_size), T.CenterCrop(img_size), T.ToTensor()])
+
+
+def load_folder(entry, root: str | Path, train_transform=None, test_transform=None, img_size: int = 224):
+    """Catalogue loader of ``folder``: ``(train, test)`` from ``<root>/{train,test}/<class>/*`` (under the entry's
+    folder, for a user's entry with this loader).
+
+    Both splits share the train split's classes; a missing transform is ``default_transform(img_size)``.
+    """
+    base = entry.path(root)
+    how = entry.how_to_get()
+    train_tf = default_transform(img_size) if train_transform is None else train_transform
+    test_tf = default_transform(img_size) if test_transform is None else test_transform
+    tr = ImageFolderDataset(base / "train", transform=train_tf, dataset_name=entry.title, how_to_get=how)
+    te = ImageFolderDataset(base / "test", tr.classes, test_tf, dataset_name=entry.title, how_to_get=how)
+    return tr, te

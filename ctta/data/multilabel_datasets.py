@@ -26,17 +26,9 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
-from ctta.data.folder import load_rgb, require_dir
-
-COCO_HOW = (
-    "Download the MS-COCO 2014 train/val images and annotations (https://cocodataset.org/#download: "
-    "train2014.zip, val2014.zip, annotations_trainval2014.zip) and extract them so that "
-    "<root>/annotations/instances_train2014.json and <root>/train2014/*.jpg (and val) exist."
-)
-VOC_HOW = (
-    "Download VOCtrainval_06-Nov-2007.tar and VOCtest_06-Nov-2007.tar (http://host.robots.ox.ac.uk/pascal/VOC/"
-    "voc2007/) and extract both so that <root>/VOCdevkit/VOC2007/{ImageSets/Main,JPEGImages} exist."
-)
+from ctta.data import catalogue
+from ctta.data.catalogue import DatasetEntry
+from ctta.data.folder import load_rgb
 
 
 class MultiLabelDataset(Dataset):
@@ -120,32 +112,50 @@ def parse_coco(annotation_file: str | Path) -> tuple[list[str], list[str], list[
 
 
 def load_coco2014(root: str | Path, split: str = "train", transform=None) -> MultiLabelDataset:
-    """MS-COCO 2014 ``split`` ("train" | "val") as a multi-label dataset (82,783 / 40,504 images)."""
+    """MS-COCO 2014 ``split`` ("train" | "val") as a multi-label dataset (82,783 / 40,504 images).
+
+    ``root`` holds ``annotations/`` (or its ``coco2014``/``coco`` sub-folder does: the catalogue's folders).
+    """
+    return _coco_split(catalogue.entry("coco", "multilabel"), root, split, transform)
+
+
+def _coco_split(entry: DatasetEntry, root: str | Path, split: str, transform) -> MultiLabelDataset:
     if split not in ("train", "val"):
         raise ValueError(f"COCO-2014 split must be 'train' or 'val', got {split!r}")
-    base = require_dir(root, "MS-COCO 2014", COCO_HOW)
+    base = entry.require(next((p for p in _folders(entry, root) if (p / "annotations").is_dir()), entry.path(root)))
     ann = base / "annotations" / f"instances_{split}2014.json"
     if not ann.is_file():
-        raise FileNotFoundError(f"MS-COCO 2014: annotation file {ann} missing. {COCO_HOW}")
-    img_dir = require_dir(base / f"{split}2014", f"MS-COCO 2014 {split} images", COCO_HOW)
+        raise FileNotFoundError(f"{entry.title}: annotation file {ann} missing. {entry.how_to_get()}")
+    img_dir = entry.require(base / f"{split}2014", f"{split} images")
     classes, files, label_sets = parse_coco(ann)
     return MultiLabelDataset([img_dir / f for f in files], label_sets, classes, transform)
 
 
+def _folders(entry: DatasetEntry, root: str | Path) -> list[Path]:
+    return [entry.path(root, f) for f in entry.folders]
+
+
+def load_coco(entry: DatasetEntry, root: str | Path, img_size: int = 224, **_):
+    """Catalogue loader of ``coco``: (train2014, val2014) with the reference transforms at ``img_size``."""
+    train_tf, test_tf = reference_transforms(img_size)
+    return _coco_split(entry, root, "train", train_tf), _coco_split(entry, root, "val", test_tf)
+
+
 # --------------------------------------------------------------------------------------------------- VOC
-def _voc_base(root: str | Path) -> Path:
-    base = require_dir(root, "PASCAL VOC 2007", VOC_HOW)
-    for cand in (base, base / "VOC2007", base / "VOCdevkit" / "VOC2007"):
+def _voc_base(entry: DatasetEntry, root: str | Path) -> Path:
+    entry.require(entry.path(root))
+    for cand in _folders(entry, root):
         if (cand / "ImageSets" / "Main").is_dir():
             return cand
-    raise FileNotFoundError(f"PASCAL VOC 2007: no ImageSets/Main under {base}. {VOC_HOW}")
+    raise FileNotFoundError(f"{entry.title}: no ImageSets/Main under {entry.path(root)}. {entry.how_to_get()}")
 
 
 def parse_voc(main_dir: str | Path, split: str) -> tuple[list[str], list[str], list[tuple[int, ...]]]:
     """(classes, image ids, label sets) from ``ImageSets/Main/{class}_{split}.txt`` (spec §6.2)."""
     files = sorted(Path(main_dir).glob(f"*_{split}.txt"))
     if not files:
-        raise FileNotFoundError(f"PASCAL VOC 2007: no *_{split}.txt files in {main_dir}. {VOC_HOW}")
+        voc = catalogue.entry("voc", "multilabel")
+        raise FileNotFoundError(f"{voc.title}: no *_{split}.txt files in {main_dir}. {voc.how_to_get()}")
     classes = [f.name[: -len(f"_{split}.txt")] for f in files]
     labels: dict[str, set[int]] = {}  # insertion order = first appearance
     for c, f in enumerate(files):
@@ -163,13 +173,26 @@ def parse_voc(main_dir: str | Path, split: str) -> tuple[list[str], list[str], l
 
 
 def load_voc2007(root: str | Path, split: str = "trainval", transform=None) -> MultiLabelDataset:
-    """PASCAL VOC 2007 ``split`` ("trainval" | "test" | "train" | "val") as a multi-label dataset."""
+    """PASCAL VOC 2007 ``split`` ("trainval" | "test" | "train" | "val") as a multi-label dataset.
+
+    ``root`` is the VOC2007 folder or a parent of it (``VOC2007``, ``VOCdevkit/VOC2007``: the catalogue's folders).
+    """
+    return _voc_split(catalogue.entry("voc", "multilabel"), root, split, transform)
+
+
+def _voc_split(entry: DatasetEntry, root: str | Path, split: str, transform) -> MultiLabelDataset:
     if split not in ("trainval", "test", "train", "val"):
         raise ValueError(f"VOC-2007 split must be trainval, test, train or val, got {split!r}")
-    base = _voc_base(root)
+    base = _voc_base(entry, root)
     classes, ids, label_sets = parse_voc(base / "ImageSets" / "Main", split)
-    img_dir = require_dir(base / "JPEGImages", "PASCAL VOC 2007 images", VOC_HOW)
+    img_dir = entry.require(base / "JPEGImages", "images")
     return MultiLabelDataset([img_dir / f"{i}.jpg" for i in ids], label_sets, classes, transform)
+
+
+def load_voc(entry: DatasetEntry, root: str | Path, img_size: int = 224, **_):
+    """Catalogue loader of ``voc``: (trainval, test) with the reference transforms at ``img_size``."""
+    train_tf, test_tf = reference_transforms(img_size)
+    return _voc_split(entry, root, "trainval", train_tf), _voc_split(entry, root, "test", test_tf)
 
 
 # --------------------------------------------------------------------------------------------- synthetic
@@ -209,3 +232,18 @@ def make_synthetic_multilabel(
             imgs.append(x.clamp(0, 1))  # (3, H, W)
         out.append(MultiLabelDataset(imgs, label_sets, names))
     return out[0], out[1]
+
+
+def load_synthetic(
+    entry: DatasetEntry,
+    root: str | Path = "",
+    img_size: int = 32,
+    num_classes: int = 12,
+    n_train: int = 120,
+    n_test: int = 60,
+    max_labels: int = 3,
+    seed: int = 0,
+    **_,
+):
+    """Catalogue loader of ``synthetic``: ``make_synthetic_multilabel`` (nothing is read from ``root``)."""
+    return make_synthetic_multilabel(num_classes, n_train, n_test, img_size, max_labels, seed)

@@ -1,11 +1,12 @@
 """Downstream datasets of DAM-VP with the reference splits, read from local folders (no downloads).
 
 Paper: Huang et al., "Diversity-Aware Meta Visual Prompting", CVPR 2023 (arXiv 2303.08138).
-Reference: shikiw/DAM-VP@dec5821 ``data_utils/`` (splits and transforms re-implemented from
-``specs/damvp.md`` §2 and §8, no code copied).
+Reference: shikiw/DAM-VP@dec5821 ``data_utils/`` (splits and transforms re-implemented, no code copied).
+Names, folders and download sources are the ``transfer`` entries of ``ctta.data.catalogue``; the ``load_*``
+functions taking an entry are its loaders.
 
 Every loader returns a ``TransferData`` with ``train``/``val``/``test`` datasets of ``(x, y)`` samples
-(``x`` a PIL image, or a tensor for the synthetic digits), ``targets`` and class names. Transforms are not
+(``x`` a PIL image, or a tensor for the bundled digits), ``targets`` and class names. Transforms are not
 applied here: ``damvp_transforms`` builds the reference train/eval pipelines, attached by the scenario.
 
 Layout under ``root`` (the reference's catalog):
@@ -37,13 +38,15 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
-from ctta.data.folder import ImageFolderDataset, load_rgb, require_dir
+from ctta.data import catalogue
+from ctta.data.catalogue import DatasetEntry
+from ctta.data.folder import ImageFolderDataset, load_rgb
 
 __all__ = [
-    "FGVC_DIRS",
     "NORMALIZATION",
     "TRANSFER_DATASETS",
     "ListDataset",
+    "Relabel",
     "TransferData",
     "damvp_transforms",
     "load_transfer_dataset",
@@ -54,17 +57,11 @@ NORMALIZATION = {
     "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # vit-b-22k
     "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
 }
-# name -> (folder under root/FGVC, image sub-folder)
-FGVC_DIRS = {
-    "cub200": ("CUB_200_2011", "images"),
-    "nabirds": ("nabirds", "images"),
-    "oxford-flowers": ("OxfordFlower", ""),
-    "stanford-dogs": ("Stanford-dogs", "Images"),
-    "stanford-cars": ("Stanford-cars", ""),
-}
-_TORCHVISION = ("cifar10", "cifar100", "food101", "svhn", "gtsrb", "dtd")
-TRANSFER_DATASETS = (*_TORCHVISION, *FGVC_DIRS, "fgvc-aircraft")
+TRANSFER_DATASETS = tuple(
+    e.name for e in catalogue.entries("transfer") if not e.bundled and "<" not in e.name
+)  # the fixed names (catalogue order); families: vtab-<task>, imagefolder:<dir>, digits/<k>/<n>
 _VTAB_SPLITS = {"train": "train800", "val": "val200", "test": "test"}
+_TINTS = ((1.0, 0.35, 0.35), (0.35, 1.0, 0.35), (0.35, 0.35, 1.0), (1.0, 1.0, 0.35), (0.35, 1.0, 1.0))
 
 
 @dataclass
@@ -95,7 +92,8 @@ class ListDataset(Dataset):
 
 
 def damvp_transforms(split: str, img_size: int = 224, normalization: str = "imagenet"):
-    """Reference pipelines (spec §2): train = Resize(256) -> RandomCrop(224) -> HFlip -> ToTensor -> Normalize;
+    """Reference pipelines (DAM-VP ``data_utils/``):
+    train = Resize(256) -> RandomCrop(224) -> HFlip -> ToTensor -> Normalize;
     eval = Resize(256) -> CenterCrop(224) -> ToTensor -> Normalize. Resize scales as 256/224 of ``img_size``."""
     from torchvision import transforms as T
 
@@ -110,31 +108,79 @@ def damvp_transforms(split: str, img_size: int = 224, normalization: str = "imag
     return T.Compose([*aug, T.ToTensor(), T.Normalize(mean, std)])
 
 
-def load_transfer_dataset(name: str, root: str | Path) -> TransferData:
-    """The train/val/test splits of downstream dataset ``name`` under ``root`` (spec §8).
+def load_transfer_dataset(name: str, root: str | Path, **kwargs) -> TransferData:
+    """The train/val/test splits of downstream dataset ``name`` under ``root`` (DAM-VP's splits).
 
     Args:
-        name: one of ``TRANSFER_DATASETS``, ``vtab-<task>`` or ``imagefolder:<dir>``.
+        name: a ``transfer`` name of ``ctta.data.catalogue``: ``TRANSFER_DATASETS``, ``vtab-<task>``,
+            ``imagefolder:<dir>``, ``digits`` or ``digits/<k>/<n>``.
         root: the data root holding ``torchvision_dataset/``, ``FGVC/``, ``vtab-1k/``.
+        kwargs: loader options (``img_size`` for the digits).
 
     Raises:
         FileNotFoundError: the dataset folder or a split file is missing (says what to put where).
         KeyError: unknown dataset name (lists the valid ones).
     """
-    root = Path(root).expanduser()
-    if name.startswith("vtab-"):
-        return _vtab(name, root)
-    if name.startswith("imagefolder:"):
-        return _imagefolder(name, root)
-    if name in FGVC_DIRS:
-        return _fgvc_json(name, root)
-    loaders = {"fgvc-aircraft": _aircraft, "dtd": _dtd, "food101": _food101, "gtsrb": _gtsrb, "svhn": _svhn}
-    if name in loaders:
-        return loaders[name](root)
-    if name in ("cifar10", "cifar100"):
-        return _cifar(name, root)
-    raise KeyError(
-        f"unknown transfer dataset {name!r}; valid: {list(TRANSFER_DATASETS)}, vtab-<task>, imagefolder:<dir>"
+    return catalogue.load(name, "transfer", root, **kwargs)
+
+
+class Relabel(Dataset):
+    """``(x, y)`` of ``base`` at ``indices`` with ``y -> label_map[y] + offset`` and an optional image map."""
+
+    def __init__(self, base, indices, targets, label_map: dict, offset: int, image_fn=None) -> None:
+        self.base, self.indices, self.image_fn = base, list(indices), image_fn
+        self.label_map, self.offset = label_map, offset
+        self.targets = [label_map[int(targets[i])] + offset for i in self.indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        x, _ = self.base[self.indices[i]]
+        return (self.image_fn(x) if self.image_fn else x), self.targets[i]
+
+
+class _Tint:
+    """Multiply the RGB channels of a ``(3, H, W)`` tensor image by a colour (the digits' per-dataset look)."""
+
+    def __init__(self, tint) -> None:
+        import torch
+
+        self.tint = torch.tensor(tint).view(3, 1, 1)
+
+    def __call__(self, x):
+        return x * self.tint
+
+
+def load_digits(entry: DatasetEntry, root: str | Path = "", img_size: int = 224, **_) -> TransferData:
+    """Catalogue loader of ``digits`` and ``digits/<k>/<n>`` (the k-th of n groups of the 10 classes, tinted).
+
+    Splits: train = first 80 % / val = last 20 % of the bundled train part (of the group's classes), test = the
+    bundled test part; tensors at ``img_size`` px.
+    """
+    import torch
+
+    from ctta.data.digits import DIGIT_NAMES
+    from ctta.data.digits import load_digits as _load
+
+    name = entry.name
+    parts = name.split("/")
+    try:
+        k, n = (int(parts[1]), int(parts[2])) if len(parts) == 3 else (0, 1)
+    except ValueError:
+        k, n = -1, 0
+    if len(parts) not in (1, 3) or not 0 <= k < n <= 10:
+        raise ValueError(f"synthetic digits dataset {name!r}: use 'digits' or 'digits/<k>/<n>' with 0 <= k < n <= 10")
+    classes = torch.arange(10).tensor_split(n)[k].tolist()
+    lmap = {c: i for i, c in enumerate(classes)}
+    tr, te = _load(img_size=img_size)
+    tint = _Tint(_TINTS[k % len(_TINTS)]) if n > 1 else None
+    pick = lambda ds: [i for i, y in enumerate(ds.targets) if y in lmap]  # noqa: E731
+    tr_idx = pick(tr)
+    cut = int(0.8 * len(tr_idx))
+    mk = lambda ds, idx: Relabel(ds, idx, ds.targets, lmap, 0, tint)  # noqa: E731
+    return TransferData(
+        name, mk(tr, tr_idx[:cut]), mk(tr, tr_idx[cut:]), mk(te, pick(te)), [DIGIT_NAMES[c] for c in classes]
     )
 
 
@@ -156,17 +202,13 @@ def _three(name: str, train: list, val: list, test: list, classnames, loader=loa
     return TransferData(name, mk(train), mk(val), mk(test), [str(c) for c in classnames])
 
 
-def _tv_root(root: Path, sub: str, name: str, how: str) -> Path:
-    require_dir(root / "torchvision_dataset", name, how)
-    return require_dir(root / "torchvision_dataset" / sub, name, how) if sub else root / "torchvision_dataset"
-
-
-def _cifar(name: str, root: Path) -> TransferData:
+def load_cifar(entry: DatasetEntry, root: str | Path, **_) -> TransferData:
+    """CIFAR-10/100 (torchvision pickle layout): train/val = first 80 % / last 20 % of train, native order."""
     from torchvision.datasets import CIFAR10, CIFAR100
 
-    cls, sub = (CIFAR10, "cifar-10-batches-py") if name == "cifar10" else (CIFAR100, "cifar-100-python")
-    how = f"Download the python version of {name.upper()} and extract it to root/torchvision_dataset/{sub}."
-    base = _tv_root(root, sub, name, how).parent
+    name = entry.name
+    cls = CIFAR10 if name == "cifar10" else CIFAR100
+    base = entry.require(entry.path(root)).parent
     tr, te = cls(str(base), train=True, download=False), cls(str(base), train=False, download=False)
     loader = _ArrayLoader({"train": tr.data, "test": te.data})
     train, val = _split_80_20([(("train", i), y) for i, y in enumerate(tr.targets)], name, permute=False)
@@ -174,15 +216,14 @@ def _cifar(name: str, root: Path) -> TransferData:
     return _three(name, train, val, test, tr.classes, loader)
 
 
-def _svhn(root: Path) -> TransferData:
+def load_svhn(entry: DatasetEntry, root: str | Path, **_) -> TransferData:
+    """SVHN ``train_32x32.mat`` / ``test_32x32.mat``: train/val = first 80 % / last 20 % of train."""
     from torchvision.datasets import SVHN
 
-    base = _tv_root(root, "", "svhn", "Download train_32x32.mat and test_32x32.mat into root/torchvision_dataset/.")
+    base = entry.require(entry.path(root))
     for f in ("train_32x32.mat", "test_32x32.mat"):
         if not (base / f).is_file():
-            raise FileNotFoundError(
-                f"svhn: {base / f} missing; download it from http://ufldl.stanford.edu/housenumbers/"
-            )
+            raise FileNotFoundError(f"svhn: {base / f} missing. {entry.how_to_get()}")
     tr, te = SVHN(str(base), split="train"), SVHN(str(base), split="test")
     loader = _ArrayLoader({"train": tr.data.transpose(0, 2, 3, 1), "test": te.data.transpose(0, 2, 3, 1)})
     train, val = _split_80_20([(("train", i), int(y)) for i, y in enumerate(tr.labels)], "svhn", permute=False)
@@ -203,12 +244,12 @@ class _ArrayLoader:
         return Image.fromarray(self.arrays[split][i])
 
 
-def _food101(root: Path) -> TransferData:
-    how = "Download Food-101 and extract it to root/torchvision_dataset/food-101 (meta/, images/)."
-    base = _tv_root(root, "food-101", "food101", how)
+def load_food101(entry: DatasetEntry, root: str | Path, **_) -> TransferData:
+    """Food-101 ``meta/{train,test}.json``; train/val cut from one fixed permutation of train."""
+    base = entry.require(entry.path(root))
 
     def read(split):
-        meta = json.loads(_need_file(base / "meta" / f"{split}.json", "food101").read_text())
+        meta = json.loads(_need_file(base / "meta" / f"{split}.json", entry).read_text())
         classes = sorted(meta)
         return classes, [(base / "images" / f"{p}.jpg", classes.index(c)) for c in meta for p in meta[c]]
 
@@ -217,39 +258,39 @@ def _food101(root: Path) -> TransferData:
     return _three("food101", train, val, read("test")[1], classes)
 
 
-def _gtsrb(root: Path) -> TransferData:
+def load_gtsrb(entry: DatasetEntry, root: str | Path, **_) -> TransferData:
+    """GTSRB (torchvision layout); train/val cut from one fixed permutation of the training images."""
     import csv
 
-    how = "Download GTSRB (torchvision layout) to root/torchvision_dataset/gtsrb (GTSRB/Training, GTSRB/Final_Test)."
-    base = _tv_root(root, "gtsrb", "gtsrb", how)
-    tr_dir = require_dir(base / "GTSRB" / "Training", "gtsrb", how)
+    base = entry.require(entry.path(root))
+    tr_dir = entry.require(base / "GTSRB" / "Training", "training images")
     classes = sorted(d.name for d in tr_dir.iterdir() if d.is_dir())
     train_all = [(f, k) for k, c in enumerate(classes) for f in sorted((tr_dir / c).glob("*.ppm"))]
-    with open(_need_file(base / "GT-final_test.csv", "gtsrb")) as fh:
+    with open(_need_file(base / "GT-final_test.csv", entry)) as fh:
         rows = list(csv.DictReader(fh, delimiter=";", skipinitialspace=True))
     test = [(base / "GTSRB" / "Final_Test" / "Images" / r["Filename"], int(r["ClassId"])) for r in rows]
     train, val = _split_80_20(train_all, "gtsrb", permute=True)
     return _three("gtsrb", train, val, test, [str(int(c)) for c in classes])
 
 
-def _dtd(root: Path) -> TransferData:
-    how = "Download DTD and extract it to root/torchvision_dataset/dtd/dtd (images/, labels/)."
-    base = _tv_root(root, "dtd", "dtd", how) / "dtd"
-    img = require_dir(base / "images", "dtd", how)
+def load_dtd(entry: DatasetEntry, root: str | Path, **_) -> TransferData:
+    """DTD, official split partition 1 (``labels/{train,val,test}1.txt``)."""
+    base = entry.require(entry.path(root)) / "dtd"
+    img = entry.require(base / "images", "images")
     classes = sorted(d.name for d in img.iterdir() if d.is_dir())
 
     def read(split):  # official split, partition 1
-        lines = _need_file(base / "labels" / f"{split}1.txt", "dtd").read_text().split()
+        lines = _need_file(base / "labels" / f"{split}1.txt", entry).read_text().split()
         return [(img / ln, classes.index(ln.split("/")[0])) for ln in lines]
 
     return _three("dtd", read("train"), read("val"), read("test"), [c.replace("_", " ") for c in classes])
 
 
-def _fgvc_json(name: str, root: Path) -> TransferData:
-    sub, img_sub = FGVC_DIRS[name]
-    how = f"Put the images and VPT's train/val/test.json split files in root/FGVC/{sub}/."
-    base = require_dir(root / "FGVC" / sub, name, how)
-    annos = {s: json.loads(_need_file(base / f"{s}.json", name).read_text()) for s in ("train", "val", "test")}
+def load_fgvc_json(entry: DatasetEntry, root: str | Path, **_) -> TransferData:
+    """An FGVC set with VPT's ``{train,val,test}.json`` (image path -> class id); ids made contiguous."""
+    name = entry.name
+    base = entry.require(entry.path(root))
+    annos = {s: json.loads(_need_file(base / f"{s}.json", entry).read_text()) for s in ("train", "val", "test")}
     ids = sorted(set(annos["train"].values()))
     cont = {c: i for i, c in enumerate(ids)}
 
@@ -257,7 +298,7 @@ def _fgvc_json(name: str, root: Path) -> TransferData:
         unknown = sorted({c for c in annos[split].values() if c not in cont})
         if unknown:
             raise ValueError(f"{name}: {split}.json has class ids absent from train.json: {unknown[:10]}")
-        return [(base / img_sub / p, cont[c]) for p, c in annos[split].items()]
+        return [(base / entry.extra["images"] / p, cont[c]) for p, c in annos[split].items()]
 
     names = _fgvc_classnames(base, ids)
     return _three(name, samples("train"), samples("val"), samples("test"), names)
@@ -280,39 +321,35 @@ def _fgvc_classnames(base: Path, ids: list) -> list[str]:
     return [str(i) for i in ids]
 
 
-def _aircraft(root: Path) -> TransferData:
-    how = "Download FGVC-Aircraft 2013b and extract it to root/FGVC/fgvc-aircraft-2013b/ (data/...)."
-    data = require_dir(root / "FGVC" / "fgvc-aircraft-2013b" / "data", "fgvc-aircraft", how)
-    classes = sorted(ln.strip() for ln in _need_file(data / "variants.txt", "fgvc-aircraft").read_text().splitlines())
+def load_aircraft(entry: DatasetEntry, root: str | Path, **_) -> TransferData:
+    """FGVC-Aircraft 2013b, official variant split (``images_variant_{train,val,test}.txt``)."""
+    data = entry.require(entry.path(root))
+    classes = sorted(ln.strip() for ln in _need_file(data / "variants.txt", entry).read_text().splitlines())
     classes = [c for c in classes if c]
 
     def read(split):
-        lines = _need_file(data / f"images_variant_{split}.txt", "fgvc-aircraft").read_text().splitlines()
+        lines = _need_file(data / f"images_variant_{split}.txt", entry).read_text().splitlines()
         pairs = [ln.strip().split(" ", 1) for ln in lines if ln.strip()]
         return [(data / "images" / f"{i}.jpg", classes.index(v)) for i, v in pairs]
 
     return _three("fgvc-aircraft", read("train"), read("val"), read("test"), classes)
 
 
-def _vtab(name: str, root: Path) -> TransferData:
-    task = name[len("vtab-") :]
-    how = (
-        f"Export the VTAB-1k task {task!r} (VPT's vtab_prep.py TFDS splits) to root/vtab-1k/{task}/ as images plus "
-        "train800.txt, val200.txt, test.txt with lines 'relative/path label'."
-    )
-    base = require_dir(root / "vtab-1k" / task, name, how)
+def load_vtab(entry: DatasetEntry, root: str | Path, **_) -> TransferData:
+    """A VTAB-1k task exported as images + ``{train800,val200,test}.txt`` (lines ``relative/path label``)."""
+    base = entry.require(entry.path(root))
     splits = {}
     for split, fname in _VTAB_SPLITS.items():
-        lines = _need_file(base / f"{fname}.txt", name).read_text().splitlines()
+        lines = _need_file(base / f"{fname}.txt", entry).read_text().splitlines()
         splits[split] = [(base / p, int(y)) for p, y in (ln.rsplit(maxsplit=1) for ln in lines if ln.strip())]
     n = 1 + max(y for s in splits.values() for _, y in s)
-    return _three(name, splits["train"], splits["val"], splits["test"], [str(i) for i in range(n)])
+    return _three(entry.name, splits["train"], splits["val"], splits["test"], [str(i) for i in range(n)])
 
 
-def _imagefolder(name: str, root: Path) -> TransferData:
-    sub = name.split(":", 1)[1]
-    how = f"Expected root/{sub}/{{train,val,test}}/<class>/<image>."
-    base = require_dir(root / sub, name, how)
+def load_imagefolder(entry: DatasetEntry, root: str | Path, **_) -> TransferData:
+    """``<root>/<dir>/{train,val,test}/<class>/<image>`` (classes of the train split)."""
+    name, how = entry.name, entry.how_to_get()
+    base = entry.require(entry.path(root))
     tr = ImageFolderDataset(base / "train", dataset_name=f"{name} train", how_to_get=how)
     va, te = (
         ImageFolderDataset(base / s, tr.classes, dataset_name=f"{name} {s}", how_to_get=how) for s in ("val", "test")
@@ -320,7 +357,7 @@ def _imagefolder(name: str, root: Path) -> TransferData:
     return _three(name, tr.samples, va.samples, te.samples, tr.classes)
 
 
-def _need_file(path: Path, name: str) -> Path:
+def _need_file(path: Path, entry: DatasetEntry) -> Path:
     if not path.is_file():
-        raise FileNotFoundError(f"{name}: split/annotation file {path} not found (see ctta.data.transfer_datasets)")
+        raise FileNotFoundError(f"{entry.name}: split/annotation file {path} not found. {entry.how_to_get()}")
     return path

@@ -1,9 +1,13 @@
 """Test sets of TPT/DiffTPT from local folders: ImageNet, -A, -V2, -R, -Sketch and ten fine-grained sets.
 
-Reference: azshue/TPT@63ecbace ``data/datautils.py:{build_dataset, ID_to_DIRNAME}``, ``data/fewshot_datasets.py``
-(read for layout and label rules; re-implemented from the spec ``tpt-difftpt.md`` section 5, no code copied).
+Papers: Shu et al., "Test-Time Prompt Tuning for Zero-Shot Generalization in Vision-Language Models", NeurIPS 2022
+(arXiv 2209.07511); Feng et al., "Diverse Data Augmentation with Diffusions for Effective Test-time Prompt Tuning",
+ICCV 2023 (arXiv 2308.09942). Reference: azshue/TPT@63ecbace ``data/datautils.py:{build_dataset, ID_to_DIRNAME}``,
+``data/fewshot_datasets.py`` (read for layout and label rules; re-implemented, no code copied).
 
-Layout under ``root`` (TPT's folder names; CoOp's names are accepted too):
+Names, folders and download sources are the ``test_time`` entries of ``ctta.data.catalogue``; the
+``load_*`` functions taking an entry are its loaders. Layout under ``root`` (TPT's folder names; CoOp's names are
+accepted too):
 ``ImageNet/val/<wnid>/``, ``imagenet-a/<wnid>/``, ``imagenetv2-matched-frequency-format-val/<0..999>/``,
 ``imagenet-r/<wnid>/``, ``ImageNet-Sketch/[sketch/]<wnid>/``; fine-grained sets read CoOp's ``split_zhou_*.json``
 ``test`` lists (``[path, label, classname]``), FGVC-Aircraft its own ``variants.txt`` + ``images_variant_test.txt``.
@@ -27,8 +31,10 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
-from ctta.data.classnames import FINE_GRAINED, classnames, imagenet_subset_wnids, imagenet_wnids
-from ctta.data.folder import ImageFolderDataset, load_rgb, require_dir
+from ctta.data import catalogue
+from ctta.data.catalogue import DatasetEntry
+from ctta.data.classnames import classnames, imagenet_subset_wnids, imagenet_wnids
+from ctta.data.folder import ImageFolderDataset, load_rgb
 
 __all__ = [
     "TTA_DATASETS",
@@ -36,42 +42,18 @@ __all__ = [
     "TTASet",
     "ListDataset",
     "ViewsDataset",
+    "load_aircraft",
+    "load_digits_tta",
+    "load_fine_grained",
+    "load_imagenet_c",
+    "load_imagenet_family",
     "load_tta_dataset",
     "select_subset",
 ]
 
-IMAGENET_FAMILY = ("imagenet", "imagenet_a", "imagenet_v2", "imagenet_r", "imagenet_sketch")
-TTA_DATASETS = IMAGENET_FAMILY + FINE_GRAINED + ("digits",)
-
-# dataset -> (TPT folder, CoOp folder, split file, TPT image dir, CoOp image dir)
-_FINE = {
-    "flower102": ("Flower102", "oxford_flowers", "split_zhou_OxfordFlowers.json", "jpg", "jpg"),
-    "dtd": ("DTD", "dtd", "split_zhou_DescribableTextures.json", "images", "images"),
-    "pets": ("OxfordPets", "oxford_pets", "split_zhou_OxfordPets.json", "", "images"),
-    "cars": ("StanfordCars", "stanford_cars", "split_zhou_StanfordCars.json", "", ""),
-    "ucf101": ("UCF101", "ucf101", "split_zhou_UCF101.json", "", "UCF-101-midframes"),
-    "caltech101": ("Caltech101", "caltech-101", "split_zhou_Caltech101.json", "", "101_ObjectCategories"),
-    "food101": ("Food101", "food-101", "split_zhou_Food101.json", "images", "images"),
-    "sun397": ("SUN397", "sun397", "split_zhou_SUN397.json", "", "SUN397"),
-    "eurosat": ("eurosat", "eurosat", "split_zhou_EuroSAT.json", "", "2750"),
-}
-_IMAGENET_DIRS = {
-    "imagenet": "ImageNet/val",
-    "imagenet_a": "imagenet-a",
-    "imagenet_r": "imagenet-r",
-    "imagenet_sketch": "ImageNet-Sketch",
-    "imagenet_v2": "imagenetv2-matched-frequency-format-val",
-}
-_HOW = {
-    "imagenet": "Put the ILSVRC-2012 validation images in one folder per wnid (ImageNet/val/<wnid>/*.JPEG).",
-    "imagenet_a": "Download imagenet-a.tar from https://github.com/hendrycks/natural-adv-examples and extract it.",
-    "imagenet_r": "Download imagenet-r.tar from https://github.com/hendrycks/imagenet-r and extract it.",
-    "imagenet_sketch": "Download ImageNet-Sketch from https://github.com/HaohanWang/ImageNet-Sketch and extract it.",
-    "imagenet_v2": "Download imagenetv2-matched-frequency.tar.gz from https://github.com/modestyachts/ImageNetV2.",
-}
-_COOP_HOW = (
-    "Prepare it as in CoOp's DATASETS.md (https://github.com/KaiyangZhou/CoOp/blob/main/DATASETS.md), "
-    "including its split_zhou_*.json file."
+TTA_DATASETS = tuple(catalogue.names("test_time"))  # ImageNet family, fine-grained sets, digits (catalogue order)
+IMAGENET_FAMILY = tuple(
+    e.name for e in catalogue.entries("test_time") if e.loaders["test_time"].endswith(":load_imagenet_family")
 )
 
 
@@ -128,8 +110,10 @@ class ViewsDataset(Dataset):
         return self.views(img, rng), y
 
 
-def _imagenet_like(name: str, root: Path) -> TTASet:
-    folder = require_dir(root / _IMAGENET_DIRS[name], name, _HOW[name])
+def load_imagenet_family(entry: DatasetEntry, root: str | Path, **_) -> TTASet:
+    """Catalogue loader of the ImageNet test sets (``IMAGENET_FAMILY``): an ImageFolder over the entry's folder."""
+    name = entry.name
+    folder = entry.require(entry.path(root))
     if name == "imagenet_sketch" and (folder / "sketch").is_dir():
         folder = folder / "sketch"
     if name == "imagenet_v2":
@@ -145,36 +129,37 @@ def _imagenet_like(name: str, root: Path) -> TTASet:
             )
     else:
         classes = imagenet_wnids()
-    ds = ImageFolderDataset(folder, classes=classes, dataset_name=name, how_to_get=_HOW[name])
+    ds = ImageFolderDataset(folder, classes=classes, dataset_name=name, how_to_get=entry.how_to_get())
     return TTASet(name, ds, classnames(name), "imagenet")
 
 
-def _find_split(name: str, base: Path, split_file: str) -> Path:
-    fname = _FINE[name][2]
+def _find_split(entry: DatasetEntry, base: Path, split_file: str) -> Path:
+    fname = entry.extra["split_file"]
     cands = [Path(split_file)] if split_file else [base / fname, base.parent / "splits" / fname]
     for c in cands:
         if c.is_file():
             return c
     raise FileNotFoundError(
-        f"{name}: split file {fname} not found (looked at {[str(c) for c in cands]}). "
+        f"{entry.name}: split file {fname} not found (looked at {[str(c) for c in cands]}). "
         f"Get it from CoOp (https://github.com/KaiyangZhou/CoOp, DATASETS.md) and put it in "
         f"{base} or pass scenario.split_file=/path/to/{fname}."
     )
 
 
-def _fine_grained(name: str, root: Path, split_file: str = "") -> TTASet:
-    tpt_dir, coop_dir, _, tpt_img, coop_img = _FINE[name]
-    base = root / coop_dir if (root / coop_dir).is_dir() else root / tpt_dir
-    base = require_dir(base, name, f"{_COOP_HOW} (CoOp's folder name {coop_dir!r} is accepted too.)")
-    entries = json.loads(_find_split(name, base, split_file).read_text())["test"]
+def load_fine_grained(entry: DatasetEntry, root: str | Path, split_file: str = "", **_) -> TTASet:
+    """Catalogue loader of a fine-grained set: the ``test`` list of its CoOp split file."""
+    name = entry.name
+    base = entry.require(entry.locate(root))
+    entries = json.loads(_find_split(entry, base, split_file).read_text())["test"]
     if not entries:
         raise ValueError(f"{name}: the split file has an empty test list")
     first = entries[0][0]
-    prefixes = [base / tpt_img, base / coop_img, base]
+    prefixes = [base / sub for sub in entry.extra["images"]] + [base]
     prefix = next((p for p in prefixes if (p / first).is_file()), None)
     if prefix is None:
         raise FileNotFoundError(
-            f"{name}: image {first} (first of the test split) not found under {[str(p) for p in prefixes]}. {_COOP_HOW}"
+            f"{name}: image {first} (first of the test split) not found under {[str(p) for p in prefixes]}. "
+            f"{entry.how_to_get()}"
         )
     names = classnames(name)
     labels = [int(e[1]) for e in entries]
@@ -183,9 +168,9 @@ def _fine_grained(name: str, root: Path, split_file: str = "") -> TTASet:
     return TTASet(name, ListDataset([prefix / e[0] for e in entries], labels), names, "fine_grained")
 
 
-def _aircraft(root: Path) -> TTASet:
-    how = "Download FGVC-Aircraft (fgvc-aircraft-2013b) and put its data/ folder at <root>/fgvc_aircraft."
-    base = require_dir(root / "fgvc_aircraft", "aircraft", how)
+def load_aircraft(entry: DatasetEntry, root: str | Path, **_) -> TTASet:
+    """Catalogue loader of FGVC-Aircraft: ``variants.txt`` + ``images_variant_test.txt``."""
+    base = entry.require(entry.path(root))
     variants = [v.strip() for v in (base / "variants.txt").read_text().splitlines() if v.strip()]
     if variants != classnames("aircraft"):
         raise ValueError(f"{base / 'variants.txt'} does not list the 100 FGVC-Aircraft variants in reference order")
@@ -198,20 +183,27 @@ def _aircraft(root: Path) -> TTASet:
     return TTASet("aircraft", ListDataset(paths, labels), variants, "fine_grained")
 
 
+def load_imagenet_c(entry: DatasetEntry, root: str | Path, label_space: str = "imagenet", **_) -> TTASet:
+    """Catalogue loader of an ImageNet-C folder ``<root>/<corruption>/<severity>/<wnid>/`` labelled in the label
+    space of ``label_space`` (``imagenet``, or the 200-class subsets ``imagenet_a`` / ``imagenet_r``)."""
+    if label_space not in ("imagenet", "imagenet_a", "imagenet_r"):
+        raise ValueError(f"ImageNet-C labels need imagenet, imagenet_a or imagenet_r, got {label_space!r}")
+    wnids = imagenet_wnids() if label_space == "imagenet" else imagenet_subset_wnids(label_space)
+    _, corruption, severity = entry.name.split("/")
+    ds = ImageFolderDataset(entry.path(root), classes=wnids, dataset_name=entry.title, how_to_get=entry.how_to_get())
+    return TTASet(f"{label_space}-{corruption}-{severity}", ds, classnames(label_space), "imagenet")
+
+
+def load_digits_tta(entry: DatasetEntry, root: str | Path = "", img_size: int = 32, **_) -> TTASet:
+    """Catalogue loader of the bundled digits as a test set (the digits test split at ``img_size`` px)."""
+    from ctta.data.digits import DIGIT_NAMES, load_digits
+
+    return TTASet(entry.name, load_digits(img_size=img_size)[1], list(DIGIT_NAMES), "digits")
+
+
 def load_tta_dataset(name: str, root: str | Path = "data", split_file: str = "", img_size: int = 32) -> TTASet:
     """Load a TPT test set by name (``TTA_DATASETS``) from ``root``; ``digits`` is bundled (offline, ``img_size``)."""
-    root = Path(root).expanduser()
-    if name == "digits":
-        from ctta.data.digits import DIGIT_NAMES, load_digits
-
-        return TTASet(name, load_digits(img_size=img_size)[1], list(DIGIT_NAMES), "digits")
-    if name in IMAGENET_FAMILY:
-        return _imagenet_like(name, root)
-    if name == "aircraft":
-        return _aircraft(root)
-    if name in _FINE:
-        return _fine_grained(name, root, split_file)
-    raise KeyError(f"unknown test-time dataset {name!r}; valid: {list(TTA_DATASETS)}")
+    return catalogue.load(name, "test_time", root, split_file=split_file, img_size=img_size)
 
 
 def select_subset(tta: TTASet, subset: str, seed: int) -> list[int]:

@@ -1,0 +1,389 @@
+"""The dataset catalogue: every dataset a ctta scenario reads, by name, with where it goes and how to get it.
+
+One table (``CATALOGUE``) serves every scenario. An entry names a dataset, the folder(s) it lives in under
+``scenario.root``, how to get it (download source and layout; shown when it is missing), and per *kind* of use the
+loader that builds it (``"module:function"``, imported on first use and called as ``loader(entry, root, **kw)``).
+Scenarios resolve names with ``entry(name, kind)`` / ``load(name, kind, root, **kw)``; the loaders stay in their
+modules (``ctta.data.cl_datasets``, ``tta_datasets``, ``transfer_datasets``, ``multilabel_datasets``, ``digits``,
+``folder``) and take their folder and message from the entry they are given.
+
+Kinds and what their loaders return:
+
+- ``cl`` (``class_incremental``, ``si_blurry``, ``multilane_cil``): ``(train, test)`` datasets of ``(x, label)``
+  with ``.targets`` and ``.classes``; keyword arguments ``train_transform``, ``test_transform`` and loader options.
+- ``test_time`` (``test_time``): a ``ctta.data.tta_datasets.TTASet`` (test split, class names, augmentation family).
+- ``transfer`` (``transfer``; ``class_incremental`` reads their train/test splits too): a
+  ``ctta.data.transfer_datasets.TransferData`` with train/val/test splits.
+- ``multilabel`` (``multilabel``): ``(train, test)`` multi-label datasets (``ctta.data.multilabel_datasets``).
+
+A name may have several kinds (``imagenet_r`` is a CL set and a test-time set in the same folder); the same name
+in two kinds with different folders is two entries (``cifar100`` for Si-Blurry in ``cifar-100-python``, for DAM-VP
+in ``torchvision_dataset/cifar-100-python``, the folder layouts of the two reference repositories). Names with a
+``<field>`` part are families (``vtab-<task>``, ``imagefolder:<dir>``, ``digits/<k>/<n>``): the part fills the
+same field of the folder and the message.
+
+Folder layouts follow the reference code the loaders reproduce: moonjunyyy/Si-Blurry@c4024ce (CIFAR-100,
+Tiny-ImageNet, ImageNet-R), azshue/TPT@63ecbace ``data/datautils.py`` with CoOp's ``DATASETS.md``
+(KaiyangZhou/CoOp) for the test-time sets, shikiw/DAM-VP@dec5821 ``data_utils/`` for the transfer sets and
+tdemin16/multi-lane@5ee982c ``continual_datasets.py`` for COCO and VOC.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+KINDS = {
+    "cl": "",  # the word in "unknown ... dataset" messages
+    "test_time": "test-time ",
+    "transfer": "transfer ",
+    "multilabel": "multi-label ",
+}
+_FIELD = re.compile(r"<([a-z]+)>")
+
+
+@dataclass(frozen=True)
+class DatasetStats:
+    """Per-dataset constants of the Si-Blurry protocol (moonjunyyy/Si-Blurry@c4024ce ``utils/data_loader.py``).
+
+    Attributes:
+        n_classes: number of classes C.
+        mean: normalisation mean (RGB).
+        std: normalisation std (RGB).
+        autoaugment: torchvision ``AutoAugmentPolicy`` value ("cifar10" | "imagenet") or None.
+    """
+
+    n_classes: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    autoaugment: str | None
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """One catalogue entry (see the module docstring).
+
+    Attributes:
+        name: the name scenarios use (``scenario.dataset``); ``<field>`` marks a family.
+        title: human-readable name used in messages.
+        folders: folders under ``scenario.root`` in search order (the first is the documented one; ``""`` is the
+            root itself); empty for bundled or generated data.
+        how: how to get it; ``<folder>`` stands for ``<root>/<first folder>``.
+        loaders: kind -> ``"module:function"`` building it, called as ``loader(entry, root, **kw)``.
+        stats: normalisation and augmentation constants (Si-Blurry sets), else None.
+        extra: loader-specific layout facts (split-file names, image sub-folders, augmentation family).
+    """
+
+    name: str
+    title: str
+    folders: tuple[str, ...]
+    how: str
+    loaders: Mapping[str, str]
+    stats: DatasetStats | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def folder(self) -> str:
+        """The documented folder under ``scenario.root`` (``""``: the root itself or no folder)."""
+        return self.folders[0] if self.folders else ""
+
+    @property
+    def bundled(self) -> bool:
+        """True for data that ships with a package or is generated (no folder, nothing to download)."""
+        return not self.folders
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(self.loaders)
+
+    def how_to_get(self) -> str:
+        """The "how to get it" text with ``<folder>`` filled in."""
+        where = "<root>" + (f"/{self.folder}" if self.folder else "")
+        return self.how.replace("<folder>", where)
+
+    def path(self, root: str | Path, folder: str | None = None) -> Path:
+        """``root / folder`` (default: the documented folder), ``~`` expanded."""
+        sub = self.folder if folder is None else folder
+        base = Path(root).expanduser()
+        return base / sub if sub else base
+
+    def locate(self, root: str | Path) -> Path:
+        """The first of ``folders`` that exists under ``root`` (else the documented one, for the error message)."""
+        for f in self.folders:
+            if self.path(root, f).is_dir():
+                return self.path(root, f)
+        return self.path(root)
+
+    def require(self, path: str | Path, what: str = "") -> Path:
+        """``path`` if it is a directory, else ``FileNotFoundError`` naming this dataset and how to get it."""
+        from ctta.data.folder import require_dir
+
+        return require_dir(path, f"{self.title} {what}".strip(), self.how_to_get())
+
+    def resolve(self, name: str) -> DatasetEntry:
+        """This entry for ``name``: a family entry with its ``<field>`` parts filled in (else ``self``)."""
+        if name == self.name:
+            return self
+        values = _match(self.name, name)
+        if values is None:
+            raise KeyError(f"{name!r} is not a member of {self.name!r}")
+
+        def fill(text: str) -> str:
+            return _FIELD.sub(lambda m: values.get(m.group(1), m.group(0)), text)
+
+        folders = tuple(fill(f) for f in self.folders)
+        return replace(self, name=name, title=fill(self.title), folders=folders, how=fill(self.how))
+
+    def load(self, kind: str, root: str | Path, **kwargs: Any):
+        """Build the ``kind`` view of this dataset from ``root`` (see the module docstring for what it returns)."""
+        if kind not in self.loaders:
+            raise KeyError(f"{self.name!r} has no {kind!r} loader; it serves {list(self.loaders)}")
+        module, _, fn = self.loaders[kind].partition(":")
+        return getattr(importlib.import_module(module), fn)(self, root, **kwargs)
+
+
+class UnknownDatasetError(KeyError, ValueError):
+    """A name that is not in the catalogue for the requested kind (a ``KeyError`` and a ``ValueError``)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def _match(pattern: str, name: str) -> dict[str, str] | None:
+    """Field values if ``name`` fits the family ``pattern`` (``vtab-<task>`` fits ``vtab-eurosat``), else None."""
+    if "<" not in pattern:
+        return None
+    parts = _FIELD.split(pattern)  # literal, field, literal, field, ...
+    regex = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>.+?)" for i, p in enumerate(parts))
+    m = re.fullmatch(regex, name)
+    return m.groupdict() if m else None
+
+
+# ---------------------------------------------------------------------------------------------- where to get
+# Download sources used by more than one entry (each text is written once).
+_CIFAR100 = "Download the python version https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz and extract it"
+_IMAGENET_R = (
+    "Download https://people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar (https://github.com/hendrycks/imagenet-r) "
+    "and extract it so that <folder>/<wnid>/*.jpg exist (200 class folders, 30,000 images)."
+)
+_COOP = (
+    "Prepare it as in CoOp's DATASETS.md (https://github.com/KaiyangZhou/CoOp/blob/main/DATASETS.md), "
+    "including its split_zhou_*.json file, in <folder>."
+)
+_FGVC_JSON = "Put the images and VPT's train/val/test.json split files (KMnP/vpt, DATASETS) in <folder>/."
+_DIGITS = "Bundled with scikit-learn (sklearn.datasets.load_digits): nothing to download."
+
+_CL = "ctta.data.cl_datasets:"
+_TTA = "ctta.data.tta_datasets:"
+_TR = "ctta.data.transfer_datasets:"
+_ML = "ctta.data.multilabel_datasets:"
+_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _fine_grained(name, title, tpt_dir, coop_dir, split, tpt_img, coop_img, transfer=None) -> DatasetEntry:
+    """A test-time fine-grained set read through CoOp's split file (TPT folder name first, CoOp's accepted)."""
+    return DatasetEntry(
+        name, title, (tpt_dir, coop_dir), _COOP + f" (CoOp's folder name {coop_dir!r} is accepted too.)",
+        {"test_time": _TTA + "load_fine_grained"}, extra={"split_file": split, "images": (tpt_img, coop_img)},
+    )  # fmt: skip
+
+
+def _transfer(name, title, folder, how, loader, **extra) -> DatasetEntry:
+    return DatasetEntry(name, title, (folder,), how, {"transfer": _TR + loader}, extra=extra)
+
+
+CATALOGUE: tuple[DatasetEntry, ...] = (
+    # --------------------------------------------------------------- continual learning (Si-Blurry, CIL)
+    DatasetEntry(
+        "cifar100", "CIFAR-100", ("cifar-100-python",), _CIFAR100 + " so that <folder>/{train,test,meta} exist.",
+        {"cl": _CL + "load_cifar100_entry"},
+        stats=DatasetStats(100, (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761), "cifar10"),
+    ),
+    DatasetEntry(
+        "tinyimagenet", "Tiny-ImageNet", ("tiny-imagenet-200",),
+        "Download http://cs231n.stanford.edu/tiny-imagenet-200.zip and unzip it so that <folder>/{wnids.txt,train,val} "
+        "exist.",
+        {"cl": _CL + "load_tiny_imagenet_entry"},
+        stats=DatasetStats(200, (0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262), "imagenet"),
+    ),
+    DatasetEntry(
+        "imagenet_r", "ImageNet-R", ("imagenet-r",), _IMAGENET_R,
+        {"cl": _CL + "load_imagenet_r_entry", "test_time": _TTA + "load_imagenet_family"},
+        stats=DatasetStats(200, _IMAGENET_MEAN, _IMAGENET_STD, "imagenet"),
+    ),
+    DatasetEntry(
+        "digits", "scikit-learn digits", (), _DIGITS,
+        {"cl": "ctta.data.digits:load_digits_cl", "test_time": _TTA + "load_digits_tta",
+         "transfer": _TR + "load_digits"},
+        stats=DatasetStats(10, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "cifar10"),  # centred [0, 1] images (smoke runs)
+    ),
+    DatasetEntry(
+        "digits/<k>/<n>", "scikit-learn digits, part k of n", (),
+        _DIGITS + " The 10 classes are cut into n contiguous groups; group k gets its own colour tint.",
+        {"transfer": _TR + "load_digits"},
+    ),
+    DatasetEntry(
+        "folder", "folder dataset", ("",), "Expected <root>/train/<class>/*.jpg and <root>/test/<class>/*.jpg.",
+        {"cl": "ctta.data.folder:load_folder"},
+    ),
+    # ---------------------------------------------------------------------- test-time sets (TPT, DiffTPT)
+    DatasetEntry(
+        "imagenet", "ImageNet", ("ImageNet/val",),
+        "Put the ILSVRC-2012 validation images in one folder per wnid (<folder>/<wnid>/*.JPEG).",
+        {"test_time": _TTA + "load_imagenet_family"},
+    ),
+    DatasetEntry(
+        "imagenet_a", "ImageNet-A", ("imagenet-a",),
+        "Download imagenet-a.tar from https://github.com/hendrycks/natural-adv-examples and extract it to <folder>.",
+        {"test_time": _TTA + "load_imagenet_family"},
+    ),
+    DatasetEntry(
+        "imagenet_v2", "ImageNet-V2", ("imagenetv2-matched-frequency-format-val",),
+        "Download imagenetv2-matched-frequency.tar.gz from https://github.com/modestyachts/ImageNetV2 and extract it "
+        "to <folder>.",
+        {"test_time": _TTA + "load_imagenet_family"},
+    ),
+    DatasetEntry(
+        "imagenet_sketch", "ImageNet-Sketch", ("ImageNet-Sketch",),
+        "Download ImageNet-Sketch from https://github.com/HaohanWang/ImageNet-Sketch and extract it to <folder> "
+        "(<folder>/[sketch/]<wnid>/).",
+        {"test_time": _TTA + "load_imagenet_family"},
+    ),
+    _fine_grained("flower102", "Flowers-102", "Flower102", "oxford_flowers", "split_zhou_OxfordFlowers.json", "jpg",
+                  "jpg"),
+    _fine_grained("dtd", "DTD", "DTD", "dtd", "split_zhou_DescribableTextures.json", "images", "images"),
+    _fine_grained("pets", "Oxford-IIIT Pets", "OxfordPets", "oxford_pets", "split_zhou_OxfordPets.json", "", "images"),
+    _fine_grained("cars", "Stanford Cars", "StanfordCars", "stanford_cars", "split_zhou_StanfordCars.json", "", ""),
+    _fine_grained("ucf101", "UCF101", "UCF101", "ucf101", "split_zhou_UCF101.json", "", "UCF-101-midframes"),
+    _fine_grained("caltech101", "Caltech101", "Caltech101", "caltech-101", "split_zhou_Caltech101.json", "",
+                  "101_ObjectCategories"),
+    _fine_grained("food101", "Food-101", "Food101", "food-101", "split_zhou_Food101.json", "images", "images"),
+    _fine_grained("sun397", "SUN397", "SUN397", "sun397", "split_zhou_SUN397.json", "", "SUN397"),
+    _fine_grained("eurosat", "EuroSAT", "eurosat", "eurosat", "split_zhou_EuroSAT.json", "", "2750"),
+    DatasetEntry(
+        "aircraft", "FGVC-Aircraft", ("fgvc_aircraft",),
+        "Download FGVC-Aircraft (fgvc-aircraft-2013b, https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/) and put "
+        "its data/ folder at <folder>.",
+        {"test_time": _TTA + "load_aircraft"},
+    ),
+    DatasetEntry(
+        "imagenet_c/<corruption>/<severity>", "ImageNet-C <corruption>/<severity>", ("<corruption>/<severity>",),
+        "Download ImageNet-C from https://github.com/hendrycks/robustness and extract it so that "
+        "<folder>/<wnid>/*.JPEG exist; scenario.corruption_root names the ImageNet-C folder.",
+        {"test_time": _TTA + "load_imagenet_c"},
+    ),
+    # ------------------------------------------------------------------------------- transfer sets (DAM-VP)
+    _transfer("cifar10", "CIFAR-10", "torchvision_dataset/cifar-10-batches-py",
+              "Download the python version https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz and extract it to "
+              "<folder>.", "load_cifar"),
+    _transfer("cifar100", "CIFAR-100", "torchvision_dataset/cifar-100-python", _CIFAR100 + " to <folder>.",
+              "load_cifar"),
+    _transfer("food101", "Food-101", "torchvision_dataset/food-101",
+              "Download Food-101 (https://data.vision.ee.ethz.ch/cvl/datasets_extra/food-101/) and extract it to "
+              "<folder> (meta/, images/).", "load_food101"),
+    _transfer("svhn", "SVHN", "torchvision_dataset",
+              "Download train_32x32.mat and test_32x32.mat from http://ufldl.stanford.edu/housenumbers/ into "
+              "<folder>/.",
+              "load_svhn"),
+    _transfer("gtsrb", "GTSRB", "torchvision_dataset/gtsrb",
+              "Download GTSRB (torchvision layout) to <folder> (GTSRB/Training, GTSRB/Final_Test, GT-final_test.csv).",
+              "load_gtsrb"),
+    _transfer("dtd", "DTD", "torchvision_dataset/dtd",
+              "Download DTD (https://www.robots.ox.ac.uk/~vgg/data/dtd/) and extract it to <folder>/dtd (images/, "
+              "labels/).", "load_dtd"),
+    _transfer("cub200", "CUB-200-2011", "FGVC/CUB_200_2011", _FGVC_JSON, "load_fgvc_json", images="images"),
+    _transfer("nabirds", "NABirds", "FGVC/nabirds", _FGVC_JSON, "load_fgvc_json", images="images"),
+    _transfer("oxford-flowers", "Oxford Flowers", "FGVC/OxfordFlower", _FGVC_JSON, "load_fgvc_json", images=""),
+    _transfer("stanford-dogs", "Stanford Dogs", "FGVC/Stanford-dogs", _FGVC_JSON, "load_fgvc_json", images="Images"),
+    _transfer("stanford-cars", "Stanford Cars", "FGVC/Stanford-cars", _FGVC_JSON, "load_fgvc_json", images=""),
+    _transfer("fgvc-aircraft", "FGVC-Aircraft", "FGVC/fgvc-aircraft-2013b/data",
+              "Download FGVC-Aircraft 2013b (https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/) and extract it so "
+              "that <folder>/{variants.txt,images} exist.", "load_aircraft"),
+    _transfer("vtab-<task>", "VTAB-1k <task>", "vtab-1k/<task>",
+              "Export the VTAB-1k task '<task>' (VPT's vtab_prep.py TFDS splits) to <folder>/ as images plus "
+              "train800.txt, val200.txt, test.txt with lines 'relative/path label'.", "load_vtab"),
+    _transfer("imagefolder:<dir>", "image folder '<dir>'", "<dir>",
+              "Expected <root>/<dir>/{train,val,test}/<class>/<image>.", "load_imagefolder"),
+    # ----------------------------------------------------------------------------- multi-label (MULTI-LANE)
+    DatasetEntry(
+        "coco", "MS-COCO 2014", ("", "coco2014", "coco"),
+        "Download the MS-COCO 2014 train/val images and annotations (https://cocodataset.org/#download: "
+        "train2014.zip, val2014.zip, annotations_trainval2014.zip) and extract them so that "
+        "<root>/annotations/instances_train2014.json and <root>/train2014/*.jpg (and val) exist (or the same under "
+        "<root>/coco2014 or <root>/coco).",
+        {"multilabel": _ML + "load_coco"},
+    ),
+    DatasetEntry(
+        "voc", "PASCAL VOC 2007", ("", "VOC2007", "VOCdevkit/VOC2007"),
+        "Download VOCtrainval_06-Nov-2007.tar and VOCtest_06-Nov-2007.tar (http://host.robots.ox.ac.uk/pascal/VOC/"
+        "voc2007/) and extract both so that <root>/VOCdevkit/VOC2007/{ImageSets/Main,JPEGImages} exist.",
+        {"multilabel": _ML + "load_voc"},
+    ),
+    DatasetEntry(
+        "synthetic", "generated multi-label images", (), "Generated in memory (tests and smoke runs): nothing to get.",
+        {"multilabel": _ML + "load_synthetic"},
+    ),
+)  # fmt: skip
+
+_REGISTERED: list[DatasetEntry] = []
+
+
+def register(entry: DatasetEntry) -> DatasetEntry:
+    """Add a dataset to the catalogue (a user's own loader); a name already served for one of its kinds raises."""
+    for kind in entry.loaders:
+        if kind not in KINDS:
+            raise ValueError(f"{entry.name}: unknown kind {kind!r}; valid: {list(KINDS)}")
+        if any(e.name == entry.name and kind in e.loaders for e in entries()):
+            raise ValueError(f"duplicate dataset name {entry.name!r} for kind {kind!r}")
+    _REGISTERED.append(entry)
+    return entry
+
+
+def entries(kind: str | None = None) -> list[DatasetEntry]:
+    """Catalogue entries (those serving ``kind``), in catalogue order."""
+    return [e for e in (*CATALOGUE, *_REGISTERED) if kind is None or kind in e.loaders]
+
+
+def names(kinds: str | Iterable[str]) -> list[str]:
+    """Names served for ``kinds`` (one kind or several), in catalogue order, without repeats."""
+    kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
+    return list(dict.fromkeys(e.name for k in kinds for e in entries(k)))
+
+
+def entry(name: str, kinds: str | Iterable[str]) -> DatasetEntry:
+    """The entry serving ``name`` for the first of ``kinds`` that has it (families resolved).
+
+    Raises:
+        UnknownDatasetError: no such name for these kinds (lists the valid ones).
+    """
+    kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
+    for kind in kinds:
+        for e in entries(kind):
+            if e.name == name:
+                return e
+        for e in entries(kind):
+            if _match(e.name, name) is not None:
+                return e.resolve(name)
+    label = KINDS.get(kinds[0], "") if len(kinds) == 1 else ""
+    raise UnknownDatasetError(f"unknown {label}dataset {name!r}; valid datasets: {names(kinds)}")
+
+
+def load(name: str, kind: str, root: str | Path = "data", **kwargs: Any):
+    """Build dataset ``name`` as ``kind`` from ``root`` (``entry(name, kind).load(kind, root, **kwargs)``)."""
+    return entry(name, kind).load(kind, root, **kwargs)
+
+
+def _check_unique() -> None:
+    seen = set()
+    for e in CATALOGUE:
+        for kind in e.loaders:
+            if (e.name, kind) in seen:
+                raise RuntimeError(f"catalogue: {e.name!r} listed twice for kind {kind!r}")
+            seen.add((e.name, kind))
+
+
+_check_unique()
