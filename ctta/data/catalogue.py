@@ -192,6 +192,11 @@ def _fine_grained(name, title, tpt_dir, coop_dir, split, tpt_img, coop_img, tran
     )  # fmt: skip
 
 
+def _imagenet(name, title, folder, how) -> DatasetEntry:
+    """A test set of the ImageNet family: one folder per wnid (or class index, ImageNet-V2)."""
+    return DatasetEntry(name, title, (folder,), how, {"test_time": _TTA + "load_imagenet_family"})
+
+
 def _transfer(name, title, folder, how, loader, **extra) -> DatasetEntry:
     return DatasetEntry(name, title, (folder,), how, {"transfer": _TR + loader}, extra=extra)
 
@@ -231,28 +236,17 @@ CATALOGUE: tuple[DatasetEntry, ...] = (
         {"cl": "ctta.data.folder:load_folder"},
     ),
     # ---------------------------------------------------------------------- test-time sets (TPT, DiffTPT)
-    DatasetEntry(
-        "imagenet", "ImageNet", ("ImageNet/val",),
-        "Put the ILSVRC-2012 validation images in one folder per wnid (<folder>/<wnid>/*.JPEG).",
-        {"test_time": _TTA + "load_imagenet_family"},
-    ),
-    DatasetEntry(
-        "imagenet_a", "ImageNet-A", ("imagenet-a",),
-        "Download imagenet-a.tar from https://github.com/hendrycks/natural-adv-examples and extract it to <folder>.",
-        {"test_time": _TTA + "load_imagenet_family"},
-    ),
-    DatasetEntry(
-        "imagenet_v2", "ImageNet-V2", ("imagenetv2-matched-frequency-format-val",),
-        "Download imagenetv2-matched-frequency.tar.gz from https://github.com/modestyachts/ImageNetV2 and extract it "
-        "to <folder>.",
-        {"test_time": _TTA + "load_imagenet_family"},
-    ),
-    DatasetEntry(
-        "imagenet_sketch", "ImageNet-Sketch", ("ImageNet-Sketch",),
-        "Download ImageNet-Sketch from https://github.com/HaohanWang/ImageNet-Sketch and extract it to <folder> "
-        "(<folder>/[sketch/]<wnid>/).",
-        {"test_time": _TTA + "load_imagenet_family"},
-    ),
+    _imagenet("imagenet", "ImageNet", "ImageNet/val",
+              "Put the ILSVRC-2012 validation images in one folder per wnid (<folder>/<wnid>/*.JPEG)."),
+    _imagenet("imagenet_a", "ImageNet-A", "imagenet-a",
+              "Download imagenet-a.tar from https://github.com/hendrycks/natural-adv-examples and extract it to "
+              "<folder>."),
+    _imagenet("imagenet_v2", "ImageNet-V2", "imagenetv2-matched-frequency-format-val",
+              "Download imagenetv2-matched-frequency.tar.gz from https://github.com/modestyachts/ImageNetV2 and "
+              "extract it to <folder>."),
+    _imagenet("imagenet_sketch", "ImageNet-Sketch", "ImageNet-Sketch",
+              "Download ImageNet-Sketch from https://github.com/HaohanWang/ImageNet-Sketch and extract it to "
+              "<folder> (<folder>/[sketch/]<wnid>/)."),
     _fine_grained("flower102", "Flowers-102", "Flower102", "oxford_flowers", "split_zhou_OxfordFlowers.json", "jpg",
                   "jpg"),
     _fine_grained("dtd", "DTD", "DTD", "dtd", "split_zhou_DescribableTextures.json", "images", "images"),

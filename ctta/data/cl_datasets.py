@@ -33,7 +33,7 @@ from torchvision import transforms as T
 
 from ctta.data import catalogue
 from ctta.data.catalogue import DatasetEntry, DatasetStats
-from ctta.data.folder import ImageFolderDataset, load_rgb
+from ctta.data.folder import ImageFolderDataset, ImageListDataset
 
 __all__ = [
     "DATASET_STATS",
@@ -69,24 +69,6 @@ class ArrayImageDataset(Dataset):
     def __getitem__(self, i: int):
         img = Image.fromarray(self.data[i])
         return (self.transform(img) if self.transform else img), self.targets[i]
-
-
-class ImageListDataset(Dataset):
-    """Images given as a list of ``(path, label)`` read as RGB PIL images and passed through ``transform``."""
-
-    def __init__(self, samples, classes, transform: Callable | None = None) -> None:
-        self.samples = [(str(p), int(y)) for p, y in samples]
-        self.targets = [y for _, y in self.samples]
-        self.classes = list(classes)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int):
-        path, y = self.samples[i]
-        img = load_rgb(path)
-        return (self.transform(img) if self.transform else img), y
 
 
 def _default(transform: Callable | None) -> Callable:

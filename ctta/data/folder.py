@@ -38,7 +38,25 @@ def load_rgb(path: str | Path) -> Image.Image:
         return Image.open(fh).convert("RGB")
 
 
-class ImageFolderDataset(Dataset):
+class ImageListDataset(Dataset):
+    """Images given as a list of ``(path, label)`` read as RGB PIL images and passed through ``transform``."""
+
+    def __init__(self, samples, classes, transform: Callable | None = None) -> None:
+        self.samples = [(str(p), int(y)) for p, y in samples]
+        self.targets = [y for _, y in self.samples]
+        self.classes = list(classes)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        path, y = self.samples[i]
+        img = load_rgb(path)
+        return (self.transform(img) if self.transform else img), y
+
+
+class ImageFolderDataset(ImageListDataset):
     """``root/<class>/<image>`` dataset. Class order = sorted folder names unless ``classes`` is given.
 
     Attributes:
@@ -57,28 +75,19 @@ class ImageFolderDataset(Dataset):
     ) -> None:
         self.root = require_dir(root, dataset_name, how_to_get)
         found = sorted(d.name for d in self.root.iterdir() if d.is_dir())
-        self.classes = list(classes) if classes is not None else found
-        missing = [c for c in self.classes if not (self.root / c).is_dir()]
+        classes = list(classes) if classes is not None else found
+        missing = [c for c in classes if not (self.root / c).is_dir()]
         if missing:
             raise FileNotFoundError(f"{dataset_name}: class folders missing under {self.root}: {missing[:10]}")
-        self.samples = [
+        samples = [
             (str(f), label)
-            for label, c in enumerate(self.classes)
+            for label, c in enumerate(classes)
             for f in sorted((self.root / c).iterdir())
             if f.suffix in IMG_EXTENSIONS or f.suffix.lower() in IMG_EXTENSIONS
         ]
-        if not self.samples:
+        if not samples:
             raise FileNotFoundError(f"{dataset_name}: no images found under {self.root}")
-        self.targets = [lab for _, lab in self.samples]
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int):
-        path, label = self.samples[i]
-        img = load_rgb(path)
-        return (self.transform(img) if self.transform else img), label
+        super().__init__(samples, classes, transform)
 
 
 def default_transform(img_size: int):

@@ -234,16 +234,6 @@ def make_synthetic_multilabel(
     return out[0], out[1]
 
 
-def load_synthetic(
-    entry: DatasetEntry,
-    root: str | Path = "",
-    img_size: int = 32,
-    num_classes: int = 12,
-    n_train: int = 120,
-    n_test: int = 60,
-    max_labels: int = 3,
-    seed: int = 0,
-    **_,
-):
-    """Catalogue loader of ``synthetic``: ``make_synthetic_multilabel`` (nothing is read from ``root``)."""
-    return make_synthetic_multilabel(num_classes, n_train, n_test, img_size, max_labels, seed)
+def load_synthetic(entry: DatasetEntry, root: str | Path = "", **options):
+    """Catalogue loader of ``synthetic``: ``make_synthetic_multilabel(**options)`` (nothing is read from ``root``)."""
+    return make_synthetic_multilabel(**options)
