@@ -80,6 +80,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ctta", description=__doc__)
+    p.add_argument("--debug", action="store_true", help="show the full traceback of errors")
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run a YAML config; key=value pairs override it (e.g. strategy.lr=0.01)")
     r.add_argument("config")
@@ -99,11 +100,20 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    from ctta.runner.guards import DivergenceError
+
     try:
         return args.func(args)
     except FileNotFoundError as e:  # missing dataset folder or weight file: the message says what to do
+        if args.debug:
+            raise
         print(f"ctta: {e}", file=sys.stderr)
         return 1
+    except DivergenceError as e:
+        if args.debug:
+            raise
+        print(f"ctta: run diverged: {e} (recorded in results.json with status 'diverged')", file=sys.stderr)
+        return 2
     finally:
         import torch.distributed as dist
 

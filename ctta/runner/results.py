@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import platform
 import tempfile
@@ -85,15 +86,24 @@ def write_results(out_dir: str | Path, results: Mapping[str, Any], rows: Sequenc
     payload = dict(results)
     payload.setdefault("versions", package_versions())
     payload["history"] = list(rows)
-    atomic_write_text(out / "results.json", json.dumps(payload, indent=2, default=_json_default) + "\n")
+    atomic_write_text(out / "results.json", json.dumps(json_safe(payload), indent=2, allow_nan=False) + "\n")
     write_metrics_csv(out / "metrics.csv", rows)
     if plot:
         plot_accuracy(out / "accuracy.png", rows, title=str(results.get("title", "")))
 
 
-def _json_default(o: Any) -> Any:
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    if isinstance(o, (set, tuple)):
-        return list(o)
+def json_safe(o: Any) -> Any:
+    """``o`` as plain JSON data: NaN/Infinity become ``None`` (JSON ``null``), tensors and arrays lists."""
+    if isinstance(o, bool) or o is None or isinstance(o, (int, str)):
+        return o
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, Mapping):
+        return {str(k): json_safe(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple, set)):
+        return [json_safe(v) for v in o]
+    if hasattr(o, "tolist"):  # torch tensors, numpy arrays and scalars
+        return json_safe(o.tolist())
+    if isinstance(o, Path):
+        return str(o)
     return str(o)

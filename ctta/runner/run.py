@@ -16,6 +16,7 @@ from ctta.metrics import TopKAccuracy
 from ctta.registry import BACKBONES, SCENARIOS, STRATEGIES
 from ctta.runner.checkpoint import CheckpointPlugin, load_latest
 from ctta.runner.config import RunConfig, dump_config, to_dict
+from ctta.runner.guards import DivergenceError, DivergenceGuard
 from ctta.runner.results import package_versions, write_results
 from ctta.templates import TestTimeTemplate
 from ctta.utils import resolve_device, seed_everything
@@ -90,7 +91,7 @@ def prepare(cfg: RunConfig) -> RunContext:
     stream = bench.test_stream if is_tta else bench.train_stream
     progress = ProgressPlugin(_stream_size(stream), cfg.strategy.name, train=not is_tta,
                               enabled=cfg.log.progress and dctx.main)  # fmt: skip
-    plugins: list[Any] = [progress]
+    plugins: list[Any] = [DivergenceGuard(), progress]
     if cfg.log.checkpoint_every > 0 and not is_tta and dctx.main:
         plugins.append(CheckpointPlugin(out / "checkpoints", cfg.log.checkpoint_every))
     strategy = build_strategy(cfg, bench, backbone, evaluator, plugins)
@@ -119,20 +120,28 @@ def _resume(ctx: RunContext) -> None:
 def execute(ctx: RunContext, verbose: bool = True) -> dict[str, Any]:
     """Run the stream loop of a prepared run and write its outputs; returns the results dict."""
     t_loop = time.perf_counter()
+    diverged: DivergenceError | None = None
     try:
         _loop(ctx.strategy, ctx.bench, ctx.is_tta, ctx.start_exp)
+    except DivergenceError as e:  # recorded as a result (status "diverged"), then reported by the caller
+        diverged = e
     finally:
         ctx.progress.close()
         close_loggers(ctx.evaluator)
     now = time.perf_counter()
     timings = {"setup_s": t_loop - ctx.t0, "stream_s": now - t_loop, "total_s": now - ctx.t0}
     results = summarise(ctx.cfg, ctx.strategy, ctx.evaluator, ctx.progress, timings)
+    results["status"] = "diverged" if diverged else "finished"
+    if diverged:
+        results["divergence"] = diverged.as_dict()
     rows = results.pop("_rows")
     if distributed.is_main():
         write_results(ctx.out, results, rows, plot=ctx.cfg.log.plot)
-        if verbose:
+        if verbose and not diverged:
             print(format_summary(results, ctx.out))
     distributed.barrier()
+    if diverged:
+        raise diverged
     return results
 
 
