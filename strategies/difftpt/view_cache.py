@@ -1,6 +1,10 @@
 """On-disk cache of generated views (DiffTPT's diffusion images), keyed by source-image content + generation settings.
 
-Spec: tpt-difftpt section 4.6. Layout under ``root`` (one folder per set of generation settings)::
+DiffTPT (Feng et al., "Diverse Data Augmentation with Diffusions for Effective Test-time Prompt Tuning", ICCV 2023,
+arXiv 2308.09942) generates its diffusion views offline and reads them back from disk (reference
+chunmeifeng/DiffTPT@f5522ef, ``image_generator_R.py``: ``<stem>_<t>.<ext>`` files in the source's format, JPEG
+quality 75 for JPEG sources); this cache plays that role, with integrity checks and several writers.
+Layout under ``root`` (one folder per set of generation settings)::
 
     <root>/<digest16>/settings.json           generation settings (key part shared by all source images)
     <root>/<digest16>/entries/<sha256>.json   one record per source image: source, label, files + sha256, provenance
@@ -10,21 +14,25 @@ Spec: tpt-difftpt section 4.6. Layout under ``root`` (one folder per set of gene
 Every file is written to a temporary name in its folder and moved into place with ``os.replace`` (atomic); an entry
 is written after its images, so it is the commit point. Reads verify each image's sha256 against its entry.
 A corrupt or missing image, an unreadable entry or an entry made under other settings raises ``CacheCorruptError``
-/ ``CacheMismatchError`` naming the file (``on_mismatch="raise"``, the spec's default) or is reported as missing so
+/ ``CacheMismatchError`` naming the file (``on_mismatch="raise"``, the default) or is reported as missing so
 that exactly those images are regenerated (``on_mismatch="regenerate"``); nothing else is touched.
+
 Concurrency (several processes sharing one cache folder, e.g. torchrun ranks): reads need no lock (an entry names
-only images already in place). Writers of a key take its lock, ``writer(key)``: an exclusive lock file
-``<root>/<digest16>/locks/<sha256>.lock`` (``O_CREAT | O_EXCL``; pid, host and time inside), re-``load`` the key
-(another process may have generated it meanwhile) and store only what is still missing, so there is exactly one writer
-per key. A waiting process polls; a lock older than ``lock_stale_s`` (a crashed writer) is broken with a warning, and
-after ``lock_timeout_s`` a ``CacheError`` names the lock file. ``flush`` rebuilds the manifest under its own lock
-(``locks/manifest.lock``), so the last flush sees every entry committed before it started; entries written
-concurrently are either complete or not yet visible, never half-read.
+only images already in place). Writers of a key take its lock, ``writer(key)``: an OS file lock (``flock``, POSIX)
+on ``<root>/<digest16>/locks/<sha256>.lock`` (pid, host and time inside), re-``load`` the key (another process may
+have generated it meanwhile) and store only what is still missing, so there is exactly one writer per key. The
+system releases a lock when its process exits, so a crashed writer never blocks the others (its left-over lock file
+is taken over with a warning) and no lock is ever broken by age. A lock file is unlinked by its holder before it
+unlocks; a waiter that then gets the lock of the unlinked file sees that the path no longer names it and starts
+over (``is_current``), so two processes never hold one key. After ``lock_timeout_s`` a ``CacheError`` names the lock
+file and its holder. ``flush`` rebuilds the manifest under its own lock (``locks/manifest.lock``), so the last flush
+sees every entry committed before it started; entries written concurrently are complete or not yet visible.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -37,6 +45,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock
+    fcntl = None
 
 _JPEG_SUFFIXES = (".jpg", ".jpeg")
 _FORMATS = ("source", "jpeg", "png")
@@ -118,98 +131,120 @@ def decode_image(data: bytes):
 
 
 @contextlib.contextmanager
-def file_lock(path: Path, *, timeout_s: float, stale_s: float):
-    """Hold the exclusive lock file ``path`` (``O_CREAT | O_EXCL``) for the ``with`` block; removed on exit.
+def file_lock(path: Path, *, timeout_s: float, stale_s: float | None = None):
+    """Hold the exclusive OS lock (``flock``) on the lock file ``path`` for the ``with`` block; removed on exit.
 
-    Waits (polling) while another holder has it; a lock file older than ``stale_s`` seconds is broken with a warning.
+    Waits (polling) while another process (or another ``file_lock`` of this one) holds it. The lock belongs to the
+    open file, so the system releases it when its holder exits, crashes included: a lock file left by a crashed
+    writer is taken over at once (with a warning naming that writer). ``stale_s`` is accepted for compatibility
+    and unused (no lock is ever broken).
 
     Raises:
-        CacheError: still locked after ``timeout_s`` seconds (names the lock file).
+        CacheError: still locked after ``timeout_s`` seconds (names the lock file and its holder), or the file
+            system of ``path`` has no file locks.
     """
-    token = _acquire(path, timeout_s, stale_s)
+    fd = _acquire(path, timeout_s)
     try:
         yield path
     finally:
-        _release(path, token)
+        _release(path, fd)
 
 
-def _acquire(path: Path, timeout_s: float, stale_s: float) -> str:
+def _acquire(path: Path, timeout_s: float) -> int:
+    """Open-or-create ``path``, ``flock`` it, and make sure ``path`` still names the locked file; returns the fd."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    token = uuid.uuid4().hex
-    record = _dumps({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time(), "token": token})
     start, sleep = time.monotonic(), _POLL_S[0]
     while True:
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            pass
-        else:
-            _write_lock(fd, path, record)
-            return token
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            continue  # released meanwhile: try again at once
-        age = time.time() - st.st_mtime
-        if age > stale_s:
-            _break_stale(path, st, f"{_holder(path)}, {age:.0f} s old > stale_s={stale_s:g}")
-            continue
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        if _try_lock(fd, path):
+            if is_current(path, fd):  # not a file its holder unlinked (released) while we waited for it
+                _write_holder(fd, path)
+                return fd
+            os.close(fd)
+            continue  # try again at once: the released path is free or taken by a new file
+        os.close(fd)
         waited = time.monotonic() - start
         if waited >= timeout_s:
             raise CacheError(
-                f"{path}: cache key locked by {_holder(path)} for {age:.0f} s (waited {waited:.0f} s); if no process "
-                f"is writing it (a crashed run), delete this lock file, or raise diffusion.lock_timeout_s"
+                f"{path}: cache key locked by {_holder(path)} (waited {waited:.0f} s); that process is alive (file "
+                f"locks are released when their process exits): wait for it or stop it rather than delete this lock "
+                f"file, or raise diffusion.lock_timeout_s"
             )
         time.sleep(min(sleep, timeout_s - waited))
         sleep = min(2 * sleep, _POLL_S[1])
 
 
-def _write_lock(fd: int, path: Path, record: bytes) -> None:
+def _try_lock(fd: int, path: Path) -> bool:
+    if fcntl is None:
+        os.close(fd)
+        raise CacheError(f"{path}: the view cache's writer lock needs POSIX file locks (fcntl.flock)")
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(record)
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError as err:
+        if err.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        os.close(fd)
+        raise CacheError(
+            f"{path}: the file system does not support file locks ({err}); put the cache folder "
+            f"(diffusion.cache_dir) on a local or lock-capable file system"
+        ) from err
+    return True
+
+
+def is_current(path: Path, fd: int) -> bool:
+    """True if ``path`` names the file open as ``fd`` (same device and inode).
+
+    Lock files are unlinked only by their holder, while it holds the lock (``_release``). A waiter that had the old
+    file open gets its lock after that release, and this check sends it back to open ``path`` again: whoever holds
+    the lock on the file that ``path`` names is the only holder, so two processes never both hold a key.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    own = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
+
+
+def _write_holder(fd: int, path: Path) -> None:
+    """Record this holder (pid, host, time) in the lock file; warn if a crashed holder left its record there."""
+    left = os.pread(fd, 4096, 0)
+    if left:
+        warnings.warn(
+            f"took over cache lock {path} left by {_describe(left)}: its writer presumably crashed", stacklevel=4
+        )
+    record = _dumps({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()})
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, record, 0)
 
 
 def _holder(path: Path) -> str:
     try:
-        rec = json.loads(path.read_bytes())
-        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec["time"]))
-        return f"pid {rec['pid']} on {rec['host']} since {since}"
-    except (OSError, ValueError, TypeError, KeyError):
+        return _describe(path.read_bytes())
+    except OSError:
         return "an unknown holder"
 
 
-def _break_stale(path: Path, st: os.stat_result, why: str) -> None:
-    """Remove the lock file ``path`` if it still is the one seen as ``st`` (renamed aside first, then checked)."""
-    aside = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.stale")
+def _describe(record: bytes) -> str:
     try:
-        os.rename(path, aside)
-    except FileNotFoundError:
-        return  # released or broken by another process meanwhile
-    got = os.stat(aside)
-    if (got.st_ino, got.st_mtime_ns) != (st.st_ino, st.st_mtime_ns):  # a fresh lock taken meanwhile: put it back
-        with contextlib.suppress(OSError):
-            os.link(aside, path)
-        os.unlink(aside)
-        return
-    os.unlink(aside)
-    warnings.warn(f"broke stale cache lock {path} ({why}): its writer presumably crashed", stacklevel=2)
+        rec = json.loads(record)
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec["time"]))
+        return f"pid {rec['pid']} on {rec['host']} since {since}"
+    except (ValueError, TypeError, KeyError):
+        return "an unknown holder"
 
 
-def _release(path: Path, token: str) -> None:
+def _release(path: Path, fd: int) -> None:
+    """Unlink the lock file while still holding it (only if ``path`` still names it), then unlock by closing."""
     try:
-        held = json.loads(path.read_bytes()).get("token")
-    except (OSError, ValueError, AttributeError):
-        held = None
-    if held == token:
-        path.unlink(missing_ok=True)
-    else:
-        warnings.warn(
-            f"{path}: cache lock was broken while held (held longer than stale_s?); left in place", stacklevel=2
-        )
+        if is_current(path, fd):
+            path.unlink()
+        else:
+            warnings.warn(f"{path}: cache lock file was removed or replaced while held", stacklevel=4)
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -232,7 +267,7 @@ class ViewCache:
         on_mismatch: ``raise`` | ``regenerate`` (see the module docstring).
         flush_every_s: rebuild the manifest after a ``store`` when this many seconds passed since the last one.
         lock_timeout_s: longest wait for another process's lock (``writer``, ``flush``) before ``CacheError``.
-        lock_stale_s: a lock file older than this is a crashed writer's and is broken (with a warning).
+        lock_stale_s: unused (kept for existing configs): OS locks of crashed writers are released by the system.
     """
 
     def __init__(
@@ -366,7 +401,7 @@ class ViewCache:
         """Context manager holding the writer lock of source ``key`` (one writer per key across processes).
 
         Use: ``load`` -> on a miss ``with cache.writer(key):`` ``load`` again, generate what is still missing,
-        ``store``. ``timeout_s`` / ``stale_s`` default to ``lock_timeout_s`` / ``lock_stale_s``.
+        ``store``. ``timeout_s`` defaults to ``lock_timeout_s``; ``stale_s`` is unused (see ``file_lock``).
 
         Raises:
             CacheError: the lock is still held by another writer after ``timeout_s`` (names the lock file).
