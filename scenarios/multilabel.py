@@ -1,8 +1,7 @@
 """Multi-label class-incremental (MLCIL) benchmarks, and the single-label CIL benchmarks of MULTI-LANE.
 
 MULTI-LANE (De Min et al., CoLLAs 2024, arXiv 2405.15633); reference tdemin16/multi-lane@5ee982c,
-``datasets.py::split_single_dataset`` and ``engine.py::evaluate_till_now_multi`` (re-implemented from
-``specs/multilane.md`` §6 and §12, no code copied).
+``datasets.py::split_single_dataset`` and ``engine.py::evaluate_till_now_multi`` (re-implemented, no code copied).
 
 MLCIL (``SCENARIOS["multilabel"]``): classes in label-index order (``shuffle="yes"``: Python ``random`` seeded
 with the run seed), split into a first task of ``base_classes`` (``0`` means ``increment``) and tasks of
@@ -12,15 +11,15 @@ task owning one of its labels); test experience ``t`` = every test image with at
 ``0..t`` (the cumulative seen-class test set evaluated after task ``t``). Images without labels never enter.
 Samples are ``(x, y)`` with the FULL multi-hot ``y`` (C,); masking to ``C_t`` is the learner's job.
 
-Avalanche workaround (spec avalanche §7): multi-hot targets crash ``DataAttribute.uniques``, so the datasets
+Avalanche 0.6 workaround: multi-hot targets crash ``DataAttribute.uniques``, so the datasets
 carry no ``targets`` attribute; label sets are stored as tuples in a ``labels_multi`` attribute and the class
 timeline (``classes_in_this_experience``, ``previous_classes``, ``classes_seen_so_far``, ``future_classes``,
 Avalanche's names and set types) is attached by hand, with ``class_mask`` (bool ``(C,)`` of ``C_t``) and
-``seen_class_mask`` (bool ``(C,)`` of the seen classes). Deviation from spec §12: no ``with_classes_timeline``
-(it derives classes from ``targets``); no task labels (samples are ``(x, y)``).
+``seen_class_mask`` (bool ``(C,)`` of the seen classes). Deviation from a plain Avalanche benchmark: no
+``with_classes_timeline`` (it derives classes from ``targets``); no task labels (samples are ``(x, y)``).
 
 CIL (``SCENARIOS["multilane_cil"]``): CIFAR-100 10x10 and ImageNet-R 10x20 (80/20 split of
-``ctta.data.cl_datasets.imagenet_r_split``) with the MULTI-LANE transforms (spec §2), built by the lead's
+``ctta.data.cl_datasets.imagenet_r_split``) with the MULTI-LANE transforms (``reference_transforms``), built by
 ``scenarios.class_incremental.class_incremental_benchmark`` (label order, optional Python-random shuffle).
 """
 
@@ -57,7 +56,7 @@ class MultiLabelConfig:
 
 
 def class_order(n_classes: int, shuffle: str = "none", seed: int = 0) -> list[int]:
-    """Label-index order, or a permutation by Python ``random.Random(seed).shuffle`` (spec §6.1)."""
+    """Label-index order, or a permutation by Python ``random.Random(seed).shuffle`` (reference ``--shuffle``)."""
     if shuffle not in SHUFFLE:
         raise ValueError(f"shuffle={shuffle!r}; valid: {list(SHUFFLE)}")
     order = list(range(n_classes))
@@ -196,7 +195,7 @@ def build_multilabel(cfg: MultiLabelConfig, *, seed: int = 0):
     return multilabel_benchmark(train, test, tasks, train.classes)
 
 
-# -------------------------------------------------------------------------------- single-label CIL (§6.3)
+# ------------------------------------------------------------------------------------------ single-label CIL
 @dataclass(frozen=True)
 class MultiLaneCILConfig:
     dataset: str = "cifar100"  # cifar100 | imagenet_r | digits (bundled, smoke runs)
@@ -204,7 +203,7 @@ class MultiLaneCILConfig:
     n_experiences: int = 10  # CIFAR-100 10 x 10, ImageNet-R 10 x 20
     shuffle: str = "none"  # none (label order) | yes (Python random seeded by shuffle_seed)
     shuffle_seed: int | None = None  # None: the run seed
-    img_size: int = 224  # reference transforms (spec §2); digits are resized tensors instead
+    img_size: int = 224  # reference transforms; digits are resized tensors instead
 
 
 def _load_cil(cfg: MultiLaneCILConfig):

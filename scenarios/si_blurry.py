@@ -1,14 +1,14 @@
 """Si-Blurry online continual-learning streams (Moon et al., "Online Continual Learning on Hierarchical Label
 Expansion"/MVP, ICCV 2023, arXiv 2308.09303).
 
-Reference: moonjunyyy/Si-Blurry@c4024ce, ``utils/online_sampler.py::OnlineSampler`` (re-implemented from
-``specs/si-blurry-mvp.md`` §2; no code copied). The stream generator reproduces the reference exactly: one CPU
-``torch.Generator`` seeded with ``seed`` and the same call order (``randperm(C)``; disjoint cuts; blurry cuts;
-blurred-sample cuts and pool ``randperm``; one ``randperm`` per task), over the dataset in its native order.
+Reference: moonjunyyy/Si-Blurry@c4024ce, ``utils/online_sampler.py::OnlineSampler`` (re-implemented; no code
+copied). The stream generator reproduces the reference exactly: one CPU ``torch.Generator`` seeded with ``seed`` and
+the same call order (``randperm(C)``; disjoint cuts; blurry cuts; blurred-sample cuts and pool ``randperm``; one
+``randperm`` per task), over the dataset in its native order.
 
 Deviations from the reference code:
 - The branch is chosen by ``stream_mode`` ("stochastic" | "fixed") instead of the positional
-  ``selection_size`` quirk (spec §2.4); there is no ``rnd_NM`` flag.
+  ``selection_size`` quirk (``--selection_size`` 0 selects the fixed branch); there is no ``rnd_NM`` flag.
 - Classes beyond D+Bc are unused as in the reference, but a warning with their count is emitted.
 - In the fixed branch the ``|P| mod T`` pool samples that the reference drops are also dropped, with a warning.
 - Invalid arguments raise ``ValueError`` instead of failing later.
@@ -35,7 +35,7 @@ def _datasets() -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Stream generator (spec §2)
+# Stream generator
 # ----------------------------------------------------------------------------------------------------------
 def _check_split_args(targets: Sequence[int], n_tasks: int, disjoint_pct, blurry_pct, n_classes) -> int:
     """Validate the arguments of ``si_blurry_split``; returns the number of classes C."""
@@ -123,7 +123,7 @@ def si_blurry_split(
     n_classes: int | None = None,
     return_info: bool = False,
 ):
-    """Dataset indices of each Si-Blurry task, in stream order (spec si-blurry-mvp §2).
+    """Dataset indices of each Si-Blurry task, in stream order (``OnlineSampler`` of the reference).
 
     Args:
         targets: class id of every training sample, in the dataset's native order.
@@ -131,7 +131,7 @@ def si_blurry_split(
         disjoint_pct: N, percentage of disjoint classes (0..100).
         blurry_pct: M, percentage of blurry-class samples that are blurred into other tasks (0..100).
         seed: seed of the CPU ``torch.Generator`` driving the whole split.
-        stochastic: True = the published random-size branch; False = the fixed i-Blurry-like branch (§2.3).
+        stochastic: True = the published random-size branch; False = the fixed i-Blurry-like branch.
         n_classes: C (default ``max(targets) + 1``).
         return_info: also return a dict with the intermediate values (perm, s, b, k, q, class lists).
 
@@ -181,11 +181,11 @@ def _scan(targets: Sequence[int], owner: dict, n_tasks: int) -> tuple[list[list[
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Avalanche benchmark (spec §15)
+# Avalanche benchmark
 # ----------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SiBlurryConfig:
-    """Si-Blurry scenario config (defaults = the published setting, spec §10).
+    """Si-Blurry scenario config (defaults = the published setting).
 
     Attributes:
         dataset: a ``cl`` dataset of ``ctta.data.catalogue`` with Si-Blurry statistics: "cifar100" |
@@ -195,14 +195,15 @@ class SiBlurryConfig:
         n_tasks: T.
         disjoint_pct: N, percentage of disjoint classes.
         blurry_pct: M, percentage of blurred samples among the blurry-class samples.
-        stream_mode: "stochastic" (published) | "fixed" (i-Blurry-like, spec §2.3).
+        stream_mode: "stochastic" (published) | "fixed" (i-Blurry-like).
         batch_size: size of an incoming stream batch (64).
         online: split the train stream into online sub-experiences of ``batch_size`` samples, in order
             (task boundaries kept in ``origin_experience``/``is_last_subexp``; an empty task yields no
             sub-experience); False = one experience per task (the online template slices it in order).
         img_size: model input size S (224; small for tiny models).
         augment: AutoAugment + random crop + flip in training (False: only Resize + Normalize).
-        per_sample_augmentation: draw augmentation parameters per image instead of per batch (spec §11).
+        per_sample_augmentation: draw augmentation parameters per image instead of per batch (the reference
+            draws them per batch).
         imagenet_r_test_center_crop: ``Resize(256)`` -> ``CenterCrop(224)`` for ImageNet-R test images.
     """
 
@@ -337,11 +338,11 @@ def _class_info(train_ds, targets: list[int], n_classes: int | None, classnames)
 
 @SCENARIOS.register("si_blurry", config=SiBlurryConfig)
 def build_si_blurry(cfg: SiBlurryConfig, *, seed: int):
-    """Build the Si-Blurry benchmark of ``cfg`` with stream seed ``seed`` (spec §2-§3).
+    """Build the Si-Blurry benchmark of ``cfg`` with stream seed ``seed``.
 
     Besides the attributes of ``si_blurry_benchmark`` the benchmark carries ``train_augment``, the batch
-    augmentation module (spec §3) that strategies apply to every training mini-batch at every update, and
-    ``dataset_stats`` (normalisation and AutoAugment policy).
+    augmentation module (``ctta.data.siblurry_aug``) that strategies apply to every training mini-batch at every
+    update, and ``dataset_stats`` (normalisation and AutoAugment policy).
     """
     from ctta.data import catalogue
     from ctta.data.siblurry_aug import SiBlurryTrainAugment, siblurry_test_transform

@@ -1,6 +1,7 @@
 """Test-time adaptation streams for TPT/DiffTPT: one experience per test set, or a corruption sequence.
 
-Spec: ``tpt-difftpt.md`` section 5 (sets, label spaces, views); reference azshue/TPT@63ecbace
+Paper: Shu et al., "Test-Time Prompt Tuning for Zero-Shot Generalization in Vision-Language Models", NeurIPS 2022
+(arXiv 2209.07511); reference azshue/TPT@63ecbace
 ``tpt_classification.py:main_worker`` (one loader per set, ``batch_size=1`` episodes of 64 views, shuffled) and
 ``data/datautils.py:AugMixAugmenter`` (re-implemented, no code copied).
 

@@ -19,7 +19,7 @@ def as_avl_dataset(
         ds: a map-style dataset returning ``(x, y)``.
         targets: integer labels aligned with ``ds`` (default: ``ds.targets``).
         task_label: if given, a constant ``TaskLabels`` attribute is attached and samples become ``(x, y, t)``
-            (needed by Avalanche's task-label-dependent metrics and strategies, spec avalanche §5).
+            (needed by Avalanche's task-label-dependent metrics and strategies).
     """
     if targets is None:
         targets = getattr(ds, "targets", None)

@@ -2,8 +2,8 @@
 
 Paper: Hendrycks & Dietterich, "Benchmarking Neural Network Robustness to Common Corruptions and Perturbations",
 ICLR 2019 (ImageNet-C). Reference: hendrycks/robustness ``ImageNet-C/create_c/make_imagenet_c.py`` (severity
-parameters re-implemented, no code copied). A ctta extension for TPT's continual mode (spec ``tpt-difftpt.md``
-section 5.5); no published TPT numbers use it.
+parameters re-implemented, no code copied). A ctta extension for TPT's continual mode (a stream of corrupted test
+sets); no published TPT numbers use it.
 
 Deviations: 11 of the 15 corruptions are generated here, on a ``res x res`` centre crop, with a per-sample
 ``numpy.random.Generator``; ``motion_blur`` uses a Gaussian-weighted line kernel instead of ImageMagick's motion blur

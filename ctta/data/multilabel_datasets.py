@@ -1,7 +1,9 @@
 """Multi-label datasets for MLCIL: MS-COCO 2014, PASCAL VOC 2007 and a generated set for tests and smoke runs.
 
-Label parsing and image order follow ``specs/multilane.md`` §6.2 (reference tdemin16/multi-lane@5ee982c,
-``continual_datasets.py::COCO`` / ``VOC``; re-implemented, no code copied, no pycocotools needed):
+Paper: MULTI-LANE (De Min et al., CoLLAs 2024, arXiv 2405.15633). Label parsing and image order follow the
+reference tdemin16/multi-lane@5ee982c, ``multi_lane/continual_datasets/continual_datasets.py::COCO`` / ``VOC``
+(re-implemented, no code copied, no pycocotools needed); folders and download sources are the ``multilabel``
+entries of ``ctta.data.catalogue``:
 
 * COCO-2014: ``<root>/annotations/instances_{train,val}2014.json`` and ``<root>/{train,val}2014/<file_name>``.
   Class index = position of the category name in the alphabetically sorted names; image order = order of
@@ -12,7 +14,7 @@ Label parsing and image order follow ``specs/multilane.md`` §6.2 (reference tde
 
 Every dataset returns ``(x, y)`` with ``y`` a float multi-hot tensor ``(C,)`` and exposes ``classes``,
 ``label_sets`` (sorted tuples; empty for images without labels, which MLCIL never uses) and ``targets``
-(``(N, C)`` multi-hot tensor). Transforms of spec §2 (no input normalisation by default) are in
+(``(N, C)`` multi-hot tensor). The reference transforms (no input normalisation by default) are in
 ``reference_transforms``. Deviations: none.
 """
 
@@ -75,7 +77,7 @@ class MultiLabelDataset(Dataset):
 
 
 def reference_transforms(img_size: int = 224) -> tuple[Callable, Callable]:
-    """(train, eval) transforms of spec §2, ending with ``ToTensor()`` (no normalisation).
+    """(train, eval) transforms of the reference, ending with ``ToTensor()`` (no normalisation).
 
     Train: ``RandomResizedCrop(img_size, scale=(0.05, 1), ratio=(3/4, 4/3))``, ``RandomHorizontalFlip``.
     Eval: ``Resize(img_size * 256 / 224, bicubic)``, ``CenterCrop(img_size)``.
@@ -92,7 +94,7 @@ def reference_transforms(img_size: int = 224) -> tuple[Callable, Callable]:
 
 # -------------------------------------------------------------------------------------------------- COCO
 def parse_coco(annotation_file: str | Path) -> tuple[list[str], list[str], list[tuple[int, ...]]]:
-    """(classes, file names, label sets) of a COCO instances JSON (spec §6.2 order and classes)."""
+    """(classes, file names, label sets) of a COCO instances JSON (the reference's order and classes)."""
     with open(annotation_file) as fh:
         ann = json.load(fh)
     for key in ("images", "annotations", "categories"):
@@ -151,7 +153,7 @@ def _voc_base(entry: DatasetEntry, root: str | Path) -> Path:
 
 
 def parse_voc(main_dir: str | Path, split: str) -> tuple[list[str], list[str], list[tuple[int, ...]]]:
-    """(classes, image ids, label sets) from ``ImageSets/Main/{class}_{split}.txt`` (spec §6.2)."""
+    """(classes, image ids, label sets) from ``ImageSets/Main/{class}_{split}.txt`` (reference order)."""
     files = sorted(Path(main_dir).glob(f"*_{split}.txt"))
     if not files:
         voc = catalogue.entry("voc", "multilabel")

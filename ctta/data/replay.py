@@ -1,4 +1,4 @@
-"""Reservoir replay memory for online continual learning (spec si-blurry-mvp §8 and §12).
+"""Reservoir replay memory for online continual learning (the ER baseline of Si-Blurry, Moon et al., ICCV 2023).
 
 Reference: moonjunyyy/Si-Blurry@c4024ce ``utils/memory.py`` and ``methods/er_baseline.py::update_memory``
 (i-Blurry lineage; re-implemented, no code copied). After the updates of each incoming batch every stream

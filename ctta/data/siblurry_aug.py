@@ -1,5 +1,5 @@
-"""Si-Blurry train/test image pipelines (``specs/si-blurry-mvp.md`` §3; reference moonjunyyy/Si-Blurry@c4024ce,
-re-implemented).
+"""Si-Blurry train/test image pipelines (Moon et al., ICCV 2023, arXiv 2308.09303; reference
+moonjunyyy/Si-Blurry@c4024ce, re-implemented).
 
 Training: the dataset yields ``ToTensor()`` images at native resolution; at **every** optimiser step the whole
 batch tensor goes through ×255 -> uint8 -> ``AutoAugment(policy)`` -> ÷255 -> ``Resize((S, S))`` ->
@@ -21,7 +21,7 @@ from torchvision import transforms as T
 
 
 class SiBlurryTrainAugment(nn.Module):
-    """Batch-shared training augmentation of spec §3 (one random draw per call).
+    """Batch-shared training augmentation of the reference (one random draw per call).
 
     Args:
         mean: normalisation mean per channel.

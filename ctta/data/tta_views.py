@@ -1,8 +1,8 @@
 """Test-time views for TPT/DiffTPT: the centre crop plus random crop/flip views, with AugMix on fine-grained sets.
 
 Paper: TPT (Shu et al., NeurIPS 2022); AugMix (Hendrycks et al., ICLR 2020). Reference: azshue/TPT@63ecbace
-``data/datautils.py:{AugMixAugmenter, augmix, get_preaugment}``, ``data/augmix_ops.py`` (re-implemented from the
-spec ``tpt-difftpt.md`` section 3.2; no code copied).
+``data/datautils.py:{AugMixAugmenter, augmix, get_preaugment}``, ``data/augmix_ops.py`` (re-implemented; no code
+copied).
 
 Views of one image: ``[preprocess(centre_crop(x))] + (n_views - 1) x augmented(x)``. Augmented views start from the
 raw image: ``RandomResizedCrop(res)`` (scale (0.08, 1), ratio (3/4, 4/3), bilinear) + horizontal flip; with AugMix,
