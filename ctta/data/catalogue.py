@@ -187,7 +187,8 @@ _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 def _fine_grained(name, title, tpt_dir, coop_dir, split, tpt_img, coop_img, transfer=None) -> DatasetEntry:
     """A test-time fine-grained set read through CoOp's split file (TPT folder name first, CoOp's accepted)."""
     return DatasetEntry(
-        name, title, (tpt_dir, coop_dir), _COOP + f" (CoOp's folder name {coop_dir!r} is accepted too.)",
+        name, title, tuple(dict.fromkeys((tpt_dir, coop_dir))),
+        _COOP + (f" (CoOp's folder name {coop_dir!r} is accepted too.)" if coop_dir != tpt_dir else ""),
         {"test_time": _TTA + "load_fine_grained"}, extra={"split_file": split, "images": (tpt_img, coop_img)},
     )  # fmt: skip
 
