@@ -23,7 +23,7 @@ import pytest
 import torch
 from avalanche.evaluation.metrics import accuracy_metrics, loss_metrics
 from avalanche.logging import CSVLogger, TextLogger
-from avalanche.training.plugins import EvaluationPlugin
+from avalanche.training.plugins import EvaluationPlugin, SupervisedPlugin
 
 from ctta.registry import STRATEGIES
 from tests import _conformance_cases as cc
@@ -36,7 +36,7 @@ ONLINE = [n for n in ALL if FAMILY[n] == "online"]
 AVALANCHE_NAME = re.compile(r"^[A-Za-z0-9_]+/(train|eval)_phase/[A-Za-z0-9_]+_stream(/[A-Za-z0-9_]+)*$")
 
 # case -> strategy names or test ids expected to fail because the strategy lacks the API (remove as they pass)
-_ALL_PENDING = {"cocoop", "coop", "damvp", "difftpt", "dualprompt", "l2p", "multilane", "mvp", "tpt", "vpt"}
+_ALL_PENDING = {"damvp", "difftpt", "dualprompt", "l2p", "multilane", "mvp", "tpt", "vpt"}
 PENDING: dict[str, set[str]] = {
     "avalanche_benchmarks": set(_ALL_PENDING),
     "config_object": set(_ALL_PENDING),
@@ -46,6 +46,7 @@ PENDING: dict[str, set[str]] = {
     "optimizer_criterion": set(_ALL_PENDING),
     "online_train_epochs": {"dualprompt", "l2p", "mvp", "vpt"},
     "misspelt": set(),
+    "eval_every": set(_ALL_PENDING),
     "without_class_info": set(_ALL_PENDING),
 }
 _REASON = "issue 11: the Avalanche-style constructor is not implemented by this strategy yet"
@@ -72,6 +73,21 @@ def params(case: str, values: list, ids: list[str] | None = None) -> list:
 def cache(tmp_path_factory):
     """DiffTPT's diffusion-view cache, shared by the module (views are seeded per image: the same in every test)."""
     return tmp_path_factory.mktemp("difftpt_cache")
+
+
+class Count(SupervisedPlugin):
+    """A user plugin counting the Avalanche events it receives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.training_exp = 0
+        self.eval_streams: list[str] = []  # origin stream name of every evaluated experience
+
+    def before_training_exp(self, strategy, **kwargs) -> None:
+        self.training_exp += 1
+
+    def after_eval_exp(self, strategy, **kwargs) -> None:
+        self.eval_streams.append(strategy.experience.origin_stream.name)
 
 
 def build(name: str, cache, evaluator, **overrides):
@@ -119,15 +135,33 @@ CASES_1 = [(n, b) for n in ALL for b in ("class_incremental", "nc_benchmark") + 
 def test_avalanche_arguments_on_avalanche_benchmarks(name, kind, cache):
     train, test = cc.data_for(name)
     bench = cc.legacy_nc(train, test) if kind == "nc_benchmark" else cc.class_incremental(train, test)
-    strategy, model = build(name, cache, silent_evaluator())
+    count = Count()
+    strategy, model = build(name, cache, silent_evaluator(), plugins=[count])
     assert any(m is model for m in strategy.model.modules()), "the strategy must wrap the user's model, not a copy"
+    assert count in strategy.plugins
     before = cc.state(model)
+    stream = list(cc.online(bench)) if kind == "online" else list(bench.train_stream)
 
-    res = run(strategy, bench, cc.online(bench) if kind == "online" else None)
+    res = run(strategy, bench, stream)
 
     check_accuracy(res)
     changed = cc.identical(model, before)
     assert not changed, f"backbone tensors changed: {changed[:5]}"
+    assert count.eval_streams.count("test") >= len(bench.test_stream), "the user's plugin missed eval events"
+    if cc.SPECS[name].family != "tta":
+        assert count.training_exp == len(stream), "the user's plugin missed training events"
+
+
+@pytest.mark.parametrize("name", params("eval_every", [n for n in ALL if FAMILY[n] != "tta"]))
+def test_eval_every_keeps_avalanches_meaning(name, cache):
+    """``eval_every=0``: Avalanche evaluates the ``eval_streams`` given to ``train()`` at each experience's end
+    (``eval_every=-1``, used everywhere else, never does)."""
+    bench = cc.class_incremental(*cc.data_for(name))
+    count = Count()
+    strategy, _ = build(name, cache, silent_evaluator(), plugins=[count], eval_every=0)
+    for exp in bench.train_stream:
+        strategy.train(exp, eval_streams=[bench.test_stream])
+    assert count.eval_streams.count("test") == len(bench.train_stream) * len(bench.test_stream), vars(count)
 
 
 @pytest.mark.parametrize("name", params("config_object", ALL))

@@ -1,0 +1,74 @@
+"""Base-to-new metrics: accuracy on the base classes, on the new classes and their harmonic mean.
+
+Paper: CoCoOp (Zhou et al., CVPR 2022, arXiv 2203.05557) §4.1 (``H = 2 B N / (B + N)``). Reference (behaviour
+read, re-implemented): KaiyangZhou/CoOp@ff61507 ``scripts/cocoop/base2new_*.sh`` and ``parse_test_res.py``.
+
+Accuracy is counted per evaluation stream: ``test`` gives the base accuracy, ``test_new`` the new accuracy
+(the streams of ``ctta.scenarios.few_shot``); the harmonic mean is reported once both exist.
+
+Deviations: none.
+"""
+
+from __future__ import annotations
+
+from avalanche.evaluation import PluginMetric
+from avalanche.evaluation.metric_results import MetricValue
+
+__all__ = ["BaseNewAccuracy", "harmonic_mean"]
+
+
+def harmonic_mean(base: float, new: float) -> float:
+    """``2 B N / (B + N)`` (0 when both are 0)."""
+    return 0.0 if base + new == 0 else 2 * base * new / (base + new)
+
+
+class BaseNewAccuracy(PluginMetric):
+    """Top-1 accuracy of the last evaluation of the ``test`` (base) and ``test_new`` (new) streams, and their HM.
+
+    ``result()`` -> ``{"base_acc": B, "new_acc": N, "hm": H}`` (keys present once measured).
+    """
+
+    STREAMS = {"test": "base_acc", "test_new": "new_acc"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last: dict[str, float] = {}
+        self._counts: dict[str, list[int]] = {}
+
+    def reset(self) -> None:
+        self.last, self._counts = {}, {}
+
+    def result(self) -> dict[str, float]:
+        out = dict(self.last)
+        if "base_acc" in out and "new_acc" in out:
+            out["hm"] = harmonic_mean(out["base_acc"], out["new_acc"])
+        return out
+
+    def _key(self, strategy) -> str | None:
+        try:
+            return self.STREAMS.get(strategy.experience.origin_stream.name)
+        except Exception:
+            return None
+
+    def before_eval(self, strategy) -> None:
+        self._counts = {}
+
+    def after_eval_iteration(self, strategy) -> None:
+        key = self._key(strategy)
+        if key is None:
+            return
+        pred = strategy.mb_output.argmax(dim=-1)
+        c = self._counts.setdefault(key, [0, 0])
+        c[0] += int((pred == strategy.mb_y).sum())
+        c[1] += int(strategy.mb_y.numel())
+
+    def after_eval(self, strategy):
+        for key, (correct, total) in self._counts.items():
+            if total:
+                self.last[key] = correct / total
+        res = self.result()
+        step = strategy.clock.train_iterations
+        return [MetricValue(self, f"BaseNew/{k}", v, step) for k, v in res.items()]
+
+    def __str__(self) -> str:
+        return "BaseNewAccuracy"

@@ -1,0 +1,218 @@
+"""Few-shot CLIP prompt-learning protocol: the 11 datasets' split files, the official few-shot sampler,
+base-to-new class subsampling; one Avalanche benchmark with a train experience and base / new test streams.
+
+Papers: CoOp (Zhou et al., IJCV 2022, arXiv 2109.01134) few-shot protocol; CoCoOp (Zhou et al., CVPR 2022,
+arXiv 2203.05557) base-to-new generalisation. References (behaviour read, re-implemented, no code copied):
+KaiyangZhou/Dassl.pytorch@c61a1b5 ``dassl/data/datasets/base_dataset.py:{generate_fewshot_dataset,
+split_dataset_by_label}``, KaiyangZhou/CoOp@ff61507 ``datasets/oxford_pets.py:{read_split, subsample_classes}``
+and ``datasets/*.py`` (folders and split files).
+
+* Few-shot sampling: for every label in first-appearance order of the split, ``random.sample(items, K)`` on one
+  Python ``random`` stream seeded with the run's seed (classes with fewer than K items are kept whole); train
+  uses ``K = shots``, then validation ``K = min(shots, 4)`` from the same stream. Given the same split file and
+  seed the same images are picked as by the official code (whose ``set_random_seed`` seeds Python's ``random``
+  right before this sampling).
+* Base-to-new: the labels present in the few-shot train set, sorted; the first ``ceil(n / 2)`` are base, the rest
+  new; each subset is relabelled ``0..m-1``. Sampling happens on all classes first, subsampling after.
+* Streams: ``train`` (one experience: the few-shot base train set; all classes with ``setting: all``), ``test``
+  (base classes) and ``test_new`` (new classes; absent with ``setting: all``); ``valid`` holds the few-shot
+  validation set. ``bench.stream_classnames`` maps each stream to its class names (a prompt learner rebuilds its
+  text head per stream), ``bench.classnames`` are the training classes.
+* Transforms (CLIP mean/std): train ``RandomResizedCrop(img_size, scale=(0.08, 1), bicubic)`` + horizontal flip;
+  eval ``Resize(img_size, bicubic)`` + ``CenterCrop``. ``dataset: digits`` (sklearn's bundled digits, tensors at
+  ``img_size``; smoke tests) is only normalised.
+
+Deviations: ImageNet (no split file: Dassl pickles its own) and FGVCAircraft (the official ``images_variant_*.txt``
+lists) are not supported yet; the official few-shot cache ``split_fewshot/*.pkl`` is not read (the same images are
+re-sampled); cross-dataset and domain-generalisation evaluation are configs over ``setting: all``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from avalanche.benchmarks.scenarios import CLScenario, DatasetExperience
+from avalanche.benchmarks.scenarios.generic_scenario import EagerCLStream
+from avalanche.benchmarks.utils import DataAttribute
+from avalanche.benchmarks.utils.classification_dataset import ClassificationDataset
+from avalanche.benchmarks.utils.transform_groups import TransformGroups
+from torch.utils.data import Dataset
+
+from ctta.registry import SCENARIOS
+
+__all__ = ["DATASETS", "FewShotConfig", "build_few_shot", "generate_fewshot", "read_split", "subsample_classes"]
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+SPLITS_URL = "https://github.com/KaiyangZhou/CoOp/blob/main/DATASETS.md"
+
+#: dataset -> (folder under root, image folder inside it, split file inside it)
+DATASETS = {
+    "caltech101": ("caltech-101", "101_ObjectCategories", "split_zhou_Caltech101.json"),
+    "oxford_pets": ("oxford_pets", "images", "split_zhou_OxfordPets.json"),
+    "stanford_cars": ("stanford_cars", "", "split_zhou_StanfordCars.json"),
+    "oxford_flowers": ("oxford_flowers", "jpg", "split_zhou_OxfordFlowers.json"),
+    "food101": ("food-101", "images", "split_zhou_Food101.json"),
+    "sun397": ("sun397", "SUN397", "split_zhou_SUN397.json"),
+    "dtd": ("dtd", "images", "split_zhou_DescribableTextures.json"),
+    "eurosat": ("eurosat", "2750", "split_zhou_EuroSAT.json"),
+    "ucf101": ("ucf101", "UCF-101-midframes", "split_zhou_UCF101.json"),
+}
+
+
+@dataclass(frozen=True)
+class FewShotConfig:
+    dataset: str = "oxford_pets"  # a DATASETS key, or digits (bundled, smoke tests)
+    root: str = "data"  # holds <dataset folder>/<split file> and the images
+    shots: int = 16  # K images per class (<= 0: the whole train split)
+    setting: str = "base2new"  # base2new (train base; test base and new) | all (train and test all classes)
+    img_size: int = 224
+    max_test: int = 0  # keep the first N test items per stream (0: all); for quick runs
+
+
+# ---------------------------------------------------------------------------------------------- protocol
+def split_by_label(items: Sequence[tuple]) -> dict[int, list]:
+    """Items grouped by label (``item[1]``) in first-appearance order of the labels."""
+    out: dict[int, list] = {}
+    for it in items:
+        out.setdefault(int(it[1]), []).append(it)
+    return out
+
+
+def generate_fewshot(items: Sequence[tuple], shots: int, rng: random.Random) -> list:
+    """``shots`` items per label: ``rng.sample`` per label in first-appearance order (fewer: all kept)."""
+    if shots < 1:
+        return list(items)
+    out: list = []
+    for group in split_by_label(items).values():
+        out.extend(rng.sample(group, shots) if len(group) >= shots else group)
+    return out
+
+
+def subsample_classes(*splits: Sequence[tuple], subsample: str = "all") -> list[list]:
+    """Base (first ``ceil(n/2)`` sorted labels of ``splits[0]``) or new (the rest) subsets, relabelled from 0.
+
+    Items are ``(image, label, classname)``; ``subsample`` is ``all`` | ``base`` | ``new``.
+    """
+    if subsample not in ("all", "base", "new"):
+        raise ValueError(f"subsample must be all, base or new, got {subsample!r}")
+    if subsample == "all":
+        return [list(s) for s in splits]
+    labels = sorted({int(it[1]) for it in splits[0]})
+    m = math.ceil(len(labels) / 2)
+    keep = labels[:m] if subsample == "base" else labels[m:]
+    relabel = {y: i for i, y in enumerate(keep)}
+    return [[(it[0], relabel[int(it[1])], *it[2:]) for it in s if int(it[1]) in relabel] for s in splits]
+
+
+def read_split(path: str | Path, image_dir: str | Path) -> dict[str, list[tuple]]:
+    """A ``split_zhou_*.json`` file: ``{"train"|"val"|"test": [(image path, label, classname), ...]}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"split file not found: {path}. The split_zhou_*.json files are linked from CoOp's DATASETS.md "
+            f"({SPLITS_URL}); put it in the dataset folder next to the images."
+        )
+    data = json.loads(path.read_text())
+    return {k: [(str(Path(image_dir) / p), int(y), str(c)) for p, y, c in data[k]] for k in ("train", "val", "test")}
+
+
+def classnames_of(items: Sequence[tuple]) -> list[str]:
+    names = {int(it[1]): it[2] for it in items}
+    return [names[y] for y in sorted(names)]
+
+
+# ---------------------------------------------------------------------------------------------- data
+class _Images(Dataset):
+    """``(image path or tensor, label, classname)`` items; paths are read as RGB PIL images."""
+
+    def __init__(self, items: Sequence[tuple]) -> None:
+        self.items = list(items)
+        self.targets = [int(it[1]) for it in self.items]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        x, y = self.items[i][0], self.items[i][1]
+        if isinstance(x, str):
+            from PIL import Image
+
+            with open(x, "rb") as fh:
+                x = Image.open(fh).convert("RGB")
+        return x, int(y)
+
+
+def _transforms(img_size: int, bundled: bool) -> dict:
+    from torchvision import transforms as T
+
+    norm = T.Normalize(CLIP_MEAN, CLIP_STD)
+    if bundled:
+        return {"train": norm, "eval": norm}
+    bicubic = T.InterpolationMode.BICUBIC
+    train = T.Compose([T.RandomResizedCrop(img_size, scale=(0.08, 1.0), interpolation=bicubic),
+                       T.RandomHorizontalFlip(), T.ToTensor(), norm])  # fmt: skip
+    test = T.Compose([T.Resize(img_size, interpolation=bicubic), T.CenterCrop(img_size), T.ToTensor(), norm])
+    return {"train": train, "eval": test}
+
+
+def _load_splits(cfg: FewShotConfig) -> dict[str, list[tuple]]:
+    if cfg.dataset == "digits":
+        from ctta.data.digits import DIGIT_NAMES, load_digits
+
+        train, test = load_digits(img_size=cfg.img_size)
+        mk = lambda ds: [(ds.images[i], y, DIGIT_NAMES[y]) for i, y in enumerate(ds.targets)]  # noqa: E731
+        tr = mk(train)
+        n_val = len(tr) // 5
+        return {"train": tr[:-n_val], "val": tr[-n_val:], "test": mk(test)}
+    if cfg.dataset not in DATASETS:
+        raise ValueError(f"unknown few-shot dataset {cfg.dataset!r}; valid: {sorted(DATASETS)} or digits")
+    folder, images, split = DATASETS[cfg.dataset]
+    base = Path(cfg.root).expanduser() / folder
+    return read_split(base / split, base / images if images else base)
+
+
+def _avl(items: Sequence[tuple], tf: dict) -> ClassificationDataset:
+    ds = _Images(items)
+    return ClassificationDataset(
+        [ds], data_attributes=[DataAttribute(ds.targets, "targets")], transform_groups=TransformGroups(tf)
+    )
+
+
+@SCENARIOS.register("few_shot", config=FewShotConfig)
+def build_few_shot(cfg: FewShotConfig, *, seed: int = 1) -> CLScenario:
+    """The few-shot benchmark of ``cfg`` sampled with ``seed`` (the official protocol's seed 1, 2 or 3)."""
+    if cfg.setting not in ("base2new", "all"):
+        raise ValueError(f"setting must be base2new or all, got {cfg.setting!r}")
+    splits = _load_splits(cfg)
+    rng = random.Random(seed)
+    train = generate_fewshot(splits["train"], cfg.shots, rng)
+    val = generate_fewshot(splits["val"], min(cfg.shots, 4), rng) if splits["val"] else []
+    test = splits["test"]
+    parts = {"train": train, "valid": val}
+    if cfg.setting == "all":
+        parts["test"] = test
+        names = {k: classnames_of(train) for k in ("train", "valid", "test")}
+    else:
+        tr_b, val_b, te_b = subsample_classes(train, val, test, subsample="base")
+        tr_n, val_n, te_n = subsample_classes(train, val, test, subsample="new")
+        parts = {"train": tr_b, "valid": val_b, "test": te_b, "test_new": te_n}
+        names = {"train": classnames_of(tr_b), "valid": classnames_of(tr_b), "test": classnames_of(tr_b),
+                 "test_new": classnames_of(tr_n)}  # fmt: skip
+    if cfg.max_test > 0:
+        parts = {k: (v[: cfg.max_test] if k.startswith("test") else v) for k, v in parts.items()}
+    tf = _transforms(cfg.img_size, cfg.dataset == "digits")
+    streams = [
+        EagerCLStream(k, [DatasetExperience(dataset=_avl(v, tf), current_experience=0)]) for k, v in parts.items()
+    ]
+    bench = CLScenario(streams)
+    bench.classnames = names["train"]
+    bench.n_classes = len(names["train"])
+    bench.stream_classnames = names
+    bench.test_dataset = bench.test_stream[0].dataset
+    return bench
