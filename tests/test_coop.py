@@ -1,5 +1,4 @@
-"""CoOp and CoCoOp: published trainable-parameter counts on ViT-B/16, class-specific context, per-image context,
-class-name swaps for new classes."""
+"""CoOp and CoCoOp: zero-shot initialisation, class-specific context, per-image context, class-name swaps."""
 
 from __future__ import annotations
 
@@ -11,18 +10,6 @@ from ctta.strategies.coop import CoOpConfig, CoOpModel
 from ctta.backbones.clip import create_clip
 
 
-def n_trainable(model) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-@pytest.fixture(scope="module")
-def vitb16():
-    """ViT-B/16 (OpenAI architecture, QuickGELU) with random weights: built once, no download."""
-    torch.manual_seed(0)
-    model, _, tok = create_clip("ViT-B-16", "", quick_gelu=True)
-    return model, tok
-
-
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
@@ -31,14 +18,6 @@ def tiny():
 
 
 NAMES = ["cat", "dog", "sea lion", "airplane"]
-
-
-def test_published_parameter_counts_vitb16(vitb16):
-    model, tok = vitb16
-    assert n_trainable(CoOpModel(model, tok, NAMES, CoOpConfig())) == 2_048  # 4 x 512 ("a photo of a")
-    assert n_trainable(CoOpModel(model, tok, NAMES, CoOpConfig(ctx_init="", n_ctx=16))) == 8_192  # CoOp paper
-    assert n_trainable(CoCoOpModel(model, tok, NAMES, CoCoOpConfig())) == 35_360  # CoCoOp paper / MaPLe Table
-    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 0
 
 
 def test_coop_initial_context_is_zero_shot_clip(tiny):

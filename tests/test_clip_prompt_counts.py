@@ -1,0 +1,36 @@
+"""Trainable-parameter counts of the CLIP prompt learners on ViT-B/16 equal the published ones (random weights,
+built once, no download)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ctta.backbones.clip import create_clip
+
+NAMES = ["cat", "dog", "sea lion", "airplane"]
+
+
+def n_trainable(model) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@pytest.fixture(scope="module")
+def vitb16():
+    torch.manual_seed(0)
+    model, _, tok = create_clip("ViT-B-16", "", quick_gelu=True)
+    return model, tok
+
+
+def test_published_parameter_counts_vitb16(vitb16):
+    from ctta.strategies.cocoop import CoCoOpConfig, CoCoOpModel
+    from ctta.strategies.coop import CoOpConfig, CoOpModel
+    from ctta.strategies.maple import MaPLeConfig, MaPLeModel
+
+    model, tok = vitb16
+    assert n_trainable(CoOpModel(model, tok, NAMES, CoOpConfig())) == 2_048  # 4 x 512 ("a photo of a")
+    assert n_trainable(CoOpModel(model, tok, NAMES, CoOpConfig(ctx_init="", n_ctx=16))) == 8_192  # CoOp paper
+    assert n_trainable(CoCoOpModel(model, tok, NAMES, CoCoOpConfig())) == 35_360  # CoCoOp, MaPLe Table 1
+    # MaPLe "3.55M": ctx 2x512 + F_0 (512x768+768) + 8 x (2x512 deep text + 512x768+768)
+    assert n_trainable(MaPLeModel(model, tok, NAMES, MaPLeConfig())) == 3_555_072
+    assert n_trainable(model) == 0
