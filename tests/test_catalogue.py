@@ -100,3 +100,23 @@ def test_register_a_users_dataset(tmp_path, monkeypatch):
         catalogue.register(catalogue.DatasetEntry("cifar100", "x", (), "", {"cl": "m:f"}))
     with pytest.raises(ValueError, match="unknown kind"):
         catalogue.register(catalogue.DatasetEntry("other", "x", (), "", {"video": "m:f"}))
+
+
+def test_multilane_cil_imagenet_r_has_only_the_reference_transforms(tmp_path):
+    """MULTI-LANE's ImageNet-R (kind cl, ``fixed_crop=False``) skips Si-Blurry's in-dataset 256/224 crop."""
+    from torchvision.transforms import ToTensor
+
+    from tests.test_cl_datasets import make_imagenet_r
+
+    make_imagenet_r(tmp_path)  # 20 x 30 images
+    entry = catalogue.entry("imagenet_r", "cl")
+    _, test = entry.load("cl", tmp_path, train_transform=ToTensor(), test_transform=ToTensor(), fixed_crop=False)
+    assert test[0][0].shape == (3, 30, 20)
+    _, test = entry.load("cl", tmp_path, train_transform=ToTensor(), test_transform=ToTensor())
+    assert test[0][0].shape == (3, 224, 224)
+    from ctta.scenarios.multilabel import MultiLaneCILConfig, build_multilane_cil
+
+    bench = build_multilane_cil(
+        MultiLaneCILConfig(dataset="imagenet_r", root=str(tmp_path), n_experiences=1, img_size=16)
+    )
+    assert bench.n_classes == 3 and bench.train_stream[0].dataset[0][0].shape == (3, 16, 16)
