@@ -24,6 +24,7 @@ import torch
 from avalanche.evaluation.metrics import accuracy_metrics, loss_metrics
 from avalanche.logging import CSVLogger, TextLogger
 from avalanche.training.plugins import EvaluationPlugin, SupervisedPlugin
+from avalanche.training.supervised import Naive
 
 from ctta.registry import STRATEGIES
 from tests import _conformance_cases as cc
@@ -152,16 +153,25 @@ def test_avalanche_arguments_on_avalanche_benchmarks(name, kind, cache):
         assert count.training_exp == len(stream), "the user's plugin missed training events"
 
 
+def _every0(count: Count) -> dict:
+    return dict(train_mb_size=32, eval_mb_size=64, device="cpu", plugins=[count], evaluator=silent_evaluator(),
+                eval_every=0)  # fmt: skip
+
+
 @pytest.mark.parametrize("name", params("eval_every", [n for n in ALL if FAMILY[n] != "tta"]))
 def test_eval_every_keeps_avalanches_meaning(name, cache):
-    """``eval_every=0``: Avalanche evaluates the ``eval_streams`` given to ``train()`` at each experience's end
-    (``eval_every=-1``, used everywhere else, never does)."""
+    """``eval_every=0``: the ``eval_streams`` given to ``train()`` are evaluated exactly when Avalanche's ``Naive``
+    evaluates them (before and after each experience)."""
     bench = cc.class_incremental(*cc.data_for(name))
-    count = Count()
-    strategy, _ = build(name, cache, silent_evaluator(), plugins=[count], eval_every=0)
-    for exp in bench.train_stream:
-        strategy.train(exp, eval_streams=[bench.test_stream])
-    assert count.eval_streams.count("test") == len(bench.train_stream) * len(bench.test_stream), vars(count)
+    counts = Count(), Count()
+    naive = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, cc.N_CLASSES))
+    reference = Naive(model=naive, optimizer=torch.optim.SGD(naive.parameters(), lr=0.01), **_every0(counts[0]))
+    strategy, _ = build(name, cache, **_every0(counts[1]))
+    for s in (reference, strategy):
+        for exp in bench.train_stream:
+            s.train(exp, eval_streams=[bench.test_stream])
+    expected, got = (c.eval_streams.count("test") for c in counts)
+    assert expected > 0 and got == expected, (got, expected)
 
 
 @pytest.mark.parametrize("name", params("config_object", ALL))
