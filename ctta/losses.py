@@ -1,4 +1,5 @@
-"""Entropy losses and view selection shared by the test-time prompt-tuning strategies (TPT, DiffTPT).
+"""Entropy losses and view selection shared by the test-time prompt-tuning strategies (TPT, DiffTPT); the
+self-regulating consistency losses of the CLIP prompt learners (PromptSRC; see the section at the end).
 
 Papers: TPT (Shu et al., NeurIPS 2022, arXiv 2209.07511), DiffTPT (Feng et al., ICCV 2023, arXiv 2308.06038).
 Reference code (read for behaviour only, re-implemented from the spec ``tpt-difftpt.md``): azshue/TPT@63ecbace
@@ -29,6 +30,9 @@ __all__ = [
     "confident_indices",
     "cosine_keep_indices",
     "gather_views",
+    "kl_to_teacher",
+    "l1_feature_loss",
+    "promptsrc_consistency",
 ]
 
 
@@ -118,3 +122,43 @@ def cosine_keep_indices(x: torch.Tensor, frac: float) -> torch.Tensor:
 def gather_views(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """Rows ``idx`` of the view axis: ``x (..., N, D)``, ``idx (..., k)`` -> ``(..., k, D)``."""
     return torch.gather(x, -2, idx.unsqueeze(-1).expand(*idx.shape, x.shape[-1]))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Self-regulating consistency losses of PromptSRC (Khattak et al., ICCV 2023, arXiv 2307.06948, §3.1 eq. 2-4).
+# Reference (behaviour read, re-implemented, no code copied): muzairkhattak/PromptSRC@bb95c77
+# ``trainers/promptsrc.py:PromptSRC.forward_backward``. Deviations: none.
+
+
+def l1_feature_loss(features: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference of L2-normalised features: ``mean |f / ||f|| - t / ||t|| |`` (``F.l1_loss``)."""
+    return F.l1_loss(F.normalize(features, dim=-1), F.normalize(teacher, dim=-1), reduction="mean")
+
+
+def kl_to_teacher(logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """``KL(softmax(teacher) || softmax(logits))`` summed over the batch and classes and divided by ``logits.numel()``
+    (PromptSRC's ``L_SCL-logits``, temperature 1)."""
+    log_p = F.log_softmax(logits, dim=-1)
+    log_q = F.log_softmax(teacher_logits, dim=-1)
+    return F.kl_div(log_p, log_q, reduction="sum", log_target=True) / logits.numel()
+
+
+def promptsrc_consistency(
+    text: torch.Tensor,
+    teacher_text: torch.Tensor,
+    image: torch.Tensor,
+    teacher_image: torch.Tensor,
+    logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    text_weight: float = 25.0,
+    image_weight: float = 10.0,
+) -> torch.Tensor:
+    """``L_SCL = KL + text_weight * L1(text) + image_weight * L1(image)`` (the reference adds them in this order).
+
+    Args:
+        text, teacher_text: ``(C, E)`` prompted and frozen text features of every class.
+        image, teacher_image: ``(B, E)`` prompted and frozen image features of the batch.
+        logits, teacher_logits: ``(B, C)`` prompted and zero-shot logits.
+    """
+    kl = kl_to_teacher(logits, teacher_logits)
+    return kl + l1_feature_loss(text, teacher_text) * text_weight + l1_feature_loss(image, teacher_image) * image_weight

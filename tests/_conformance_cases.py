@@ -221,6 +221,12 @@ SPECS: dict[str, Spec] = {
     "coop": Spec("epoch", clip=True, method_kwargs=dict(n_ctx=2, ctx_init="", lr=0.01, prec="fp32"), misspelt="n_ctxx"),
     "cocoop": Spec("epoch", clip=True, method_kwargs=dict(lr=0.01, prec="fp32"), misspelt="meta_reductoin"),
     "maple": Spec("epoch", clip=True, method_kwargs=dict(depth=2, lr=0.01, prec="fp32"), misspelt="depht"),
+    "promptsrc": Spec(
+        "epoch",
+        clip=True,
+        method_kwargs=dict(depth_text=2, depth_vision=2, lr=0.01, prec="fp32", teacher_templates="hand"),
+        misspelt="gpa_meen",
+    ),
     "tpt": Spec("tta", clip=True, method_kwargs=dict(selection_p=0.25), misspelt="selection_pp", **TOP5),
     "difftpt": Spec(
         "tta",

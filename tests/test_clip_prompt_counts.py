@@ -26,6 +26,7 @@ def test_published_parameter_counts_vitb16(vitb16):
     from ctta.strategies.cocoop import CoCoOpConfig, CoCoOpModel
     from ctta.strategies.coop import CoOpConfig, CoOpModel
     from ctta.strategies.maple import MaPLeConfig, MaPLeModel
+    from ctta.strategies.promptsrc import PromptSRCConfig, PromptSRCModel
 
     model, tok = vitb16
     assert n_trainable(CoOpModel(model, tok, NAMES, CoOpConfig())) == 2_048  # 4 x 512 ("a photo of a")
@@ -33,4 +34,6 @@ def test_published_parameter_counts_vitb16(vitb16):
     assert n_trainable(CoCoOpModel(model, tok, NAMES, CoCoOpConfig())) == 35_360  # CoCoOp, MaPLe Table 1
     # MaPLe "3.55M": ctx 2x512 + F_0 (512x768+768) + 8 x (2x512 deep text + 512x768+768)
     assert n_trainable(MaPLeModel(model, tok, NAMES, MaPLeConfig())) == 3_555_072
+    # PromptSRC "46K": text 4x512 + 8 x 4x512, vision 4x768 + 8 x 4x768 (the teacher adds nothing)
+    assert n_trainable(PromptSRCModel(model, tok, NAMES, PromptSRCConfig(teacher_templates="hand"))) == 46_080
     assert n_trainable(model) == 0

@@ -64,6 +64,8 @@ class FrozenCLIPTeacher(nn.Module):
     @torch.no_grad()
     def logits(self, image_features: torch.Tensor) -> torch.Tensor:
         """Zero-shot logits ``scale * norm(f) @ norm(g).T`` for frozen image features ``(B, E)``."""
-        f = image_features / image_features.norm(dim=-1, keepdim=True)
-        g = self.text_features / self.text_features.norm(dim=-1, keepdim=True)
+        f = image_features.float()
+        f = f / f.norm(dim=-1, keepdim=True)
+        g = self.text_features.float()
+        g = g / g.norm(dim=-1, keepdim=True)
         return self.clip[0].logit_scale.exp().float() * f @ g.t()
