@@ -37,7 +37,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from ctta.runner.run import run
 
     with resources.as_file(resources.files("ctta.runner") / DEMO_CONFIG) as path:
-        cfg = _load(path, args.overrides)
+        cfg = _load(path, ["overwrite=true", *args.overrides])  # a demo replaces the previous demo's results
     if cfg is None:
         return 2
     print(f"ctta demo: {cfg.strategy.name} on {cfg.scenario.name} (embedded default, offline)")
@@ -55,7 +55,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     cfg = _load(args.config, args.overrides)
     if cfg is None:
         return 2
-    ctx = prepare(cfg)
+    ctx = prepare(cfg, outputs=False)
     if not hasattr(ctx.strategy, "pregenerate"):
         print(f"ctta: strategy {cfg.strategy.name!r} has nothing to pre-generate", file=sys.stderr)
         return 2
@@ -101,6 +101,7 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     from ctta.runner.guards import DivergenceError
+    from ctta.runner.outdir import RunError
 
     try:
         return args.func(args)
@@ -109,6 +110,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"ctta: {e}", file=sys.stderr)
         return 1
+    except RunError as e:
+        if args.debug:
+            raise
+        print(f"ctta: {e}", file=sys.stderr)
+        return 2
     except DivergenceError as e:
         if args.debug:
             raise

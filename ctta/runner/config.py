@@ -45,7 +45,7 @@ class LogConfig:
     loggers: tuple[Literal["text", "csv", "tensorboard", "interactive"], ...] = ("text",)
     interactive: bool = False  # also attach Avalanche's InteractiveLogger (same as adding "interactive" to loggers)
     checkpoint_every: int = 0  # online CL: save a resumable checkpoint every N stream samples (0: off)
-    f_last_variant: Literal["official", "standard"] = "official"  # reference quirks | standard (si-blurry §9)
+    f_last_variant: Literal["official", "standard"] = "official"  # MVP reference quirks (moonjunyyy/Si-Blurry) | standard
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,7 @@ class RunConfig:
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
     log: LogConfig = field(default_factory=LogConfig)
     resume: bool = False
+    overwrite: bool = False  # replace an earlier run's results in log.out_dir (its checkpoints are kept)
 
 
 _SECTION_REGISTRIES = {"scenario": "SCENARIOS", "backbone": "BACKBONES", "strategy": "STRATEGIES"}
@@ -202,6 +203,7 @@ class _RunRest:
     precision: str = "auto"
     log: LogConfig = field(default_factory=LogConfig)
     resume: bool = False
+    overwrite: bool = False  # replace an earlier run's results in log.out_dir (its checkpoints are kept)
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:

@@ -18,6 +18,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from ctta.runner.checkpoint import umask_mode
+
 _PACKAGES = ("ctta", "torch", "torchvision", "timm", "avalanche-lib", "open_clip_torch", "diffusers", "numpy")
 
 
@@ -38,6 +40,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
+        os.chmod(tmp, umask_mode())  # mkstemp creates 0600 files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,8 +1,15 @@
-"""One run: seed -> scenario -> backbone -> strategy -> stream loop -> results (DESIGN.md "Data flow")."""
+"""One run: check the output folder -> seed -> scenario -> backbone -> strategy -> stream loop -> results.
+
+The output folder is checked before anything loads (``ctta.runner.outdir``); ``resume=true`` restores only a
+checkpoint whose fingerprint (resolved config minus output-only keys, package versions, data identity) matches
+this run's (``ctta.runner.checkpoint``); a non-finite loss stops the run as ``"status": "diverged"``
+(``ctta.runner.guards``).
+"""
 
 from __future__ import annotations
 
 import time
+import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,9 +21,10 @@ from ctta import distributed
 from ctta.logging import ProgressPlugin, anytime_metric, close_loggers, make_evaluator
 from ctta.metrics import TopKAccuracy
 from ctta.registry import BACKBONES, SCENARIOS, STRATEGIES
-from ctta.runner.checkpoint import CheckpointPlugin, load_latest
-from ctta.runner.config import RunConfig, dump_config, to_dict
+from ctta.runner.checkpoint import CheckpointPlugin, run_fingerprint, scan_checkpoints
+from ctta.runner.config import RunConfig, to_dict
 from ctta.runner.guards import DivergenceError, DivergenceGuard
+from ctta.runner.outdir import RunError, begin, check_out_dir, finish
 from ctta.runner.results import package_versions, write_results
 from ctta.templates import TestTimeTemplate
 from ctta.utils import resolve_device, seed_everything
@@ -60,15 +68,22 @@ class RunContext:
     is_tta: bool
     t0: float
     start_exp: int = 0  # first experience to run (> 0 when resuming)
+    outputs: bool = True  # this process writes the run's outputs (rank 0, not ``ctta generate``)
 
 
-def prepare(cfg: RunConfig) -> RunContext:
-    """Seed, write the resolved config, build benchmark, backbone, evaluator and strategy.
+def prepare(cfg: RunConfig, outputs: bool = True) -> RunContext:
+    """Check the output folder, seed, write the resolved config, build benchmark, backbone, evaluator and strategy.
 
     Under torchrun (``WORLD_SIZE`` > 1) the process group is joined first; every rank uses the same seed (same
     stream, augmentation and replay draws) and only rank 0 writes outputs, logs, checkpoints and the progress bar.
+    ``outputs=False`` (``ctta generate``) leaves the output folder alone.
     """
     t0 = time.perf_counter()
+    out = Path(cfg.log.out_dir)
+    if outputs:  # before anything loads: a folder we may write, no earlier run to overwrite, a resumable match
+        check_out_dir(out, resume=cfg.resume, overwrite=cfg.overwrite)
+        if cfg.resume:
+            _check_resumable(cfg, out / "checkpoints", run_fingerprint(cfg), partial=True)
     dctx = distributed.init_from_env(cfg.device)
     strategy_cls = STRATEGIES.get(cfg.strategy.name).builder
     if dctx.active and not getattr(strategy_cls, "distributed_ok", False):
@@ -77,12 +92,11 @@ def prepare(cfg: RunConfig) -> RunContext:
             f"run it in one process (supported: online continual learning and episodic test-time strategies)"
         )
     seed_everything(cfg.seed)
-    out = Path(cfg.log.out_dir)
-    if dctx.main:
-        out.mkdir(parents=True, exist_ok=True)
-        dump_config(cfg, out / "config.yaml")
+    run_id = uuid.uuid4().hex
+    main = dctx.main and outputs
+    if main:
+        begin(out, cfg, run_id, overwrite=cfg.overwrite)
     extra = strategy_cls.extra_metrics(cfg.strategy.params) if hasattr(strategy_cls, "extra_metrics") else ()
-    main = dctx.main
     evaluator = make_evaluator(out if main else None, cfg.log.interactive and main, extra, cfg.log.f_last_variant,
                                loggers=cfg.log.loggers if main else ())  # fmt: skip
     bench = SCENARIOS.get(cfg.scenario.name).builder(cfg.scenario.params, seed=cfg.seed)
@@ -92,29 +106,65 @@ def prepare(cfg: RunConfig) -> RunContext:
     progress = ProgressPlugin(_stream_size(stream), cfg.strategy.name, train=not is_tta,
                               enabled=cfg.log.progress and dctx.main)  # fmt: skip
     plugins: list[Any] = [DivergenceGuard(), progress]
-    if cfg.log.checkpoint_every > 0 and not is_tta and dctx.main:
-        plugins.append(CheckpointPlugin(out / "checkpoints", cfg.log.checkpoint_every))
+    checkpoints = cfg.log.checkpoint_every > 0 and not is_tta
+    fingerprint = run_fingerprint(cfg, bench.train_stream) if (checkpoints or cfg.resume) and not is_tta else None
+    if checkpoints and main:
+        plugins.append(CheckpointPlugin(out / "checkpoints", cfg.log.checkpoint_every, run_id=run_id,
+                                        fingerprint=fingerprint))  # fmt: skip
     strategy = build_strategy(cfg, bench, backbone, evaluator, plugins)
-    ctx = RunContext(cfg, out, bench, backbone, strategy, evaluator, progress, is_tta, t0)
+    ctx = RunContext(cfg, out, bench, backbone, strategy, evaluator, progress, is_tta, t0, outputs=main)
     if cfg.resume:
-        _resume(ctx)
+        _resume(ctx, fingerprint)
     return ctx
 
 
-def _resume(ctx: RunContext) -> None:
-    """Restore the newest valid checkpoint under ``out_dir/checkpoints`` (fresh start if there is none)."""
+def _fmt(v: Any) -> str:
+    return "(unset)" if v is None else repr(v) if isinstance(v, str) else str(v)
+
+
+def _check_resumable(cfg: RunConfig, directory: Path, fingerprint: dict, partial: bool = False, scan=None):
+    """Raise ``RunError`` when checkpoints exist but none matches ``fingerprint`` or none is readable.
+
+    ``partial``: compare only the keys of ``fingerprint`` (the config and versions, before the data is built) and
+    read only the checkpoints' records. Returns the scan (None when there is no checkpoint at all).
+    """
+    scan = scan or scan_checkpoints(directory, fingerprint, partial=partial)
+    if scan.found or scan.matching or not (scan.mismatched or scan.unreadable):
+        return scan
+    if scan.mismatched:
+        path, diff = max(scan.mismatched, key=lambda m: m[0].stat().st_mtime)
+        keys = "; ".join(f"{k}: {_fmt(a)} there, {_fmt(b)} now" for k, (a, b) in list(diff.items())[:8])
+        more = f" (+{len(diff) - 8} more)" if len(diff) > 8 else ""
+        raise RunError(
+            f"resume=true: no checkpoint under {directory} matches this run; the newest ({path.name}) differs in "
+            f"{keys}{more}. To resume that run, rerun it with its values (recorded in {path.stem}.json); "
+            f"to start this run, choose another log.out_dir (or overwrite=true without resume; checkpoints are kept)"
+        )
+    listed = ", ".join(f"{p.name} ({why})" for p, why in scan.unreadable)
+    raise RunError(
+        f"resume=true: every checkpoint under {directory} is unreadable: {listed}; they are kept. To start this run "
+        f"fresh, run without resume=true and with overwrite=true, or choose another log.out_dir"
+    )
+
+
+def _resume(ctx: RunContext, fingerprint: dict | None) -> None:
+    """Restore the matching checkpoint with the most recorded progress (fresh start if there is no checkpoint)."""
     if ctx.is_tta or not hasattr(ctx.strategy, "load_checkpoint_state"):
-        raise ValueError(f"resume=true is supported for online continual learning, not {ctx.cfg.strategy.name!r}")
-    found = load_latest(ctx.out / "checkpoints") if distributed.is_main() else None
-    found = distributed.broadcast_object(found)  # every rank resumes from rank 0's checkpoint
-    if found is None:
-        warnings.warn(f"resume=true but no checkpoint under {ctx.out / 'checkpoints'}; starting fresh", stacklevel=2)
+        raise RunError(f"resume=true is supported for online continual learning, not {ctx.cfg.strategy.name!r}")
+    directory = ctx.out / "checkpoints"
+    scan = scan_checkpoints(directory, fingerprint) if distributed.is_main() else None
+    scan = distributed.broadcast_object(scan)  # every rank resumes from rank 0's checkpoint
+    _check_resumable(ctx.cfg, directory, fingerprint, scan=scan)
+    if not scan.found:
+        warnings.warn(f"resume=true but no checkpoint under {directory}; starting fresh", stacklevel=2)
         return
-    state, path = found
-    ctx.start_exp = ctx.strategy.load_checkpoint_state(state, ctx.bench.train_stream)
+    ctx.start_exp = ctx.strategy.load_checkpoint_state(scan.state, ctx.bench.train_stream)
     ctx.progress.bar.update(ctx.strategy.seen_samples)
+    for p in ctx.strategy.plugins:  # the resumed run continues the run that wrote the checkpoint
+        if isinstance(p, CheckpointPlugin) and scan.run_id:
+            p.run_id = scan.run_id
     if distributed.is_main():
-        print(f"resumed from {path} ({ctx.strategy.seen_samples} stream samples done)")
+        print(f"resumed from {scan.path} ({ctx.strategy.seen_samples} stream samples done)")
 
 
 def execute(ctx: RunContext, verbose: bool = True) -> dict[str, Any]:
@@ -135,8 +185,9 @@ def execute(ctx: RunContext, verbose: bool = True) -> dict[str, Any]:
     if diverged:
         results["divergence"] = diverged.as_dict()
     rows = results.pop("_rows")
-    if distributed.is_main():
+    if distributed.is_main() and ctx.outputs:
         write_results(ctx.out, results, rows, plot=ctx.cfg.log.plot)
+        finish(ctx.out)
         if verbose and not diverged:
             print(format_summary(results, ctx.out))
     distributed.barrier()
