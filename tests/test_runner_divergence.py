@@ -57,6 +57,7 @@ def test_finished_run_has_status_finished(tmp_path):
 @pytest.mark.parametrize("value", [math.nan, math.inf])
 def test_divergence_guard_raises_on_the_first_non_finite_loss(value):
     import torch
+
     from ctta.runner.guards import DivergenceError, DivergenceGuard
 
     class Clock:

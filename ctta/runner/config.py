@@ -45,7 +45,7 @@ class LogConfig:
     loggers: tuple[Literal["text", "csv", "tensorboard", "interactive"], ...] = ("text",)
     interactive: bool = False  # also attach Avalanche's InteractiveLogger (same as adding "interactive" to loggers)
     checkpoint_every: int = 0  # online CL: save a resumable checkpoint every N stream samples (0: off)
-    f_last_variant: Literal["official", "standard"] = "official"  # MVP reference quirks (moonjunyyy/Si-Blurry) | standard
+    f_last_variant: Literal["official", "standard"] = "official"  # MVP reference quirks | standard
 
 
 @dataclass(frozen=True)
