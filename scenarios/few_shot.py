@@ -29,12 +29,10 @@ re-sampled); cross-dataset and domain-generalisation evaluation are configs over
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from avalanche.benchmarks.scenarios import CLScenario, DatasetExperience
 from avalanche.benchmarks.scenarios.generic_scenario import EagerCLStream
@@ -43,32 +41,23 @@ from avalanche.benchmarks.utils.classification_dataset import ClassificationData
 from avalanche.benchmarks.utils.transform_groups import TransformGroups
 from torch.utils.data import Dataset
 
+from ctta.data import catalogue
+from ctta.data.tta_datasets import read_coop_split as read_split
 from ctta.registry import SCENARIOS
 
 __all__ = ["DATASETS", "FewShotConfig", "build_few_shot", "generate_fewshot", "read_split", "subsample_classes"]
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-SPLITS_URL = "https://github.com/KaiyangZhou/CoOp/blob/main/DATASETS.md"
 
-#: dataset -> (folder under root, image folder inside it, split file inside it)
-DATASETS = {
-    "caltech101": ("caltech-101", "101_ObjectCategories", "split_zhou_Caltech101.json"),
-    "oxford_pets": ("oxford_pets", "images", "split_zhou_OxfordPets.json"),
-    "stanford_cars": ("stanford_cars", "", "split_zhou_StanfordCars.json"),
-    "oxford_flowers": ("oxford_flowers", "jpg", "split_zhou_OxfordFlowers.json"),
-    "food101": ("food-101", "images", "split_zhou_Food101.json"),
-    "sun397": ("sun397", "SUN397", "split_zhou_SUN397.json"),
-    "dtd": ("dtd", "images", "split_zhou_DescribableTextures.json"),
-    "eurosat": ("eurosat", "2750", "split_zhou_EuroSAT.json"),
-    "ucf101": ("ucf101", "UCF-101-midframes", "split_zhou_UCF101.json"),
-}
+#: the few-shot datasets (``few_shot`` names of ``ctta.data.catalogue``; CoOp's names are accepted as aliases)
+DATASETS = tuple(catalogue.names("few_shot"))
 
 
 @dataclass(frozen=True)
 class FewShotConfig:
-    dataset: str = "oxford_pets"  # a DATASETS key, or digits (bundled, smoke tests)
-    root: str = "data"  # holds <dataset folder>/<split file> and the images
+    dataset: str = "oxford_pets"  # a few_shot name of ctta.data.catalogue, or digits (bundled, smoke tests)
+    root: str = "data"  # holds <dataset folder>/<split file> and the images (catalogue folders)
     shots: int = 16  # K images per class (<= 0: the whole train split)
     setting: str = "base2new"  # base2new (train base; test base and new) | all (train and test all classes)
     img_size: int = 224
@@ -108,18 +97,6 @@ def subsample_classes(*splits: Sequence[tuple], subsample: str = "all") -> list[
     keep = labels[:m] if subsample == "base" else labels[m:]
     relabel = {y: i for i, y in enumerate(keep)}
     return [[(it[0], relabel[int(it[1])], *it[2:]) for it in s if int(it[1]) in relabel] for s in splits]
-
-
-def read_split(path: str | Path, image_dir: str | Path) -> dict[str, list[tuple]]:
-    """A ``split_zhou_*.json`` file: ``{"train"|"val"|"test": [(image path, label, classname), ...]}``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"split file not found: {path}. The split_zhou_*.json files are linked from CoOp's DATASETS.md "
-            f"({SPLITS_URL}); put it in the dataset folder next to the images."
-        )
-    data = json.loads(path.read_text())
-    return {k: [(str(Path(image_dir) / p), int(y), str(c)) for p, y, c in data[k]] for k in ("train", "val", "test")}
 
 
 def classnames_of(items: Sequence[tuple]) -> list[str]:
@@ -162,19 +139,7 @@ def _transforms(img_size: int, bundled: bool) -> dict:
 
 
 def _load_splits(cfg: FewShotConfig) -> dict[str, list[tuple]]:
-    if cfg.dataset == "digits":
-        from ctta.data.digits import DIGIT_NAMES, load_digits
-
-        train, test = load_digits(img_size=cfg.img_size)
-        mk = lambda ds: [(ds.images[i], y, DIGIT_NAMES[y]) for i, y in enumerate(ds.targets)]  # noqa: E731
-        tr = mk(train)
-        n_val = len(tr) // 5
-        return {"train": tr[:-n_val], "val": tr[-n_val:], "test": mk(test)}
-    if cfg.dataset not in DATASETS:
-        raise ValueError(f"unknown few-shot dataset {cfg.dataset!r}; valid: {sorted(DATASETS)} or digits")
-    folder, images, split = DATASETS[cfg.dataset]
-    base = Path(cfg.root).expanduser() / folder
-    return read_split(base / split, base / images if images else base)
+    return catalogue.load(cfg.dataset, "few_shot", cfg.root, img_size=cfg.img_size)
 
 
 def _avl(items: Sequence[tuple], tf: dict) -> ClassificationDataset:
@@ -206,7 +171,7 @@ def build_few_shot(cfg: FewShotConfig, *, seed: int = 1) -> CLScenario:
                  "test_new": classnames_of(tr_n)}  # fmt: skip
     if cfg.max_test > 0:
         parts = {k: (v[: cfg.max_test] if k.startswith("test") else v) for k, v in parts.items()}
-    tf = _transforms(cfg.img_size, cfg.dataset == "digits")
+    tf = _transforms(cfg.img_size, catalogue.entry(cfg.dataset, "few_shot").bundled)
     streams = [
         EagerCLStream(k, [DatasetExperience(dataset=_avl(v, tf), current_experience=0)]) for k, v in parts.items()
     ]

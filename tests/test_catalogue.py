@@ -120,3 +120,24 @@ def test_multilane_cil_imagenet_r_has_only_the_reference_transforms(tmp_path):
         MultiLaneCILConfig(dataset="imagenet_r", root=str(tmp_path), n_experiences=1, img_size=16)
     )
     assert bench.n_classes == 3 and bench.train_stream[0].dataset[0][0].shape == (3, 16, 16)
+
+
+def test_few_shot_reads_coop_split_files_in_either_folder_layout(tmp_path):
+    import json
+
+    from PIL import Image
+
+    split = {
+        s: [[f"{c}_{s}.jpg", y, c] for y, c in enumerate(("abyssinian", "beagle"))] for s in ("train", "val", "test")
+    }
+    for root, folder, images in ((tmp_path / "coop", "oxford_pets", "images"), (tmp_path / "tpt", "OxfordPets", "")):
+        base = root / folder
+        (base / images).mkdir(parents=True, exist_ok=True)
+        for rows in split.values():
+            for rel, _, _ in rows:
+                Image.new("RGB", (4, 4)).save(base / images / rel)
+        (base / "split_zhou_OxfordPets.json").write_text(json.dumps(split))
+        for name in ("oxford_pets", "pets"):  # CoOp's name is an alias of TPT's
+            items = catalogue.load(name, "few_shot", root)
+            assert items["val"][1] == (str(base / images / "beagle_val.jpg"), 1, "beagle")
+    assert catalogue.entry("oxford_pets", "test_time").name == "pets"

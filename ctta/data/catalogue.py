@@ -15,8 +15,11 @@ Kinds and what their loaders return:
 - ``transfer`` (``transfer``; ``class_incremental`` reads their train/test splits too): a
   ``ctta.data.transfer_datasets.TransferData`` with train/val/test splits.
 - ``multilabel`` (``multilabel``): ``(train, test)`` multi-label datasets (``ctta.data.multilabel_datasets``).
+- ``few_shot`` (``few_shot``, CoOp's protocol): ``{"train"|"val"|"test": [(image path or tensor, label,
+  classname), ...]}`` from CoOp's split files (KaiyangZhou/CoOp@ff61507 ``datasets/*.py``).
 
-A name may have several kinds (``imagenet_r`` is a CL set and a test-time set in the same folder); the same name
+An entry may also accept other names (``aliases``: CoOp's ``oxford_pets`` for TPT's ``pets``). A name may have
+several kinds (``imagenet_r`` is a CL set and a test-time set in the same folder); the same name
 in two kinds with different folders is two entries (``cifar100`` for Si-Blurry in ``cifar-100-python``, for DAM-VP
 in ``torchvision_dataset/cifar-100-python``, the folder layouts of the two reference repositories). Names with a
 ``<field>`` part are families (``vtab-<task>``, ``imagefolder:<dir>``, ``digits/<k>/<n>``): the part fills the
@@ -42,6 +45,7 @@ KINDS = {
     "test_time": "test-time ",
     "transfer": "transfer ",
     "multilabel": "multi-label ",
+    "few_shot": "few-shot ",
 }
 _FIELD = re.compile(r"<([a-z]+)>")
 
@@ -76,6 +80,7 @@ class DatasetEntry:
         loaders: kind -> ``"module:function"`` building it, called as ``loader(entry, root, **kw)``.
         stats: normalisation and augmentation constants (Si-Blurry sets), else None.
         extra: loader-specific layout facts (split-file names, image sub-folders, augmentation family).
+        aliases: other names of this dataset (another reference's spelling), accepted by ``entry``.
     """
 
     name: str
@@ -85,6 +90,7 @@ class DatasetEntry:
     loaders: Mapping[str, str]
     stats: DatasetStats | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
 
     @property
     def folder(self) -> str:
@@ -170,10 +176,8 @@ _IMAGENET_R = (
     "Download https://people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar (https://github.com/hendrycks/imagenet-r) "
     "and extract it so that <folder>/<wnid>/*.jpg exist (200 class folders, 30,000 images)."
 )
-_COOP = (
-    "Prepare it as in CoOp's DATASETS.md (https://github.com/KaiyangZhou/CoOp/blob/main/DATASETS.md), "
-    "including its split_zhou_*.json file, in <folder>."
-)
+COOP_DATASETS = "https://github.com/KaiyangZhou/CoOp/blob/main/DATASETS.md"  # CoOp's folders and split files
+_COOP = f"Prepare it as in CoOp's DATASETS.md ({COOP_DATASETS}), including its <split> file, in <folder>."
 _FGVC_JSON = "Put the images and VPT's train/val/test.json split files (KMnP/vpt, DATASETS) in <folder>/."
 _DIGITS = "Bundled with scikit-learn (sklearn.datasets.load_digits): nothing to download."
 
@@ -184,12 +188,15 @@ _ML = "ctta.data.multilabel_datasets:"
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def _fine_grained(name, title, tpt_dir, coop_dir, split, tpt_img, coop_img, transfer=None) -> DatasetEntry:
-    """A test-time fine-grained set read through CoOp's split file (TPT folder name first, CoOp's accepted)."""
+def _fine_grained(name, title, tpt_dir, coop_dir, split, tpt_img, coop_img, aliases=()) -> DatasetEntry:
+    """A fine-grained set read through CoOp's split file: its test list for TPT, all splits for CoOp's few-shot
+    protocol (TPT folder name first, CoOp's accepted)."""
+    how = _COOP.replace("<split>", split)
     return DatasetEntry(
         name, title, tuple(dict.fromkeys((tpt_dir, coop_dir))),
-        _COOP + (f" (CoOp's folder name {coop_dir!r} is accepted too.)" if coop_dir != tpt_dir else ""),
-        {"test_time": _TTA + "load_fine_grained"}, extra={"split_file": split, "images": (tpt_img, coop_img)},
+        how + (f" (CoOp's folder name {coop_dir!r} is accepted too.)" if coop_dir != tpt_dir else ""),
+        {"test_time": _TTA + "load_fine_grained", "few_shot": _TTA + "load_coop_splits"},
+        extra={"split_file": split, "images": (tpt_img, coop_img)}, aliases=aliases,
     )  # fmt: skip
 
 
@@ -224,7 +231,7 @@ CATALOGUE: tuple[DatasetEntry, ...] = (
     DatasetEntry(
         "digits", "scikit-learn digits", (), _DIGITS,
         {"cl": "ctta.data.digits:load_digits_cl", "test_time": _TTA + "load_digits_tta",
-         "transfer": _TR + "load_digits"},
+         "transfer": _TR + "load_digits", "few_shot": "ctta.data.digits:load_digits_splits"},
         stats=DatasetStats(10, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "cifar10"),  # centred [0, 1] images (smoke runs)
     ),
     DatasetEntry(
@@ -249,10 +256,12 @@ CATALOGUE: tuple[DatasetEntry, ...] = (
               "Download ImageNet-Sketch from https://github.com/HaohanWang/ImageNet-Sketch and extract it to "
               "<folder> (<folder>/[sketch/]<wnid>/)."),
     _fine_grained("flower102", "Flowers-102", "Flower102", "oxford_flowers", "split_zhou_OxfordFlowers.json", "jpg",
-                  "jpg"),
+                  "jpg", aliases=("oxford_flowers",)),
     _fine_grained("dtd", "DTD", "DTD", "dtd", "split_zhou_DescribableTextures.json", "images", "images"),
-    _fine_grained("pets", "Oxford-IIIT Pets", "OxfordPets", "oxford_pets", "split_zhou_OxfordPets.json", "", "images"),
-    _fine_grained("cars", "Stanford Cars", "StanfordCars", "stanford_cars", "split_zhou_StanfordCars.json", "", ""),
+    _fine_grained("pets", "Oxford-IIIT Pets", "OxfordPets", "oxford_pets", "split_zhou_OxfordPets.json", "", "images",
+                  aliases=("oxford_pets",)),
+    _fine_grained("cars", "Stanford Cars", "StanfordCars", "stanford_cars", "split_zhou_StanfordCars.json", "", "",
+                  aliases=("stanford_cars",)),
     _fine_grained("ucf101", "UCF101", "UCF101", "ucf101", "split_zhou_UCF101.json", "", "UCF-101-midframes"),
     _fine_grained("caltech101", "Caltech101", "Caltech101", "caltech-101", "split_zhou_Caltech101.json", "",
                   "101_ObjectCategories"),
@@ -332,8 +341,9 @@ def register(entry: DatasetEntry) -> DatasetEntry:
     for kind in entry.loaders:
         if kind not in KINDS:
             raise ValueError(f"{entry.name}: unknown kind {kind!r}; valid: {list(KINDS)}")
-        if any(e.name == entry.name and kind in e.loaders for e in entries()):
-            raise ValueError(f"duplicate dataset name {entry.name!r} for kind {kind!r}")
+        taken = {n for e in entries(kind) for n in (e.name, *e.aliases)}
+        for name in {entry.name, *entry.aliases} & taken:
+            raise ValueError(f"duplicate dataset name {name!r} for kind {kind!r}")
     _REGISTERED.append(entry)
     return entry
 
@@ -358,7 +368,7 @@ def entry(name: str, kinds: str | Iterable[str]) -> DatasetEntry:
     kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
     for kind in kinds:
         for e in entries(kind):
-            if e.name == name:
+            if e.name == name or name in e.aliases:
                 return e
         for e in entries(kind):
             if _match(e.name, name) is not None:
@@ -376,9 +386,10 @@ def _check_unique() -> None:
     seen = set()
     for e in CATALOGUE:
         for kind in e.loaders:
-            if (e.name, kind) in seen:
-                raise RuntimeError(f"catalogue: {e.name!r} listed twice for kind {kind!r}")
-            seen.add((e.name, kind))
+            for name in (e.name, *e.aliases):
+                if (name, kind) in seen:
+                    raise RuntimeError(f"catalogue: {name!r} listed twice for kind {kind!r}")
+                seen.add((name, kind))
 
 
 _check_unique()

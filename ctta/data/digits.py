@@ -58,3 +58,13 @@ def load_digits_cl(entry, root=None, train_transform=None, test_transform=None, 
     train, test = load_digits(img_size=img_size, channels=channels)
     train.transform, test.transform = train_transform, test_transform
     return train, test
+
+
+def load_digits_splits(entry, root=None, img_size: int = 32, **_) -> dict[str, list[tuple]]:
+    """Catalogue loader (kind ``few_shot``): ``{"train"|"val"|"test": [(image tensor, label, classname), ...]}``;
+    val = the last fifth of the bundled train part, train = the rest."""
+    train, test = load_digits(img_size=img_size)
+    mk = lambda ds: [(ds.images[i], y, DIGIT_NAMES[y]) for i, y in enumerate(ds.targets)]  # noqa: E731
+    tr = mk(train)
+    n_val = len(tr) // 5
+    return {"train": tr[:-n_val], "val": tr[-n_val:], "test": mk(test)}

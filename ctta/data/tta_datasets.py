@@ -43,6 +43,9 @@ __all__ = [
     "ListDataset",
     "ViewsDataset",
     "load_aircraft",
+    "coop_items",
+    "load_coop_splits",
+    "read_coop_split",
     "load_digits_tta",
     "load_fine_grained",
     "load_imagenet_c",
@@ -141,31 +144,66 @@ def _find_split(entry: DatasetEntry, base: Path, split_file: str) -> Path:
             return c
     raise FileNotFoundError(
         f"{entry.name}: split file {fname} not found (looked at {[str(c) for c in cands]}). "
-        f"Get it from CoOp (https://github.com/KaiyangZhou/CoOp, DATASETS.md) and put it in "
+        f"Get it from CoOp's DATASETS.md ({catalogue.COOP_DATASETS}) and put it in "
         f"{base} or pass scenario.split_file=/path/to/{fname}."
     )
 
 
-def load_fine_grained(entry: DatasetEntry, root: str | Path, split_file: str = "", **_) -> TTASet:
-    """Catalogue loader of a fine-grained set: the ``test`` list of its CoOp split file."""
+def _coop_split(entry: DatasetEntry, root: str | Path, split_file: str, probe: str) -> tuple[dict, Path]:
+    """CoOp's split file of ``entry`` (``{"train"|"val"|"test": [[path, label, classname], ...]}``) and the image
+    folder its paths are relative to: the TPT image folder, CoOp's, or the dataset folder, whichever holds the first
+    image of split ``probe``."""
     name = entry.name
     base = entry.require(entry.locate(root))
-    entries = json.loads(_find_split(entry, base, split_file).read_text())["test"]
-    if not entries:
-        raise ValueError(f"{name}: the split file has an empty test list")
-    first = entries[0][0]
+    data = json.loads(_find_split(entry, base, split_file).read_text())
+    if not data.get(probe):
+        raise ValueError(f"{name}: the split file has an empty {probe} list")
+    first = data[probe][0][0]
     prefixes = [base / sub for sub in entry.extra["images"]] + [base]
     prefix = next((p for p in prefixes if (p / first).is_file()), None)
     if prefix is None:
         raise FileNotFoundError(
-            f"{name}: image {first} (first of the test split) not found under {[str(p) for p in prefixes]}. "
+            f"{name}: image {first} (first of the {probe} split) not found under {[str(p) for p in prefixes]}. "
             f"{entry.how_to_get()}"
         )
+    return data, prefix
+
+
+def load_fine_grained(entry: DatasetEntry, root: str | Path, split_file: str = "", **_) -> TTASet:
+    """Catalogue loader of a fine-grained test set: the ``test`` list of its CoOp split file."""
+    name = entry.name
+    data, prefix = _coop_split(entry, root, split_file, "test")
+    entries = data["test"]
     names = classnames(name)
     labels = [int(e[1]) for e in entries]
     if max(labels) >= len(names) or min(labels) < 0:
         raise ValueError(f"{name}: split labels outside [0, {len(names)}) - wrong split file?")
     return TTASet(name, ListDataset([prefix / e[0] for e in entries], labels), names, "fine_grained")
+
+
+def load_coop_splits(entry: DatasetEntry, root: str | Path, split_file: str = "", **_) -> dict[str, list[tuple]]:
+    """Catalogue loader (kind ``few_shot``): every split of the CoOp split file as ``(image path, label, classname)``
+    lists (CoOp's ``read_split``, KaiyangZhou/CoOp@ff61507 ``datasets/oxford_pets.py``)."""
+    data, prefix = _coop_split(entry, root, split_file, "train")
+    return coop_items(data, prefix)
+
+
+def coop_items(data: dict, image_dir: str | Path) -> dict[str, list[tuple]]:
+    """``{"train"|"val"|"test": [(image_dir / path, label, classname), ...]}`` of a parsed CoOp split file."""
+    return {
+        k: [(str(Path(image_dir) / p), int(y), str(c)) for p, y, c in data.get(k, [])] for k in ("train", "val", "test")
+    }
+
+
+def read_coop_split(path: str | Path, image_dir: str | Path) -> dict[str, list[tuple]]:
+    """A ``split_zhou_*.json`` file read with ``coop_items`` (CoOp's ``read_split``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"split file not found: {path}. The split_zhou_*.json files are linked from CoOp's DATASETS.md "
+            f"({catalogue.COOP_DATASETS}); put it in the dataset folder next to the images."
+        )
+    return coop_items(json.loads(path.read_text()), image_dir)
 
 
 def load_aircraft(entry: DatasetEntry, root: str | Path, **_) -> TTASet:
