@@ -25,7 +25,7 @@ from torch.utils.data import TensorDataset
 N_CLASSES = 10  # digits
 HALVES = ((0, 1, 2, 3, 4), (5, 6, 7, 8, 9))  # the two experiences of every class-incremental benchmark here
 TINY_VIT = dict(img_size=32, patch_size=8, depth=6, embed_dim=48, num_heads=3)  # depth 6: MVP's layers 0-4 exist
-N_TRAIN, N_TEST = 160, 80  # digits samples (about 16 / 8 per class)
+N_TRAIN, N_TEST = 100, 50  # digits samples (about 10 / 5 per class)
 N_VIEWS, N_VIEW_SAMPLES, N_DIFFUSION = 8, 10, 4  # test-time data: 10 samples (one per class) of 8 views
 
 
@@ -226,6 +226,16 @@ SPECS: dict[str, Spec] = {
         clip=True,
         method_kwargs=dict(depth_text=2, depth_vision=2, lr=0.01, prec="fp32", teacher_templates="hand"),
         misspelt="gpa_meen",
+    ),
+    "pre": Spec("epoch", clip=True, method_kwargs=dict(lr=0.01, prec="fp32"), misspelt="encodr"),
+    "coop_atp": Spec(
+        "epoch", clip=True, method_kwargs=dict(attributes=("shape",), lr=0.01, prec="fp32"), misspelt="n_attt"
+    ),
+    "maple_atp": Spec(
+        "epoch",
+        clip=True,
+        method_kwargs=dict(attributes=("shape",), n_att=2, n_ctx=2, depth=2, lr=0.01, prec="fp32"),
+        misspelt="n_attt",
     ),
     "tpt": Spec("tta", clip=True, method_kwargs=dict(selection_p=0.25), misspelt="selection_pp", **TOP5),
     "difftpt": Spec(

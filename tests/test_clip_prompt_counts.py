@@ -36,4 +36,8 @@ def test_published_parameter_counts_vitb16(vitb16):
     assert n_trainable(MaPLeModel(model, tok, NAMES, MaPLeConfig())) == 3_555_072
     # PromptSRC "46K": text 4x512 + 8 x 4x512, vision 4x768 + 8 x 4x768 (the teacher adds nothing)
     assert n_trainable(PromptSRCModel(model, tok, NAMES, PromptSRCConfig(teacher_templates="hand"))) == 46_080
+    # PRE (not published): ctx 4x512 + BiLSTM(512 -> 2 x 256): 2 x (4 x 256 x (512 + 256) + 2 x 4 x 256)
+    from ctta.strategies.pre import PREConfig, PREModel
+
+    assert n_trainable(PREModel(model, tok, NAMES, PREConfig())) == 2_048 + 1_576_960
     assert n_trainable(model) == 0
