@@ -13,22 +13,16 @@ DEMO_CONFIG = "demo.yaml"  # packaged inside ctta/runner/ so the demo works from
 
 
 def _load(path, overrides):
-    """The validated config, or None after printing the config error (no traceback)."""
-    from ctta.runner.config import ConfigError, load_config
+    """The validated config (a ``ConfigError`` reaches ``main``, which prints it without a traceback)."""
+    from ctta.runner.config import load_config
 
-    try:
-        return load_config(path, overrides)
-    except ConfigError as e:
-        print(f"ctta: config error: {e}", file=sys.stderr)
-        return None
+    return load_config(path, overrides)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from ctta.runner.run import run
 
     cfg = _load(args.config, args.overrides)
-    if cfg is None:
-        return 2
     run(cfg)
     return 0
 
@@ -38,8 +32,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     with resources.as_file(resources.files("ctta.runner") / DEMO_CONFIG) as path:
         cfg = _load(path, ["overwrite=true", *args.overrides])  # a demo replaces the previous demo's results
-    if cfg is None:
-        return 2
     print(f"ctta demo: {cfg.strategy.name} on {cfg.scenario.name} (embedded default, offline)")
     run(cfg)
     print("note: the demo backbone has random weights, so accuracy is near chance; see README for real weights")
@@ -53,8 +45,6 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from ctta.runner.run import prepare
 
     cfg = _load(args.config, args.overrides)
-    if cfg is None:
-        return 2
     ctx = prepare(cfg, outputs=False)
     if not hasattr(ctx.strategy, "pregenerate"):
         print(f"ctta: strategy {cfg.strategy.name!r} has nothing to pre-generate", file=sys.stderr)
@@ -100,6 +90,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    from ctta.runner.config import ConfigError
     from ctta.runner.guards import DivergenceError
     from ctta.runner.outdir import RunError
 
@@ -110,6 +101,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"ctta: {e}", file=sys.stderr)
         return 1
+    except ConfigError as e:
+        if args.debug:
+            raise
+        print(f"ctta: config error: {e}", file=sys.stderr)
+        return 2
     except RunError as e:
         if args.debug:
             raise

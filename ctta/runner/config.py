@@ -14,6 +14,7 @@ resolved config (no ``_base_`` left).
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -54,13 +55,14 @@ class RunConfig:
     backbone: Section
     strategy: Section
     seed: int = 1
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     log: LogConfig = field(default_factory=LogConfig)
     resume: bool = False
     overwrite: bool = False  # replace an earlier run's results in log.out_dir (its checkpoints are kept)
 
 
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 _SECTION_REGISTRIES = {"scenario": "SCENARIOS", "backbone": "BACKBONES", "strategy": "STRATEGIES"}
 
 
@@ -193,6 +195,8 @@ def build_run_config(data: Mapping[str, Any]) -> RunConfig:
     d = dict(data)
     sections = {k: _section(k, d.pop(k)) for k in _SECTION_REGISTRIES}
     rest = from_dict(_RunRest, d)
+    if not DEVICE_PATTERN.fullmatch(rest.device):
+        raise ConfigError(f"device: {rest.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
     return RunConfig(**sections, **dataclasses.asdict(rest) | {"log": rest.log})
 
 
@@ -200,7 +204,7 @@ def build_run_config(data: Mapping[str, Any]) -> RunConfig:
 class _RunRest:
     seed: int = 1
     device: str = "auto"
-    precision: str = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     log: LogConfig = field(default_factory=LogConfig)
     resume: bool = False
     overwrite: bool = False  # replace an earlier run's results in log.out_dir (its checkpoints are kept)
@@ -260,7 +264,10 @@ def read_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]
         with open(p) as fh:
             data = yaml.safe_load(fh)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{p}{via}: not valid YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{p}{via}: not valid YAML{where}: {what}") from None
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: a run config must be a YAML mapping")

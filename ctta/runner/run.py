@@ -79,6 +79,7 @@ def prepare(cfg: RunConfig, outputs: bool = True) -> RunContext:
     ``outputs=False`` (``ctta generate``) leaves the output folder alone.
     """
     t0 = time.perf_counter()
+    check_device(cfg.device)
     out = Path(cfg.log.out_dir)
     if outputs:  # before anything loads: a folder we may write, no earlier run to overwrite, a resumable match
         check_out_dir(out, resume=cfg.resume, overwrite=cfg.overwrite)
@@ -116,6 +117,22 @@ def prepare(cfg: RunConfig, outputs: bool = True) -> RunContext:
     if cfg.resume:
         _resume(ctx, fingerprint)
     return ctx
+
+
+def check_device(device: str) -> None:
+    """Raise ``RunError`` (before anything loads) when ``device`` does not exist on this machine."""
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RunError(f"device={device} but CUDA is not available on this machine; use device=cpu or device=auto")
+        index = int(device.split(":")[1]) if ":" in device else 0
+        n = torch.cuda.device_count()
+        if index >= n:
+            raise RunError(
+                f"device={device} but this machine has {n} CUDA device(s); use device=cuda:0 .. cuda:{n - 1}, "
+                f"device=cpu or device=auto"
+            )
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise RunError("device=mps but MPS is not available on this machine; use device=cpu or device=auto")
 
 
 def _fmt(v: Any) -> str:

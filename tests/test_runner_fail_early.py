@@ -1,0 +1,70 @@
+"""Fail early and in one message: bad inputs reach the CLI as one line and exit code 2 before anything loads."""
+
+from __future__ import annotations
+
+import pytest
+
+from ctta.runner.cli import main
+from ctta.runner.config import ConfigError
+from tests.conftest import ROOT
+
+VPT = str(ROOT / "configs" / "smoke" / "vpt_digits.yaml")
+QUICK = ["log.progress=false", "log.plot=false", "device=cpu"]
+
+
+def _fails_cleanly(capsys, argv, *needles):
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    for n in needles:
+        assert n in err, (n, err)
+    return err
+
+
+def test_yaml_syntax_error_is_one_message(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("seed: 1\nstrategy: {name: vpt, lr: [0.1\n")
+    _fails_cleanly(capsys, ["run", str(bad)], "bad.yaml", "not valid YAML", "line")
+
+
+@pytest.mark.parametrize(("override", "needle"), [("precision=fp64", "precision"), ("device=gpu", "device")])
+def test_bad_precision_or_device_is_a_config_error(tmp_path, capsys, override, needle):
+    out = tmp_path / "out"
+    _fails_cleanly(capsys, ["run", VPT, *QUICK, f"log.out_dir={out}", override], needle, "auto")
+    assert not out.exists()  # nothing written
+
+
+def test_unavailable_cuda_device_fails_before_loading(tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "out"
+    _fails_cleanly(capsys, ["run", VPT, "log.progress=false", f"log.out_dir={out}", "device=cuda:1"], "cuda", "cpu")
+    assert not out.exists()
+
+
+def test_output_folder_that_is_a_file(tmp_path, capsys):
+    f = tmp_path / "file"
+    f.write_text("keep me")
+    _fails_cleanly(capsys, ["run", VPT, *QUICK, f"log.out_dir={f}"], "is a file")
+    _fails_cleanly(capsys, ["run", VPT, *QUICK, f"log.out_dir={f}/sub"], "which is a file")
+    assert f.read_text() == "keep me"
+
+
+def test_read_only_output_folder(tmp_path, capsys, monkeypatch):
+    import os
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(ro) else real(p, mode))
+    _fails_cleanly(capsys, ["run", VPT, *QUICK, f"log.out_dir={ro}/run"], "not writable", str(ro))
+    assert list(ro.iterdir()) == []
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("seed: [1\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        main(["--debug", "run", str(bad)])
