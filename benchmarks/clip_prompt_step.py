@@ -1,0 +1,153 @@
+"""CoOp and MaPLe training step: ctta's prompt-learner core vs a straightforward 77-token implementation.
+
+Papers: CoOp (Zhou et al., IJCV 2022, arXiv 2109.01134), MaPLe (Khattak et al., CVPR 2023, arXiv 2210.03117).
+The reference step follows the official code (KaiyangZhou/CoOp@ff61507 ``trainers/coop.py``,
+muzairkhattak/multimodal-prompt-learning@69bce21 ``trainers/maple.py``; re-implemented here, no code copied): the
+class prompts are concatenated to the full 77-token context (``[SOS] ctx suffix``), every position goes through all
+text layers (deep text prompts replace the context states at layers 1..J-1), ``ln_final`` runs on all positions and
+the EOT rows are pooled. ctta's core (``ctta.clip_prompting``) truncates at the longest EOT and encodes the
+class-independent prefix once (exact). Both paths share the same frozen CLIP, prompts, image batch, labels and
+image tower (appended vision prompts for MaPLe), so the difference is the text tower only.
+
+One step = forward, cross-entropy, backward, SGD update. Reported per method and path: median step time, the bytes
+of tensors saved for backward (activation memory; on CUDA also the peak allocated memory), and the loss of the
+first step (the two paths must agree).
+
+    python benchmarks/clip_prompt_step.py                       # ViT-B/16 random weights, 100 classes, CPU
+    python benchmarks/clip_prompt_step.py --model ctta-tiny-clip --classes 20 --batch 4   # quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from ctta.strategies.coop import CoOpConfig, CoOpModel
+from ctta.strategies.maple import MaPLeConfig, MaPLeModel
+
+from ctta.backbones.clip import create_clip
+from ctta.clip_prompting import PromptedText, encode_image
+
+WORDS = ("red", "small", "old", "wild", "striped", "golden", "northern", "common", "giant", "spotted")
+THINGS = ("cat", "dog", "sea lion", "airplane", "mountain bike", "tree frog", "fire truck", "apple", "lighthouse",
+          "grand piano")  # fmt: skip
+
+
+def classnames(n: int) -> list[str]:
+    """``n`` distinct, realistic-length class names."""
+    return [f"{WORDS[i // len(THINGS) % len(WORDS)]} {THINGS[i % len(THINGS)]}" for i in range(n)]
+
+
+def reference_text(text: PromptedText, soft: torch.Tensor, deep: list[torch.Tensor]) -> torch.Tensor:
+    """The official 77-token text tower: ``cat(prefix, ctx, suffix)`` over the full context, all positions."""
+    t = text.tower
+    n_cls, n = text.n_classes, text.n_soft
+    emb = text.token_embedding  # (C, 77, D)
+    x = torch.cat([emb[:, :1], soft.to(emb.dtype).expand(n_cls, -1, -1), emb[:, 1 + n :]], dim=1)
+    x = x + t.positional_embedding.to(x.dtype)
+    for i, blk in enumerate(t.transformer.resblocks):
+        if 1 <= i <= len(deep):
+            x = torch.cat([x[:, :1], deep[i - 1].to(x.dtype).expand(n_cls, -1, -1), x[:, 1 + n :]], dim=1)
+        x = blk(x, attn_mask=t.attn_mask)
+    x = t.ln_final(x)[torch.arange(n_cls), text.eot] @ t.text_projection
+    return x
+
+
+def logits_of(model, images: torch.Tensor, path: str) -> torch.Tensor:
+    if isinstance(model, MaPLeModel):
+        ctx, deep, v0, vs = model.prompts()
+        g = model.text(ctx, deep) if path == "ours" else reference_text(model.text, ctx, deep)
+        return model.logits(encode_image(model.clip, images, v0, vs), g)
+    g = model.text(model.ctx) if path == "ours" else reference_text(model.text, model.ctx, [])
+    with torch.no_grad():
+        f = encode_image(model.clip, images)
+    return model.logits(f, g)
+
+
+def saved_bytes(fn) -> tuple[torch.Tensor, int]:
+    """``fn()`` and the bytes of the tensors autograd saves for its backward."""
+    total = [0]
+
+    def pack(t):
+        total[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, total[0]
+
+
+def run(model, images, labels, path: str, steps: int, warmup: int, device) -> dict:
+    params = [p for p in model.parameters() if p.requires_grad]
+    state = [p.detach().clone() for p in params]
+    opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=5e-4)
+    times, first_loss, act = [], None, 0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for i in range(warmup + steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        logits, act = saved_bytes(lambda: logits_of(model, images, path))
+        loss = F.cross_entropy(logits, labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if first_loss is None:
+            first_loss = loss.item()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    with torch.no_grad():
+        for p, s in zip(params, state):
+            p.copy_(s)  # the other path starts from the same prompts
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
+    return {"time_s": statistics.median(times), "saved_mb": act / 2**20, "peak_mb": peak and peak / 2**20,
+            "loss": first_loss}  # fmt: skip
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="ViT-B-16")
+    ap.add_argument("--classes", type=int, default=100)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--methods", nargs="+", default=["coop", "maple"], choices=["coop", "maple"])
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    clip, _, tok = create_clip(args.model, "", quick_gelu=True if args.model != "ctta-tiny-clip" else None)
+    clip = clip.to(device)
+    size = clip.visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    images = torch.randn(args.batch, 3, size, size, device=device)
+    labels = torch.randint(0, args.classes, (args.batch,), device=device)
+    names = classnames(args.classes)
+    print(f"{args.model} (random weights), {args.classes} classes, batch {args.batch}, {args.device}, "
+          f"{args.threads} thread(s), median of {args.steps} step(s) after {args.warmup} warm-up")  # fmt: skip
+    for method in args.methods:
+        depth = min(9, len(clip.transformer.resblocks))
+        model = (CoOpModel(clip, tok, names, CoOpConfig(prec="fp32")) if method == "coop"
+                 else MaPLeModel(clip, tok, names, MaPLeConfig(depth=depth, prec="fp32"))).to(device)  # fmt: skip
+        ref = run(model, images, labels, "reference", args.steps, args.warmup, device)
+        ours = run(model, images, labels, "ours", args.steps, args.warmup, device)
+        cuda = f" | CUDA peak {ref['peak_mb']:.0f} vs {ours['peak_mb']:.0f} MB" if ref["peak_mb"] else ""
+        same = abs(ref["loss"] - ours["loss"]) <= 1e-4 * max(1.0, abs(ref["loss"]))
+        print(f"{method}: reference {ref['time_s']:.3f}s, saved {ref['saved_mb']:.1f} MB | ours {ours['time_s']:.3f}s, "
+              f"saved {ours['saved_mb']:.1f} MB | speed-up x{ref['time_s'] / ours['time_s']:.2f}, activation memory "
+              f"x{ref['saved_mb'] / max(ours['saved_mb'], 1e-9):.2f} | first-step loss {ref['loss']:.6f} vs "
+              f"{ours['loss']:.6f} ({'identical' if same else 'DIFFERENT'}){cuda}")  # fmt: skip
+        if not same:
+            raise SystemExit(f"{method}: the two paths disagree")
+
+
+if __name__ == "__main__":
+    main()
