@@ -70,6 +70,6 @@ def test_missing_dataset_is_reported_without_traceback(tmp_path, capsys):
             "backbone.pretrained=false",
         ]
     )
-    assert rc == 1
+    assert rc == 2  # a user error: exit code 2 like every other (issue 13), no traceback
     err = capsys.readouterr().err
     assert "CIFAR-100 not found" in err and "cifar-100-python.tar.gz" in err

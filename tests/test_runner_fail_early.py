@@ -68,3 +68,21 @@ def test_debug_shows_the_traceback(tmp_path):
     bad.write_text("seed: [1\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         main(["--debug", "run", str(bad)])
+
+
+def test_config_class_checks_are_config_errors(tmp_path, capsys):
+    tpt = str(ROOT / "configs" / "smoke" / "tpt_digits.yaml")
+    out = tmp_path / "out"
+    _fails_cleanly(capsys, ["run", tpt, *QUICK, f"log.out_dir={out}", "strategy.tta_steps=-1"], "strategy", "tta_steps")
+    assert not out.exists()
+
+
+def test_a_strategy_refusing_its_inputs_is_one_message(tmp_path, capsys, monkeypatch):
+    from ctta.runner import run as run_mod
+
+    def refuse(*a, **k):
+        raise ValueError("MVP needs a benchmark with\n  class names")
+
+    monkeypatch.setattr(run_mod, "build_strategy", refuse)
+    err = _fails_cleanly(capsys, ["run", VPT, *QUICK, f"log.out_dir={tmp_path}/o"], "class names", "--debug")
+    assert "ValueError" in err

@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"ctta: {e}", file=sys.stderr)
-        return 1
+        return 2
     except ConfigError as e:
         if args.debug:
             raise
@@ -115,6 +115,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"ctta: run diverged: {e} (recorded in results.json with status 'diverged')", file=sys.stderr)
+        return 2
+    except (ValueError, ImportError) as e:  # a strategy/scenario refusing its inputs, a missing optional extra
+        if args.debug:
+            raise
+        msg = " ".join(str(e).split())
+        print(f"ctta: {type(e).__name__}: {msg} (ctta --debug {args.cmd} ... shows the traceback)", file=sys.stderr)
         return 2
     finally:
         import torch.distributed as dist

@@ -158,7 +158,10 @@ def from_dict(cls: type, data: Mapping[str, Any] | None, where: str = "") -> Any
             kwargs[name] = _convert(data[name], hints[name], key)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"missing required key {key!r} ({cls.__name__})")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as e:  # the config class's own checks (__post_init__)
+        raise ConfigError(f"{where or cls.__name__}: {e}") from None
 
 
 def _section(kind: str, data: Any) -> Section:
