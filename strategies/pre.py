@@ -66,6 +66,10 @@ class PREModel(CoOpModel):
     def text_features(self) -> torch.Tensor:
         return self.text(self.encoder(self.ctx))  # (C, E)
 
+    def text_context(self) -> torch.Tensor:
+        """The re-parameterised context ``Enc(ctx) + ctx`` the text tower sees."""
+        return self.encoder(super().text_context())
+
 
 @STRATEGIES.register("pre", config=PREConfig)
 class PRE(PromptLearnerTemplate):

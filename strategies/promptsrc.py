@@ -119,9 +119,10 @@ class PromptSRC(PromptLearnerTemplate):
         with torch.no_grad():
             zs_image = m.teacher.image_features(self.mb_x)  # (B, E) frozen CLIP
             zs_logits = m.teacher.logits(zs_image)  # (B, C)
+        logits = self.mb_output if self.seen is None else self.mb_output[:, self.seen]  # the text head's classes
         scl = promptsrc_consistency(
             feats["text"].float(), m.teacher.text_features, feats["image"].float(), zs_image,
-            self.mb_output, zs_logits, cfg.text_loss_weight, cfg.image_loss_weight,
+            logits, zs_logits, cfg.text_loss_weight, cfg.image_loss_weight,
         )  # fmt: skip
         return ce + scl
 

@@ -11,13 +11,14 @@ Deviations: none.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from ctta.clip_prompting.text import PromptedText
 
-__all__ = ["PromptedCLIP", "clip_and_tokenizer"]
+__all__ = ["PromptedCLIP", "clip_and_tokenizer", "save_text_context"]
 
 
 def clip_and_tokenizer(backbone) -> tuple[nn.Module, object]:
@@ -88,3 +89,24 @@ class PromptedCLIP(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} must implement forward(images) -> logits")
+
+    def text_context(self) -> torch.Tensor:
+        """The shared context ``(M, D)`` a CoOp-style text prompt ``[SOS] ctx <name>.`` uses (what TPT can tune).
+
+        Raises:
+            TypeError: the method's prompt is not of that form (deep prompts, attribute words, per-class contexts).
+        """
+        ctx = getattr(self, "ctx", None)
+        deep = len(getattr(self, "deep_text", ()))
+        if ctx is None or ctx.dim() != 2 or self.text.layout != [ctx.shape[0]] or self.text.position != "end" or deep:
+            raise TypeError(f"{type(self).__name__}: the prompt is not a shared CoOp context TPT can tune")
+        return ctx
+
+
+def save_text_context(model: PromptedCLIP, path: str | Path) -> Path:
+    """Save ``model.text_context()`` as ``{"state_dict": {"ctx": (M, D)}}`` (CoOp's checkpoint key), the file
+    ``PromptTuningConfig(init="coop:<path>")`` starts TPT from."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {"ctx": model.text_context().detach().float().cpu()}}, path)
+    return path

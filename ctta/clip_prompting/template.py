@@ -8,7 +8,11 @@ PromptSRC, PRE, ATPrompt). References (behaviour read, re-implemented, no code c
 
 Evaluation rebuilds the text head for each test stream: a benchmark may carry ``stream_classnames`` (stream name
 -> class names, e.g. ``test`` -> base classes, ``test_new`` -> new classes); other streams use the benchmark's
-``classnames``. The text head returns to the training classes before training.
+``classnames``. The text head returns to the training classes before training. On a class-incremental stream
+(Avalanche's classes timeline, ``classnames`` naming every label) the text head covers the classes seen so far: only
+their prompts are encoded and the other labels get the logit ``MASKED_LOGIT`` (not with class-specific contexts,
+which keep every class). ``context_out`` saves the text context after each experience in the format TPT's
+``init="coop:<path>"`` reads.
 
 Deviations: ``prec="fp16"`` (CLIP and prompts in half precision, plain SGD) applies on CUDA only; on other devices
 the model stays in fp32. ``prec="amp"`` uses autocast without a gradient scaler.
@@ -67,6 +71,7 @@ class PromptLearnerConfig:
     warmup_lr: float = 1e-5
     prec: str = "fp16"  # fp16 (reference; CUDA only) | amp | fp32 | auto (the run's precision)
     truncate: bool = True  # exact truncation at the longest EOT (False: the 77-token reference path)
+    context_out: str = ""  # after each training experience save the text context here (TPT's init="coop:<path>")
     num_workers: int = 0
 
 
@@ -75,6 +80,14 @@ def _attr(obj, name: str):
         return getattr(obj, name, None)
     except Exception:  # Avalanche raises for unset origin attributes
         return None
+
+
+MASKED_LOGIT = -1e4  # logit of a class not seen yet (finite, so the loss of an unseen label stays finite)
+
+
+def stream_benchmark(exp):
+    """The benchmark ``exp``'s stream belongs to (None if unknown)."""
+    return _attr(_attr(exp, "origin_stream"), "benchmark")
 
 
 def stream_classnames(exp) -> list[str] | None:
@@ -171,6 +184,8 @@ class PromptLearnerTemplate(SupervisedTemplate):
         if self.prec == "fp16" and device.type == "cuda":
             self.model.half()
         self.train_classnames = list(getattr(model, "classnames", []) or [])
+        self.all_classnames = list(self.train_classnames)
+        self.seen: list[int] | None = None  # class-incremental: the head covers these label ids (None: all)
 
     # ------------------------------------------------------------------ arguments
     @classmethod
@@ -271,15 +286,47 @@ class PromptLearnerTemplate(SupervisedTemplate):
         super().make_train_dataloader(num_workers=nw, shuffle=shuffle, drop_last=drop_last, **kwargs)
 
     # ------------------------------------------------------------------ class names per stream
+    def _head(self, names: list[str], seen: list[int] | None) -> None:
+        self.seen = seen
+        if list(self.model.classnames) != names:
+            self.model.set_classnames(names)
+
+    def _class_incremental_seen(self) -> list[int] | None:
+        """Label ids seen so far on a class-incremental stream (Avalanche's classes timeline), else None."""
+        if getattr(stream_benchmark(self.experience), "stream_classnames", None):
+            return None  # ctta's few-shot benchmarks name the classes of every stream
+        ctx = getattr(self.model, "ctx", None)
+        if ctx is not None and ctx.dim() == 3:
+            return None  # class-specific contexts: the head keeps every class
+        seen = _attr(self.experience, "classes_seen_so_far")
+        if not seen or max(seen) >= len(self.all_classnames):
+            return None
+        return sorted(int(c) for c in seen)
+
     def _before_training_exp(self, **kwargs: Any) -> None:
-        if self.train_classnames and list(self.model.classnames) != self.train_classnames:
-            self.model.set_classnames(self.train_classnames)
+        seen = self._class_incremental_seen()
+        if seen is not None:
+            self._head([self.all_classnames[c] for c in seen], seen)
+        elif self.train_classnames:
+            self._head(self.train_classnames, None)
         super()._before_training_exp(**kwargs)
 
+    def _after_training_exp(self, **kwargs: Any) -> None:
+        if self.cfg.context_out:
+            from ctta.clip_prompting.model import save_text_context
+
+            save_text_context(self.model, self.cfg.context_out)
+        super()._after_training_exp(**kwargs)
+
     def _before_eval_exp(self, **kwargs: Any) -> None:
-        names = stream_classnames(self.experience)
-        if names and list(self.model.classnames) != names:
-            self.model.set_classnames(names)
+        per_stream = getattr(stream_benchmark(self.experience), "stream_classnames", None)
+        names = stream_classnames(self.experience) if per_stream else None
+        if names:
+            self._head(names, None)
+        elif self.seen is not None:
+            self._head([self.all_classnames[c] for c in self.seen], self.seen)
+        elif self.all_classnames:
+            self._head(self.all_classnames, None)
         super()._before_eval_exp(**kwargs)
 
     def eval_after_experience(self, benchmark, index: int) -> None:
@@ -302,5 +349,9 @@ class PromptLearnerTemplate(SupervisedTemplate):
         if self.prec == "fp16" and self.device.type == "cuda":
             x = x.half()
         with self._autocast():
-            out = self.model(x)
-        return out.float()
+            out = self.model(x).float()
+        if self.seen is not None:  # logits of the classes seen so far; the others are masked out
+            full = out.new_full((out.shape[0], len(self.all_classnames)), MASKED_LOGIT)
+            full[:, self.seen] = out
+            out = full
+        return out
