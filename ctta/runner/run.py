@@ -92,6 +92,7 @@ def prepare(cfg: RunConfig, outputs: bool = True) -> RunContext:
             f"strategy {cfg.strategy.name!r} does not support multi-process runs (WORLD_SIZE={dctx.world}); "
             f"run it in one process (supported: online continual learning and episodic test-time strategies)"
         )
+    distributed.barrier()  # every rank has checked the folder before rank 0 writes into it
     seed_everything(cfg.seed)
     run_id = uuid.uuid4().hex
     main = dctx.main and outputs
