@@ -45,3 +45,29 @@ def test_no_loggers_writes_no_log_files(tmp_path):
     run(load_config(TPT, [*FAST_TPT, f"log.out_dir={tmp_path}", "log.loggers=[]"]), verbose=False)
     assert not (tmp_path / "log.txt").exists() and not (tmp_path / "csv").exists()
     assert (tmp_path / "results.json").is_file()
+
+
+def test_multi_experience_test_time_run_pools_its_experiences():
+    from ctta.runner.run import _pooled_stream_metrics
+
+    class Evaluator:
+        def get_all_metrics(self):
+            return {
+                "Top1_Acc_Stream/eval_phase/test_stream": ([0, 0], [0.5, 0.25]),
+                "Top5_Acc_Stream/eval_phase/test_stream": ([0, 0], [1.0, 0.5]),
+            }
+
+    # the last experience's values were reported as the run's before
+    pooled = _pooled_stream_metrics(Evaluator(), {"top1": 0.25, "top5": 0.5}, [10, 30])
+    assert pooled == {"top1": pytest.approx(0.3125), "top5": pytest.approx(0.625)}
+    assert _pooled_stream_metrics(Evaluator(), {"top1": 0.25}, [10, 20, 30]) == {}  # calls != experiences: unchanged
+
+
+def test_domain_sequence_top1_counts_every_sample(tmp_path):
+    cfg = load_config(TPT, [*FAST_TPT, f"log.out_dir={tmp_path}", "scenario.datasets=[digits, digits]"])
+    from ctta.runner.run import execute, prepare
+
+    ctx = prepare(cfg)
+    assert len(ctx.bench.test_stream) == 2
+    results = execute(ctx, verbose=False)
+    assert results["summary"]["top1"] == pytest.approx(ctx.progress._correct / ctx.progress._n)

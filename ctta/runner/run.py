@@ -198,7 +198,8 @@ def execute(ctx: RunContext, verbose: bool = True) -> dict[str, Any]:
         close_loggers(ctx.evaluator)
     now = time.perf_counter()
     timings = {"setup_s": t_loop - ctx.t0, "stream_s": now - t_loop, "total_s": now - ctx.t0}
-    results = summarise(ctx.cfg, ctx.strategy, ctx.evaluator, ctx.progress, timings)
+    sizes = [len(exp.dataset) for exp in ctx.bench.test_stream] if ctx.is_tta else None
+    results = summarise(ctx.cfg, ctx.strategy, ctx.evaluator, ctx.progress, timings, sizes)
     results["status"] = "diverged" if diverged else "finished"
     if diverged:
         results["divergence"] = diverged.as_dict()
@@ -249,8 +250,31 @@ def _summary_key(metric) -> str:
     return f"top{k}" if isinstance(metric, TopKAccuracy) and k else str(metric)
 
 
-def summarise(cfg: RunConfig, strategy, evaluator, progress: ProgressPlugin, timings: dict) -> dict[str, Any]:
-    """Final metrics, evaluation history rows, config, versions, weight tags and timings."""
+def _pooled_stream_metrics(evaluator, summary: dict[str, float], sizes: list[int]) -> dict[str, float]:
+    """Whole-stream top-1 / top-k of a test-time run that evaluated its experiences one ``eval`` call each.
+
+    Each call emits stream metrics over that experience only; the run's value is their mean weighted by the
+    experience sizes (the accuracy over every sample), not the last experience's.
+    """
+    pooled = {}
+    history = evaluator.get_all_metrics()
+    for key, name in (
+        ("top1", "Top1_Acc_Stream/eval_phase/test_stream"),
+        ("top5", "Top5_Acc_Stream/eval_phase/test_stream"),
+    ):
+        values = history.get(name, ([], []))[1]
+        if key in summary and len(values) == len(sizes):
+            pooled[key] = sum(float(v) * n for v, n in zip(values, sizes)) / sum(sizes)
+    return pooled
+
+
+def summarise(
+    cfg: RunConfig, strategy, evaluator, progress: ProgressPlugin, timings: dict, test_sizes: list[int] | None = None
+) -> dict[str, Any]:
+    """Final metrics, evaluation history rows, config, versions, weight tags and timings.
+
+    ``test_sizes``: a test-time run's experience sizes (its experiences are evaluated one call each).
+    """
     m = anytime_metric(evaluator)
     rows: list[dict[str, Any]] = []
     summary: dict[str, float] = {}
@@ -271,6 +295,8 @@ def summarise(cfg: RunConfig, strategy, evaluator, progress: ProgressPlugin, tim
     top1 = [v for k, v in last.items() if k.startswith("Top1_Acc_Stream/eval_phase/test_stream")]
     if top1 and "mAP" not in summary:  # argmax top-1 is meaningless for multi-hot targets
         summary.setdefault("top1", top1[-1])
+    if test_sizes is not None and len(test_sizes) > 1:  # one eval call per experience: pool them, not the last
+        summary |= _pooled_stream_metrics(evaluator, summary, test_sizes)
     bb = to_dict(cfg.backbone)
     return {
         "title": f"{cfg.strategy.name} on {cfg.scenario.name} (seed {cfg.seed})",
