@@ -140,12 +140,13 @@ def test_avalanche_arguments_on_avalanche_benchmarks(name, kind, cache):
     strategy, model = build(name, cache, silent_evaluator(), plugins=[count])
     assert any(m is model for m in strategy.model.modules()), "the strategy must wrap the user's model, not a copy"
     assert count in strategy.plugins
-    before = cc.state(model)
+    before, attributes = cc.state(model), set(vars(bench))
     stream = list(cc.online(bench)) if kind == "online" else list(bench.train_stream)
 
     res = run(strategy, bench, stream)
 
     check_accuracy(res)
+    assert set(vars(bench)) == attributes, f"attributes set on the benchmark: {set(vars(bench)) - attributes}"
     changed = cc.identical(model, before)
     assert not changed, f"backbone tensors changed: {changed[:5]}"
     assert count.eval_streams.count("test") >= len(bench.test_stream), "the user's plugin missed eval events"
