@@ -32,11 +32,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ctta.utils import trainable_parameters
-
 __all__ = [
     "DistContext",
-    "ShardedTraining",
     "all_gather_cat",
     "all_reduce_grads",
     "all_reduce_sum",
@@ -275,89 +272,3 @@ def get_attr_path(root: Any, path: str) -> Any:
     for name in path.split("."):
         root = getattr(root, name)
     return root
-
-
-class _WholeStreamLoaders:
-    """Under torchrun every rank reads the whole stream in order (ctta shards each batch itself, see
-    ``ctta.distributed``), so Avalanche's automatic ``DistributedSampler`` is switched off."""
-
-    def _obtain_common_dataloader_parameters(self, **kwargs: Any) -> dict[str, Any]:
-        args = super()._obtain_common_dataloader_parameters(**kwargs)
-        avalanche_loader = not self.is_training or hasattr(self.experience, "task_labels")  # else a torch DataLoader
-        if context().active and avalanche_loader:
-            args["distributed_sampling"] = False
-        return args
-
-
-class ShardedTraining(_WholeStreamLoaders):
-    """Exact multi-process training for an Avalanche template under torchrun (the scheme of the module docstring).
-
-    A strategy runs its forward on ``on_shard`` (this rank's rows of the global batch), lists in ``loss_inputs``
-    the per-sample outputs its ``criterion()`` reads, and calls ``distributed_loss`` instead of its criterion when
-    distributed; ``backward()`` then back-propagates the surrogate and sums the gradients over ranks.
-    """
-
-    _surrogate: torch.Tensor | None = None  # what backward() back-propagates in a distributed update
-    _in_distributed_loss = False
-
-    def on_shard(self, fn, ctx):
-        """``fn()`` with ``self.mbatch`` replaced by this rank's contiguous rows (restored afterwards)."""
-        full = self.mbatch
-        self.mbatch = [shard(t, ctx) for t in full]
-        try:
-            return fn()
-        finally:
-            self.mbatch = full
-
-    def loss_inputs(self) -> dict[str, Any]:
-        """Per-sample outputs ``criterion()`` reads in training, by attribute path from the strategy.
-
-        Under torchrun they are gathered over the global update batch (rank order = batch order) before the loss.
-        """
-        return {"mb_output": self.mb_output}
-
-    def gather_loss_inputs(self, inputs: dict[str, Any], gather) -> dict[str, Any]:
-        """Global-batch versions of ``inputs``: ``gather(t)`` concatenates a per-sample tensor over ranks.
-
-        The default gathers every tensor (dataclasses and containers are walked); override for values that are
-        not per-sample (e.g. pool-level statistics) or for bookkeeping that must see the global batch.
-        """
-        return {k: map_tensors(v, gather) for k, v in inputs.items()}
-
-    def _set_loss_inputs(self, values: dict[str, Any]) -> None:
-        for path, v in values.items():
-            set_attr_path(self, path, v)
-
-    def distributed_loss(self, ctx) -> torch.Tensor:
-        """The global batch's loss (detached; for logging); its surrogate is kept for ``backward()``.
-
-        Summed over ranks the surrogates' gradients equal the one-process gradient (module docstring).
-        """
-        cache: dict[int, torch.Tensor] = {}
-
-        def gather(t: torch.Tensor) -> torch.Tensor:
-            if id(t) not in cache:
-                cache[id(t)] = all_gather_cat(t)
-            return cache[id(t)]
-
-        glob = self.gather_loss_inputs(self.loss_inputs(), gather)
-        self._in_distributed_loss = True
-        try:
-            self._set_loss_inputs(glob)
-            value = self.criterion()
-            surrogate = value
-            if not ctx.main:  # remove the direct (parameter-only) gradient part: rank 0 contributes it once
-                self._set_loss_inputs(detach_tree(glob))
-                surrogate = value - self.criterion()
-                self._set_loss_inputs(glob)
-        finally:
-            self._in_distributed_loss = False
-        self._surrogate = surrogate
-        return value.detach()
-
-    def backward(self) -> None:
-        surrogate, self._surrogate = self._surrogate, None
-        if surrogate is None:
-            return super().backward()
-        surrogate.backward()
-        all_reduce_grads(trainable_parameters(self.model))

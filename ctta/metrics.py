@@ -1,6 +1,7 @@
 """Online continual-learning metrics as Avalanche ``PluginMetric``s: A_auc, A_last, A_avg, F_last, top-1.
 
-Definitions follow spec si-blurry-mvp.md §9 (Si-Blurry / MVP, Moon et al. ICCV 2023; lineage i-Blurry):
+Definitions follow Si-Blurry / MVP (Moon et al., ICCV 2023, arXiv 2308.09303; reference
+moonjunyyy/Si-Blurry@c4024ce ``utils/train_utils.py``, lineage i-Blurry):
 
 * accuracy = correct / count over the evaluated samples (sample-weighted top-1);
 * A_auc = mean of the periodic accuracies only (task-end evaluations excluded);
@@ -26,7 +27,7 @@ F_LAST_VARIANTS = ("official", "standard")
 
 
 def f_last(per_class_history: list[dict[int, tuple[int, int]]], variant: str = "official") -> float:
-    """F_last from task-end per-class ``{class: (correct, count)}`` dicts, oldest first (spec §9)."""
+    """F_last from task-end per-class ``{class: (correct, count)}`` dicts, oldest first."""
     if variant not in F_LAST_VARIANTS:
         raise ValueError(f"f_last variant {variant!r}; valid: {list(F_LAST_VARIANTS)}")
     if len(per_class_history) < 2:
@@ -49,6 +50,18 @@ def f_last(per_class_history: list[dict[int, tuple[int, int]]], variant: str = "
             continue
         drops.append(best - (acc(last, c) or 0.0))
     return float(np.mean(drops)) if drops else 0.0
+
+
+_KIND_NAMES = {"periodic": "Periodic", "task_end": "TaskEnd"}
+
+
+def _stream_name(strategy: Any) -> str:
+    """``<name>_stream`` of the experience being evaluated (Avalanche's metric-name convention)."""
+    try:
+        name = strategy.experience.origin_stream.name
+    except Exception:  # no experience / unset origin stream
+        name = "test"
+    return name if name.endswith("_stream") else f"{name}_stream"
 
 
 class AnytimeAccuracy(PluginMetric[dict]):
@@ -92,21 +105,25 @@ class AnytimeAccuracy(PluginMetric[dict]):
             self._correct[c] = self._correct.get(c, 0) + int(ok)
 
     def after_eval_exp(self, strategy: Any) -> list[MetricValue]:
+        """Avalanche-style names ``<metric>/eval_phase/<stream>_stream``: ``Top1_Acc_Anytime`` for every
+        evaluation; after anytime evaluations also ``Acc_Periodic`` / ``Acc_TaskEnd`` and ``A_auc``, ``A_last``,
+        ``A_avg``, ``F_last``."""
         n = sum(self._count.values())
         if n == 0:
             return []
         acc = sum(self._correct.values()) / n
         kind = getattr(strategy, "eval_kind", None)
         x = int(getattr(strategy, "eval_x", 0) or getattr(strategy, "seen_samples", 0))
-        values = [MetricValue(self, "Top1_Acc_Eval", acc, x)]
+        suffix = f"eval_phase/{_stream_name(strategy)}"
+        values = [MetricValue(self, f"Top1_Acc_Anytime/{suffix}", acc, x)]
         if kind == "periodic":
             self.periodic.append((x, acc))
         elif kind == "task_end":
             self.task_end.append((x, acc))
             self.task_end_per_class.append({c: (self._correct[c], self._count[c]) for c in self._count})
         if kind is not None:
-            values.append(MetricValue(self, f"Acc_{kind}", acc, x))
-            values += [MetricValue(self, k, v, x) for k, v in self.result().items()]
+            values.append(MetricValue(self, f"Acc_{_KIND_NAMES.get(kind, kind)}/{suffix}", acc, x))
+            values += [MetricValue(self, f"{k}/{suffix}", v, x) for k, v in self.result().items()]
         return values
 
     def state_dict(self) -> dict:
@@ -154,10 +171,8 @@ class TopKAccuracy(PluginMetric[float]):
         self.count += len(y)
 
     def after_eval(self, strategy) -> list[MetricValue]:
-        name = getattr(getattr(strategy.experience, "origin_stream", None), "name", "test_stream")
-        name = name if name.endswith("_stream") else f"{name}_stream"
         x = strategy.clock.train_iterations
-        return [MetricValue(self, f"Top{self.k}_Acc_Stream/eval_phase/{name}", self.result(), x)]
+        return [MetricValue(self, f"Top{self.k}_Acc_Stream/eval_phase/{_stream_name(strategy)}", self.result(), x)]
 
     def __str__(self) -> str:
         return f"Top{self.k}_Acc_Stream"

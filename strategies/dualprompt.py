@@ -120,7 +120,10 @@ class DualPromptModel(nn.Module):
 class DualPrompt(PromptERTemplate):
     """DualPrompt (task-free E-prompt selection) with the Si-Blurry reference's training protocol."""
 
-    @classmethod
-    def build_model(cls, cfg: DualPromptConfig, backbone: nn.Module, num_classes: int) -> DualPromptModel:
+    config_class = DualPromptConfig
+    model_class = DualPromptModel
+
+    def build_model(self, backbone: nn.Module, num_classes: int) -> DualPromptModel:
+        cfg = self.cfg
         return DualPromptModel(backbone, num_classes, cfg.pool_size, cfg.g_layers, cfg.g_length, cfg.e_layers,
                                cfg.e_length, cfg.pull_weight)  # fmt: skip

@@ -108,7 +108,10 @@ class L2PModel(nn.Module):
 class L2P(PromptERTemplate):
     """L2P with the Si-Blurry reference's quirks (keys never trained unless ``l2p_train_keys``)."""
 
-    @classmethod
-    def build_model(cls, cfg: L2PConfig, backbone: nn.Module, num_classes: int) -> L2PModel:
+    config_class = L2PConfig
+    model_class = L2PModel
+
+    def build_model(self, backbone: nn.Module, num_classes: int) -> L2PModel:
+        cfg = self.cfg
         return L2PModel(backbone, num_classes, cfg.pool_size, cfg.top_k, cfg.prompt_length, cfg.l2p_train_keys,
                         cfg.key_loss_weight)  # fmt: skip

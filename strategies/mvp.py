@@ -36,7 +36,6 @@ from ctta import distributed
 from ctta.prompts.pool import PoolSelection, PromptPool
 from ctta.registry import STRATEGIES
 from ctta.templates import OnlineCLTemplate
-from ctta.utils import trainable_parameters
 
 __all__ = [
     "MVPConfig",
@@ -320,23 +319,35 @@ class QueryCache:
 class MVP(OnlineCLTemplate):
     """MVP as an ``OnlineCLTemplate`` (Avalanche ``SupervisedTemplate``).
 
-    Args:
-        model: ``MVPModel``.
-        optimizer: optimiser over the trainable parameters (Adam, lr 5e-3 in the reference).
-        num_classes: C.
-        train_augment: batch augmentation applied at every update (e.g. the benchmark's ``train_augment``).
-        **kwargs: ``OnlineCLTemplate`` arguments (``train_mb_size``, ``eval_every``, ``eval_dataset``, ...);
-            ``online_iters`` comes from ``model.cfg``.
+    ``model``: a timm ViT (``num_classes=0``), a ``PromptedViT`` or an ``MVPModel`` (whose ``cfg`` is then the
+    config); the method's keyword arguments are the fields of ``MVPConfig``. ``optimizer=None``: Adam at ``lr``
+    (weight decay 0, never reset); a user optimiser is re-pointed at the trainable parameters. The loss (GSF over
+    AFS logits + L_CVPT) is the method's: ``criterion`` is refused.
     """
 
+    config_class = MVPConfig
+    model_class = MVPModel
     applies_seen_mask = True
+    criterion_refusal = (
+        "MVP's loss is GSF-weighted cross-entropy of the AFS logits plus L_CVPT (set use_afs, use_gsf, "
+        "use_contrastiv, alpha, gamma, margin, cvpt_negatives, gsf_reduction instead)"
+    )
 
-    def __init__(self, *, model: MVPModel, optimizer, num_classes: int, **kwargs) -> None:
-        kwargs.setdefault("online_iters", model.cfg.online_iters)
-        super().__init__(model=model, optimizer=optimizer, num_classes=num_classes, **kwargs)
-        self.cfg: MVPConfig = model.cfg
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if self.cfg.augmentation == "none":
+            self.train_augment = None
         self._out: MVPOutput | None = None
         self.query_cache = QueryCache(enabled=self.cfg.cache_query)
+
+    def config_for(self, config, model):
+        return model.cfg if config is None and isinstance(model, MVPModel) else config
+
+    def build_model(self, backbone: nn.Module, num_classes: int) -> MVPModel:
+        return MVPModel(backbone, num_classes, self.cfg)
+
+    def reference_optimizer(self, params) -> torch.optim.Optimizer:
+        return torch.optim.Adam(params, lr=self.cfg.lr)  # wd 0, default betas
 
     def after_incoming_batch(self) -> None:
         """The frozen query of this batch is never reused by the next one."""
@@ -365,13 +376,3 @@ class MVP(OnlineCLTemplate):
         if not self.is_training:
             return super().criterion()
         return mvp_loss(self.model, self._out, self.mb_y_pos, self.seen_mask())
-
-    @classmethod
-    def from_config(cls, cfg: MVPConfig, *, backbone, benchmark, device, evaluator, plugins=(), precision="auto"):
-        """Build MVP on ``benchmark`` (uses ``n_classes``, ``test_dataset``, ``batch_size``, ``train_augment``)."""
-        model = MVPModel(backbone, benchmark.n_classes, cfg)
-        optimizer = torch.optim.Adam(trainable_parameters(model), lr=cfg.lr)  # wd 0, default betas
-        kw = cls.online_kwargs(cfg, benchmark, device=device, evaluator=evaluator, plugins=plugins, precision=precision)
-        if cfg.augmentation == "none":
-            kw["train_augment"] = None
-        return cls(model=model, optimizer=optimizer, **kw)

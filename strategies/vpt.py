@@ -55,14 +55,20 @@ class PromptedClassifier(nn.Module):
 
 @STRATEGIES.register("vpt", config=VPTConfig)
 class VPT(OnlineCLTemplate):
-    """Shallow prompt tuning + linear head on a frozen ViT (online baseline)."""
+    """Shallow prompt tuning + linear head on a frozen ViT (online baseline).
+
+    ``model``: a timm ViT (``num_classes=0``), a ``PromptedViT`` or a ``PromptedClassifier``; ``optimizer=None``:
+    Adam at ``lr``; any ``criterion`` (called on the position logits and labels; default cross-entropy).
+    """
+
+    config_class = VPTConfig
+    model_class = PromptedClassifier
+
+    def build_model(self, backbone: nn.Module, num_classes: int) -> PromptedClassifier:
+        return PromptedClassifier(backbone, num_classes, self.cfg.n_prompts)
+
+    def reference_optimizer(self, params) -> torch.optim.Optimizer:
+        return torch.optim.Adam(params, lr=self.cfg.lr)
 
     def forward_logits(self) -> torch.Tensor:
         return self.model(self.mb_x)
-
-    @classmethod
-    def from_config(cls, cfg: VPTConfig, *, backbone, benchmark, device, evaluator, plugins=(), precision="auto"):
-        model = PromptedClassifier(backbone, benchmark.n_classes, cfg.n_prompts)
-        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-        kw = cls.online_kwargs(cfg, benchmark, device=device, evaluator=evaluator, plugins=plugins, precision=precision)
-        return cls(model=model, optimizer=opt, **kw)

@@ -1,4 +1,4 @@
-"""A_auc / A_last / A_avg / F_last definitions (spec si-blurry-mvp.md §9) on hand-made histories."""
+"""A_auc / A_last / A_avg / F_last definitions (Si-Blurry / MVP) on hand-made histories; top-k against torchmetrics."""
 
 from __future__ import annotations
 
@@ -45,3 +45,22 @@ def test_anytime_result_uses_periodic_for_auc_and_task_end_for_last():
     s = AnytimeAccuracy()
     s.load_state_dict(m.state_dict())
     assert s.result() == r
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_top_k_accuracy_metric_equals_torchmetrics(k):
+    from types import SimpleNamespace
+
+    import torch
+    from torchmetrics.functional.classification import multiclass_accuracy
+
+    from ctta.metrics import TopKAccuracy
+
+    g = torch.Generator().manual_seed(k)
+    logits, y = torch.randn(40, 10, generator=g), torch.randint(0, 10, (40,), generator=g)
+    m = TopKAccuracy(k)
+    m.before_eval(None)
+    for lo in range(0, 40, 16):  # mini-batches of an evaluation
+        m.after_eval_iteration(SimpleNamespace(mb_output=logits[lo : lo + 16], mb_y=y[lo : lo + 16]))
+    want = multiclass_accuracy(logits, y, num_classes=10, top_k=k, average="micro")
+    assert m.result() == pytest.approx(float(want), abs=1e-7)

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from ctta.strategies.multilane.metrics import (
+    THRESHOLD,
     MultiLabelMetrics,
     TaskAveragedAccuracy,
     average_precision,
@@ -132,3 +133,37 @@ def test_task_averaged_plugin_ignores_multi_hot_and_fills_matrix(monkeypatch):
     _run(m, _strategy(1, 1, torch.zeros(2, 2), torch.zeros(2, 2)))  # multi-hot: ignored
     out = {v.name: v.value for v in m.after_eval(s)}
     assert out == {"Top1_Acc_TaskAvg": 0.5}
+
+
+def _scores_targets(seed=0, n=50, c=6):
+    g = torch.Generator().manual_seed(seed)
+    s = torch.rand(n, c, generator=g, dtype=torch.float64)
+    s[:, 2] = (s[:, 2] * 4).round() / 4  # tied scores
+    s[0, 0] = THRESHOLD  # exactly at the threshold: not a positive prediction
+    t = (torch.rand(n, c, generator=g) > 0.6).long()
+    t[:, c - 1] = 0  # a class without positives
+    return s, t
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_map_equals_torchmetrics(seed):
+    from torchmetrics.functional.classification import multilabel_average_precision
+
+    s, t = _scores_targets(seed)
+    c = s.shape[1]
+    # torchmetrics >= 1.x scores a class without positives 0 ("zero"); it computes in float32 (hence 1e-6)
+    want_zero = float(multilabel_average_precision(s, t, num_labels=c, average="macro"))
+    assert mean_average_precision(s, t, "zero") == pytest.approx(want_zero, abs=1e-6)
+    want_skip = float(multilabel_average_precision(s[:, :-1], t[:, :-1], num_labels=c - 1))
+    assert mean_average_precision(s, t, "skip") == pytest.approx(want_skip, abs=1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cf1_of1_equal_torchmetrics_macro_and_micro_f1(seed):
+    from torchmetrics.functional.classification import multilabel_f1_score
+
+    s, t = _scores_targets(seed)
+    kw = dict(num_labels=s.shape[1], threshold=THRESHOLD, zero_division=0)
+    cf1, of1 = f1_scores(s, t)
+    assert cf1 == pytest.approx(float(multilabel_f1_score(s, t, average="macro", **kw)), abs=1e-6)
+    assert of1 == pytest.approx(float(multilabel_f1_score(s, t, average="micro", **kw)), abs=1e-6)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctta.data.siblurry_aug import cutmix
-from ctta.templates import OnlineCLTemplate
+from ctta.templates.online import OnlineCLTemplate
 
 __all__ = ["PromptERConfig", "PromptERTemplate", "cls_position", "make_head"]
 
@@ -73,15 +73,24 @@ def make_head(dim: int, num_classes: int) -> nn.Linear:
 class PromptERTemplate(OnlineCLTemplate):
     """Online ER-trainer protocol for prompt models that expose ``aux_loss()`` (see module docstring).
 
-    Args:
-        cutmix_prob, cutmix_alpha: see ``PromptERConfig``.
-        **kwargs: ``OnlineCLTemplate`` arguments (``train_augment``, ``memory_size``, ``memory_batch_size``, ...).
+    ``optimizer=None``: Adam at the config's ``lr`` (a user optimiser is re-pointed at the trainable parameters).
+    The loss (CE with CutMix over exposed positions + the model's auxiliary loss) is the protocol's: ``criterion``
+    is refused. Methods set ``config_class`` / ``model_class`` and implement ``build_model(backbone, num_classes)``.
     """
 
-    def __init__(self, *, cutmix_prob: float = 0.5, cutmix_alpha: float = 1.0, **kwargs) -> None:
+    config_class = PromptERConfig
+    criterion_refusal = (
+        "the ER-trainer loss is cross-entropy over exposed classes with CutMix plus the prompt model's auxiliary "
+        "loss (set cutmix_prob, cutmix_alpha and the method's loss weights instead)"
+    )
+
+    def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.cutmix_prob, self.cutmix_alpha = float(cutmix_prob), float(cutmix_alpha)
+        self.cutmix_prob, self.cutmix_alpha = float(self.cfg.cutmix_prob), float(self.cfg.cutmix_alpha)
         self._mix: tuple[torch.Tensor, float] | None = None  # (perm, lam) of the current update
+
+    def reference_optimizer(self, params) -> torch.optim.Optimizer:
+        return torch.optim.Adam(params, lr=self.cfg.lr)
 
     def augment(self, x: torch.Tensor) -> torch.Tensor:
         """The benchmark's batch augmentation, then CutMix with probability ``cutmix_prob`` (whole update batch)."""
@@ -107,14 +116,3 @@ class PromptERTemplate(OnlineCLTemplate):
             perm, lam = self._mix
             ce = lam * F.cross_entropy(logits, y) + (1 - lam) * F.cross_entropy(logits, y[perm])
         return ce + self.model.aux_loss()
-
-    @classmethod
-    def build_model(cls, cfg, backbone: nn.Module, num_classes: int) -> nn.Module:
-        raise NotImplementedError(f"{cls.__name__}.build_model")
-
-    @classmethod
-    def from_config(cls, cfg, *, backbone, benchmark, device, evaluator, plugins=(), precision="auto"):
-        model = cls.build_model(cfg, backbone, benchmark.n_classes)
-        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-        kw = cls.online_kwargs(cfg, benchmark, device=device, evaluator=evaluator, plugins=plugins, precision=precision)
-        return cls(model=model, optimizer=opt, cutmix_prob=cfg.cutmix_prob, cutmix_alpha=cfg.cutmix_alpha, **kw)

@@ -13,50 +13,82 @@ import torch
 
 from ctta.backbones.clip_tuner import PromptTuner, PromptTuningConfig
 from ctta.metrics import TopKAccuracy
-from ctta.templates import TestTimeTemplate
+from ctta.templates.base import split_arguments
+from ctta.templates.benchmark_info import infer_classnames
+from ctta.templates.test_time import TestTimeTemplate
 
-__all__ = ["PromptTuningTemplate"]
+__all__ = ["PromptTuningTemplate", "clip_parts"]
+
+_OWN_ARGS = ("config", "classnames", "tokenizer", "tuner", "precision")
+_PLACEHOLDER_CLASSNAMES = ("object",)  # until the first experience brings the class names
 
 
 class PromptTuningTemplate(TestTimeTemplate):
     """Test-time prompt tuning of CLIP as an Avalanche strategy: ``eval(exp)`` tunes and predicts every test sample
     (``mb_x`` = views) with a ``PromptTuner`` (TPT, DiffTPT).
 
-    Mini-batches are ``(B, N, 3, H, W)`` views (``scenarios/test_time.py``); ``B = episode_batch``. The class names
-    of an experience come from ``experience.classnames`` (else the benchmark's), and text artefacts are rebuilt
-    when they change. Episodic mode resets the context after every sample (the paper's setting); continual mode
-    (``episodic=False``) keeps the context and its AdamW state across the stream.
+    Mini-batches are ``(B, N, 3, H, W)`` views (``ctta.scenarios.test_time``); ``B = episode_batch``. The class
+    names of an experience come from ``experience.classnames`` (else its dataset's or benchmark's, else
+    ``classnames=``), and text artefacts are rebuilt when they change. Episodic mode resets the context after
+    every sample (the paper's setting); continual mode (``episodic=False``) keeps the context and its AdamW state.
+
+    Args (beyond Avalanche's; the config's fields are keyword arguments too):
+        model: an open_clip CLIP model or ctta's ``CLIPBackbone`` (its tokenizer is used).
+        config: the method's config dataclass.
+        classnames: class names when the benchmark does not carry them.
+        tokenizer: text tokenizer (default: the backbone's, else open_clip's ``SimpleTokenizer``, offline).
+        tuner: an already built ``PromptTuner`` (instead of ``model``).
+        precision: accepted for the runner's contract; mixed precision is the config's ``amp`` field.
     """
+
+    config_class = PromptTuningConfig
+    optimizer_refusal = (
+        "test-time prompt tuning resets its own AdamW for every test sample (episode); set lr, weight_decay, "
+        "betas, eps and tta_steps instead"
+    )
+    criterion_refusal = (
+        "the loss is the marginal entropy of the mean prediction over the selected confident views; set "
+        "selection_p (and the method's selection fields) instead"
+    )
 
     def __init__(
         self,
         *,
-        tuner: PromptTuner,
+        model=None,
+        config=None,
         classnames: Sequence[str] | None = None,
-        device="auto",
-        plugins=None,
-        evaluator=None,
+        tokenizer=None,
+        tuner: PromptTuner | None = None,
+        precision: str = "fp32",
         **kwargs,
     ) -> None:
+        template, method_kwargs = split_arguments(kwargs)
+        self.check_arguments(template.get("optimizer"), template.get("criterion"), template.get("train_epochs"))
+        if tuner is None:
+            if model is None:
+                raise TypeError(f"{type(self).__name__} needs model= (an open_clip CLIP model)")
+            self.cfg = self.resolve_config(config, method_kwargs, _OWN_ARGS)
+            clip, tok = clip_parts(model, tokenizer)
+            tuner = self.make_tuner(clip, tok, classnames if classnames else _PLACEHOLDER_CLASSNAMES, self.cfg)
+        else:
+            self.resolve_config(None, method_kwargs, _OWN_ARGS)
+            self.cfg = tuner.cfg
         self.tuner = tuner
-        self.default_classnames = list(classnames) if classnames is not None else None
+        self.default_classnames = list(classnames) if classnames else None
         self.selected: list[torch.Tensor] = []
-        super().__init__(
-            model=tuner.model,
-            episodic=tuner.cfg.episodic,
-            eval_mb_size=tuner.cfg.episode_batch,
-            device=device,
-            plugins=plugins,
-            evaluator=evaluator,
-            precision="fp32",
-            **kwargs,
-        )
+        template["eval_mb_size"] = template.get("eval_mb_size") or tuner.cfg.episode_batch
+        super().__init__(model=tuner.model, episodic=tuner.cfg.episodic, precision="fp32", **template)
+
+    def make_tuner(self, clip_model, tokenizer, classnames: Sequence[str], cfg) -> PromptTuner:
+        """The method's ``PromptTuner`` (DiffTPT plugs its view filtration in)."""
+        return PromptTuner(clip_model, tokenizer, classnames, cfg)
 
     def _before_eval_exp(self, **kwargs) -> None:
-        names = getattr(self.experience, "classnames", None) or self.default_classnames
+        names = infer_classnames(self.experience, self.default_classnames)
         if names is None:
             raise ValueError(
-                f"{type(self).__name__} needs class names: set benchmark.classnames or experience.classnames"
+                f"{type(self).__name__} needs class names: pass classnames= to the strategy, or use a benchmark "
+                "whose experiences (or datasets) carry .classnames"
             )
         self.tuner.set_classnames(names)
         self.tuner.plan(len(self.experience.dataset))
@@ -79,11 +111,25 @@ class PromptTuningTemplate(TestTimeTemplate):
         return (TopKAccuracy(5),)
 
     @classmethod
-    def from_config(
-        cls, cfg: PromptTuningConfig, *, backbone, benchmark, device, evaluator, plugins=(), precision="auto"
-    ):
+    def benchmark_kwargs(cls, cfg, benchmark) -> dict:
         names = getattr(benchmark, "classnames", None)
         if not names:
             raise ValueError(f"{cls.__name__} needs a benchmark with class names (benchmark.classnames)")
-        tuner = PromptTuner(backbone.model, backbone.tokenizer, names, cfg)
-        return cls(tuner=tuner, classnames=names, device=device, plugins=list(plugins), evaluator=evaluator)
+        return {"classnames": names}
+
+
+def clip_parts(model, tokenizer=None):
+    """``(open_clip model, tokenizer)`` from an open_clip CLIP or a wrapper holding one (``CLIPBackbone``).
+
+    The tokenizer is ``tokenizer``, else the wrapper's, else open_clip's ``SimpleTokenizer`` (bundled vocabulary,
+    works offline) at the model's context length.
+    """
+    clip = next((getattr(model, a) for a in ("model", "clip") if hasattr(model, a)), model)
+    if not hasattr(clip, "encode_image") or not hasattr(clip, "encode_text"):
+        raise TypeError(f"expected an open_clip CLIP model (encode_image/encode_text), got {type(model).__name__}")
+    tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+    if tok is None:
+        import open_clip
+
+        tok = open_clip.SimpleTokenizer(context_length=int(getattr(clip, "context_length", 77) or 77))
+    return clip, tok

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from avalanche.benchmarks.scenarios import DatasetExperience
 from avalanche.benchmarks.scenarios.generic_scenario import EagerCLStream
-from avalanche.training.templates import SupervisedTemplate
+from avalanche.evaluation.metric_results import MetricValue
 from ctta.strategies.damvp.clustering import cluster_features, collect_features, default_tau
 from ctta.strategies.damvp.config import DAMVPConfig
 from ctta.strategies.damvp.model import (
@@ -50,10 +50,11 @@ from ctta.strategies.damvp.reptile import MetaTask, ReptileMetaTrainer, reptile_
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ctta import distributed
-from ctta.distributed import ShardedTraining
+from ctta.backbones.vit import PromptedViT
 from ctta.registry import STRATEGIES
-from ctta.utils import autocast, resolve_device
+from ctta.templates.epoch import EpochTemplate
+from ctta.templates.prompt_tuning import clip_parts
+from ctta.utils import autocast
 
 
 def warmup_cosine_lr(step: int, base: float, warmup: int, total: int) -> float:
@@ -86,38 +87,74 @@ def _resolve(cfg: DAMVPConfig) -> tuple[str, str, str, float]:
 
 
 @STRATEGIES.register("damvp", config=DAMVPConfig)
-class DAMVP(ShardedTraining, SupervisedTemplate):
+class DAMVP(EpochTemplate):
     """DAM-VP over a stream of downstream datasets (one experience each; one experience = the paper's setting).
 
-    Args:
-        model: a ``DAMVPModel``.
-        config: the ``DAMVPConfig``.
-        n_classes: size of the global label space (datasets occupy disjoint class-id blocks).
+    Args (Avalanche's, plus the fields of ``DAMVPConfig`` as keyword arguments):
+        model: a timm ViT (``num_classes=0``), a ``PromptedViT``, an open_clip CLIP (``backbone_key`` ``clip-*``;
+            ctta's ``CLIPBackbone`` too) or a ``DAMVPModel``.
+        train_mb_size, train_epochs, eval_mb_size: default to the config's ``batch_size``, ``epochs``,
+            ``eval_batch_size``.
+        num_classes: size of the global label space (datasets occupy disjoint class-id blocks); None: from the
+            benchmark's class timeline or the experiences' targets.
         datasets: optional per-dataset info ``[{"name", "classes", "classnames"}]`` indexed by experience id.
-        valid_stream, test_stream: optional per-dataset validation/test experiences (same indices).
-        device, plugins, evaluator, precision: as Avalanche / ctta.
+        valid_stream, test_stream: optional per-dataset validation/test experiences (same indices); their
+            accuracies are logged through the evaluator as ``Top1_Acc_Valid`` / ``Top1_Acc_Test``
+            (``<metric>/train_phase/<stream>_stream/Exp<d>``).
+        tokenizer: text tokenizer for CLIP (default: the backbone's, else open_clip's).
     """
 
     distributed_ok = True  # torchrun: exact sharded updates; clustering and accuracy loops replicated per rank
+    config_class = DAMVPConfig
+    model_class = DAMVPModel
+    optimizer_refusal = (
+        "DAM-VP builds one SGD per dataset over its cluster prompts (and head) with per-iteration warm-up and "
+        "cosine learning rate; set lr, head_lr, weight_decay and head_tuning_optimizer instead"
+    )
+    criterion_refusal = (
+        "DAM-VP's loss is cross-entropy over the current dataset's own classes (noise read-out, head or CLIP "
+        "logits, chosen by backbone_key / adapt_method)"
+    )
 
     def __init__(
-        self, *, model: DAMVPModel, config: DAMVPConfig, n_classes: int, datasets=None, valid_stream=None,
-        test_stream=None, device="auto", plugins=None, evaluator=None, precision: str = "auto", **kwargs: Any,
+        self, *, model, datasets=None, valid_stream=None, test_stream=None, tokenizer=None, **kwargs: Any
     ) -> None:  # fmt: skip
-        self.adapt_method, self.feature, self.meta_variant, self.meta_lr = _resolve(config)
-        placeholder = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.0)  # replaced per dataset
-        super().__init__(
-            model=model, optimizer=placeholder, criterion=nn.CrossEntropyLoss(), train_mb_size=config.batch_size,
-            train_epochs=config.epochs, eval_mb_size=config.eval_batch_size, device=resolve_device(device),
-            plugins=plugins, evaluator=evaluator if evaluator is not None else _default_evaluator(), **kwargs,
-        )  # fmt: skip
-        self.cfg, self.n_classes, self.precision = config, int(n_classes), precision
+        self._tokenizer = tokenizer
+        super().__init__(model=model, **kwargs)
+        self.adapt_method, self.feature, self.meta_variant, self.meta_lr = _resolve(self.cfg)
         self.datasets = list(datasets or [])
         self.valid_exps = list(valid_stream) if valid_stream is not None else []
         self.test_exps = list(test_stream) if test_stream is not None else []
         self.history: dict[int, list[dict]] = {}
         self.seen_samples, self.eval_kind, self.eval_x = 0, None, 0
         self._order: torch.Tensor | None = None  # noise read-out order (computed once)
+
+    @property
+    def n_classes(self) -> int:
+        return self.class_count()
+
+    def prepare_backbone(self, model):
+        """phi's ``Featurizer`` over the user's backbone (a plain ViT is wrapped as ``PromptedViT``)."""
+        cfg = self.cfg
+        _, feature, _, _ = _resolve(cfg)
+        rep = tok = None
+        if feature == "pre_logits_tanh":
+            if not cfg.representation_path:
+                raise ValueError(
+                    "vit-b-22k phi needs strategy.representation_path (the in21k checkpoint with pre_logits)"
+                )
+            rep = load_representation(cfg.representation_path, int(model.embed_dim))
+        if feature == "clip_logits":
+            model, tok = clip_parts(model, self._tokenizer)
+        elif not isinstance(model, PromptedViT):
+            model = PromptedViT(model)
+        return Featurizer(model, feature, rep, tok)
+
+    def ready_to_build(self) -> bool:
+        return True
+
+    def build_model(self, backbone, experience) -> DAMVPModel:
+        return DAMVPModel(backbone, _initial_meta_prompt(self.cfg, backbone.image_size))
 
     # ------------------------------------------------------------------ dataset setup
     def _dataset_id(self) -> int:
@@ -194,10 +231,6 @@ class DAMVP(ShardedTraining, SupervisedTemplate):
         self._total = len(self.dataloader) * self.train_epochs
         self._warmup = self._total // 5
 
-    def check_model_and_optimizer(self, **kwargs: Any) -> None:
-        self.model = self.model_adaptation()
-        self.make_optimizer()
-
     def make_optimizer(self, **kwargs: Any) -> None:
         """SGD over the current dataset's prompts (one group each) and head (spec §6.1/§6.2)."""
         ad = self.model.adapter(self._dataset_id())
@@ -220,25 +253,18 @@ class DAMVP(ShardedTraining, SupervisedTemplate):
         self._step += 1
         super()._before_training_iteration(**kwargs)
 
-    def forward(self) -> torch.Tensor:
-        ctx = distributed.context()
-        if not ctx.active:
-            return self._forward_local()
-        local = self.on_shard(self._forward_local, ctx)  # torchrun: this rank's rows (ctta/distributed.py)
-        return distributed.all_gather_cat(local.detach() if self.is_training else local, live=False)
-
     def loss_inputs(self) -> dict:
         return {"mb_logits_local": self.mb_logits_local}
 
-    def _forward_local(self) -> torch.Tensor:
-        with autocast(self.device, self.precision):
-            if self.is_training:
-                d = self._dataset_id()
-                self.mb_logits_local = self.model.dataset_logits(self.mb_x, d).float()
-                out = self.mb_x.new_full((len(self.mb_x), self.n_classes), float("-inf"), dtype=torch.float32)
-                out[:, self.model.adapter(d).classes] = self.mb_logits_local
-                return out
-            return self.model(self.mb_x, self._mb_dataset_ids(), self.n_classes)
+    def forward_train(self) -> torch.Tensor:
+        d = self._dataset_id()
+        self.mb_logits_local = self.model.dataset_logits(self.mb_x, d).float()
+        out = self.mb_x.new_full((len(self.mb_x), self.n_classes), float("-inf"), dtype=torch.float32)
+        out[:, self.model.adapter(d).classes] = self.mb_logits_local
+        return out
+
+    def forward_eval(self) -> torch.Tensor:
+        return self.model(self.mb_x, self._mb_dataset_ids(), self.n_classes)
 
     def _mb_dataset_ids(self) -> torch.Tensor:
         if len(self.mbatch) >= 3:
@@ -246,9 +272,6 @@ class DAMVP(ShardedTraining, SupervisedTemplate):
         return torch.full((len(self.mb_x),), self._dataset_id(), dtype=torch.long, device=self.mb_x.device)
 
     def criterion(self) -> torch.Tensor:
-        ctx = distributed.context()
-        if ctx.active and self.is_training and not self._in_distributed_loss:
-            return self.distributed_loss(ctx)
         if self.is_training:
             ad = self.model.adapter(self._dataset_id())
             return F.cross_entropy(self.mb_logits_local, _local_labels(self.mb_y, ad.classes))
@@ -275,7 +298,22 @@ class DAMVP(ShardedTraining, SupervisedTemplate):
         if every > 0 and epoch > 0 and (epoch + 1) % every == 0 and d < len(self.test_exps):
             rec["test_acc"] = self._test_best(ad, d)
         self.history[d].append(rec)
+        self._publish(rec, d)
         super()._after_training_epoch(**kwargs)
+
+    def _publish(self, rec: dict, d: int) -> None:
+        """Validation / test accuracy to the evaluator's loggers (not with ``evaluator=None``: nothing is logged)."""
+        ev = self.evaluator
+        if not (ev.metrics or ev.loggers):
+            return
+        x = self.clock.train_iterations
+        for key, metric, exps in (
+            ("val_acc", "Top1_Acc_Valid", self.valid_exps),
+            ("test_acc", "Top1_Acc_Test", self.test_exps),
+        ):
+            if key in rec:
+                stream = _stream_name(exps[d])
+                ev.publish_metric_value(MetricValue(self, f"{metric}/train_phase/{stream}/Exp{d:03d}", rec[key], x))
 
     def _snapshot(self, ad: DatasetAdapter) -> dict:
         snap = {"bank": copy.deepcopy(ad.bank.state_dict())}
@@ -377,25 +415,22 @@ class DAMVP(ShardedTraining, SupervisedTemplate):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_config(cls, cfg: DAMVPConfig, *, backbone, benchmark, device, evaluator, plugins=(), precision="auto"):
-        _, feature, _, _ = _resolve(cfg)
-        dev = resolve_device(device)
-        rep = tok = None
-        if feature == "pre_logits_tanh":
-            if not cfg.representation_path:
-                raise ValueError(
-                    "vit-b-22k phi needs strategy.representation_path (the in21k checkpoint with pre_logits)"
-                )
-            rep = load_representation(cfg.representation_path, int(backbone.embed_dim))
-        if feature == "clip_logits":
-            backbone, tok = _clip_parts(backbone)
-        fz = Featurizer(backbone, feature, rep, tok)
-        meta = _initial_meta_prompt(cfg, fz.image_size)
-        return cls(
-            model=DAMVPModel(fz, meta), config=cfg, n_classes=benchmark.n_classes, datasets=_dataset_info(benchmark),
-            valid_stream=getattr(benchmark, "valid_stream", None), test_stream=getattr(benchmark, "test_stream", None),
-            device=dev, plugins=list(plugins), evaluator=evaluator, precision=precision,
-        )  # fmt: skip
+    def benchmark_kwargs(cls, cfg: DAMVPConfig, benchmark) -> dict:
+        """ctta's transfer benchmark: class count, per-dataset info, validation and test streams."""
+        return {
+            "num_classes": benchmark.n_classes,
+            "datasets": _dataset_info(benchmark),
+            "valid_stream": getattr(benchmark, "valid_stream", None),
+            "test_stream": getattr(benchmark, "test_stream", None),
+        }
+
+
+def _stream_name(exp) -> str:
+    try:
+        name = exp.origin_stream.name
+    except Exception:  # an experience without origin stream
+        name = "valid"
+    return name if name.endswith("_stream") else f"{name}_stream"
 
 
 class _LocalLabels:
@@ -446,18 +481,3 @@ def _dataset_info(bench) -> list[dict]:
     names = getattr(bench, "dataset_names", None) or [None] * len(classes)
     cnames = getattr(bench, "dataset_classnames", None) or [None] * len(classes)
     return [{"name": n, "classes": c, "classnames": cn} for n, c, cn in zip(names, classes, cnames)]
-
-
-def _clip_parts(backbone):
-    """(open_clip model, tokenizer) from the CLIP backbone object."""
-    model = next((getattr(backbone, a) for a in ("model", "clip") if hasattr(backbone, a)), backbone)
-    tok = getattr(backbone, "tokenizer", None)
-    if tok is None:
-        raise TypeError(f"CLIP backbone {type(backbone).__name__} exposes no tokenizer")
-    return model, tok
-
-
-def _default_evaluator():
-    from ctta.logging import make_evaluator
-
-    return make_evaluator()

@@ -124,30 +124,29 @@ def denormalize(x: torch.Tensor) -> torch.Tensor:
 class DiffTPT(PromptTuningTemplate):
     """DiffTPT as an Avalanche strategy on ``PromptTuningTemplate`` (shared with TPT): episodic or continual.
 
-    Args:
-        tuner: a ``PromptTuner`` built with DiffTPT's ``select_fn`` (``make_tuner``).
+    Args (beyond ``TPT``'s; the fields of ``DiffTPTConfig`` are keyword arguments):
         diffusion_views: generator + cache appending diffusion views to each mini-batch
-            (``diffusion_source=view0``), or None when the stream already carries them.
-        classnames, device, plugins, evaluator: as ``TPT``.
+            (``diffusion_source=view0``), or None when the stream already carries them. Built from the config when
+            ``diffusion_source`` is ``view0`` and none is given (needs the ``diffusion`` extra's packages).
+        tuner: a ``PromptTuner`` built with DiffTPT's ``select_fn`` (``make_tuner``), instead of ``model``.
     """
 
-    def __init__(
-        self,
-        *,
-        tuner: PromptTuner,
-        diffusion_views: DiffusionViews | None = None,
-        classnames: Sequence[str] | None = None,
-        device="auto",
-        plugins=None,
-        evaluator=None,
-        **kwargs,
-    ) -> None:
-        if not isinstance(tuner.cfg, DiffTPTConfig):
+    config_class = DiffTPTConfig
+
+    def __init__(self, *, diffusion_views: DiffusionViews | None = None, **kwargs) -> None:
+        tuner = kwargs.get("tuner")
+        if tuner is not None and not isinstance(tuner.cfg, DiffTPTConfig):
             raise TypeError(f"DiffTPT needs a tuner configured with DiffTPTConfig, got {type(tuner.cfg).__name__}")
         self.diffusion_views = diffusion_views
-        super().__init__(
-            tuner=tuner, classnames=classnames, device=device, plugins=plugins, evaluator=evaluator, **kwargs
-        )
+        super().__init__(**kwargs)
+        if diffusion_views is None and self.cfg.diffusion_source in ("view0", "auto"):  # auto: no stream views
+            size = getattr(kwargs.get("model"), "image_size", None) or _image_size(self.tuner.clip)
+            self.diffusion_views = DiffusionViews(
+                self.cfg.diffusion, n_views=self.cfg.n_diffusion_views, view_size=size, device=self.device
+            )
+
+    def make_tuner(self, clip_model, tokenizer, classnames, cfg) -> PromptTuner:
+        return make_tuner(clip_model, tokenizer, classnames, cfg)
 
     @property
     def n_diffusion(self) -> int:
@@ -214,11 +213,9 @@ class DiffTPT(PromptTuningTemplate):
                 _log.info("DiffTPT: %d diffusion images generated, cache %s", dv.generated - before, dv.cache.dir)
 
     @classmethod
-    def from_config(cls, cfg: DiffTPTConfig, *, backbone, benchmark, device, evaluator, plugins=(), precision="auto"):
-        names = getattr(benchmark, "classnames", None)
-        if not names:
-            raise ValueError("DiffTPT needs a benchmark with class names (benchmark.classnames)")
-        tuner = make_tuner(backbone.model, backbone.tokenizer, names, cfg)
+    def benchmark_kwargs(cls, cfg: DiffTPTConfig, benchmark) -> dict:
+        """Class names, and whether the stream carries the diffusion views (``benchmark.diffusion_views``)."""
+        kw = super().benchmark_kwargs(cfg, benchmark)
         stream_views = int(getattr(benchmark, "diffusion_views", 0) or 0)
         source = cfg.diffusion_source
         if source == "auto":
@@ -228,16 +225,10 @@ class DiffTPT(PromptTuningTemplate):
                 f"diffusion_source=stream: the benchmark carries {stream_views} diffusion views per "
                 f"sample, the config expects n_diffusion_views={cfg.n_diffusion_views}"
             )
-        views = None
-        if source == "view0":
-            views = DiffusionViews(
-                cfg.diffusion, n_views=cfg.n_diffusion_views, view_size=backbone.image_size, device=device
-            )
-        return cls(
-            tuner=tuner,
-            diffusion_views=views,
-            classnames=names,
-            device=device,
-            plugins=list(plugins),
-            evaluator=evaluator,
-        )
+        kw["diffusion_source"] = source
+        return kw
+
+
+def _image_size(clip) -> int:
+    size = getattr(getattr(clip, "visual", None), "image_size", 224)
+    return int(size[0] if isinstance(size, (tuple, list)) else size)

@@ -31,16 +31,15 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from avalanche.training.templates import SupervisedTemplate
 from ctta.strategies.multilane.config import MultiLaneConfig
 from ctta.strategies.multilane.metrics import multilane_metrics
 from torch import nn
 
-from ctta import distributed
 from ctta.backbones.vit import PromptedViT, _attention, block_forward
-from ctta.distributed import ShardedTraining
 from ctta.registry import STRATEGIES
-from ctta.utils import autocast, resolve_device, trainable_parameters
+from ctta.templates.benchmark_info import experience_classes
+from ctta.templates.epoch import EpochTemplate
+from ctta.utils import trainable_parameters
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -319,60 +318,78 @@ def masked_ce(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torc
 
 # ----------------------------------------------------------------------------------------------- strategy
 @STRATEGIES.register("multilane", config=MultiLaneConfig)
-class MultiLane(ShardedTraining, SupervisedTemplate):
+class MultiLane(EpochTemplate):
     """MULTI-LANE as an Avalanche strategy: per-task epochs over one experience = one task = one lane.
 
     Experiences must carry ``classes_in_this_experience`` (C_t); ``experience.current_experience`` selects the
     lane. ``y`` multi-hot ``(B, C)`` -> masked BCE, ``y`` integer ``(B,)`` -> masked CE. Evaluation returns concat
     logits over the trained lanes (untrained classes at -inf).
 
-    Args:
-        model: a ``MultiLaneModel``.
-        lr: Adam learning rate (fresh Adam and cosine schedule per experience).
-        train_mb_size, train_epochs, eval_mb_size: as in Avalanche.
-        bce_reduction: ``"mean"`` (reference) or ``"task_columns"``.
-        clip_grad_norm: optional gradient-norm clipping (off in the reference).
-        num_workers: dataloader workers.
-        precision: ``ctta.utils.autocast`` precision.
+    Args (Avalanche's, plus the fields of ``MultiLaneConfig`` as keyword arguments):
+        model: a timm ViT (``num_classes=0``), a ``PromptedViT`` or a ``MultiLaneModel``. From a backbone the model
+            is built with ``num_classes`` (else from the benchmark) and ``num_tasks`` lanes (else the number of
+            experiences of the training stream).
+        train_mb_size, train_epochs, eval_mb_size: default to the config's ``batch_size``, ``epochs``,
+            ``eval_batch_size``.
+        num_classes: label-space size. precision: ``ctta.utils.autocast`` precision.
     """
 
-    distributed_ok = True  # torchrun: exact sharded updates (``ctta.templates.ShardedTraining``)
+    config_class = MultiLaneConfig
+    model_class = MultiLaneModel
+    optimizer_refusal = (
+        "MULTI-LANE builds a fresh Adam (no weight decay) with a per-epoch cosine schedule over the new lane for "
+        "every task; set lr (and clip_grad_norm) instead"
+    )
+    criterion_refusal = (
+        "MULTI-LANE's loss is masked BCE over the task's classes (multi-hot targets) or masked CE (class labels), "
+        "plus the TaskIdentifier loss in head_mode='task'; set bce_reduction instead"
+    )
 
-    def __init__(
-        self, *, model: MultiLaneModel, lr: float = 0.015, train_mb_size: int = 128, train_epochs: int = 30,
-        eval_mb_size: int = 24, bce_reduction: str = "mean", clip_grad_norm: float | None = None,
-        num_workers: int = 0, device="cpu", plugins=None, evaluator=None, precision: str = "auto", **kwargs,
-    ) -> None:  # fmt: skip
-        if bce_reduction not in ("mean", "task_columns"):
-            raise ValueError(f"bce_reduction={bce_reduction!r}; valid: ['mean', 'task_columns']")
-        if evaluator is None:
-            from ctta.logging import make_evaluator
-
-            evaluator = make_evaluator(extra_metrics=multilane_metrics())
-        super().__init__(
-            model=model, optimizer=torch.optim.Adam(trainable_parameters(model), lr=lr),
-            criterion=nn.BCEWithLogitsLoss(), train_mb_size=train_mb_size, train_epochs=train_epochs,
-            eval_mb_size=eval_mb_size, device=resolve_device(device), plugins=plugins, evaluator=evaluator, **kwargs,
-        )  # fmt: skip
-        self.lr, self.bce_reduction, self.clip_grad_norm = lr, bce_reduction, clip_grad_norm
-        self.num_workers, self.precision = num_workers, precision
+    def __init__(self, *, model, **kwargs) -> None:
+        reduction = kwargs.get("bce_reduction", getattr(kwargs.get("config"), "bce_reduction", "mean"))
+        if reduction not in ("mean", "task_columns"):
+            raise ValueError(f"bce_reduction={reduction!r}; valid: ['mean', 'task_columns']")
+        super().__init__(model=model, **kwargs)
+        cfg = self.cfg
+        self.lr, self.bce_reduction, self.clip_grad_norm = cfg.lr, cfg.bce_reduction, cfg.clip_grad_norm
         self.scheduler = None
         self.task_id: int | None = None
         self._aux: torch.Tensor | None = None  # per-sample TaskIdentifier terms (B,) in training
-        self._local_out: torch.Tensor | None = None  # this rank's logits in a distributed update
+
+    def prepare_backbone(self, model: nn.Module) -> nn.Module:
+        return model if isinstance(model, PromptedViT) else PromptedViT(model)
+
+    def ready_to_build(self) -> bool:
+        return self.num_classes is not None and self.cfg.num_tasks is not None
+
+    def build_model(self, backbone: nn.Module, experience) -> MultiLaneModel:
+        cfg = self.cfg
+        tasks = cfg.num_tasks or len(experience.origin_stream)
+        return MultiLaneModel(
+            backbone, self.class_count(), tasks,
+            num_selectors=cfg.num_selectors, num_prompts=cfg.num_prompts, num_prompt_layers=cfg.num_prompt_layers,
+            drop_and_replace=cfg.drop_and_replace, summarizer=cfg.summarizer, tome_k=cfg.tome_k,
+            head_mode=cfg.head_mode, pre_head_normalize=cfg.pre_head_normalize, normalize_input=cfg.normalize_input,
+        )  # fmt: skip
 
     # -- per-task set-up (§5.1-5.3)
-    def check_model_and_optimizer(self, **kwargs) -> None:
-        self.model = self.model_adaptation()
-        classes = getattr(self.experience, "classes_in_this_experience", None)
+    def start_experience(self) -> None:
+        classes = experience_classes(self.experience)
         if not classes:
             raise ValueError(
-                "MULTI-LANE trains one lane per experience and needs experience.classes_in_this_experience "
-                "(the task's class set); build the benchmark with scenarios 'multilabel' or 'class_incremental'"
+                "MULTI-LANE trains one lane per experience and needs the task's class set: "
+                "experience.classes_in_this_experience, or targets on the experience's dataset"
             )
-        self.task_id = int(self.experience.current_experience)
-        self.model.start_task(self.task_id, classes)
-        self.make_optimizer()
+        self.task_id = t = int(self.experience.current_experience)
+        m = self.model
+        if 0 <= t < m.num_tasks and bool(m.lane_started[t]):  # re-entering a lane: its class set must not change
+            had = torch.nonzero(m.class_task == t).flatten().tolist()
+            if had != sorted(classes):
+                raise ValueError(
+                    f"experience {t} brings classes {sorted(classes)[:10]} but lane {t} was trained on {had[:10]}: "
+                    "one experience is one task; set classes_in_this_experience / current_experience consistently"
+                )
+        m.start_task(t, classes)
 
     def make_optimizer(self, **kwargs) -> None:
         """Fresh Adam (betas 0.9/0.999, eps 1e-8, no weight decay) + per-epoch cosine over trainable tensors."""
@@ -385,38 +402,19 @@ class MultiLane(ShardedTraining, SupervisedTemplate):
         if self.scheduler is not None:
             self.scheduler.step()
 
-    def make_train_dataloader(self, num_workers: int | None = None, **kwargs) -> None:
-        super().make_train_dataloader(num_workers=self.num_workers if num_workers is None else num_workers, **kwargs)
-
-    def make_eval_dataloader(self, num_workers: int | None = None, **kwargs) -> None:
-        super().make_eval_dataloader(num_workers=self.num_workers if num_workers is None else num_workers, **kwargs)
-
     # -- forward / loss
-    def forward(self) -> torch.Tensor:
-        ctx = distributed.context()
-        if not ctx.active:
-            return self._forward_local()
-        local = self.on_shard(self._forward_local, ctx)  # torchrun: this rank's rows (ctta/distributed.py)
-        if self.is_training:
-            self._local_out = local
-            return distributed.all_gather_cat(local.detach(), live=False)
-        return distributed.all_gather_cat(local, live=False)
+    def forward_train(self) -> torch.Tensor:
+        logits, self._aux = self.model.forward_train(self.mb_x, self.task_id, reduce=False)  # aux (B,)
+        return logits  # (B, C)
 
-    def _forward_local(self) -> torch.Tensor:
-        with autocast(self.device, self.precision):
-            if self.is_training:
-                logits, self._aux = self.model.forward_train(self.mb_x, self.task_id, reduce=False)  # aux (B,)
-            else:
-                logits, self._aux = self.model(self.mb_x), None
-        return logits.float()  # (B, C)
+    def forward_eval(self) -> torch.Tensor:
+        self._aux = None
+        return self.model(self.mb_x)  # (B, C)
 
     def loss_inputs(self) -> dict:
-        return {"mb_output": self._local_out, "_aux": self._aux}
+        return {"mb_output": self.mb_output_local, "_aux": self._aux}
 
     def criterion(self) -> torch.Tensor:
-        ctx = distributed.context()
-        if ctx.active and self.is_training and not self._in_distributed_loss:
-            return self.distributed_loss(ctx)
         ct = self.model.class_task
         mask = (ct == self.task_id) if self.is_training else (ct >= 0)  # (C,)
         if not bool(mask.any()):
@@ -445,17 +443,6 @@ class MultiLane(ShardedTraining, SupervisedTemplate):
         return multilane_metrics(cfg.map_no_positive)
 
     @classmethod
-    def from_config(cls, cfg: MultiLaneConfig, *, backbone, benchmark, device, evaluator, plugins=(), precision="auto"):
-        """Build model and strategy from the config; lanes = ``num_tasks`` or the number of experiences."""
-        model = MultiLaneModel(
-            backbone, benchmark.n_classes, cfg.num_tasks or len(benchmark.train_stream),
-            num_selectors=cfg.num_selectors, num_prompts=cfg.num_prompts, num_prompt_layers=cfg.num_prompt_layers,
-            drop_and_replace=cfg.drop_and_replace, summarizer=cfg.summarizer, tome_k=cfg.tome_k,
-            head_mode=cfg.head_mode, pre_head_normalize=cfg.pre_head_normalize, normalize_input=cfg.normalize_input,
-        )  # fmt: skip
-        return cls(
-            model=model, lr=cfg.lr, train_mb_size=cfg.batch_size, train_epochs=cfg.epochs,
-            eval_mb_size=cfg.eval_batch_size, bce_reduction=cfg.bce_reduction, clip_grad_norm=cfg.clip_grad_norm,
-            num_workers=cfg.num_workers, device=device, plugins=list(plugins), evaluator=evaluator,
-            precision=precision,
-        )  # fmt: skip
+    def benchmark_kwargs(cls, cfg: MultiLaneConfig, benchmark) -> dict:
+        """Lanes = ``num_tasks`` or the number of experiences; classes = the benchmark's ``n_classes``."""
+        return {"num_classes": benchmark.n_classes, "num_tasks": cfg.num_tasks or len(benchmark.train_stream)}
