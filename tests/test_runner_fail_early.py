@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ctta.runner.cli import main
-from ctta.runner.config import ConfigError
+from ctta.runner.config import ConfigError, load_config
 from tests.conftest import ROOT
 
 VPT = str(ROOT / "configs" / "smoke" / "vpt_digits.yaml")
@@ -86,3 +86,21 @@ def test_a_strategy_refusing_its_inputs_is_one_message(tmp_path, capsys, monkeyp
     monkeypatch.setattr(run_mod, "build_strategy", refuse)
     err = _fails_cleanly(capsys, ["run", VPT, *QUICK, f"log.out_dir={tmp_path}/o"], "class names", "--debug")
     assert "ValueError" in err
+
+
+def test_image_size_the_backbone_cannot_take_fails_before_loading(tmp_path, capsys):
+    tpt = str(ROOT / "configs" / "smoke" / "tpt_digits.yaml")
+    out = tmp_path / "out"
+    argv = ["run", tpt, *QUICK, f"log.out_dir={out}", "scenario.resolution=224"]  # the tiny CLIP takes 32 px
+    _fails_cleanly(capsys, argv, "scenario.resolution=224", "32", "scenario.resolution=32")
+    argv = ["run", VPT, *QUICK, f"log.out_dir={out}", "backbone.img_size=64"]
+    _fails_cleanly(capsys, argv, "scenario.img_size=32", "64")
+    assert not out.exists()
+
+
+def test_every_shipped_config_passes_the_image_size_check():
+    from ctta.runner.run import check_image_size
+
+    for path in sorted((ROOT / "configs").rglob("*.yaml")):
+        if "_base" not in path.parts:
+            check_image_size(load_config(path))

@@ -80,6 +80,7 @@ def prepare(cfg: RunConfig, outputs: bool = True) -> RunContext:
     """
     t0 = time.perf_counter()
     check_device(cfg.device)
+    check_image_size(cfg)
     out = Path(cfg.log.out_dir)
     if outputs:  # before anything loads: a folder we may write, no earlier run to overwrite, a resumable match
         check_out_dir(out, resume=cfg.resume, overwrite=cfg.overwrite)
@@ -134,6 +135,48 @@ def check_device(device: str) -> None:
             )
     if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise RunError("device=mps but MPS is not available on this machine; use device=cpu or device=auto")
+
+
+_SCENARIO_SIZE_KEYS = ("resolution", "img_size", "image_size")
+
+
+def _backbone_image_size(cfg: RunConfig) -> int | None:
+    """The input side the configured backbone takes, from its config alone (no weights load); None if unknown."""
+    bp = cfg.backbone.params
+    if cfg.backbone.name == "vit":
+        if getattr(bp, "img_size", None):
+            return int(bp.img_size)
+        import timm
+
+        pc = timm.get_pretrained_cfg(bp.model) if timm.is_model(bp.model.split(".")[0]) else None
+        return int(pc.input_size[-1]) if pc is not None and pc.input_size else None
+    if cfg.backbone.name == "clip":
+        from ctta.backbones.clip import TINY_CLIP_CONFIGS
+
+        name = bp.model.replace("/", "-")
+        if name in TINY_CLIP_CONFIGS:
+            return int(TINY_CLIP_CONFIGS[name]["vision_cfg"]["image_size"])
+        import open_clip
+
+        mc = open_clip.get_model_config(name)
+        size = (mc or {}).get("vision_cfg", {}).get("image_size")
+        return int(size[0] if isinstance(size, (list, tuple)) else size) if size else None
+    return None
+
+
+def check_image_size(cfg: RunConfig) -> None:
+    """Raise ``RunError`` (before data and weights load) when the scenario's images cannot enter the backbone."""
+    key = next((k for k in _SCENARIO_SIZE_KEYS if getattr(cfg.scenario.params, k, None)), None)
+    if key is None:
+        return
+    side, takes = int(getattr(cfg.scenario.params, key)), _backbone_image_size(cfg)
+    if takes is None or side == takes:
+        return
+    alt = f" or backbone.img_size={side}" if cfg.backbone.name == "vit" else ""
+    raise RunError(
+        f"scenario.{key}={side} but the {cfg.backbone.name} backbone {cfg.backbone.params.model} takes {takes}-px "
+        f"images; set scenario.{key}={takes}{alt}"
+    )
 
 
 def _fmt(v: Any) -> str:
