@@ -3,8 +3,7 @@ Rehearsal-free Continual Learning", ECCV 2022, arXiv 2204.04799), as run by the 
 (Moon et al., ICCV 2023, arXiv 2308.09303).
 
 Reference: moonjunyyy/Si-Blurry@c4024ce ``models/dualprompt.py`` run through the ER trainer
-``methods/er_baseline.py`` (``--mode er --model_name dualprompt``), re-implemented from
-``specs/si-blurry-mvp.md`` §12; no code copied.
+``methods/er_baseline.py`` (``--mode er --model_name dualprompt``), re-implemented; no code copied.
 
 Model: frozen ViT (``vit_base_patch16_224.orig_in21k``). G-prompt: 5 tokens at each of layers 0-1, shared by
 all images. E-prompt: a pool of 10 (key, prompt) pairs (``ctta.prompts.PromptPool``), 20 tokens at each of layers
@@ -37,7 +36,7 @@ from ctta.templates.prompt_er import PromptERConfig, PromptERTemplate, cls_posit
 
 @dataclass(frozen=True)
 class DualPromptConfig(PromptERConfig):
-    """DualPrompt on Si-Blurry (reference defaults, spec §12).
+    """DualPrompt on Si-Blurry (reference defaults).
 
     Attributes:
         pool_size: E-prompt pool size.

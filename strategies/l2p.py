@@ -2,7 +2,7 @@
 arXiv 2112.08654), as run by the Si-Blurry/MVP paper (Moon et al., ICCV 2023, arXiv 2308.09303).
 
 Reference: moonjunyyy/Si-Blurry@c4024ce ``models/l2p.py`` run through the ER trainer ``methods/er_baseline.py``
-(``--mode er --model_name l2p``), re-implemented from ``specs/si-blurry-mvp.md`` §12; no code copied.
+(``--mode er --model_name l2p``), re-implemented; no code copied.
 
 Model: frozen ViT (``vit_base_patch16_224.orig_in21k``); pool of 10 keys/prompts (U(-1, 1) init), each prompt
 5 tokens; the query is the final-layer normed CLS token of the un-prompted image; the top-5 prompts by
@@ -42,7 +42,7 @@ from ctta.templates.prompt_er import PromptERConfig, PromptERTemplate, cls_posit
 # ----------------------------------------------------------------------------------------------------- L2P
 @dataclass(frozen=True)
 class L2PConfig(PromptERConfig):
-    """L2P on Si-Blurry (reference defaults, spec §12).
+    """L2P on Si-Blurry (reference defaults).
 
     Attributes:
         pool_size: number of (key, prompt) pairs.

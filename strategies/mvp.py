@@ -2,13 +2,13 @@
 
 Paper: Moon et al., "Online Continual Learning on Hierarchical Label Expansion" / MVP, ICCV 2023
 (arXiv 2308.09303). Reference: moonjunyyy/Si-Blurry@c4024ce (``methods/mvp.py``, ``models/mvp.py``),
-re-implemented from ``specs/si-blurry-mvp.md`` §5-§8; no code copied. Defaults reproduce the reference:
+re-implemented; no code copied. Defaults reproduce the reference:
 query = CLS after 11 frozen blocks without the final norm; top-1 prompt selected by ``d * (count + 1)`` at train
 and test time; G prompts (layers 0-1, 5 tokens) and E prompts (layers 2-4, 20 tokens) appended and dropped after
 each block; instance-wise logit mask ``mu = 2 sigmoid(mask[p*])``; loss = GSF(AFS logits) + L_CVPT with the
 official broadcasting; Adam 5e-3, never reset; 3 updates per incoming batch of 64.
 
-Options for every official-vs-paper difference (spec §11): ``query_use_last_layer``, ``cvpt_negatives``,
+Options for every official-vs-paper difference: ``query_use_last_layer``, ``cvpt_negatives``,
 ``gsf_reduction``, ``pool_size``, the four ``use_*`` flags.
 
 Deviations from the reference code (results unchanged unless stated):
@@ -18,7 +18,7 @@ Deviations from the reference code (results unchanged unless stated):
   prompt tokens only contribute keys/values, and the last block of each pass computes only the CLS output
   (``ctta.backbones.vit.block_forward``; same values up to float rounding, tested). When an update's input batch
   is bitwise equal to the previous update's (augmentation off), the frozen query is reused (``cache_query``).
-- The replay memory works (spec §8): reservoir over (dataset, index) references, 32 replayed samples per step.
+- The replay memory works: reservoir over (dataset, index) references, 32 replayed samples per step.
   The reference crashes with memory > 0.
 - No ``LambdaLR(1)`` scheduler object (a constant factor of 1 is the identity); no per-step CPU accumulation.
 """
@@ -54,7 +54,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class MVPConfig:
-    """MVP strategy config (defaults = the published setting, spec §10).
+    """MVP strategy config (defaults = the published setting).
 
     Attributes:
         lr: Adam learning rate (constant, never reset).
@@ -72,7 +72,7 @@ class MVPConfig:
         gsf_reduction: "batch" (official, one scalar weight) | "per_sample".
         memory_size: replay memory size (0 = rehearsal-free, the published setting).
         memory_batch_size: replayed samples added to each update.
-        augmentation: "scenario" (the benchmark's ``train_augment``, spec §3) | "none".
+        augmentation: "scenario" (the benchmark's ``train_augment``) | "none".
         cache_query: reuse the frozen query when an update's batch equals the previous update's (exact).
     """
 
@@ -117,7 +117,7 @@ class MVPConfig:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Losses (spec §6)
+# Losses
 # ----------------------------------------------------------------------------------------------------------
 def _full(t: torch.Tensor) -> torch.Tensor:
     """fp16/bf16 -> fp32 (fp32/fp64 unchanged)."""
@@ -159,7 +159,7 @@ def afs_logits(feats, weight, bias, mu, seen, y, margin: float = 0.5) -> torch.T
 
 
 def cvpt_loss(key_dist, d_sel, idx, mass, negatives: str = "selected") -> torch.Tensor:
-    """L_CVPT with the official broadcasting (spec §6.1).
+    """L_CVPT with the official broadcasting.
 
     Args:
         key_dist: ``K = 1 - cos(k_i, k_j)`` ``(P, P)``.
@@ -181,10 +181,10 @@ def cvpt_loss(key_dist, d_sel, idx, mass, negatives: str = "selected") -> torch.
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Model (spec §5)
+# Model
 # ----------------------------------------------------------------------------------------------------------
 class MVPParameters(nn.Module):
-    """All trainable MVP tensors: keys + E prompts (``pool``), G prompts, logit mask, head (spec §5.1).
+    """All trainable MVP tensors: keys + E prompts (``pool``), G prompts, logit mask, head.
 
     Args:
         embed_dim: backbone width D. num_classes: C. cfg: ``MVPConfig``.
@@ -244,7 +244,7 @@ class MVPModel(nn.Module):
         return out
 
     def forward(self, x, *, update_count: bool = False, tokens=None, query=None) -> MVPOutput:
-        """Query -> selection -> prompted forward -> ``MVPOutput`` (spec §5.2-§5.4).
+        """Query -> selection -> prompted forward -> ``MVPOutput``.
 
         Args:
             x: images ``(B, C, H, W)`` (may be None when ``tokens`` are given).
@@ -266,7 +266,7 @@ class MVPModel(nn.Module):
 
 
 def mvp_loss(model: MVPModel, out: MVPOutput, y: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
-    """Total MVP loss ``L_GSF(z_loss) + L_CVPT`` (spec §6.4) for labels ``y`` (exposed positions)."""
+    """Total MVP loss ``L_GSF(z_loss) + L_CVPT`` for labels ``y`` (exposed positions)."""
     cfg, head = model.cfg, model.mvp.head
     f, z, mu = _full(out.feats), _full(out.logits), _full(out.mu)
     z_tilde = z * mu + seen  # (B, C)
@@ -310,7 +310,7 @@ class QueryCache:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Replay memory (spec §8)
+# Replay memory
 # ----------------------------------------------------------------------------------------------------------
 # ----------------------------------------------------------------------------------------------------------
 # Strategy

@@ -1,7 +1,7 @@
 """TPT: test-time prompt tuning of CLIP (Shu et al., NeurIPS 2022, arXiv 2209.07511), exact and fast.
 
 Reference: azshue/TPT@63ecbace (MIT) ``tpt_classification.py:{main_worker, test_time_tuning,
-test_time_adapt_eval}``, re-implemented from the spec ``tpt-difftpt.md`` (sections 2, 3, 7, 8); no code copied.
+test_time_adapt_eval}``, re-implemented; no code copied.
 Per test sample (an episode): reset the context to ``ctx0`` and a fresh AdamW; encode the N views; keep the
 ``int(N * p)`` lowest-entropy views (selected once, at step 1); ``tta_steps`` AdamW steps on the marginal entropy
 of their mean prediction; predict from view 0 alone with the tuned context.
@@ -10,7 +10,7 @@ of their mean prediction; predict from view 0 alone with the tuned context.
 Avalanche objects); ``TPT`` wraps it as an Avalanche strategy on ``TestTimeTemplate``. ``TPTConfig(fast=False)``
 runs the straightforward path (77-token text, views re-encoded at every step and for the prediction, one sample at a
 time, torch's AdamW), the reference's computation. The default fast path gives the same predictions with the exact
-speed-ups of spec section 7.3: text truncated at the longest EOT in length buckets with SOS + context encoded once
+speed-ups: text truncated at the longest EOT in length buckets with SOS + context encoded once
 (shared prefix), view features encoded once per sample, zero-shot text features ``T0`` precomputed per class set
 (step-1 selection needs no text pass), the step-1 text backward run on one retained forward at ``ctx0`` (shared by
 every sample), or the 1-step Jacobian method, and batched episodes with stacked per-sample contexts.

@@ -2,7 +2,7 @@
 
 Papers: L2P (Wang et al., CVPR 2022, arXiv 2112.08654), DualPrompt (Wang et al., ECCV 2022, arXiv 2204.04799),
 MVP (Moon et al., ICCV 2023, arXiv 2308.09303). Reference: moonjunyyy/Si-Blurry@c4024ce ``models/mvp.py``,
-``models/l2p.py``, ``models/dualprompt.py`` (re-implemented from ``specs/si-blurry-mvp.md`` §5 and §12; no code
+``models/l2p.py``, ``models/dualprompt.py`` (re-implemented; no code
 copied).
 
 A pool holds ``P`` keys ``(P, Dk)`` and ``P`` prompts ``(P, n_layers * length, D)``: prompt ``p`` contributes

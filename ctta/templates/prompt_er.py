@@ -16,34 +16,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctta.data.siblurry_aug import cutmix
-from ctta.templates.online import OnlineCLTemplate
+from ctta.templates.online import OnlineCLTemplate, OnlineConfig
 
 __all__ = ["PromptERConfig", "PromptERTemplate", "cls_position", "make_head"]
 
 
 @dataclass(frozen=True)
-class PromptERConfig:
-    """Training protocol shared by L2P and DualPrompt (the reference's ER trainer).
+class PromptERConfig(OnlineConfig):
+    """Training protocol shared by L2P and DualPrompt (the reference's ER trainer): ``OnlineConfig``'s fields
+    (``online_iters``, ``batch_size``, ``eval_every``, ``eval_batch_size``, ``memory_size``, ``memory_batch_size``)
+    plus:
 
     Attributes:
         lr: Adam learning rate (constant; weight decay 0).
-        online_iters: optimiser updates per incoming batch.
-        batch_size: incoming stream batch (None: the benchmark's ``batch_size``, else 64).
-        eval_every: samples between anytime evaluations (<= 0: task ends only).
-        eval_batch_size: evaluation mini-batch.
-        memory_size: reservoir replay capacity (0: no replay).
-        memory_batch_size: memory samples appended to each update's batch.
         cutmix_prob: probability of CutMix per update (ER trainer default 0.5; 0 disables).
         cutmix_alpha: CutMix Beta parameter.
     """
 
     lr: float = 5e-3
-    online_iters: int = 3
-    batch_size: int | None = None
-    eval_every: int = 1000
-    eval_batch_size: int = 128
-    memory_size: int = 0
-    memory_batch_size: int = 32
     cutmix_prob: float = 0.5
     cutmix_alpha: float = 1.0
 

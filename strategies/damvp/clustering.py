@@ -2,7 +2,7 @@
 
 Paper: Huang et al., "Diversity-Aware Meta Visual Prompting", CVPR 2023 (arXiv 2303.08138), §3.2.
 Reference: shikiw/DAM-VP@dec5821 ``task_adapting/adapter.py::Adapter.coarse_clustering`` and
-``get_prompted_image`` (re-implemented from ``specs/damvp.md`` §4-§5, no code copied).
+``get_prompted_image`` (re-implemented; no code copied).
 
 The training set's features phi(x) (at most 1000) are clustered by average-linkage agglomerative clustering
 (Euclidean) with a FIXED distance threshold tau, so more diverse data yields more clusters; prototype
@@ -34,7 +34,7 @@ __all__ = [
     "route",
 ]
 
-# tau per backbone checkpoint (spec §4/§9). tau is an absolute distance in that checkpoint's feature space.
+# tau per backbone checkpoint. tau is an absolute distance in that checkpoint's feature space.
 DEFAULT_TAU: dict[str, float] = {
     "resnet50-1k": 21.0,
     "vit-b-1k": 31.0,
@@ -42,7 +42,7 @@ DEFAULT_TAU: dict[str, float] = {
     "swin-b-22k": 20.0,
     "moco-v3-b-1k": 18.0,
 }
-# CLIP: tau per dataset (task adaptation, then meta-training sets), spec §4.
+# CLIP: tau per dataset (task adaptation, then meta-training sets)
 CLIP_TAU: dict[str, float] = {
     "cifar10": 6.0, "cifar100": 16.0, "cub200": 40.0, "nabirds": 75.0, "flowers": 25.0, "dogs": 25.0,
     "cars": 40.0, "aircraft": 25.0, "food101": 40.0, "dtd": 16.0, "svhn": 16.0, "gtsrb": 16.0,
@@ -123,7 +123,7 @@ def cluster_features(features: torch.Tensor, tau: float) -> Clustering:
 
     Args:
         features: ``(N, D)`` features, N >= 1.
-        tau: absolute distance threshold (spec §4: per backbone checkpoint, or per dataset for CLIP).
+        tau: absolute distance threshold (per backbone checkpoint, or per dataset for CLIP).
 
     Raises:
         ValueError: no features, non-finite features, ``tau <= 0``, or a threshold so small that every sample
@@ -177,7 +177,7 @@ def prototype_distances(features: torch.Tensor, prototypes: torch.Tensor) -> tor
 
 
 def route(features: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
-    """Index ``(B,)`` of the nearest prototype (spec §5) for each feature row (computed in fp32)."""
+    """Index ``(B,)`` of the nearest prototype for each feature row (computed in fp32)."""
     if features.ndim != 2 or prototypes.ndim != 2 or features.shape[1] != prototypes.shape[1]:
         raise ValueError(
             f"route: features (B, D) and prototypes (K, D) must share D, got {tuple(features.shape)} and "

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 class DAMVPConfig:
     backbone_key: str = "vit-b-1k"  # vit-b-1k | vit-b-22k | clip-vit-b | clip-resnet50: tau, phi, head, meta_lr
     adapt_method: str = "auto"  # auto (by backbone_key) | prompt_wo_head | prompt_w_head
-    feature: str = "auto"  # auto | cls | pre_logits_tanh | clip_logits (phi, spec §2)
+    feature: str = "auto"  # auto | cls | pre_logits_tanh | clip_logits (phi)
     tau: float | None = None  # clustering threshold; None: reference value per backbone (CLIP: per dataset)
     lr: float = 1e4  # official default --lr; per-dataset values in the paper's Tables 13-14
     weight_decay: float = 0.0
@@ -31,7 +31,7 @@ class DAMVPConfig:
     representation_path: str = ""  # vit-b-22k: original in21k checkpoint holding pre_logits.fc
     stream_meta_update: bool = True  # Reptile step of theta_meta toward each finished dataset's prompts
     stream_meta_step_size: float = 0.5
-    meta_lr: float | None = None  # offline meta-training (§7); None: 0.5 / 1.0 per backbone
+    meta_lr: float | None = None  # offline meta-training; None: 0.5 / 1.0 per backbone
     meta_step_size: float = 0.5
     update_step: int = 8
     meta_weight_decay: float = 1e-4

@@ -2,8 +2,7 @@
 
 Paper: Huang et al., "Diversity-Aware Meta Visual Prompting", CVPR 2023 (arXiv 2303.08138).
 Reference: shikiw/DAM-VP@dec5821 ``task_adapting/adapter.py`` (``get_active_neuron_index``, ``rep2logit``,
-``get_prompted_image``), ``task_adapting/adapter_clip.py``, ``models/backbones/*`` (re-implemented from
-``specs/damvp.md`` §2, §5, §6, no code copied).
+``get_prompted_image``), ``task_adapting/adapter_clip.py``, ``models/backbones/*`` (re-implemented, no code copied).
 
 ``DAMVPModel`` wraps a frozen backbone with: a ``Featurizer`` computing phi (final-LN CLS for vit-b-1k,
 tanh(pre_logits(CLS)) for vit-b-22k, CLIP zero-shot logits for CLIP), a meta-prompt theta_meta, and one
@@ -40,7 +39,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class BackboneDefaults:
-    """Reference method settings tied to a backbone checkpoint (spec §9)."""
+    """Reference method settings tied to a backbone checkpoint."""
 
     adapt_method: str  # prompt_wo_head | prompt_w_head
     feature: str  # cls | pre_logits_tanh | clip_logits
@@ -98,7 +97,7 @@ def _load_state_dict(path: Path) -> dict:
 
 
 class Featurizer(nn.Module):
-    """phi(x) of spec §2 over a frozen backbone (``PromptedViT`` or an open_clip CLIP model).
+    """phi(x), the clustering and routing feature, over a frozen backbone (``PromptedViT`` or an open_clip CLIP model).
 
     Args:
         backbone: the frozen backbone.
@@ -167,7 +166,7 @@ class Featurizer(nn.Module):
 def noise_readout_order(
     phi, image_size: int, seed: int = 2023, n_noise: int = 512, batch: int = 64, device=None
 ) -> torch.Tensor:
-    """Feature dimensions sorted by their population std over ``n_noise`` Gaussian images, descending (§6.1).
+    """Feature dimensions sorted by their population std over ``n_noise`` Gaussian images, descending.
 
     The noise is ``torch.randn(n_noise, 3, S, S)`` from a CPU generator seeded with ``seed`` (the same values as
     ``torch.manual_seed(seed); torch.randn(...)``), fed to ``phi`` in chunks of ``batch``.

@@ -2,8 +2,7 @@
 
 Paper: Huang et al., "Diversity-Aware Meta Visual Prompting", CVPR 2023 (arXiv 2303.08138), building on
 Bahng et al., "Exploring Visual Prompts for Adapting Large-Scale Models" (arXiv 2203.17274).
-Reference: shikiw/DAM-VP@dec5821 ``models/prompters.py::PadPrompter`` (re-implemented from
-``specs/damvp.md`` §3 and §5, no code copied).
+Reference: shikiw/DAM-VP@dec5821 ``models/prompters.py::PadPrompter`` (re-implemented, no code copied).
 
 A prompt is a learnable frame of width ``w`` around an ``S x S`` image (interior zero), added to the
 *already normalised* image without clipping: ``x~ = x + p``. At ``S=224, w=30`` it has 69,840 parameters.
@@ -46,7 +45,7 @@ class PadPrompter(nn.Module):
     """One additive pad prompt: a frame of width ``pad_width`` around an ``image_size`` square image.
 
     Parameters ``pad_up``/``pad_down`` are ``(1, C, w, S)``, ``pad_left``/``pad_right`` ``(1, C, S-2w, w)``,
-    initialised with ``randn`` (spec §3). ``forward(x)`` returns ``x + frame`` (no clipping).
+    initialised with ``randn``. ``forward(x)`` returns ``x + frame`` (no clipping).
 
     Args:
         image_size: side ``S`` of the (square, normalised) input images.
@@ -92,7 +91,7 @@ class PadPromptBank(nn.Module):
     """``K`` pad prompts (one per cluster); ``forward(x, idx)`` adds prompt ``idx[b]`` to image ``b``.
 
     Each prompt is its own ``PadPrompter`` module so an optimiser can hold one parameter group per prompt
-    (spec §6.1) and prompts never routed in a batch get no gradient.
+    and prompts never routed in a batch get no gradient.
 
     Args:
         n_prompts: ``K``.
@@ -142,7 +141,7 @@ class PadPromptBank(nn.Module):
         return x + frames.to(x.dtype)[inverse.to(x.device)]  # (B, C, S, S)
 
     def forward_loop(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """Reference per-sample loop (spec §5, the official implementation); equals ``forward``."""
+        """Reference per-sample loop (the official implementation); equals ``forward``."""
         idx = self._check_idx(idx, len(x))
         return torch.cat([self.prompters[int(k)](x[b : b + 1]) for b, k in enumerate(idx.tolist())], dim=0)
 

@@ -3,7 +3,7 @@
 Paper: Huang et al., "Diversity-Aware Meta Visual Prompting", CVPR 2023 (arXiv 2303.08138), §3.3; Reptile:
 Nichol et al., "On First-Order Meta-Learning Algorithms" (arXiv 1803.02999).
 Reference: shikiw/DAM-VP@dec5821 ``meta-training/meta_{hf,ht,clip}.py::Meta`` and ``main_*.py``
-(re-implemented from ``specs/damvp.md`` §7, no code copied).
+(re-implemented; no code copied).
 
 One meta-step: for every source task d (its own clusters/prototypes and read-out), copy theta into K_d fast
 prompts, take ``update_step`` optimiser steps on the SAME batch (support = query) routing each sample to its
@@ -98,7 +98,7 @@ class MetaResult:
 
 
 class ReptileMetaTrainer:
-    """Reptile over several source tasks with per-cluster fast prompts (spec §7).
+    """Reptile over several source tasks with per-cluster fast prompts.
 
     Args:
         theta: the meta-prompt (updated in place).

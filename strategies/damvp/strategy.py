@@ -2,7 +2,7 @@
 
 Paper: Huang et al., "Diversity-Aware Meta Visual Prompting", CVPR 2023 (arXiv 2303.08138).
 Reference: shikiw/DAM-VP@dec5821 ``task_adapting/adapter.py::Adapter.our_method{,_with_head}``,
-``task_adapting/main.py``, ``utils/train_utils.py::cosine_lr`` (re-implemented from ``specs/damvp.md``).
+``task_adapting/main.py``, ``utils/train_utils.py::cosine_lr`` (re-implemented).
 
 Per experience (a downstream dataset d): cluster phi of the first 1000 (shuffled, augmented) training images
 with threshold tau -> K prototypes; K pad prompts start as copies of theta_meta; every image is routed to the
@@ -10,7 +10,7 @@ prompt of its nearest prototype (phi of the raw image); SGD with per-iteration w
 epoch the best-validation prompts are kept; every 5 epochs the best-val prompts are tested. Afterwards the
 adapter (prompts, prototypes, head) is kept, so every earlier dataset stays evaluable, and (``stream_meta_update``)
 theta_meta takes a Reptile step toward the dataset's prompts, initialising the next dataset's prompts: the
-meta-prompt is bootstrapped across a stream of datasets. ``meta_train`` runs the offline Reptile trainer (§7).
+meta-prompt is bootstrapped across a stream of datasets. ``meta_train`` runs the offline Reptile trainer.
 
 Defaults reproduce the reference: head-tuning momentum 0 (misspelt key) and head at the prompt lr
 (``head_tuning_optimizer="fixed"``: momentum 0.9, head on its own 0.1 schedule); prompts only snapshotted
@@ -58,7 +58,8 @@ from ctta.utils import autocast
 
 
 def warmup_cosine_lr(step: int, base: float, warmup: int, total: int) -> float:
-    """lr(g) of spec §6.3: ``base (g+1)/W`` for g < W, else ``0.5 (1 + cos(pi (g-W)/(S-W))) base``."""
+    """Learning rate at step g (reference ``cosine_lr``): ``base (g+1)/W`` for g < W, else
+    ``0.5 (1 + cos(pi (g-W)/(S-W))) base``."""
     if step < warmup:
         return base * (step + 1) / warmup
     return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))) * base
@@ -179,7 +180,7 @@ class DAMVP(EpochTemplate):
         return DataLoader(ds.train(), batch_size=self.cfg.batch_size, shuffle=True)
 
     def build_adapter(self, d: int) -> DatasetAdapter:
-        """Clustering (§4), prompts from theta_meta, read-out/head/text for dataset ``d`` (registered in the model)."""
+        """Clustering, prompts from theta_meta, read-out/head/text for dataset ``d`` (registered in the model)."""
         if len(self.experience.dataset) == 0:
             raise ValueError(f"experience {d} has an empty training set: nothing to adapt to")
         model, classes = self.model, self._dataset_classes(d)
@@ -232,7 +233,7 @@ class DAMVP(EpochTemplate):
         self._warmup = self._total // 5
 
     def make_optimizer(self, **kwargs: Any) -> None:
-        """SGD over the current dataset's prompts (one group each) and head (spec §6.1/§6.2)."""
+        """SGD over the current dataset's prompts (one group each) and head."""
         ad = self.model.adapter(self._dataset_id())
         tuning, fixed = self.adapt_method == "prompt_w_head", self.cfg.head_tuning_optimizer == "fixed"
         momentum = 0.9 if (not tuning or fixed) else 0.0  # official head-tuning: misspelt key -> momentum 0
@@ -248,7 +249,7 @@ class DAMVP(EpochTemplate):
         self._touched: set[int] = set()
 
     def _before_training_iteration(self, **kwargs: Any) -> None:
-        for g in self.optimizer.param_groups:  # lr set before the forward pass, every iteration (§6.3)
+        for g in self.optimizer.param_groups:  # lr set before the forward pass, every iteration
             g["lr"] = warmup_cosine_lr(self._step, g["base_lr"], self._warmup, self._total)
         self._step += 1
         super()._before_training_iteration(**kwargs)
@@ -379,9 +380,9 @@ class DAMVP(EpochTemplate):
         finally:
             self.eval_kind = None
 
-    # ------------------------------------------------------------------ offline meta-training (§7)
+    # ------------------------------------------------------------------ offline meta-training
     def meta_train(self, experiences, epochs: int, finetune_eval=None):
-        """Offline Reptile meta-training of theta_meta over source datasets (one experience each, §7).
+        """Offline Reptile meta-training of theta_meta over source datasets (one experience each).
 
         Sets the model's meta-prompt to the ``best_train_loss`` checkpoint (the default theta_meta) and returns the
         ``reptile.MetaResult``. ``finetune_eval(prompt) -> score`` enables the ``best_test_finetune`` checkpoint.

@@ -7,7 +7,7 @@ revision ``v2.0``); nothing of the pipeline is forked. Reference settings kept: 
 224), which bypasses the feature extractor; classifier-free guidance 3 with diffusers' zero image-embedding negative;
 50 steps; the repository's scheduler; ``eta=0``; ``unet.sample_size * 8`` = 512 px; fp32; no safety checker.
 
-Deviations from the reference code (spec section 4.6, all documented options):
+Deviations from the reference code:
 - ``num_images_per_prompt`` chunks (``chunk_size``) instead of 65 single calls, and each source image is encoded once
   (the pipeline's ``_encode_image`` is memoised for the duration of one source image's calls; same math).
 - Seeded per (seed, source sha256, image index) with CPU generators (``seed=None`` = the unseeded reference), so an
@@ -35,7 +35,7 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 
 @dataclass(frozen=True)
 class DiffusionConfig:
-    """Generation and cache settings of DiffTPT's diffusion views (defaults = the reference, spec section 4.2/4.6).
+    """Generation and cache settings of DiffTPT's diffusion views (defaults = the reference).
 
     Attributes:
         model: hub id of the image-variation pipeline, or ``"tiny-random"`` (tiny random pipeline, offline).

@@ -1,9 +1,8 @@
 """Multi-label class-incremental (MLCIL) and task-averaged CIL metrics, as Avalanche PluginMetrics.
 
 MULTI-LANE (De Min et al., CoLLAs 2024, arXiv 2405.15633); reference tdemin16/multi-lane@5ee982c,
-``engine.py::evaluate_till_now_multi`` / ``evaluate_till_now`` and ``utils.py`` (re-implemented from
-``specs/multilane.md`` §7, no code copied). Avalanche 0.6 has no mAP, CF1 or OF1 and its accuracy argmaxes
-multi-hot targets (spec avalanche §5, §7).
+``engine.py::evaluate_till_now_multi`` / ``evaluate_till_now`` and ``utils.py`` (re-implemented, no code copied).
+Avalanche 0.6 has no mAP, CF1 or OF1 and its accuracy argmaxes multi-hot targets.
 
 Multi-label (targets ``(B, C)`` multi-hot), computed over the **seen-class columns** of the evaluated experience
 (``exp.seen_class_mask``, else ``exp.classes_seen_so_far``, else all columns):
@@ -128,7 +127,7 @@ def seen_columns(exp: Any, n_classes: int) -> torch.Tensor:
 
 
 class MultiLabelMetrics(PluginMetric[dict]):
-    """mAP, amAP, CF1 and OF1 of every evaluated experience with multi-hot targets (spec multilane §7).
+    """mAP, amAP, CF1 and OF1 of every evaluated experience with multi-hot targets.
 
     Emits ``mAP``, ``amAP``, ``CF1``, ``OF1`` (``<name>/eval_phase/<stream>/Exp<id>``) after each evaluated
     experience; mini-batches with 1-D targets are ignored (single-label runs use ``TaskAveragedAccuracy``).
@@ -189,7 +188,7 @@ class MultiLabelMetrics(PluginMetric[dict]):
 
 
 class TaskAveragedAccuracy(PluginMetric[dict]):
-    """Single-label CIL: unweighted mean top-1 over seen tasks, forgetting and BWT (spec multilane §7).
+    """Single-label CIL: unweighted mean top-1 over seen tasks, forgetting and BWT.
 
     Records ``R[i][j]`` = top-1 on test experience ``j`` evaluated after ``i`` trained experiences and emits,
     after each ``eval`` call, ``Top1_Acc_TaskAvg``, ``Forgetting_TaskAvg`` and ``BWT_TaskAvg`` over the

@@ -1,22 +1,22 @@
 """MULTI-LANE: one lane per task beside a frozen ViT, concatenated at inference (MLCIL and CIL).
 
 Paper: De Min et al., "Less is more: Summarizing Patch Tokens for efficient Multi-Label Class-Incremental
-Learning", CoLLAs 2024 (arXiv 2405.15633). Reference: tdemin16/multi-lane@5ee982c (CC BY-NC 4.0; re-implemented
-from ``specs/multilane.md``, no code copied). Spec sections are cited as §n.
+Learning", CoLLAs 2024 (arXiv 2405.15633). Reference: tdemin16/multi-lane@5ee982c (CC BY-NC 4.0; re-implemented,
+no code copied).
 
-Model (§3): the frozen stream (``embed`` -> timm's own blocks, under ``no_grad``) runs once per image. Lane ``t``
+Model: the frozen stream (``embed`` -> timm's own blocks, under ``no_grad``) runs once per image. Lane ``t``
 is ``[cls_token ; selectors[t]]`` (no positional embedding). In block ``l`` the LN1-normed selectors summarise the
 LN1-normed, detached frozen tokens (one head, scale D^-0.5), the block's own qkv/proj attend over
 ``[LN1(c) ; summaries]`` with the lane's prefix prompts (first ``num_prompt_layers`` blocks), the lane CLS keeps
 the attention output and the selectors become ``s + LN1(s)`` (drop-and-replace), then the frozen MLP runs on the
 lane. All lanes run batched on a leading axis over one frozen pass. Features: final norm of the lane CLS, optional
-L2 normalisation, one shared head; concat inference takes class ``c``'s logit from the lane owning ``c`` (§4).
+L2 normalisation, one shared head; concat inference takes class ``c``'s logit from the lane owning ``c``.
 
-Training (§5): per experience ``t`` the lane ``t`` is initialised as a copy of lane ``t-1``, a fresh Adam (no weight
+Training: per experience ``t`` the lane ``t`` is initialised as a copy of lane ``t-1``, a fresh Adam (no weight
 decay) and a per-epoch cosine schedule are created, and the loss is masked BCE (multi-hot ``y``: logits and targets
 outside ``C_t`` set to 0, mean over B x C) or CE with logits outside ``C_t`` at -inf (integer ``y``).
 
-Options (§3.4, §4, §9): ``drop_and_replace=False``, ``summarizer="tome"``, ``head_mode="task"``,
+Options: ``drop_and_replace=False``, ``summarizer="tome"``, ``head_mode="task"``,
 ``pre_head_normalize``, ``normalize_input``, ``bce_reduction="task_columns"``, ``clip_grad_norm``.
 Deviations: prompted blocks are "the first L_p of depth" (the reference hard-codes depth 12); the concat head is
 one gather instead of a per-image loop; ``lr`` is the learning rate used (reference: base_lr x batch / 256); where
@@ -97,7 +97,7 @@ def cls_attention(blk: nn.Module, h: torch.Tensor, prefix=None) -> torch.Tensor:
 
 
 class MultiLaneModel(nn.Module):
-    """Frozen ViT + T lanes + shared head (§3, §4).
+    """Frozen ViT + T lanes + shared head.
 
     Args:
         backbone: a ``PromptedViT`` (or a timm ``VisionTransformer``, wrapped); frozen, kept in eval mode.
@@ -143,7 +143,7 @@ class MultiLaneModel(nn.Module):
         self.backbone.eval()
         return self
 
-    # -- task bookkeeping (§5.1)
+    # -- task bookkeeping
     @torch.no_grad()
     def start_task(self, t: int, classes: Sequence[int]) -> None:
         """Register ``C_t`` for lane ``t``; on its first start copy lane ``t-1`` into lane ``t`` (``next_task``)."""
@@ -168,7 +168,7 @@ class MultiLaneModel(nn.Module):
     def active_lanes(self) -> list[int]:
         return torch.nonzero(self.lane_started).flatten().tolist()
 
-    # -- lane forward (§3.2)
+    # -- lane forward
     def lane_features(self, x: torch.Tensor, lanes: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Lane features ``(T', B, D)`` for ``lanes`` and the frozen normed tokens ``(B, 1+N, D)`` (or None).
 
@@ -248,7 +248,7 @@ class MultiLaneModel(nn.Module):
             return flat.unflatten(0, u.shape[:2])
         return u + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(u))))
 
-    # -- heads (§4)
+    # -- heads
     def forward_train(self, x: torch.Tensor, t: int, reduce: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Lane ``t`` logits over all C columns ``(B, C)`` and the TaskIdentifier loss (task mode) or None.
 
@@ -297,7 +297,7 @@ def _check_options(summarizer, head_mode, num_tasks, num_classes, num_prompt_lay
 
 # ------------------------------------------------------------------------------------------------- losses
 def masked_bce(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """BCE with logits and targets outside ``mask`` (bool ``(C,)``) set to 0 (§5.4).
+    """BCE with logits and targets outside ``mask`` (bool ``(C,)``) set to 0.
 
     ``"mean"`` averages over B x C_total (each masked entry adds log 2 and no gradient, so the gradient is
     scaled by |C_t| / C_total); ``"task_columns"`` averages over the B x |C_t| unmasked entries.
@@ -312,7 +312,7 @@ def masked_bce(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, reduct
 
 
 def masked_ce(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy with the logits outside ``mask`` (bool ``(C,)``) at -inf (§5.5)."""
+    """Cross-entropy with the logits outside ``mask`` (bool ``(C,)``) at -inf."""
     return F.cross_entropy(logits.masked_fill(~mask, -math.inf), y)
 
 
@@ -372,7 +372,7 @@ class MultiLane(EpochTemplate):
             head_mode=cfg.head_mode, pre_head_normalize=cfg.pre_head_normalize, normalize_input=cfg.normalize_input,
         )  # fmt: skip
 
-    # -- per-task set-up (§5.1-5.3)
+    # -- per-task set-up
     def start_experience(self) -> None:
         classes = experience_classes(self.experience)
         if not classes:
@@ -433,7 +433,7 @@ class MultiLane(EpochTemplate):
 
     # -- run integration
     def eval_after_experience(self, bench, i: int):
-        """End-of-task evaluation (§7): the cumulative seen-class test set (MLCIL) or test experiences 0..i."""
+        """End-of-task evaluation: the cumulative seen-class test set (MLCIL) or test experiences 0..i."""
         if getattr(bench, "cumulative_test", False):
             return self.eval(bench.test_stream[i])
         return self.eval(bench.test_stream[: i + 1])
