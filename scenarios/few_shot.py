@@ -16,23 +16,26 @@ and ``datasets/*.py`` (folders and split files).
   new; each subset is relabelled ``0..m-1``. Sampling happens on all classes first, subsampling after.
 * Streams: ``train`` (one experience: the few-shot base train set; all classes with ``setting: all``), ``test``
   (base classes) and ``test_new`` (new classes; absent with ``setting: all``); ``valid`` holds the few-shot
-  validation set. ``bench.stream_classnames`` maps each stream to its class names (a prompt learner rebuilds its
-  text head per stream), ``bench.classnames`` are the training classes.
+  validation set; ``eval_datasets`` adds one stream ``test_<name>`` per listed dataset (its whole test split, all its
+  classes: the cross-dataset and domain-generalisation evaluations, e.g. ImageNet training with ``setting: all``).
+  ``bench.stream_classnames`` maps each stream to its class names (a prompt learner rebuilds its text head per
+  stream), ``bench.classnames`` are the training classes.
 * Transforms (CLIP mean/std): train ``RandomResizedCrop(img_size, scale=(0.08, 1), bicubic)`` + horizontal flip;
   eval ``Resize(img_size, bicubic)`` + ``CenterCrop``. ``dataset: digits`` (sklearn's bundled digits, tensors at
   ``img_size``; smoke tests) is only normalised.
 
 Deviations: ImageNet (no split file: Dassl pickles its own) and FGVCAircraft (the official ``images_variant_*.txt``
 lists) are not supported yet; the official few-shot cache ``split_fewshot/*.pkl`` is not read (the same images are
-re-sampled); cross-dataset and domain-generalisation evaluation are configs over ``setting: all``.
+re-sampled).
 """
 
 from __future__ import annotations
 
 import math
 import random
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from avalanche.benchmarks.scenarios import CLScenario, DatasetExperience
 from avalanche.benchmarks.scenarios.generic_scenario import EagerCLStream
@@ -62,6 +65,7 @@ class FewShotConfig:
     setting: str = "base2new"  # base2new (train base; test base and new) | all (train and test all classes)
     img_size: int = 224
     max_test: int = 0  # keep the first N test items per stream (0: all); for quick runs
+    eval_datasets: tuple[str, ...] = ()  # cross-dataset / domain generalisation: extra test streams test_<name>
 
 
 # ---------------------------------------------------------------------------------------------- protocol
@@ -172,10 +176,21 @@ def build_few_shot(cfg: FewShotConfig, *, seed: int = 1) -> CLScenario:
     if cfg.max_test > 0:
         parts = {k: (v[: cfg.max_test] if k.startswith("test") else v) for k, v in parts.items()}
     tf = _transforms(cfg.img_size, catalogue.entry(cfg.dataset, "few_shot").bundled)
+    tfs = dict.fromkeys(parts, tf)
+    for ds in cfg.eval_datasets:  # the whole test split of another dataset, all its classes
+        key = "test_" + re.sub(r"[^A-Za-z0-9]", "_", ds)
+        if key in parts:
+            raise ValueError(f"eval_datasets: {ds!r} repeats a stream name ({key})")
+        items = _load_splits(replace(cfg, dataset=ds))["test"]
+        parts[key] = items[: cfg.max_test] if cfg.max_test > 0 else items
+        names[key] = classnames_of(items)
+        tfs[key] = _transforms(cfg.img_size, catalogue.entry(ds, "few_shot").bundled)
     streams = [
-        EagerCLStream(k, [DatasetExperience(dataset=_avl(v, tf), current_experience=0)]) for k, v in parts.items()
+        EagerCLStream(k, [DatasetExperience(dataset=_avl(v, tfs[k]), current_experience=0)]) for k, v in parts.items()
     ]
     bench = CLScenario(streams)
+    for stream in streams:
+        stream.benchmark = bench  # experiences reach their stream's class names through origin_stream.benchmark
     bench.classnames = names["train"]
     bench.n_classes = len(names["train"])
     bench.stream_classnames = names

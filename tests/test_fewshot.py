@@ -77,19 +77,58 @@ def test_digits_benchmark_streams():
     assert bench.stream_classnames["test_new"] == ["five", "six", "seven", "eight", "nine"]
     assert set(bench.test_new_stream[0].dataset.targets) == set(range(5))
     assert bench.test_new_stream[0].origin_stream.name == "test_new"
+    from ctta.clip_prompting.template import stream_classnames
+
+    assert stream_classnames(bench.test_new_stream[0]) == bench.stream_classnames["test_new"]
+    assert stream_classnames(bench.train_stream[0]) == bench.stream_classnames["train"]
     everything = build_few_shot(FewShotConfig(dataset="digits", shots=2, img_size=32, setting="all"), seed=2)
     assert len(everything.train_stream[0].dataset) == 20 and not hasattr(everything, "test_new_stream")
 
 
+class _HeadNames:
+    """Plugin recording the text head's class names at each evaluated stream."""
+
+    def __init__(self):
+        self.seen = {}
+
+    def __getattr__(self, name):
+        if name.startswith(("before_", "after_")):
+            return lambda strategy, **kw: None
+        raise AttributeError(name)
+
+    def after_eval_exp(self, strategy, **kw):
+        self.seen[strategy.experience.origin_stream.name] = list(strategy.model.classnames)
+
+
 def test_base_to_new_run_writes_base_new_hm(tmp_path):
     from ctta.runner.config import load_config
-    from ctta.runner.run import run
+    from ctta.runner.run import execute, prepare
 
     cfg = load_config("configs/smoke/coop_digits.yaml", [f"log.out_dir={tmp_path}", "log.progress=false", "device=cpu"])
-    results = run(cfg, verbose=False)
+    ctx = prepare(cfg)
+    heads = _HeadNames()
+    ctx.strategy.plugins.append(heads)
+    results = execute(ctx, verbose=False)
+    assert heads.seen == {
+        "test": ["zero", "one", "two", "three", "four"],
+        "test_new": ["five", "six", "seven", "eight", "nine"],
+    }
     s = json.loads((tmp_path / "results.json").read_text())["summary"]
     assert set(s) >= {"base_acc", "new_acc", "hm"}
     assert s["hm"] == pytest.approx(2 * s["base_acc"] * s["new_acc"] / (s["base_acc"] + s["new_acc"]))
     last = results["last_metrics"]
     assert s["base_acc"] == pytest.approx(last["Top1_Acc_Stream/eval_phase/test_stream"])
     assert s["new_acc"] == pytest.approx(last["Top1_Acc_Stream/eval_phase/test_new_stream"])
+
+
+def test_eval_datasets_add_test_streams_with_their_classes(tmp_path):
+    from ctta.runner.config import load_config
+    from ctta.runner.run import run
+
+    bench = build_few_shot(FewShotConfig(dataset="digits", shots=2, img_size=32, eval_datasets=("digits",)), seed=1)
+    assert list(bench.streams) == ["train", "valid", "test", "test_new", "test_digits"]
+    assert len(bench.stream_classnames["test_digits"]) == 10
+    overrides = [f"log.out_dir={tmp_path}", "log.progress=false", "device=cpu", "scenario.eval_datasets=[digits]"]
+    results = run(load_config("configs/smoke/coop_digits.yaml", overrides), verbose=False)
+    assert 0.0 <= results["last_metrics"]["Top1_Acc_Stream/eval_phase/test_digits_stream"] <= 1.0
+    assert {"base_acc", "new_acc", "hm"} <= set(results["summary"])

@@ -14,8 +14,8 @@ their prompts are encoded and the other labels get the logit ``MASKED_LOGIT`` (n
 which keep every class). ``context_out`` saves the text context after each experience in the format TPT's
 ``init="coop:<path>"`` reads.
 
-Deviations: ``prec="fp16"`` (CLIP and prompts in half precision, plain SGD) applies on CUDA only; on other devices
-the model stays in fp32. ``prec="amp"`` uses autocast without a gradient scaler.
+Deviations: ``prec="fp16"`` (CLIP and prompts in half precision, plain SGD) and ``prec="amp"`` (fp16 autocast,
+without a gradient scaler) apply on CUDA only; on other devices the model runs in fp32.
 """
 
 from __future__ import annotations
@@ -330,16 +330,17 @@ class PromptLearnerTemplate(SupervisedTemplate):
         super()._before_eval_exp(**kwargs)
 
     def eval_after_experience(self, benchmark, index: int) -> None:
-        """Evaluate every test stream of ``benchmark`` (``test``, then ``test_new`` when present)."""
-        for name in ("test_stream", "test_new_stream"):
-            stream = getattr(benchmark, name, None)
-            if stream is not None:
-                self.eval(stream)
+        """Evaluate every test stream of ``benchmark``: ``test``, then ``test_new`` and any other ``test_*`` stream
+        (base-to-new, cross-dataset and domain-generalisation evaluations)."""
+        names = list(getattr(benchmark, "streams", None) or ["test"])
+        for name in names:
+            if name == "test" or name.startswith("test_"):
+                self.eval(getattr(benchmark, f"{name}_stream"))  # the attribute carries the benchmark reference
 
     # ------------------------------------------------------------------ forward
     def _autocast(self):
-        if self.prec == "amp":
-            return autocast(self.device, "fp16")
+        if self.prec == "amp":  # the references' amp (fp16 autocast) is a CUDA setting; elsewhere fp32
+            return autocast(self.device, "fp16" if self.device.type == "cuda" else "fp32")
         if self.prec == "auto":
             return autocast(self.device, self.precision)
         return autocast(self.device, "fp32")
