@@ -14,16 +14,21 @@ from ctta.registry import SCENARIOS
 
 
 def test_vpt_on_benchmark_from_datasets(tiny_vit, digits):
+    """Built as Avalanche's ``Naive`` is: nothing set on the benchmark; the test set is an explicit argument."""
     train, test = digits
     tr, te = as_avl_dataset(train), as_avl_dataset(test)
     bench = benchmark_from_datasets(train=[tr.subset(range(0, 200)), tr.subset(range(200, 400))], test=[te])
-    bench.n_classes, bench.test_dataset = 10, te
-    s = VPT.from_config(
-        VPTConfig(online_iters=1, eval_every=150),
-        backbone=tiny_vit,
-        benchmark=bench,
+    s = VPT(
+        model=tiny_vit.vit,  # a plain timm ViT (num_classes=0): VPT wraps it
+        optimizer=None,  # VPT's reference Adam from its config
+        criterion=None,
+        train_mb_size=64,
+        eval_mb_size=128,
         device="cpu",
         evaluator=make_evaluator(),
+        config=VPTConfig(online_iters=1),
+        anytime_eval_every=150,
+        anytime_eval_dataset=te,
     )
     before = tiny_vit.state_dict()
     before = {k: v.clone() for k, v in before.items()}
