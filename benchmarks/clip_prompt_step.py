@@ -9,9 +9,10 @@ the EOT rows are pooled. ctta's core (``ctta.clip_prompting``) truncates at the 
 class-independent prefix once (exact). Both paths share the same frozen CLIP, prompts, image batch, labels and
 image tower (appended vision prompts for MaPLe), so the difference is the text tower only.
 
-One step = forward, cross-entropy, backward, SGD update. Reported per method and path: median step time, the bytes
-of tensors saved for backward (activation memory; on CUDA also the peak allocated memory), and the loss of the
-first step (the two paths must agree).
+One step = forward, cross-entropy, backward, SGD update. Reported per method and path: median step time (on CPU the
+process CPU time, which other processes on a shared machine do not inflate; wall time too), the bytes of tensors
+saved for backward (activation memory: distinct storages, frozen weights excluded; on CUDA also the peak allocated
+memory), and the loss of the first step (the two paths must agree).
 
     python benchmarks/clip_prompt_step.py                       # ViT-B/16 random weights, 100 classes, CPU
     python benchmarks/clip_prompt_step.py --model ctta-tiny-clip --classes 20 --batch 4   # quick check
@@ -67,31 +68,36 @@ def logits_of(model, images: torch.Tensor, path: str) -> torch.Tensor:
     return model.logits(f, g)
 
 
-def saved_bytes(fn) -> tuple[torch.Tensor, int]:
-    """``fn()`` and the bytes of the tensors autograd saves for its backward."""
-    total = [0]
+def saved_bytes(fn, exclude=()) -> tuple[torch.Tensor, int]:
+    """``fn()`` and the bytes of the distinct storages autograd saves for its backward (activation memory),
+    ``exclude``'s tensors (the model's weights) left out; expanded views count once, at their storage's size."""
+    skip = {t.untyped_storage().data_ptr() for t in exclude}
+    seen: dict[int, int] = {}
 
     def pack(t):
-        total[0] += t.numel() * t.element_size()
+        st = t.untyped_storage()
+        if st.data_ptr() not in skip:
+            seen[st.data_ptr()] = st.nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = fn()
-    return out, total[0]
+    return out, sum(seen.values())
 
 
 def run(model, images, labels, path: str, steps: int, warmup: int, device) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     state = [p.detach().clone() for p in params]
+    weights = [p for p in model.parameters() if not p.requires_grad]
     opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=5e-4)
-    times, first_loss, act = [], None, 0
+    times, walls, first_loss, act = [], [], None, 0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     for i in range(warmup + steps):
         if device.type == "cuda":
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        logits, act = saved_bytes(lambda: logits_of(model, images, path))
+        t0, c0 = time.perf_counter(), time.process_time()
+        logits, act = saved_bytes(lambda: logits_of(model, images, path), weights)
         loss = F.cross_entropy(logits, labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -101,13 +107,14 @@ def run(model, images, labels, path: str, steps: int, warmup: int, device) -> di
         if first_loss is None:
             first_loss = loss.item()
         if i >= warmup:
-            times.append(time.perf_counter() - t0)
+            walls.append(time.perf_counter() - t0)
+            times.append(walls[-1] if device.type == "cuda" else time.process_time() - c0)
     with torch.no_grad():
         for p, s in zip(params, state):
             p.copy_(s)  # the other path starts from the same prompts
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
-    return {"time_s": statistics.median(times), "saved_mb": act / 2**20, "peak_mb": peak and peak / 2**20,
-            "loss": first_loss}  # fmt: skip
+    return {"time_s": statistics.median(times), "wall_s": statistics.median(walls), "saved_mb": act / 2**20,
+            "peak_mb": peak and peak / 2**20, "loss": first_loss}  # fmt: skip
 
 
 def main(argv=None) -> None:
@@ -141,7 +148,9 @@ def main(argv=None) -> None:
         ours = run(model, images, labels, "ours", args.steps, args.warmup, device)
         cuda = f" | CUDA peak {ref['peak_mb']:.0f} vs {ours['peak_mb']:.0f} MB" if ref["peak_mb"] else ""
         same = abs(ref["loss"] - ours["loss"]) <= 1e-4 * max(1.0, abs(ref["loss"]))
-        print(f"{method}: reference {ref['time_s']:.3f}s, saved {ref['saved_mb']:.1f} MB | ours {ours['time_s']:.3f}s, "
+        clock = "CPU" if device.type == "cpu" else "wall"
+        print(f"{method}: {clock} time reference {ref['time_s']:.3f}s (wall {ref['wall_s']:.3f}s), "
+              f"saved {ref['saved_mb']:.1f} MB | ours {ours['time_s']:.3f}s (wall {ours['wall_s']:.3f}s), "
               f"saved {ours['saved_mb']:.1f} MB | speed-up x{ref['time_s'] / ours['time_s']:.2f}, activation memory "
               f"x{ref['saved_mb'] / max(ours['saved_mb'], 1e-9):.2f} | first-step loss {ref['loss']:.6f} vs "
               f"{ours['loss']:.6f} ({'identical' if same else 'DIFFERENT'}){cuda}")  # fmt: skip
