@@ -104,3 +104,28 @@ def test_every_shipped_config_passes_the_image_size_check():
     for path in sorted((ROOT / "configs").rglob("*.yaml")):
         if "_base" not in path.parts:
             check_image_size(load_config(path))
+
+
+def test_a_run_failing_before_training_leaves_the_folder_as_found(tmp_path, capsys):
+    out = tmp_path / "out"
+    _fails_cleanly(capsys, ["run", VPT, *QUICK, f"log.out_dir={out}", "scenario.n_experiences=20"], "n_experiences")
+    assert not out.exists()  # no config.yaml, no running marker: the next run is not refused as "unfinished"
+    assert main(["run", VPT, *QUICK, f"log.out_dir={out}"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    argv = ["run", VPT, *QUICK, f"log.out_dir={out}", "overwrite=true", "scenario.n_experiences=20"]
+    _fails_cleanly(capsys, argv, "n_experiences")
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert after["config.yaml"] == before["config.yaml"] and "running.json" not in after
+
+
+def test_weights_unavailable_is_one_message(tmp_path, capsys, monkeypatch):
+    from types import SimpleNamespace
+
+    from ctta.runner import run as run_mod
+
+    def offline(cfg):
+        raise RuntimeError("could not fetch the weights 'x' (offline?); pass backbone.pretrained=/path/to/file")
+
+    monkeypatch.setattr(run_mod, "BACKBONES", SimpleNamespace(get=lambda name: SimpleNamespace(builder=offline)))
+    _fails_cleanly(capsys, ["run", VPT, *QUICK, f"log.out_dir={tmp_path}/o"], "backbone.pretrained=/path")
+    assert not (tmp_path / "o").exists()

@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"ctta: run diverged: {e} (recorded in results.json with status 'diverged')", file=sys.stderr)
         return 2
-    except (ValueError, ImportError) as e:  # a strategy/scenario refusing its inputs, a missing optional extra
+    except (ValueError, ImportError, RuntimeError) as e:  # refused inputs, a missing extra, weights not available
         if args.debug:
             raise
         msg = " ".join(str(e).split())

@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ctta.runner.checkpoint import CKPT_GLOB, clean_stale_temporaries, umask_mode
@@ -80,12 +81,26 @@ def _started(marker: Path) -> str:
         return ""
 
 
-def begin(out: str | Path, cfg, run_id: str, *, overwrite: bool = False) -> None:
+@dataclass
+class Started:
+    """What ``begin`` found, so that ``abandon`` can put the folder back when the run fails before it starts."""
+
+    out: Path
+    created: bool  # the folder did not exist
+    config: bytes | None  # the previous config.yaml (None: there was none)
+    had_marker: bool
+    had_log: bool
+
+
+def begin(out: str | Path, cfg, run_id: str, *, overwrite: bool = False) -> Started:
     """Create ``out``, remove stray temporaries (and, with ``overwrite``, earlier results), write the resolved
     ``config.yaml`` and the ``running.json`` marker."""
     from ctta.runner.config import dump_config
 
     out = Path(out)
+    conf, marker_path = out / "config.yaml", out / MARKER
+    started = Started(out, not out.exists(), conf.read_bytes() if conf.is_file() else None, marker_path.is_file(),
+                      (out / "log.txt").is_file())  # fmt: skip
     try:
         out.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, out / "config.yaml")
@@ -101,6 +116,27 @@ def begin(out: str | Path, cfg, run_id: str, *, overwrite: bool = False) -> None
     path = out / MARKER
     path.write_text(json.dumps(marker) + "\n")
     os.chmod(path, umask_mode())
+    return started
+
+
+def abandon(started: Started) -> None:
+    """The run failed before training started: restore the folder as ``begin`` found it (nothing else touched)."""
+    out = started.out
+    if not started.had_marker:
+        (out / MARKER).unlink(missing_ok=True)
+    conf = out / "config.yaml"
+    if started.config is None:
+        conf.unlink(missing_ok=True)
+    else:
+        conf.write_bytes(started.config)
+    log = out / "log.txt"
+    if not started.had_log and log.is_file() and log.stat().st_size == 0:
+        log.unlink()
+    if started.created:
+        try:
+            out.rmdir()  # only if empty
+        except OSError:
+            pass
 
 
 def finish(out: str | Path) -> None:

@@ -24,7 +24,7 @@ from ctta.registry import BACKBONES, SCENARIOS, STRATEGIES
 from ctta.runner.checkpoint import CheckpointPlugin, run_fingerprint, scan_checkpoints
 from ctta.runner.config import RunConfig, to_dict
 from ctta.runner.guards import DivergenceError, DivergenceGuard
-from ctta.runner.outdir import RunError, begin, check_out_dir, finish
+from ctta.runner.outdir import RunError, abandon, begin, check_out_dir, finish
 from ctta.runner.results import package_versions, write_results
 from ctta.templates import TestTimeTemplate
 from ctta.utils import resolve_device, seed_everything
@@ -97,8 +97,17 @@ def prepare(cfg: RunConfig, outputs: bool = True) -> RunContext:
     seed_everything(cfg.seed)
     run_id = uuid.uuid4().hex
     main = dctx.main and outputs
-    if main:
-        begin(out, cfg, run_id, overwrite=cfg.overwrite)
+    started = begin(out, cfg, run_id, overwrite=cfg.overwrite) if main else None
+    try:
+        return _build(cfg, strategy_cls, out, run_id, main, dctx.main, t0)
+    except BaseException:
+        if started is not None:  # failed before training: leave the folder as it was found
+            abandon(started)
+        raise
+
+
+def _build(cfg: RunConfig, strategy_cls, out: Path, run_id: str, main: bool, is_main_rank: bool, t0: float):
+    """Build evaluator, benchmark, backbone, plugins and strategy; resume if asked."""
     extra = strategy_cls.extra_metrics(cfg.strategy.params) if hasattr(strategy_cls, "extra_metrics") else ()
     evaluator = make_evaluator(out if main else None, cfg.log.interactive and main, extra, cfg.log.f_last_variant,
                                loggers=cfg.log.loggers if main else ())  # fmt: skip
@@ -107,7 +116,7 @@ def prepare(cfg: RunConfig, outputs: bool = True) -> RunContext:
     is_tta = issubclass(strategy_cls, TestTimeTemplate)
     stream = bench.test_stream if is_tta else bench.train_stream
     progress = ProgressPlugin(_stream_size(stream), cfg.strategy.name, train=not is_tta,
-                              enabled=cfg.log.progress and dctx.main)  # fmt: skip
+                              enabled=cfg.log.progress and is_main_rank)  # fmt: skip
     plugins: list[Any] = [DivergenceGuard(), progress]
     checkpoints = cfg.log.checkpoint_every > 0 and not is_tta
     fingerprint = run_fingerprint(cfg, bench.train_stream) if (checkpoints or cfg.resume) and not is_tta else None
