@@ -129,3 +129,9 @@ def test_weights_unavailable_is_one_message(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(run_mod, "BACKBONES", SimpleNamespace(get=lambda name: SimpleNamespace(builder=offline)))
     _fails_cleanly(capsys, ["run", VPT, *QUICK, f"log.out_dir={tmp_path}/o"], "backbone.pretrained=/path")
     assert not (tmp_path / "o").exists()
+
+
+def test_resume_of_a_test_time_method_is_refused_before_loading(tmp_path, capsys):
+    tpt = str(ROOT / "configs" / "smoke" / "tpt_digits.yaml")
+    _fails_cleanly(capsys, ["run", tpt, *QUICK, f"log.out_dir={tmp_path}/o", "resume=true"], "online continual")
+    assert not (tmp_path / "o").exists()

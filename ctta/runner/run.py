@@ -93,6 +93,9 @@ def prepare(cfg: RunConfig, outputs: bool = True) -> RunContext:
             f"strategy {cfg.strategy.name!r} does not support multi-process runs (WORLD_SIZE={dctx.world}); "
             f"run it in one process (supported: online continual learning and episodic test-time strategies)"
         )
+    resumable = hasattr(strategy_cls, "load_checkpoint_state") and not issubclass(strategy_cls, TestTimeTemplate)
+    if cfg.resume and not resumable:
+        raise RunError(f"resume=true is supported for online continual learning, not {cfg.strategy.name!r}")
     distributed.barrier()  # every rank has checked the folder before rank 0 writes into it
     seed_everything(cfg.seed)
     run_id = uuid.uuid4().hex
