@@ -111,8 +111,11 @@ def build(name: str, cache, evaluator, **overrides):
 
 
 def silent_evaluator(*extra) -> EvaluationPlugin:
+    """Accuracy and loss (plus ``extra``) without loggers (Avalanche warns about that; deliberate here)."""
     acc, loss = accuracy_metrics(experience=True, stream=True), loss_metrics(stream=True)
-    return EvaluationPlugin(acc, loss, *extra, loggers=[])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="No loggers specified")
+        return EvaluationPlugin(acc, loss, *extra, loggers=[])
 
 
 def run(strategy, bench, train_stream=None, **train_kwargs) -> dict:
