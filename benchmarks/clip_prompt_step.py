@@ -16,6 +16,10 @@ memory), and the loss of the first step (the two paths must agree).
 
     python benchmarks/clip_prompt_step.py                       # ViT-B/16 random weights, 100 classes, CPU
     python benchmarks/clip_prompt_step.py --model ctta-tiny-clip --classes 20 --batch 4   # quick check
+
+Measured (ViT-B/16 random weights, 100 classes, batch 4, CPU, 1 thread, one step after one warm-up, shared
+2-core machine): CoOp 21.5 s -> 2.9 s CPU time (x7.4), saved activations 2,546 -> 195 MB (x13.0); MaPLe (J = 9)
+28.3 s -> 7.4 s (x3.8), 2,957 -> 606 MB (x4.9); first-step losses identical to 6 decimals.
 """
 
 from __future__ import annotations
