@@ -117,6 +117,7 @@ def test_base_to_new_run_writes_base_new_hm(tmp_path):
     assert set(s) >= {"base_acc", "new_acc", "hm"}
     assert s["hm"] == pytest.approx(2 * s["base_acc"] * s["new_acc"] / (s["base_acc"] + s["new_acc"]))
     last = results["last_metrics"]
+    assert last["Top1_Acc_HM/eval_phase/test_new_stream"] == pytest.approx(s["hm"])
     assert s["base_acc"] == pytest.approx(last["Top1_Acc_Stream/eval_phase/test_stream"])
     assert s["new_acc"] == pytest.approx(last["Top1_Acc_Stream/eval_phase/test_new_stream"])
 

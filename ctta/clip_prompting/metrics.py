@@ -25,10 +25,18 @@ def harmonic_mean(base: float, new: float) -> float:
 class BaseNewAccuracy(PluginMetric):
     """Top-1 accuracy of the last evaluation of the ``test`` (base) and ``test_new`` (new) streams, and their HM.
 
-    ``result()`` -> ``{"base_acc": B, "new_acc": N, "hm": H}`` (keys present once measured).
+    ``result()`` -> ``{"base_acc": B, "new_acc": N, "hm": H}`` (keys present once measured); the evaluator logs them
+    as ``Top1_Acc_Base/eval_phase/test_stream``, ``Top1_Acc_New/eval_phase/test_new_stream`` and
+    ``Top1_Acc_HM/eval_phase/test_new_stream``.
     """
 
     STREAMS = {"test": "base_acc", "test_new": "new_acc"}
+    #: Avalanche-style names of the logged values
+    NAMES = {
+        "base_acc": "Top1_Acc_Base/eval_phase/test_stream",
+        "new_acc": "Top1_Acc_New/eval_phase/test_new_stream",
+        "hm": "Top1_Acc_HM/eval_phase/test_new_stream",
+    }
 
     def __init__(self) -> None:
         super().__init__()
@@ -68,7 +76,7 @@ class BaseNewAccuracy(PluginMetric):
                 self.last[key] = correct / total
         res = self.result()
         step = strategy.clock.train_iterations
-        return [MetricValue(self, f"BaseNew/{k}", v, step) for k, v in res.items()]
+        return [MetricValue(self, self.NAMES[k], v, step) for k, v in res.items()]
 
     def __str__(self) -> str:
         return "BaseNewAccuracy"
