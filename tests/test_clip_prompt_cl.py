@@ -91,3 +91,22 @@ def test_context_out_writes_after_training(tiny, tmp_path):
     strategy.train(bench.train_stream[0])
     saved = torch.load(out, weights_only=True)["state_dict"]["ctx"]
     torch.testing.assert_close(saved, strategy.model.ctx.detach())
+
+
+def test_runner_class_incremental_run(tmp_path):
+    """``ctta run`` of a prompt learner on a class-incremental benchmark: top-1 over the stream, no base/new keys."""
+    from ctta.runner.config import load_config
+    from ctta.runner.run import run
+
+    cfg = load_config(
+        {
+            "seed": 1,
+            "device": "cpu",
+            "scenario": {"name": "class_incremental", "dataset": "digits", "n_experiences": 2, "img_size": 32},
+            "backbone": {"name": "clip", "model": "ctta-tiny-clip", "pretrained": ""},
+            "strategy": {"name": "coop", "epochs": 1, "batch_size": 32, "lr": 0.01},
+            "log": {"out_dir": str(tmp_path), "plot": False, "progress": False},
+        }
+    )
+    summary = run(cfg, verbose=False)["summary"]
+    assert "top1" in summary and not {"base_acc", "new_acc", "hm"} & set(summary)

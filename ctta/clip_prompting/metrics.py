@@ -3,8 +3,9 @@
 Paper: CoCoOp (Zhou et al., CVPR 2022, arXiv 2203.05557) §4.1 (``H = 2 B N / (B + N)``). Reference (behaviour
 read, re-implemented): KaiyangZhou/CoOp@ff61507 ``scripts/cocoop/base2new_*.sh`` and ``parse_test_res.py``.
 
-Accuracy is counted per evaluation stream: ``test`` gives the base accuracy, ``test_new`` the new accuracy
-(the streams of ``ctta.scenarios.few_shot``); the harmonic mean is reported once both exist.
+Accuracy is counted per evaluation stream of a base-to-new benchmark (``ctta.scenarios.few_shot``, whose
+``stream_classnames`` has a ``test_new`` stream): ``test`` gives the base accuracy, ``test_new`` the new accuracy;
+the harmonic mean is reported once both exist. Other benchmarks report nothing here.
 
 Deviations: none.
 """
@@ -53,10 +54,13 @@ class BaseNewAccuracy(PluginMetric):
         return out
 
     def _key(self, strategy) -> str | None:
+        """``base_acc`` / ``new_acc`` on a base-to-new benchmark's ``test`` / ``test_new`` streams, else None."""
         try:
-            return self.STREAMS.get(strategy.experience.origin_stream.name)
+            stream = strategy.experience.origin_stream
+            per_stream = getattr(getattr(stream, "benchmark", None), "stream_classnames", None) or {}
         except Exception:
             return None
+        return self.STREAMS.get(stream.name) if "test_new" in per_stream else None
 
     def before_eval(self, strategy) -> None:
         self._counts = {}
