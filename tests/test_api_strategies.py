@@ -164,3 +164,15 @@ def test_damvp_validation_and_test_accuracy_reach_the_evaluator(tiny_vit):
     assert valid and test, sorted(logged)
     assert logged[valid[0]][1] == [r["val_acc"] for r in s.history[0]]
     assert logged[test[0]][1] == [s.history[0][1]["test_acc"]]
+
+
+def test_anytime_evaluation_without_any_evaluation_data_says_so_once():
+    ds = as_classification_dataset(_data())
+    bench = class_incremental_benchmark({"train": ds, "test": ds}, num_experiences=2)
+    s = VPT(model=_vit(), evaluator=_silent(), device="cpu", n_prompts=2, train_mb_size=30, online_iters=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for exp in bench.train_stream:
+            s.train(exp, eval_streams=[])
+    said = [str(w.message) for w in caught if "anytime" in str(w.message)]
+    assert len(said) == 1 and "eval_streams" in said[0] and "anytime_eval_dataset" in said[0], said

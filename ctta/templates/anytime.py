@@ -54,22 +54,30 @@ class AnytimeEvalPlugin(SupervisedPlugin, supports_distributed=True):
         if found is not None:
             self.set_dataset(found)
             return
-        # Avalanche's eval_streams of this train() call (its default: the training experiences), accumulated
+        # the eval_streams of this train() call, accumulated over calls (Avalanche's default: the training experience)
+        training = False
         for group in getattr(strategy, "_eval_streams", None) or []:
             for exp in group:
+                training = training or exp is strategy.experience or exp.dataset is strategy.experience.dataset
                 if id(exp.dataset) not in self._fallback_ids:
                     self._fallback_ids.add(id(exp.dataset))
                     self._fallback_parts.append(exp.dataset)
         if not self._fallback_parts:
+            warn_once(
+                self, "no_eval_data",
+                f"{type(strategy).__name__}: no test set for the anytime evaluation and train() got no eval_streams: "
+                "A_auc / A_last are not computed; pass train(exp, eval_streams=[test_stream]) or anytime_eval_dataset=",
+            )  # fmt: skip
             return
         self._fallback = True
         self.set_dataset(concat_datasets(self._fallback_parts))
-        warn_once(
-            self, "no_test_set",
-            f"{type(strategy).__name__}: no test set for the anytime evaluation (the benchmark's experiences do not "
-            "reach a test stream); it runs on the eval_streams given to train() (Avalanche's default: the training "
-            "experiences). Pass anytime_eval_dataset= to the strategy to evaluate on test data.",
-        )  # fmt: skip
+        if training:
+            warn_once(
+                self, "no_test_set",
+                f"{type(strategy).__name__}: no test set for the anytime evaluation (the benchmark's experiences do "
+                "not reach a test stream), so it runs on the training experiences (Avalanche's default eval_streams). "
+                "Pass train(exp, eval_streams=[test_stream]) or anytime_eval_dataset= to evaluate on test data.",
+            )  # fmt: skip
 
     def _evaluate(self, strategy, kind: str, x: int) -> None:
         if self.dataset is None:
