@@ -47,6 +47,14 @@ EOF
 else
     log "no wheels folder $WHEELS: using the installed packages"
 fi
+stack_ok() { "$PY" -c "import avalanche.training, open_clip, diffusers, timm" >/dev/null 2>&1; }
+if [ -d "$WHEELS" ] && ! stack_ok; then  # an image package too old or new for the carried ones (e.g. protobuf)
+    log "the installed packages do not import together: every carried wheel goes ahead of the image's"
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
+        "$WHEELS"/*.whl >>"$OUT/run.log" 2>&1 || log "pip install from $WHEELS failed (see run.log)"
+    case ":${PYTHONPATH:-}:" in *":$SITE:"*) ;; *) export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" ;; esac
+    stack_ok || log "still not importable: $("$PY" -c 'import avalanche.training, open_clip, diffusers' 2>&1 | tail -n 1)"
+fi
 ctta_here() {  # ctta imports, from this copy
     "$PY" -c "import ctta, ctta.strategies.tpt, os, sys; sys.exit(not os.path.realpath(ctta.__file__).startswith('$ROOT/'))" \
         2>/dev/null
