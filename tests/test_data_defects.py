@@ -80,7 +80,7 @@ def test_ctta_run_with_a_missing_dataset_says_what_to_download_and_where(tmp_pat
             "device=cpu",
         ]
     )
-    assert rc == 1
+    assert rc == 2  # a user error (issue 13: one message, exit code 2)
     err = capsys.readouterr().err
     assert "Tiny-ImageNet not found" in err and "tiny-imagenet-200.zip" in err
     assert str(tmp_path / "tiny-imagenet-200") in err
