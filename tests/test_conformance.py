@@ -38,12 +38,11 @@ ONLINE = [n for n in ALL if FAMILY[n] == "online"]
 AVALANCHE_NAME = re.compile(r"^[A-Za-z0-9_]+/(train|eval)_phase/[A-Za-z0-9_]+_stream(/[A-Za-z0-9_]+)*$")
 
 # case -> strategy names or test ids expected to fail because the strategy lacks the API (strict xfail; remove an
-# entry as soon as it passes). Since 173ebaa only the anytime warning below is pending.
+# entry as soon as it passes). Every registered strategy conforms since 173ebaa and b6ae788: all empty.
 PENDING: dict[str, set[str]] = {
-    "anytime_test_data": {"dualprompt", "l2p", "mvp", "vpt"},
-} | {
     case: set()
     for case in (
+        "anytime_test_data",
         "avalanche_benchmarks",
         "config_object",
         "eval_every",
@@ -57,10 +56,7 @@ PENDING: dict[str, set[str]] = {
     )
 }
 _REASON = "issue 11: the Avalanche-style constructor is not implemented by this strategy yet"
-REASONS = {  # what is missing, where a case fails for a narrower reason than _REASON
-    "anytime_test_data": "issue 11: the anytime evaluation runs on train()'s eval_streams but still warns 'no test "
-    "set ... (Avalanche's default: the training experiences)' when the user gave eval_streams=[test_stream]",
-}
+REASONS: dict[str, str] = {}  # case -> what is missing, where a case fails for a narrower reason than _REASON
 
 
 def params(case: str, values: list, ids: list[str] | None = None) -> list:
