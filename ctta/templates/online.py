@@ -28,6 +28,10 @@ from ctta.utils import autocast, resolve_device, trainable_parameters
 
 __all__ = ["OnlineConfig", "OnlineCLTemplate", "as_prompted_vit"]
 
+_SHUFFLE_REFUSAL = (
+    "{name} cannot honour shuffle=True: an online stream is consumed in stream order (that order is the protocol: "
+    "which classes appear when, and what the anytime evaluation measures); leave shuffle unset or False"
+)
 _COMMON = ("config", "num_classes", "anytime_eval_every", "anytime_eval_dataset", "precision", "train_augment")
 
 
@@ -212,9 +216,16 @@ class OnlineCLTemplate(
         self.model = self.model_adaptation()
         self.make_optimizer()
 
+    def train(self, experiences, eval_streams=None, **kwargs: Any):
+        """Avalanche's ``train``; ``shuffle=True`` is refused before anything runs (stream order is the protocol)."""
+        if kwargs.get("shuffle"):
+            raise ValueError(_SHUFFLE_REFUSAL.format(name=type(self).__name__))
+        return super().train(experiences, eval_streams, **kwargs)
+
     def make_train_dataloader(self, shuffle: bool = False, **kwargs: Any) -> None:
-        """Stream order is the protocol: never shuffle."""
-        kwargs.pop("shuffle", None)
+        """Stream order is the protocol: never shuffle (``shuffle=True`` raises ``ValueError``)."""
+        if shuffle:
+            raise ValueError(_SHUFFLE_REFUSAL.format(name=type(self).__name__))
         super().make_train_dataloader(shuffle=False, **kwargs)
 
     def _before_training_exp(self, **kwargs: Any) -> None:
