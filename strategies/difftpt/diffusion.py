@@ -82,17 +82,17 @@ class DiffusionConfig:
 
     def __post_init__(self) -> None:
         if self.dtype not in (*_DTYPES, "auto"):
-            raise ValueError(f"diffusion.dtype={self.dtype!r}; valid: {[*_DTYPES, 'auto']}")
+            raise ValueError(f"strategy.diffusion.dtype={self.dtype!r}; valid: {[*_DTYPES, 'auto']}")
         if self.cache_format not in ("source", "jpeg", "png"):
-            raise ValueError(f"diffusion.cache_format={self.cache_format!r}; valid: ['source', 'jpeg', 'png']")
+            raise ValueError(f"strategy.diffusion.cache_format={self.cache_format!r}; valid: ['source', 'jpeg', 'png']")
         if self.on_mismatch not in ("raise", "regenerate"):
-            raise ValueError(f"diffusion.on_mismatch={self.on_mismatch!r}; valid: ['raise', 'regenerate']")
+            raise ValueError(f"strategy.diffusion.on_mismatch={self.on_mismatch!r}; valid: ['raise', 'regenerate']")
         if self.num_inference_steps < 1 or self.chunk_size < 1 or self.resolution < 0:
             raise ValueError("diffusion: num_inference_steps and chunk_size must be >= 1, resolution >= 0")
         if self.lock_timeout_s < 0 or self.lock_stale_s <= 0:
             raise ValueError("diffusion: lock_timeout_s must be >= 0 and lock_stale_s > 0")
         if self.resolution % 8:
-            raise ValueError(f"diffusion.resolution must be a multiple of 8, got {self.resolution}")
+            raise ValueError(f"strategy.diffusion.resolution must be a multiple of 8, got {self.resolution}")
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -193,7 +193,7 @@ def _from_pretrained(cfg: DiffusionConfig, dtype: torch.dtype):
         path = Path(cfg.local_dir).expanduser()
         if not (path / "model_index.json").is_file():
             raise RuntimeError(
-                f"diffusion.local_dir={str(path)!r} holds no diffusers pipeline (model_index.json missing); "
+                f"strategy.diffusion.local_dir={str(path)!r} holds no diffusers pipeline (model_index.json missing); "
                 f"expected {cfg.model} revision {cfg.revision}: {hint}"
             )
         return Pipeline.from_pretrained(str(path), **kw)
@@ -203,7 +203,7 @@ def _from_pretrained(cfg: DiffusionConfig, dtype: torch.dtype):
         if not cfg.download:
             raise RuntimeError(
                 f"{cfg.model} revision {cfg.revision} is not in the local Hugging Face cache and "
-                f"diffusion.download=false ({cached_err}); {hint}"
+                f"strategy.diffusion.download=false ({cached_err}); {hint}"
             ) from cached_err
     try:
         return Pipeline.from_pretrained(cfg.model, revision=cfg.revision, **kw)
@@ -378,7 +378,7 @@ class DiffusionViews:
         if not self.cfg.allow_generate:
             raise RuntimeError(
                 f"no cached diffusion views {missing[:5]}... for {source} (sha256 {key[:12]}...) in "
-                f"{self.cache.dir} and diffusion.allow_generate=false; generate them first or allow generation"
+                f"{self.cache.dir} and strategy.diffusion.allow_generate=false; generate them first or allow generation"
             )
 
     def _generate(self, image, key: str, source: str, missing: list[int], label: int | None) -> dict:

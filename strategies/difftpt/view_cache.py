@@ -168,7 +168,7 @@ def _acquire(path: Path, timeout_s: float) -> int:
             raise CacheError(
                 f"{path}: cache key locked by {_holder(path)} (waited {waited:.0f} s); that process is alive (file "
                 f"locks are released when their process exits): wait for it or stop it rather than delete this lock "
-                f"file, or raise diffusion.lock_timeout_s"
+                f"file, or raise strategy.diffusion.lock_timeout_s"
             )
         time.sleep(min(sleep, timeout_s - waited))
         sleep = min(2 * sleep, _POLL_S[1])
@@ -188,7 +188,7 @@ def _try_lock(fd: int, path: Path) -> bool:
         os.close(fd)
         raise CacheError(
             f"{path}: the file system does not support file locks ({err}); put the cache folder "
-            f"(diffusion.cache_dir) on a local or lock-capable file system"
+            f"(strategy.diffusion.cache_dir) on a local or lock-capable file system"
         ) from err
     return True
 
@@ -326,15 +326,22 @@ class ViewCache:
             return
         try:
             found = json.loads(path.read_bytes())
-        except ValueError:
+            if not isinstance(found, dict) or not isinstance(found.get("settings"), dict):
+                raise ValueError("not a settings record")
+        except (OSError, ValueError) as err:  # unreadable, truncated or not JSON: corrupt, not "different"
+            if self.on_mismatch == "raise":
+                raise CacheCorruptError(
+                    f"corrupt/unreadable settings.json at {path} ({err}); remove the folder {self.dir} or set "
+                    f"strategy.diffusion.on_mismatch=regenerate (the folder is then set aside and rebuilt)"
+                ) from err
             found = {}
         if found.get("settings") == self.settings:
             return
-        diff = _diff(found.get("settings") or {}, self.settings)
-        if self.on_mismatch == "raise":
+        if found and self.on_mismatch == "raise":
+            diff = _diff(found["settings"], self.settings)
             raise CacheMismatchError(
                 f"{path}: cache settings differ from the requested generation settings ({diff}); "
-                f"remove the folder or set diffusion.on_mismatch=regenerate"
+                f"remove the folder or set strategy.diffusion.on_mismatch=regenerate"
             )
         os.replace(self.dir, self.dir.with_name(f"{self.dir.name}.mismatch-{int(time.time())}"))  # kept aside
         atomic_write(path, _dumps(record))
@@ -392,7 +399,7 @@ class ViewCache:
 
     def _problem(self, kind: type[CacheError], msg: str, out: Lookup) -> None:
         if self.on_mismatch == "raise":
-            raise kind(f"{msg}; set diffusion.on_mismatch=regenerate to regenerate it")
+            raise kind(f"{msg}; set strategy.diffusion.on_mismatch=regenerate to regenerate it")
         out.problems.append(msg)
         return None
 
