@@ -58,3 +58,47 @@ def test_difftpt_messages_print_keys_as_set_on_the_command_line():
         text = (folder / name).read_text()
         bare = [m.group(0) for m in re.finditer(r"(?<![\w.])diffusion\.[a-z_]+=", text)]
         assert not bare, (name, bare)  # every fix key reads strategy.diffusion.<field>=
+
+
+# ------------------------------------------------------------------ issue 13: n_experiences > classes, before data
+@pytest.mark.parametrize(
+    ("config", "override", "needle"),
+    [
+        ("vpt_digits.yaml", "scenario.n_experiences=11", "scenario.n_experiences=11 but digits has 10 classes"),
+        ("mvp_digits.yaml", "scenario.n_tasks=50", "scenario.n_tasks=50 but digits has 10 classes"),
+    ],
+)
+def test_more_experiences_than_classes_fails_before_data_loads(tmp_path, capsys, monkeypatch, config, override, needle):
+    from ctta.data import catalogue
+    from ctta.runner.cli import main
+    from tests.conftest import ROOT
+
+    def no_data(*a, **k):
+        raise AssertionError("data loaded before the class-count check")
+
+    monkeypatch.setattr(catalogue.DatasetEntry, "load", no_data)
+    out = tmp_path / "out"
+    capsys.readouterr()
+    argv = ["run", str(ROOT / "configs" / "smoke" / config), "log.progress=false", "device=cpu", f"log.out_dir={out}"]
+    assert main([*argv, override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert needle in err and "at most 10" in err, err
+    assert not out.exists()
+
+
+def test_class_count_guard_on_n_experiences():
+    from types import SimpleNamespace as NS
+
+    from ctta.runner.guards import RunError, catalogue_class_count, check_class_count
+
+    assert catalogue_class_count("digits") == 10 and catalogue_class_count("cifar100") == 100
+    assert catalogue_class_count("digits/0/2") is None  # not known without loading: the scenario checks it
+    cfg = NS(scenario=NS(name="class_incremental", params=NS(dataset="digits", n_experiences=11, classes_per_exp=None)))
+    with pytest.raises(RunError, match="scenario.n_experiences=11 but digits has 10 classes"):
+        check_class_count(cfg)
+    cfg.scenario.params.n_experiences = 10
+    check_class_count(cfg)  # one class per experience is fine
+    cfg.scenario.params = NS(dataset="cifar100", n_experiences=101, shuffle="none")  # multilane_cil
+    with pytest.raises(RunError, match="at most 100"):
+        check_class_count(cfg)

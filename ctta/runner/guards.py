@@ -2,6 +2,9 @@
 
 Training on with a NaN/Inf loss silently corrupts every later number (Adam turns one Inf gradient into NaN
 parameters), so the runner stops at the first one instead and records the run as ``"status": "diverged"``.
+
+Fail-early guards (before data and weights load): ``check_class_count`` (more experiences or tasks than the
+dataset has classes, known from the dataset catalogue).
 """
 
 from __future__ import annotations
@@ -11,6 +14,39 @@ from typing import Any
 
 import torch
 from avalanche.training.plugins import SupervisedPlugin
+
+from ctta.data import catalogue
+from ctta.runner.outdir import RunError
+
+_SPLIT_KEYS = ("n_experiences", "n_tasks")  # scenario fields that cut the classes into groups
+
+
+def catalogue_class_count(dataset: str) -> int | None:
+    """The class count of catalogue dataset ``dataset`` where the catalogue records it (``DatasetStats``), else None."""
+    for kind in catalogue.KINDS:
+        try:
+            entry = catalogue.entry(dataset, kind)
+        except catalogue.UnknownDatasetError:
+            continue
+        if entry.stats is not None:
+            return int(entry.stats.n_classes)
+    return None
+
+
+def check_class_count(cfg: Any) -> None:
+    """Raise ``RunError`` (before data loads) when the scenario asks for more experiences (or Si-Blurry tasks) than
+    its dataset has classes; silent when the class count is not known without loading the data."""
+    params = cfg.scenario.params
+    key = next((k for k in _SPLIT_KEYS if isinstance(getattr(params, k, None), int)), None)
+    dataset = getattr(params, "dataset", None)
+    if key is None or not isinstance(dataset, str) or getattr(params, "classes_per_exp", None):
+        return  # explicit classes_per_exp sizes win over n_experiences (checked by the scenario against the data)
+    n, classes = int(getattr(params, key)), catalogue_class_count(dataset)
+    if classes is not None and n > classes:
+        raise RunError(
+            f"scenario.{key}={n} but {dataset} has {classes} classes: every {key[2:].rstrip('s')} needs at least one "
+            f"class; set scenario.{key} to at most {classes}"
+        )
 
 
 class DivergenceError(RuntimeError):

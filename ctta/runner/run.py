@@ -23,7 +23,7 @@ from ctta.metrics import TopKAccuracy
 from ctta.registry import BACKBONES, SCENARIOS, STRATEGIES
 from ctta.runner.checkpoint import CheckpointPlugin, run_fingerprint, scan_checkpoints
 from ctta.runner.config import RunConfig, to_dict
-from ctta.runner.guards import DivergenceError, DivergenceGuard
+from ctta.runner.guards import DivergenceError, DivergenceGuard, check_class_count
 from ctta.runner.outdir import RunError, abandon, begin, check_out_dir, finish
 from ctta.runner.results import package_versions, write_results
 from ctta.templates import TestTimeTemplate
@@ -81,6 +81,7 @@ def prepare(cfg: RunConfig, outputs: bool = True) -> RunContext:
     t0 = time.perf_counter()
     check_device(cfg.device)
     check_image_size(cfg)
+    check_class_count(cfg)
     out = Path(cfg.log.out_dir)
     if outputs:  # before anything loads: a folder we may write, no earlier run to overwrite, a resumable match
         check_out_dir(out, resume=cfg.resume, overwrite=cfg.overwrite)
