@@ -24,9 +24,14 @@ and ``datasets/*.py`` (folders and split files).
   eval ``Resize(img_size, bicubic)`` + ``CenterCrop``. ``dataset: digits`` (sklearn's bundled digits, tensors at
   ``img_size``; smoke tests) is only normalised.
 
-Deviations: ImageNet (no split file: Dassl pickles its own) and FGVCAircraft (the official ``images_variant_*.txt``
-lists) are not supported yet; the official few-shot cache ``split_fewshot/*.pkl`` is not read (the same images are
-re-sampled).
+* ImageNet (no split file: ``imagenet/images/train`` is the train set, ``images/val`` the test set, no validation
+  set, so no validation draw) and FGVCAircraft (the official ``images_variant_*.txt`` lists) are read from their
+  folders; ImageNet-V2/-Sketch/-A/-R are test-only (only as ``eval_datasets``: domain generalisation, CoCoOp's
+  ``scripts/cocoop/xd_*.sh`` protocol with ``dataset: imagenet, setting: all``).
+
+Deviations: the official few-shot cache ``split_fewshot/*.pkl`` and Dassl's ImageNet ``preprocessed.pkl`` are not
+read (the same images are re-sampled; for ImageNet the images of a class are listed in sorted order, CoOp's in
+``os.listdir`` order).
 """
 
 from __future__ import annotations
@@ -104,7 +109,11 @@ def subsample_classes(*splits: Sequence[tuple], subsample: str = "all") -> list[
 
 
 def classnames_of(items: Sequence[tuple]) -> list[str]:
+    """Class names by label; the labels must be ``0..n-1`` (a class without items would shift the names)."""
     names = {int(it[1]): it[2] for it in items}
+    if sorted(names) != list(range(len(names))):
+        missing = sorted(set(range(max(names) + 1)) - set(names))[:5] if names else []
+        raise ValueError(f"labels are not 0..n-1: classes {missing} have no items")
     return [names[y] for y in sorted(names)]
 
 
@@ -159,6 +168,10 @@ def build_few_shot(cfg: FewShotConfig, *, seed: int = 1) -> CLScenario:
     if cfg.setting not in ("base2new", "all"):
         raise ValueError(f"setting must be base2new or all, got {cfg.setting!r}")
     splits = _load_splits(cfg)
+    if not splits["train"]:
+        raise ValueError(
+            f"few-shot dataset {cfg.dataset!r} has no train split (a test-only set: use it in scenario.eval_datasets)"
+        )
     rng = random.Random(seed)
     train = generate_fewshot(splits["train"], cfg.shots, rng)
     val = generate_fewshot(splits["val"], min(cfg.shots, 4), rng) if splits["val"] else []

@@ -16,7 +16,10 @@ Kinds and what their loaders return:
   ``ctta.data.transfer_datasets.TransferData`` with train/val/test splits.
 - ``multilabel`` (``multilabel``): ``(train, test)`` multi-label datasets (``ctta.data.multilabel_datasets``).
 - ``few_shot`` (``few_shot``, CoOp's protocol): ``{"train"|"val"|"test": [(image path or tensor, label,
-  classname), ...]}`` from CoOp's split files (KaiyangZhou/CoOp@ff61507 ``datasets/*.py``).
+  classname), ...]}`` from CoOp's split files (KaiyangZhou/CoOp@ff61507 ``datasets/*.py``); ImageNet from its
+  ``images/{train,val}`` folders (val is the test set, no validation split), FGVC-Aircraft from its own
+  ``images_variant_*.txt`` lists, and ImageNet-V2/-Sketch/-A/-R as test-only sets (empty train and val) through
+  their test-time loaders: the domain-generalisation targets.
 
 An entry may also accept other names (``aliases``: CoOp's ``oxford_pets`` for TPT's ``pets``). A name may have
 several kinds (``imagenet_r`` is a CL set and a test-time set in the same folder); the same name
@@ -178,6 +181,10 @@ _IMAGENET_R = (
 )
 COOP_DATASETS = "https://github.com/KaiyangZhou/CoOp/blob/main/DATASETS.md"  # CoOp's folders and split files
 _COOP = f"Prepare it as in CoOp's DATASETS.md ({COOP_DATASETS}), including its <split> file, in <folder>."
+_COOP_DG = (
+    f" CoOp's layout (DATASETS.md, {COOP_DATASETS}), <root>/<coop>, is accepted too; as a few-shot set it is "
+    "test-only (a domain-generalisation target in scenario.eval_datasets)."
+)
 _FGVC_JSON = "Put the images and VPT's train/val/test.json split files (KMnP/vpt, DATASETS) in <folder>/."
 _DIGITS = "Bundled with scikit-learn (sklearn.datasets.load_digits): nothing to download."
 
@@ -200,9 +207,15 @@ def _fine_grained(name, title, tpt_dir, coop_dir, split, tpt_img, coop_img, alia
     )  # fmt: skip
 
 
-def _imagenet(name, title, folder, how) -> DatasetEntry:
-    """A test set of the ImageNet family: one folder per wnid (or class index, ImageNet-V2)."""
-    return DatasetEntry(name, title, (folder,), how, {"test_time": _TTA + "load_imagenet_family"})
+def _imagenet(name, title, folder, how, coop_dir="") -> DatasetEntry:
+    """A test set of the ImageNet family: one folder per wnid (or class index, ImageNet-V2). With ``coop_dir`` (the
+    folder of CoOp's DATASETS.md, accepted too) it is also a test-only few-shot set (domain generalisation)."""
+    if not coop_dir:
+        return DatasetEntry(name, title, (folder,), how, {"test_time": _TTA + "load_imagenet_family"})
+    return DatasetEntry(
+        name, title, (folder, coop_dir), how + _COOP_DG.replace("<coop>", coop_dir),
+        {"test_time": _TTA + "load_imagenet_family", "few_shot": _TTA + "load_imagenet_test_only"},
+    )  # fmt: skip
 
 
 def _transfer(name, title, folder, how, loader, **extra) -> DatasetEntry:
@@ -224,8 +237,10 @@ CATALOGUE: tuple[DatasetEntry, ...] = (
         stats=DatasetStats(200, (0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262), "imagenet"),
     ),
     DatasetEntry(
-        "imagenet_r", "ImageNet-R", ("imagenet-r",), _IMAGENET_R,
-        {"cl": _CL + "load_imagenet_r_entry", "test_time": _TTA + "load_imagenet_family"},
+        "imagenet_r", "ImageNet-R", ("imagenet-r", "imagenet-rendition/imagenet-r"),
+        _IMAGENET_R + _COOP_DG.replace("<coop>", "imagenet-rendition/imagenet-r"),
+        {"cl": _CL + "load_imagenet_r_entry", "test_time": _TTA + "load_imagenet_family",
+         "few_shot": _TTA + "load_imagenet_test_only"},
         stats=DatasetStats(200, _IMAGENET_MEAN, _IMAGENET_STD, "imagenet"),
     ),
     DatasetEntry(
@@ -248,13 +263,13 @@ CATALOGUE: tuple[DatasetEntry, ...] = (
               "Put the ILSVRC-2012 validation images in one folder per wnid (<folder>/<wnid>/*.JPEG)."),
     _imagenet("imagenet_a", "ImageNet-A", "imagenet-a",
               "Download imagenet-a.tar from https://github.com/hendrycks/natural-adv-examples and extract it to "
-              "<folder>."),
+              "<folder>.", "imagenet-adversarial/imagenet-a"),
     _imagenet("imagenet_v2", "ImageNet-V2", "imagenetv2-matched-frequency-format-val",
               "Download imagenetv2-matched-frequency.tar.gz from https://github.com/modestyachts/ImageNetV2 and "
-              "extract it to <folder>."),
+              "extract it to <folder>.", "imagenetv2/imagenetv2-matched-frequency-format-val"),
     _imagenet("imagenet_sketch", "ImageNet-Sketch", "ImageNet-Sketch",
               "Download ImageNet-Sketch from https://github.com/HaohanWang/ImageNet-Sketch and extract it to "
-              "<folder> (<folder>/[sketch/]<wnid>/)."),
+              "<folder> (<folder>/[sketch/ or images/]<wnid>/).", "imagenet-sketch"),
     _fine_grained("flower102", "Flowers-102", "Flower102", "oxford_flowers", "split_zhou_OxfordFlowers.json", "jpg",
                   "jpg", aliases=("oxford_flowers",)),
     _fine_grained("dtd", "DTD", "DTD", "dtd", "split_zhou_DescribableTextures.json", "images", "images"),
@@ -271,8 +286,16 @@ CATALOGUE: tuple[DatasetEntry, ...] = (
     DatasetEntry(
         "aircraft", "FGVC-Aircraft", ("fgvc_aircraft",),
         "Download FGVC-Aircraft (fgvc-aircraft-2013b, https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/) and put "
-        "its data/ folder at <folder>.",
-        {"test_time": _TTA + "load_aircraft"},
+        f"its data/ folder at <folder> (variants.txt, images_variant_{{train,val,test}}.txt, images/), as in CoOp's "
+        f"DATASETS.md ({COOP_DATASETS}).",
+        {"test_time": _TTA + "load_aircraft", "few_shot": _TTA + "load_coop_aircraft"}, aliases=("fgvc_aircraft",),
+    ),
+    DatasetEntry(
+        "imagenet", "ImageNet (CoOp layout)", ("imagenet",),
+        f"Prepare it as in CoOp's DATASETS.md ({COOP_DATASETS}): the ILSVRC-2012 train and val images in "
+        "<folder>/images/train/<wnid>/ and <folder>/images/val/<wnid>/ (val is the test set; one folder per wnid), "
+        "and CoOp's classnames.txt ('<wnid> <class name>' lines, linked there) in <folder>/.",
+        {"few_shot": _TTA + "load_coop_imagenet"},
     ),
     DatasetEntry(
         "imagenet_c/<corruption>/<severity>", "ImageNet-C <corruption>/<severity>", ("<corruption>/<severity>",),

@@ -12,13 +12,26 @@ accepted too):
 ``imagenet-r/<wnid>/``, ``ImageNet-Sketch/[sketch/]<wnid>/``; fine-grained sets read CoOp's ``split_zhou_*.json``
 ``test`` lists (``[path, label, classname]``), FGVC-Aircraft its own ``variants.txt`` + ``images_variant_test.txt``.
 
+CoOp's few-shot protocol (KaiyangZhou/CoOp@ff61507 ``datasets/{imagenet,fgvc_aircraft,imagenetv2,imagenet_sketch,
+imagenet_a,imagenet_r}.py``, layout of its ``DATASETS.md``): ``load_coop_splits`` reads a ``split_zhou_*.json``;
+``load_coop_imagenet`` reads ``imagenet/images/train/<wnid>/`` (train) and ``images/val/<wnid>/`` (test; ImageNet has
+no validation split), labels = index of the wnid among the sorted train folders, names from ``classnames.txt``;
+``load_coop_aircraft`` reads ``images_variant_{train,val,test}.txt`` (labels = line of the variant in
+``variants.txt``); ``load_imagenet_test_only`` gives ImageNet-V2/-Sketch/-A/-R as test-only few-shot sets (the
+domain-generalisation targets) through ``load_imagenet_family`` (CoOp's folder names are accepted: the catalogue
+entries list them as second folders; CoOp's ``imagenet-sketch/images/`` sub-folder too).
+
 Label rules: ImageNet-A/-R labels index their 200-class subsets (folder wnids must equal the shipped lists);
 ImageNet-V2 labels are ``int(folder name)`` (equivalent to TPT's string-sorted ImageFolder labels remapped through
 ``imagenet_v_mask``); fine-grained labels come from the split files.
 
 Deviations: images of a fine-grained split are looked up under the TPT image folder, then CoOp's, then the dataset
 folder itself (the first that holds the first listed file); the DiffTPT ``difftpt_1k`` subset is drawn with a
-seeded generator (the reference's is unseeded and unreleased for 14 of the 15 sets).
+seeded generator (the reference's is unseeded and unreleased for 14 of the 15 sets). ImageNet (CoOp layout): the
+images of a class folder are taken in sorted name order (CoOp keeps ``os.listdir`` order, which depends on the file
+system; so the few-shot draw equals the official one where that order is sorted), Dassl's ``preprocessed.pkl`` and
+``split_fewshot/*.pkl`` caches are not read, and without ``classnames.txt`` the shipped CLIP ImageNet class names
+(open_clip's list, the one CoOp's file holds) are used.
 """
 
 from __future__ import annotations
@@ -44,12 +57,15 @@ __all__ = [
     "ViewsDataset",
     "load_aircraft",
     "coop_items",
+    "load_coop_aircraft",
+    "load_coop_imagenet",
     "load_coop_splits",
     "read_coop_split",
     "load_digits_tta",
     "load_fine_grained",
     "load_imagenet_c",
     "load_imagenet_family",
+    "load_imagenet_test_only",
     "load_tta_dataset",
     "select_subset",
 ]
@@ -116,9 +132,9 @@ class ViewsDataset(Dataset):
 def load_imagenet_family(entry: DatasetEntry, root: str | Path, **_) -> TTASet:
     """Catalogue loader of the ImageNet test sets (``IMAGENET_FAMILY``): an ImageFolder over the entry's folder."""
     name = entry.name
-    folder = entry.require(entry.path(root))
-    if name == "imagenet_sketch" and (folder / "sketch").is_dir():
-        folder = folder / "sketch"
+    folder = entry.require(entry.locate(root))
+    if name == "imagenet_sketch":  # TPT's <folder>/sketch/<wnid>/, CoOp's imagenet-sketch/images/<wnid>/
+        folder = next((folder / s for s in ("sketch", "images") if (folder / s).is_dir()), folder)
     if name == "imagenet_v2":
         classes = [str(i) for i in range(1000)]  # label = int(folder name)
     elif name in ("imagenet_a", "imagenet_r"):
@@ -134,6 +150,82 @@ def load_imagenet_family(entry: DatasetEntry, root: str | Path, **_) -> TTASet:
         classes = imagenet_wnids()
     ds = ImageFolderDataset(folder, classes=classes, dataset_name=name, how_to_get=entry.how_to_get())
     return TTASet(name, ds, classnames(name), "imagenet")
+
+
+def load_imagenet_test_only(entry: DatasetEntry, root: str | Path, **_) -> dict[str, list[tuple]]:
+    """Catalogue loader (kind ``few_shot``) of ImageNet-V2/-Sketch/-A/-R: ``{"train": [], "val": [], "test": [(image
+    path, label, classname), ...]}`` from ``load_imagenet_family`` (a domain-generalisation target: test only)."""
+    tta = load_imagenet_family(entry, root)
+    return {"train": [], "val": [], "test": [(p, int(y), tta.classnames[y]) for p, y in tta.dataset.samples]}
+
+
+def _nohidden(folder: Path, dirs: bool) -> list[Path]:
+    return sorted(f for f in folder.iterdir() if not f.name.startswith(".") and f.is_dir() == dirs)
+
+
+def load_coop_imagenet(entry: DatasetEntry, root: str | Path, **_) -> dict[str, list[tuple]]:
+    """Catalogue loader (kind ``few_shot``) of ImageNet in CoOp's layout (``datasets/imagenet.py``): train from
+    ``images/train/<wnid>/``, test from ``images/val/<wnid>/``, no validation split; class ``i`` is the ``i``-th
+    sorted train folder, named by ``classnames.txt`` (``<wnid> <name>`` lines; else the shipped CLIP names)."""
+    base = entry.require(entry.locate(root))
+    text = base / "classnames.txt"
+    if text.is_file():
+        names = {}
+        for line in text.read_text().splitlines():
+            wnid, _, name = line.strip().partition(" ")
+            if wnid:
+                names[wnid] = name
+    else:
+        names = dict(zip(imagenet_wnids(), classnames("imagenet"), strict=True))
+    splits: dict[str, list[tuple]] = {"train": [], "val": [], "test": []}
+    folders: dict[str, list[str]] = {}
+    for split, sub in (("train", "train"), ("test", "val")):
+        image_dir = entry.require(base / "images" / sub, f"images/{sub} folder")
+        folders[split] = [d.name for d in _nohidden(image_dir, dirs=True)]
+        unknown = [w for w in folders[split] if w not in names]
+        if unknown:
+            raise ValueError(
+                f"imagenet: class folders {unknown[:5]} under {image_dir} are not in "
+                f"{text if text.is_file() else 'the 1000 ImageNet wnids'}. {entry.how_to_get()}"
+            )
+        for label, wnid in enumerate(folders[split]):
+            splits[split] += [(str(f), label, names[wnid]) for f in _nohidden(image_dir / wnid, dirs=False)]
+    if folders["train"] != folders["test"]:
+        diff = sorted(set(folders["train"]) ^ set(folders["test"]))
+        raise ValueError(f"imagenet: images/train and images/val hold different class folders (e.g. {diff[:5]})")
+    if not splits["train"]:
+        raise FileNotFoundError(f"imagenet: no images under {base / 'images' / 'train'}. {entry.how_to_get()}")
+    return splits
+
+
+def _aircraft_list(entry: DatasetEntry, base: Path, split: str, label: dict[str, int]) -> list[tuple]:
+    """``images_variant_<split>.txt`` as ``(base/images/<id>.jpg, label, variant)`` items (CoOp's ``read_data``)."""
+    path = base / f"images_variant_{split}.txt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{entry.title}: {path} not found. {entry.how_to_get()}")
+    items = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            img, _, variant = line.strip().partition(" ")
+            if variant not in label:
+                raise ValueError(f"{path}: variant {variant!r} of image {img} is not in variants.txt")
+            items.append((str(base / "images" / f"{img}.jpg"), label[variant], variant))
+    return items
+
+
+def _aircraft_variants(entry: DatasetEntry, base: Path) -> list[str]:
+    path = base / "variants.txt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{entry.title}: {path} not found. {entry.how_to_get()}")
+    return [v.strip() for v in path.read_text().splitlines() if v.strip()]
+
+
+def load_coop_aircraft(entry: DatasetEntry, root: str | Path, **_) -> dict[str, list[tuple]]:
+    """Catalogue loader (kind ``few_shot``) of FGVC-Aircraft in CoOp's layout (``datasets/fgvc_aircraft.py``): the
+    official ``images_variant_{train,val,test}.txt`` lists, label = line of the variant in ``variants.txt``."""
+    base = entry.require(entry.locate(root))
+    label = {v: i for i, v in enumerate(_aircraft_variants(entry, base))}
+    return {split: _aircraft_list(entry, base, split, label) for split in ("train", "val", "test")}
 
 
 def _find_split(entry: DatasetEntry, base: Path, split_file: str) -> Path:
@@ -209,16 +301,11 @@ def read_coop_split(path: str | Path, image_dir: str | Path) -> dict[str, list[t
 def load_aircraft(entry: DatasetEntry, root: str | Path, **_) -> TTASet:
     """Catalogue loader of FGVC-Aircraft: ``variants.txt`` + ``images_variant_test.txt``."""
     base = entry.require(entry.path(root))
-    variants = [v.strip() for v in (base / "variants.txt").read_text().splitlines() if v.strip()]
+    variants = _aircraft_variants(entry, base)
     if variants != classnames("aircraft"):
         raise ValueError(f"{base / 'variants.txt'} does not list the 100 FGVC-Aircraft variants in reference order")
-    paths, labels = [], []
-    for line in (base / "images_variant_test.txt").read_text().splitlines():
-        if line.strip():
-            img, _, variant = line.strip().partition(" ")
-            paths.append(base / "images" / f"{img}.jpg")
-            labels.append(variants.index(variant))
-    return TTASet("aircraft", ListDataset(paths, labels), variants, "fine_grained")
+    items = _aircraft_list(entry, base, "test", {v: i for i, v in enumerate(variants)})
+    return TTASet("aircraft", ListDataset([p for p, _, _ in items], [y for _, y, _ in items]), variants, "fine_grained")
 
 
 def load_imagenet_c(entry: DatasetEntry, root: str | Path, label_space: str = "imagenet", **_) -> TTASet:
