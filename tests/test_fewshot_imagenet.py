@@ -195,3 +195,26 @@ def test_every_method_has_the_11_base_to_new_datasets_and_xd_dg(method):
         assert all(catalogue.entry(d, "few_shot") for d in sc.eval_datasets)
     xd, dg = (load_config(ROOT / f"configs/fewshot/{method}/{k}_imagenet.yaml").strategy.params for k in ("xd", "dg"))
     assert xd == dg  # the same ImageNet model is evaluated on both target sets
+
+
+def test_imagenet_run_scores_cross_dataset_and_dg_targets(tmp_path):
+    """End to end through the runner (tiny random CLIP): ImageNet source, all classes; an aircraft (cross-dataset)
+    and ImageNet-A/-R (domain generalisation) stream, each scored with its own class names."""
+    from ctta.runner.config import load_config
+    from ctta.runner.run import run
+
+    data = tmp_path / "data"
+    make_imagenet(data)
+    make_aircraft(data)
+    for n in ("test70000", "testA3000", "testCe000"):
+        (data / "fgvc_aircraft" / "images" / f"{n}.jpg").write_bytes(PNG)
+    make_variants(data)
+    overrides = [f"log.out_dir={tmp_path / 'run'}", "log.progress=false", "log.plot=false", "device=cpu",
+                 "scenario.dataset=imagenet", f"scenario.root={data}", "scenario.setting=all", "scenario.shots=2",
+                 "scenario.max_test=0", "scenario.eval_datasets=[fgvc_aircraft,imagenet_a,imagenet_r]",
+                 "strategy.epochs=1"]  # fmt: skip
+    results = run(load_config(ROOT / "configs/smoke/coop_digits.yaml", overrides), verbose=False)
+    last = results["last_metrics"]
+    for stream in ("test", "test_fgvc_aircraft", "test_imagenet_a", "test_imagenet_r"):
+        assert 0.0 <= last[f"Top1_Acc_Stream/eval_phase/{stream}_stream"] <= 1.0
+    assert "hm" not in results["summary"]  # all classes: no base/new split
