@@ -108,7 +108,7 @@ class ATPCoOp(PromptLearnerTemplate):
     config_class = ATPCoOpConfig
 
     @classmethod
-    def build_model(cls, clip_model, tokenizer, classnames, cfg: ATPCoOpConfig) -> ATPModel:
+    def build_prompted(cls, clip_model, tokenizer, classnames, cfg: ATPCoOpConfig) -> ATPModel:
         return ATPModel(clip_model, tokenizer, classnames, cfg)
 
 
@@ -119,5 +119,5 @@ class ATPMaPLe(PromptLearnerTemplate):
     config_class = ATPMaPLeConfig
 
     @classmethod
-    def build_model(cls, clip_model, tokenizer, classnames, cfg: ATPMaPLeConfig) -> ATPModel:
+    def build_prompted(cls, clip_model, tokenizer, classnames, cfg: ATPMaPLeConfig) -> ATPModel:
         return ATPModel(clip_model, tokenizer, classnames, cfg, depth=cfg.depth)

@@ -66,5 +66,5 @@ class CoCoOp(PromptLearnerTemplate):
     config_class = CoCoOpConfig
 
     @classmethod
-    def build_model(cls, clip_model, tokenizer, classnames, cfg: CoCoOpConfig) -> CoCoOpModel:
+    def build_prompted(cls, clip_model, tokenizer, classnames, cfg: CoCoOpConfig) -> CoCoOpModel:
         return CoCoOpModel(clip_model, tokenizer, classnames, cfg)

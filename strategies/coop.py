@@ -74,5 +74,5 @@ class CoOp(PromptLearnerTemplate):
     config_class = CoOpConfig
 
     @classmethod
-    def build_model(cls, clip_model, tokenizer, classnames, cfg: CoOpConfig) -> CoOpModel:
+    def build_prompted(cls, clip_model, tokenizer, classnames, cfg: CoOpConfig) -> CoOpModel:
         return CoOpModel(clip_model, tokenizer, classnames, cfg)

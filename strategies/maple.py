@@ -76,5 +76,5 @@ class MaPLe(PromptLearnerTemplate):
     config_class = MaPLeConfig
 
     @classmethod
-    def build_model(cls, clip_model, tokenizer, classnames, cfg: MaPLeConfig) -> MaPLeModel:
+    def build_prompted(cls, clip_model, tokenizer, classnames, cfg: MaPLeConfig) -> MaPLeModel:
         return MaPLeModel(clip_model, tokenizer, classnames, cfg)

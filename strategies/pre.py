@@ -78,5 +78,5 @@ class PRE(PromptLearnerTemplate):
     config_class = PREConfig
 
     @classmethod
-    def build_model(cls, clip_model, tokenizer, classnames, cfg: PREConfig) -> PREModel:
+    def build_prompted(cls, clip_model, tokenizer, classnames, cfg: PREConfig) -> PREModel:
         return PREModel(clip_model, tokenizer, classnames, cfg)

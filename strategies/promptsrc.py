@@ -107,7 +107,7 @@ class PromptSRC(PromptLearnerTemplate):
     config_class = PromptSRCConfig
 
     @classmethod
-    def build_model(cls, clip_model, tokenizer, classnames, cfg: PromptSRCConfig) -> PromptSRCModel:
+    def build_prompted(cls, clip_model, tokenizer, classnames, cfg: PromptSRCConfig) -> PromptSRCModel:
         return PromptSRCModel(clip_model, tokenizer, classnames, cfg)
 
     def criterion(self) -> torch.Tensor:

@@ -231,3 +231,33 @@ def test_encode_words_is_token_embedding(tiny):
     model, tok = tiny
     e = encode_words(model, tok, "a photo")
     torch.testing.assert_close(e, model.token_embedding.weight[tok.encode("a photo")])
+
+
+def test_prompt_learners_share_the_common_constructor_and_from_config():
+    """The family's template is ctta's EpochTemplate (one constructor, from_config and epoch loop)."""
+    from ctta.strategies.atprompt import ATPCoOp, ATPMaPLe
+    from ctta.strategies.cocoop import CoCoOp
+    from ctta.strategies.coop import CoOp
+    from ctta.strategies.maple import MaPLe
+    from ctta.strategies.pre import PRE
+    from ctta.strategies.promptsrc import PromptSRC
+
+    from ctta.clip_prompting.template import PromptLearnerTemplate
+    from ctta.templates.base import StrategyBase
+    from ctta.templates.epoch import EpochTemplate
+
+    for cls in (CoOp, CoCoOp, MaPLe, PromptSRC, PRE, ATPCoOp, ATPMaPLe):
+        assert issubclass(cls, PromptLearnerTemplate) and issubclass(cls, EpochTemplate)
+        assert cls.from_config.__func__ is StrategyBase.from_config.__func__
+        assert cls.resolve_config(None, {"lr": 0.5}).lr == 0.5
+        assert not cls.distributed_ok  # the losses read un-sharded batch tensors
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['foo'\].*'classnames'.*'tokenizer'"):
+        CoOp(model=torch.nn.Linear(1, 1), foo=1)
+    with pytest.raises(TypeError, match="classnames"):
+        CoOp(model=torch.nn.Linear(1, 1), num_classes=3)
+    with pytest.raises(ValueError, match="prec="):
+        CoOp(model=torch.nn.Linear(1, 1), prec="bf17")
+    with pytest.raises(ValueError, match="tokenizer"):
+        CoOp(model=torch.nn.Linear(1, 1), classnames=["a"])
+    with pytest.raises(ValueError, match="class names"):
+        CoOp.benchmark_kwargs(CoOp.default_config(), object())

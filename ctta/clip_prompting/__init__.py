@@ -9,8 +9,8 @@
 * ``optim``: SGD and the warm-up + cosine per-epoch schedule of the Dassl-based references;
 * ``model``: ``PromptedCLIP``, the frozen CLIP + prompted text tower every method's model extends, and the text
   context export TPT starts from;
-* ``template``: ``PromptLearnerTemplate``, the Avalanche template of the family (epochs, schedule, precision switch,
-  base/new and class-incremental text heads);
+* ``template``: ``PromptLearnerTemplate``, the Avalanche template of the family on ctta's ``EpochTemplate`` (schedule,
+  precision switch, base/new and class-incremental text heads);
 * ``metrics``: base / new accuracy and their harmonic mean; ``prompt_templates``: the teachers' template lists.
 
 Methods (``ctta.strategies``): ``coop``, ``cocoop``, ``maple``, ``promptsrc``, ``pre``, ``coop_atp``, ``maple_atp``.

@@ -22,6 +22,7 @@ __all__ = [
     "infer_num_classes",
     "infer_test_dataset",
     "origin_benchmark",
+    "stream_classnames",
     "stream_dataset",
 ]
 
@@ -120,6 +121,19 @@ def infer_classnames(exp, default=None) -> list[str] | None:
         if names:
             return list(names)
     return list(default) if default is not None else None
+
+
+def stream_classnames(exp) -> list[str] | None:
+    """Class names of ``exp``'s stream: its origin benchmark's ``stream_classnames[<stream name>]`` (e.g. ``test`` ->
+    base classes, ``test_new`` -> new classes), else the benchmark's ``classnames``, else None."""
+    bench = origin_benchmark(exp)
+    per_stream = _attr(bench, "stream_classnames") or {}
+    name = _attr(_attr(exp, "origin_stream"), "name")
+    names = per_stream.get(name) if name is not None else None
+    if names:
+        return list(names)
+    names = _attr(bench, "classnames")
+    return list(names) if names else None
 
 
 def concat_datasets(datasets: list) -> Any | None:

@@ -1,4 +1,5 @@
-"""Epoch-based training of one experience (``train_epochs`` passes), shared by MULTI-LANE and DAM-VP.
+"""Epoch-based training of one experience (``train_epochs`` passes), shared by MULTI-LANE, DAM-VP and the CLIP
+prompt learners (``ctta.clip_prompting.template``).
 
 Avalanche's ``SGDUpdate`` loop with ctta's one sharded update (``ShardedTraining.sgd_update``), a per-experience
 set-up hook between model adaptation and the optimiser (a method builds its per-task optimiser there), and data
@@ -37,13 +38,15 @@ class EpochTemplate(StrategyBase, ShardedTraining, SupervisedTemplate):
 
     distributed_ok = True  # torchrun: exact sharded updates
     model_class: ClassVar[type | None] = None  # None: ``model`` is used as given
+    #: the constructor's own arguments besides Avalanche's and the config fields (named in argument errors)
+    constructor_arguments: ClassVar[tuple[str, ...]] = ("config", "num_classes", "precision")
 
     def __init__(
         self, *, model: nn.Module, config=None, num_classes: int | None = None, precision: str = "auto", **kwargs: Any
     ) -> None:
         template, method_kwargs = split_arguments(kwargs)
         self.check_arguments(template.get("optimizer"), template.get("criterion"), template.get("train_epochs"))
-        cfg = self.cfg = self.resolve_config(config, method_kwargs, ("config", "num_classes", "precision"))
+        cfg = self.cfg = self.resolve_config(config, method_kwargs, self.constructor_arguments)
         self.num_classes = None if num_classes is None else int(num_classes)
         template["train_mb_size"] = int(self.from_cfg(template.get("train_mb_size"), cfg, "batch_size", 1))
         template["eval_mb_size"] = int(self.from_cfg(template.get("eval_mb_size"), cfg, "eval_batch_size", 1))
