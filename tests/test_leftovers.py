@@ -102,3 +102,83 @@ def test_class_count_guard_on_n_experiences():
     cfg.scenario.params = NS(dataset="cifar100", n_experiences=101, shuffle="none")  # multilane_cil
     with pytest.raises(RunError, match="at most 100"):
         check_class_count(cfg)
+
+
+# ------------------------------------------------------------------ issue 13: offline detected without retries
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every connection attempt fails at once (as offline) and is counted."""
+    import socket
+
+    from ctta.backbones import hub
+
+    attempts = []
+
+    def refuse(address, *a, **k):
+        attempts.append(address)
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", lambda self, address: refuse(address))
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT"):
+        monkeypatch.delenv(var, raising=False)
+    hub.reset_probe_cache()
+    yield attempts
+    hub.reset_probe_cache()
+
+
+def test_hub_probe_is_one_short_cached_connection(no_network, monkeypatch):
+    import socket
+
+    from ctta.backbones import hub
+
+    reason = hub.hub_unreachable()
+    assert reason and "huggingface.co:443 unreachable" in reason and "TimeoutError" in reason
+    assert hub.hub_unreachable() == reason and len(no_network) == 1  # cached: probed once
+    timeouts = []
+    monkeypatch.setattr(socket, "create_connection", lambda a, timeout=None: timeouts.append(timeout) or _Conn())
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.example:8443")
+    assert hub.hub_address() == ("hub.example", 8443)
+    assert hub.hub_unreachable() is None and timeouts == [hub.PROBE_TIMEOUT_S] and hub.PROBE_TIMEOUT_S <= 2
+
+
+class _Conn:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@pytest.mark.parametrize("var", ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"])
+def test_offline_variables_are_honoured_without_probing(no_network, monkeypatch, var):
+    from ctta.backbones import hub
+
+    monkeypatch.setenv(var, "1")
+    assert hub.hub_unreachable() == f"{var}=1" and no_network == []
+
+
+def test_download_under_the_guard_fails_at_once_with_the_backbone_offline_message(no_network, tmp_path, monkeypatch):
+    import huggingface_hub
+    import timm
+    from huggingface_hub import constants
+
+    from ctta.backbones import hub, vit
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))  # an empty cache
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    before = constants.HF_HUB_OFFLINE
+    name = "vit_tiny_patch16_224.augreg_in21k"
+    with hub.hub_download_guard() as reason:
+        assert reason and constants.is_offline_mode()
+        with pytest.raises(Exception) as err:
+            timm.create_model(name, pretrained=True, num_classes=0)
+        n_probe = len(no_network)
+    assert n_probe == 1  # the probe only: the download made no connection attempt (no retries)
+    assert constants.HF_HUB_OFFLINE == before  # restored
+    assert vit._is_download_error(err.value)  # create_vit turns it into its offline message
+    assert "backbone.pretrained=/path/to/file" in str(vit._offline_error(name, err.value))
+    with pytest.raises(Exception) as err:  # open_clip's hub path the same way
+        with hub.hub_download_guard():
+            huggingface_hub.hf_hub_download("timm/vit_base_patch16_clip_224.openai", "open_clip_model.safetensors")
+    assert len(no_network) == 1
