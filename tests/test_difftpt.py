@@ -154,16 +154,15 @@ def test_pregenerate_sharded_then_run_generates_nothing(tiny_clip, tmp_path):
     assert run.diffusion_views.generated == 0
 
 
-def test_strategy_continual_mode_and_stream_source_checks(tiny_clip, tmp_path):
+def test_strategy_continual_mode_and_no_stream_source(tiny_clip, tmp_path):
     bench = _bench(2)
     cont = _strategy(tiny_clip, bench, tmp_path, episodic=False, tta_steps=1)
     cont.eval(bench.test_stream)
     assert not torch.equal(cont.tuner.text.ctx, cont.tuner.text.ctx0)  # adapted across the stream
 
-    with pytest.raises(ValueError, match="carries 0 diffusion views"):
-        _strategy(tiny_clip, bench, tmp_path, diffusion_source="stream")
-    bench.diffusion_views = N_DIFF  # the scenario says its items already hold the diffusion views
-    stream = _strategy(tiny_clip, bench, tmp_path)
-    assert stream.diffusion_views is None
-    with pytest.raises(ValueError, match="diffusion_source=stream"):
-        stream.adapt_and_predict(torch.zeros(1, N_DIFF, 3, 32, 32))
+    # no scenario carries pre-generated diffusion views (issue 11): "stream" is a config error naming the way out
+    with pytest.raises(ValueError, match="diffusion_source='stream' is not supported.*view0.*ctta generate"):
+        DiffTPTConfig(diffusion_source="stream")
+    bench.diffusion_views = N_DIFF  # a benchmark field is not read: views still come from view 0 and the cache
+    auto = _strategy(tiny_clip, bench, tmp_path)
+    assert auto.diffusion_views is not None and auto.cfg.diffusion_source == "auto"

@@ -19,8 +19,9 @@ class DiffTPTConfig(PromptTuningConfig):
         selection_selfentro: fraction of the kept views used for the loss, lowest entropy first (0.3).
         cosine_space: ``logits`` (reference code) | ``image_features`` (paper text).
         filter_scope: ``pooled`` (reference code) | ``split`` (paper reading, see module docstring).
-        diffusion_source: ``auto`` (the stream's diffusion views if the benchmark has them, else ``view0``) |
-            ``stream`` | ``view0``.
+        diffusion_source: ``view0`` (the diffusion views of each sample's view 0, generated or read from the view
+            cache) | ``auto`` (the same; kept for existing configs). No ctta scenario carries pre-generated diffusion
+            views, so there is no ``stream`` source.
         diffusion: generation and cache settings (``ctta.strategies.difftpt.diffusion.DiffusionConfig``).
     """
 
@@ -38,8 +39,14 @@ class DiffTPTConfig(PromptTuningConfig):
         checks = {
             "cosine_space": (self.cosine_space, ("logits", "image_features")),
             "filter_scope": (self.filter_scope, ("pooled", "split")),
-            "diffusion_source": (self.diffusion_source, ("auto", "stream", "view0")),
+            "diffusion_source": (self.diffusion_source, ("auto", "view0")),
         }
+        if self.diffusion_source == "stream":
+            raise ValueError(
+                "DiffTPTConfig.diffusion_source='stream' is not supported: no scenario carries pre-generated diffusion "
+                "views; use 'view0' (views generated from each sample's view 0 and cached under "
+                "strategy.diffusion.cache_dir; pre-generate them with `ctta generate`, then runs read the cache)"
+            )
         for key, (val, valid) in checks.items():
             if val not in valid:
                 raise ValueError(f"DiffTPTConfig.{key}={val!r}; valid: {list(valid)}")

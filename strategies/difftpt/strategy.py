@@ -17,13 +17,13 @@ the paper's text) and ``filter_scope="split"`` (paper reading: the top ``selecti
 views by cosine plus the top ``selection_selfentro`` of the conventional views incl. view 0 by entropy;
 63 -> 50 and 65 -> 19).
 
-Diffusion views come from the stream when the scenario supplies them (``benchmark.diffusion_views`` > 0: the
-reference's conditioning on the raw image) or are generated here from view 0 (``diffusion_source="view0"``)
-through ``ctta.strategies.difftpt.diffusion.DiffusionViews`` and its disk cache (a second run generates nothing).
+Diffusion views are generated here from view 0 (``diffusion_source="view0"``) through
+``ctta.strategies.difftpt.diffusion.DiffusionViews`` and its disk cache (a second run, or a run after
+``pregenerate``/``ctta generate``, generates nothing).
 
 Deviations from the reference code:
-- ``diffusion_source="view0"`` conditions the generator on the centre crop (view 0, de-normalised, 8-bit)
-  instead of the whole image squashed to 224 x 224; used when the stream carries no diffusion views.
+- The generator is conditioned on the centre crop (view 0, de-normalised, 8-bit) instead of the whole image
+  squashed to 224 x 224 (the reference's conditioning).
 - Generation is seeded per (source image, index) (the reference is unseeded) and cached (``diffusion.py``).
 - Sorting in the filtration is stable (ties keep view order).
 - ``selection_p`` (TPT's confidence fraction) is unused; DiffTPT's entropy fraction is ``selection_selfentro``.
@@ -125,9 +125,8 @@ class DiffTPT(PromptTuningTemplate):
     """DiffTPT as an Avalanche strategy on ``PromptTuningTemplate`` (shared with TPT): episodic or continual.
 
     Args (beyond ``TPT``'s; the fields of ``DiffTPTConfig`` are keyword arguments):
-        diffusion_views: generator + cache appending diffusion views to each mini-batch
-            (``diffusion_source=view0``), or None when the stream already carries them. Built from the config when
-            ``diffusion_source`` is ``view0`` and none is given (needs the ``diffusion`` extra's packages).
+        diffusion_views: generator + cache appending diffusion views to each mini-batch; built from the config
+            when none is given (generation needs the ``diffusion`` extra's packages; cached views do not).
         tuner: a ``PromptTuner`` built with DiffTPT's ``select_fn`` (``make_tuner``), instead of ``model``.
     """
 
@@ -139,7 +138,7 @@ class DiffTPT(PromptTuningTemplate):
             raise TypeError(f"DiffTPT needs a tuner configured with DiffTPTConfig, got {type(tuner.cfg).__name__}")
         self.diffusion_views = diffusion_views
         super().__init__(**kwargs)
-        if diffusion_views is None and self.cfg.diffusion_source in ("view0", "auto"):  # auto: no stream views
+        if diffusion_views is None:
             size = getattr(kwargs.get("model"), "image_size", None) or _image_size(self.tuner.clip)
             self.diffusion_views = DiffusionViews(
                 self.cfg.diffusion, n_views=self.cfg.n_diffusion_views, view_size=size, device=self.device
@@ -177,8 +176,6 @@ class DiffTPT(PromptTuningTemplate):
             exp_list: an experience or a list/stream of them (items ``(views (N, 3, H, W), label, ...)``).
             rank, world_size: shard of this process.
         """
-        if self.diffusion_views is None:
-            raise ValueError("pregenerate needs diffusion_source=view0 (the stream already carries its views)")
         if not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
         before = self.diffusion_views.generated
@@ -190,43 +187,21 @@ class DiffTPT(PromptTuningTemplate):
         return self.diffusion_views.generated - before
 
     def adapt_and_predict(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 5 and self.diffusion_views is not None:
+        if x.dim() == 5:
             mbatch = getattr(self, "mbatch", None)
             labels = mbatch[1] if mbatch is not None and mbatch[0] is x else None  # inside eval: the batch labels
             x = self.add_diffusion_views(x, labels)
-        elif x.dim() == 5 and x.shape[1] <= self.n_diffusion:
-            raise ValueError(
-                f"the stream carries {x.shape[1]} views per sample, DiffTPT expects the original, "
-                f"conventional views and {self.n_diffusion} diffusion views (diffusion_source=stream)"
-            )
         return super().adapt_and_predict(x)
 
     def eval(self, exp_list, **kwargs):
         """TPT's eval; the view cache's manifest is rebuilt at the end (also on error)."""
         dv = self.diffusion_views
-        before = dv.generated if dv is not None else 0
+        before = dv.generated
         try:
             return super().eval(exp_list, **kwargs)
         finally:
-            if dv is not None:
-                dv.flush()
-                _log.info("DiffTPT: %d diffusion images generated, cache %s", dv.generated - before, dv.cache.dir)
-
-    @classmethod
-    def benchmark_kwargs(cls, cfg: DiffTPTConfig, benchmark) -> dict:
-        """Class names, and whether the stream carries the diffusion views (``benchmark.diffusion_views``)."""
-        kw = super().benchmark_kwargs(cfg, benchmark)
-        stream_views = int(getattr(benchmark, "diffusion_views", 0) or 0)
-        source = cfg.diffusion_source
-        if source == "auto":
-            source = "stream" if stream_views else "view0"
-        if source == "stream" and stream_views != cfg.n_diffusion_views:
-            raise ValueError(
-                f"diffusion_source=stream: the benchmark carries {stream_views} diffusion views per "
-                f"sample, the config expects n_diffusion_views={cfg.n_diffusion_views}"
-            )
-        kw["diffusion_source"] = source
-        return kw
+            dv.flush()
+            _log.info("DiffTPT: %d diffusion images generated, cache %s", dv.generated - before, dv.cache.dir)
 
 
 def _image_size(clip) -> int:
