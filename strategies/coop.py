@@ -18,53 +18,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-from torch import nn
-
-from ctta.clip_prompting.model import PromptedCLIP
-from ctta.clip_prompting.template import PromptLearnerConfig, PromptLearnerTemplate
-from ctta.clip_prompting.text import context_init
-from ctta.clip_prompting.vision import encode_image
+from ctta.clip_prompting.context import ContextConfig, ContextModel
+from ctta.clip_prompting.template import PromptLearnerTemplate
 from ctta.registry import STRATEGIES
 
 __all__ = ["CoOp", "CoOpConfig", "CoOpModel"]
 
 
 @dataclass(frozen=True)
-class CoOpConfig(PromptLearnerConfig):
-    epochs: int = 200
-    batch_size: int = 32
-    lr: float = 0.002
-    n_ctx: int = 16  # used when ctx_init is empty
-    ctx_init: str = "a photo of a"
-    csc: bool = False  # class-specific context (needs ctx_init "")
-    class_token_position: str = "end"  # end | middle | front
+class CoOpConfig(ContextConfig):
+    """CoOp settings: ``ctta.clip_prompting.context.ContextConfig`` at the official base-to-new defaults."""
 
 
-class CoOpModel(PromptedCLIP):
-    """Frozen CLIP + CoOp context ``ctx``: ``(M, D)`` shared or ``(C, M, D)`` class-specific."""
-
-    def __init__(self, clip_model, tokenizer, classnames, cfg: CoOpConfig = CoOpConfig()) -> None:
-        if cfg.csc and cfg.ctx_init:
-            raise ValueError("csc=True needs ctx_init='' (class-specific contexts start random, as in CoOp)")
-        layout, ctx0 = context_init(clip_model, tokenizer, cfg.ctx_init, 0 if cfg.ctx_init else cfg.n_ctx)
-        super().__init__(
-            clip_model, tokenizer, classnames, layout, position=cfg.class_token_position, truncate=cfg.truncate
-        )
-        if cfg.csc:
-            ctx0 = torch.randn(len(classnames), *ctx0.shape) * 0.02  # (C, M, D)
-        self.ctx = nn.Parameter(ctx0.to(self.text.cast_dtype))
-
-    def set_classnames(self, classnames) -> None:
-        if self.ctx.dim() == 3 and len(classnames) != self.ctx.shape[0]:
-            raise ValueError(f"class-specific context for {self.ctx.shape[0]} classes, got {len(classnames)} names")
-        super().set_classnames(classnames)
-
-    def text_features(self) -> torch.Tensor:
-        return self.text(self.ctx)  # (C, E)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.logits(encode_image(self.clip, images), self.text_features())
+CoOpModel = ContextModel  # frozen CLIP + CoOp context ``ctx``
 
 
 @STRATEGIES.register("coop", config=CoOpConfig)

@@ -20,9 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from ctta.strategies.coop import CoOpConfig, CoOpModel
 from torch import nn
 
+from ctta.clip_prompting.context import ContextConfig, ContextModel
 from ctta.clip_prompting.template import PromptLearnerTemplate
 from ctta.registry import STRATEGIES
 
@@ -30,7 +30,7 @@ __all__ = ["PRE", "PREConfig", "PREModel", "ReparamLSTM"]
 
 
 @dataclass(frozen=True)
-class PREConfig(CoOpConfig):
+class PREConfig(ContextConfig):
     epochs: int = 50
     prec: str = "amp"
     encoder: str = "LSTM1"  # LSTM1 | LSTM2
@@ -53,8 +53,8 @@ class ReparamLSTM(nn.Module):
         return out + ctx if self.residual else out
 
 
-class PREModel(CoOpModel):
-    """``CoOpModel`` whose context passes through ``encoder`` before the text tower."""
+class PREModel(ContextModel):
+    """CoOp's context model (``ContextModel``) whose context passes through ``encoder`` before the text tower."""
 
     def __init__(self, clip_model, tokenizer, classnames, cfg: PREConfig = PREConfig()) -> None:
         if cfg.encoder not in ("LSTM1", "LSTM2"):

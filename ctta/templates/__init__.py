@@ -10,7 +10,7 @@ templates:
 * ``exposure``, ``replay``, ``state``, ``anytime``: label exposure, replay composition, resumable state and the
   anytime evaluation of online class-incremental learning;
 * ``online``: ``OnlineCLTemplate``, ``online_iters`` updates per incoming batch in stream order;
-* ``epoch``: ``EpochTemplate``, ``train_epochs`` passes per experience (MULTI-LANE, DAM-VP);
+* ``epoch``: ``EpochTemplate``, ``train_epochs`` passes per experience (MULTI-LANE, DAM-VP, the CLIP prompt learners);
 * ``test_time``: ``TestTimeTemplate``, adaptation inside ``eval()``;
 * ``prompt_er`` (L2P, DualPrompt) and ``prompt_tuning`` (TPT, DiffTPT): protocols shared by two methods.
 """
