@@ -11,6 +11,8 @@ stream has one experience per dataset (``dataset``, or a domain sequence ``datas
 one experience per (corruption, severity) of ``dataset`` for TPT's continual mode (a ctta extension): corrupted
 images are generated on the fly (``ctta.data.corruptions``) or read from ImageNet-C-style folders
 (``corruption_root/<corruption>/<severity>/<wnid>/``). Every experience carries ``experience.classnames``.
+The views are normalised with OpenAI CLIP's mean/std, recorded as ``benchmark.normalization``; strategies map
+them to their weights' own statistics when these differ.
 The sample order is shuffled by the run seed, as the reference's seeded ``DataLoader(shuffle=True)``. The train
 stream is empty (test-time adaptation has no training phase); the strategy's mini-batch is one sample by default.
 
@@ -32,7 +34,7 @@ from ctta.data import catalogue
 from ctta.data.avl import as_avl_dataset
 from ctta.data.corruptions import IMAGENET_C_ORDER, ON_THE_FLY, corrupt
 from ctta.data.tta_datasets import TTASet, ViewsDataset, load_tta_dataset, select_subset
-from ctta.data.tta_views import TPTViews
+from ctta.data.tta_views import CLIP_MEAN, CLIP_STD, TPTViews
 from ctta.registry import SCENARIOS
 from ctta.scenarios_common import annotate, make_benchmark
 
@@ -171,4 +173,5 @@ def build_test_time(cfg: TestTimeConfig, *, seed: int = 0):
         experience_classnames=[names for _, _, names in parts],
         sample_indices=[ids for _, ids, _ in parts],  # per experience, in stream order (e.g. the difftpt_1k subset)
         n_views=cfg.n_views,
+        normalization=(CLIP_MEAN, CLIP_STD),  # what the views are normalised with (a backbone may expect other)
     )

@@ -99,5 +99,5 @@ def build_transfer(cfg: TransferConfig, *, seed: int = 0) -> CLScenario:
     flat = [f"{c}" if len(names) == 1 else f"{n}: {c}" for n, cs in zip(names, cnames) for c in cs]
     return annotate(
         bench, n_classes=offset, classnames=flat, test_dataset=test_all, dataset_names=names,
-        dataset_classes=classes, dataset_classnames=cnames,
+        dataset_classes=classes, dataset_classnames=cnames, normalization=NORMALIZATION[cfg.normalization],
     )  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from avalanche.benchmarks.scenarios import DatasetExperience
 
 from tests.test_templates import _data, _strategy
@@ -182,3 +183,109 @@ def test_download_under_the_guard_fails_at_once_with_the_backbone_offline_messag
         with hub.hub_download_guard():
             huggingface_hub.hf_hub_download("timm/vit_base_patch16_clip_224.openai", "open_clip_model.safetensors")
     assert len(no_network) == 1
+
+
+# ------------------------------------------------------------------ issue 11: CLIP normalisation per weights
+HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # e.g. SigLIP / many LAION-trained weights
+
+
+@pytest.fixture(scope="module")
+def tiny_clip_pair():
+    """Two copies of the tiny CLIP: one with OpenAI's statistics (the default), one whose weights say HALF."""
+    import copy
+
+    from ctta.backbones.clip import create_clip
+
+    torch.manual_seed(0)
+    model, _, tok = create_clip("ctta-tiny-clip", "")
+    other = copy.deepcopy(model)
+    other.visual.image_mean, other.visual.image_std = HALF  # what open_clip sets from the pretrained config
+    return model, other, tok
+
+
+def _raw_views(b=2, n=6, seed=0):
+    return torch.rand(b, n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))  # (B, N, 3, H, W) in [0, 1]
+
+
+def _norm(x, stats):
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in stats)
+    return (x - mean) / std
+
+
+def test_normalisation_stats_come_from_the_weights(tiny_clip_pair):
+    from ctta.data.normalization import (
+        OPENAI_CLIP_MEAN,
+        OPENAI_CLIP_STD,
+        clip_image_stats,
+        pretrained_clip_stats,
+        renormalize,
+    )
+
+    openai = (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+    model, other, _ = tiny_clip_pair
+    assert clip_image_stats(model) == openai and clip_image_stats(other) == HALF
+    assert pretrained_clip_stats("ViT-B-16", "openai") == openai
+    assert pretrained_clip_stats("ViT-B/16", "openai") == openai
+    assert pretrained_clip_stats("ViT-B-16-SigLIP", "webli") == HALF
+    raw = _raw_views()
+    x = _norm(raw, openai)
+    assert renormalize(x, openai, openai) is x  # a no-op: OpenAI runs are unchanged bit for bit
+    torch.testing.assert_close(renormalize(x, openai, HALF), _norm(raw, HALF), atol=1e-6, rtol=0)
+
+
+def test_test_time_and_transfer_scenarios_record_their_normalisation():
+    from ctta.scenarios.test_time import TestTimeConfig, build_test_time
+    from ctta.scenarios.transfer import TransferConfig, build_transfer
+
+    from ctta.data.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+    from ctta.data.transfer_datasets import NORMALIZATION
+
+    bench = build_test_time(TestTimeConfig(dataset="digits", n_views=2, resolution=32, max_samples=2), seed=0)
+    assert bench.normalization == (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+    cfg = TransferConfig(datasets=("digits/0/2",), img_size=32, normalization="clip", max_per_split=4)
+    assert build_transfer(cfg).normalization == NORMALIZATION["clip"]
+
+
+def test_prompt_tuning_maps_views_to_the_weights_statistics(tiny_clip_pair):
+    from ctta.strategies.tpt import TPT
+
+    from ctta.data.digits import DIGIT_NAMES
+    from ctta.data.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+    model, other, tok = tiny_clip_pair
+    openai = (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+    raw = _raw_views()
+    kw = dict(classnames=list(DIGIT_NAMES), tokenizer=tok, selection_p=0.5, tta_steps=1, device="cpu", evaluator=None)
+    strat = TPT(model=other, **kw)
+    assert strat.model_normalization == HALF and strat.input_normalization == openai
+    got = strat.adapt_and_predict(_norm(raw, openai))  # the test_time scenario's views
+    want = strat.tuner.predict_many(_norm(raw, HALF))  # what these weights expect
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    same = TPT(model=model, **kw)  # OpenAI weights: views go in untouched
+    x = _norm(raw, openai)
+    torch.testing.assert_close(same.adapt_and_predict(x), same.tuner.predict_many(x), atol=0, rtol=0)
+    explicit = TPT(model=other, view_normalization=HALF, **kw)  # views already in the weights' statistics
+    assert explicit.normalization_of(None) == HALF
+    torch.testing.assert_close(explicit.adapt_and_predict(_norm(raw, HALF)), want, atol=0, rtol=0)
+
+
+def test_difftpt_denormalises_with_the_streams_statistics(tiny_clip_pair, tmp_path):
+    from ctta.strategies.difftpt import DiffTPT, denormalize
+
+    from ctta.data.digits import DIGIT_NAMES
+    from tests._tiny_diffusion import tiny_diffusion_config
+
+    raw = _raw_views(1, 3)
+    torch.testing.assert_close(denormalize(_norm(raw, HALF), HALF), raw, atol=1e-6, rtol=0)
+    _, other, tok = tiny_clip_pair
+    kw = dict(classnames=list(DIGIT_NAMES), tokenizer=tok, n_diffusion_views=2, tta_steps=1, device="cpu")
+    runs = {}
+    for stats in (HALF, None):  # views in HALF; the same images in OpenAI's statistics (the default)
+        strat = DiffTPT(model=other, view_normalization=stats, diffusion=tiny_diffusion_config(tmp_path), **kw)
+        x = _norm(raw, stats or (strat.input_normalization))
+        runs[stats] = strat.add_diffusion_views(x)
+        assert strat.diffusion_views.generated in (0, 2)
+    half, openai = runs[HALF], runs[None]
+    # the same source image (de-normalised with the right statistics) -> the same cached diffusion images,
+    # returned in each stream's own normalisation
+    torch.testing.assert_close(denormalize(half, HALF), denormalize(openai, None), atol=1e-5, rtol=0)

@@ -25,10 +25,11 @@ import torchvision.transforms.functional as TF
 from PIL import Image, ImageOps
 from torchvision.transforms import InterpolationMode
 
+from ctta.data.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
 __all__ = ["CLIP_MEAN", "CLIP_STD", "TPTViews", "AUGMIX_OPS", "random_resized_crop_params", "make_views"]
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+CLIP_MEAN, CLIP_STD = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD  # the views' normalisation (scenarios record it)
 
 
 def _level(rng: np.random.Generator, severity: float) -> float:

@@ -2,7 +2,8 @@
 
 ``PromptTuningTemplate`` drives a ``ctta.backbones.clip_tuner.PromptTuner`` inside ``eval()`` (one episode per test
 sample, or continual), reports top-5 accuracy next to top-1, and rebuilds the text artefacts when an experience
-brings other class names.
+brings other class names. Views normalised with other statistics than the CLIP weights expect (open_clip's
+``visual.image_mean``/``image_std``, from the weights' pretrained config) are mapped to the weights' statistics.
 """
 
 from __future__ import annotations
@@ -12,14 +13,15 @@ from collections.abc import Sequence
 import torch
 
 from ctta.backbones.clip_tuner import PromptTuner, PromptTuningConfig
+from ctta.data.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Stats, clip_image_stats, renormalize
 from ctta.metrics import TopKAccuracy
 from ctta.templates.base import split_arguments
-from ctta.templates.benchmark_info import infer_classnames
+from ctta.templates.benchmark_info import infer_classnames, origin_benchmark
 from ctta.templates.test_time import TestTimeTemplate
 
 __all__ = ["PromptTuningTemplate", "clip_parts"]
 
-_OWN_ARGS = ("config", "classnames", "tokenizer", "tuner", "precision")
+_OWN_ARGS = ("config", "classnames", "tokenizer", "tuner", "precision", "view_normalization")
 _PLACEHOLDER_CLASSNAMES = ("object",)  # until the first experience brings the class names
 
 
@@ -39,6 +41,9 @@ class PromptTuningTemplate(TestTimeTemplate):
         tokenizer: text tokenizer (default: the backbone's, else open_clip's ``SimpleTokenizer``, offline).
         tuner: an already built ``PromptTuner`` (instead of ``model``).
         precision: accepted for the runner's contract; mixed precision is the config's ``amp`` field.
+        view_normalization: ``(mean, std)`` the views are normalised with (default: the benchmark's
+            ``normalization``, else OpenAI CLIP's, what ``ctta.scenarios.test_time`` applies). When the CLIP
+            weights expect other statistics (``visual.image_mean``/``image_std``), views are mapped to them.
     """
 
     config_class = PromptTuningConfig
@@ -60,6 +65,7 @@ class PromptTuningTemplate(TestTimeTemplate):
         tokenizer=None,
         tuner: PromptTuner | None = None,
         precision: str = "fp32",
+        view_normalization: Stats | None = None,
         **kwargs,
     ) -> None:
         template, method_kwargs = split_arguments(kwargs)
@@ -74,6 +80,9 @@ class PromptTuningTemplate(TestTimeTemplate):
             self.resolve_config(None, method_kwargs, _OWN_ARGS)
             self.cfg = tuner.cfg
         self.tuner = tuner
+        self.view_normalization = _as_stats(view_normalization)
+        self.model_normalization = clip_image_stats(tuner.clip)  # what the weights expect
+        self.input_normalization = self.view_normalization or (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
         self.default_classnames = list(classnames) if classnames else None
         self.selected: list[torch.Tensor] = []
         template["eval_mb_size"] = template.get("eval_mb_size") or tuner.cfg.episode_batch
@@ -91,6 +100,7 @@ class PromptTuningTemplate(TestTimeTemplate):
                 "whose experiences (or datasets) carry .classnames"
             )
         self.tuner.set_classnames(names)
+        self.input_normalization = self.normalization_of(self.experience)
         self.tuner.plan(len(self.experience.dataset))
         super()._before_eval_exp(**kwargs)
 
@@ -100,10 +110,17 @@ class PromptTuningTemplate(TestTimeTemplate):
                 f"{type(self).__name__} expects mini-batches of views (B, N, 3, H, W), got shape {tuple(x.shape)}; "
                 f"use the test_time scenario (it produces the views)"
             )
-        logits = self.tuner.predict_many(x)
+        logits = self.tuner.predict_many(renormalize(x, self.input_normalization, self.model_normalization))
         if self.tuner.cfg.log_selected and self.tuner.last_selected is not None:
             self.selected.extend(self.tuner.last_selected)
         return logits
+
+    def normalization_of(self, experience) -> Stats:
+        """``(mean, std)`` of ``experience``'s views: ``view_normalization``, else its benchmark's, else OpenAI's."""
+        if self.view_normalization is not None:
+            return self.view_normalization
+        found = _as_stats(getattr(origin_benchmark(experience), "normalization", None))
+        return found or (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
 
     @classmethod
     def extra_metrics(cls, cfg: PromptTuningConfig):
@@ -116,6 +133,13 @@ class PromptTuningTemplate(TestTimeTemplate):
         if not names:
             raise ValueError(f"{cls.__name__} needs a benchmark with class names (benchmark.classnames)")
         return {"classnames": names}
+
+
+def _as_stats(value) -> Stats | None:
+    if value is None:
+        return None
+    mean, std = value
+    return tuple(float(m) for m in mean), tuple(float(v) for v in std)
 
 
 def clip_parts(model, tokenizer=None):

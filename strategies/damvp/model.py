@@ -25,6 +25,8 @@ from ctta.strategies.damvp.clustering import route
 from ctta.strategies.damvp.pixel import PadPromptBank, PadPrompter
 from torch import nn
 
+from ctta.data.normalization import Stats, clip_image_stats, renormalize
+
 __all__ = [
     "BACKBONE_DEFAULTS",
     "BackboneDefaults",
@@ -105,9 +107,19 @@ class Featurizer(nn.Module):
             token; needs ``representation``) or ``clip_logits`` (``logit_scale * cos(image, text)``).
         representation: the ``pre_logits`` layer for ``pre_logits_tanh``.
         tokenizer: open_clip tokenizer (``clip_logits``).
+        input_normalization: ``(mean, std)`` the images are normalised with (``clip_logits``; the scenario's
+            ``normalization``); mapped to the CLIP weights' own statistics (``visual.image_mean``/``image_std``)
+            before the image encoder when they differ. None: the images are taken as the weights expect them.
     """
 
-    def __init__(self, backbone: nn.Module, feature: str, representation: nn.Linear | None = None, tokenizer=None):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        feature: str,
+        representation: nn.Linear | None = None,
+        tokenizer=None,
+        input_normalization: Stats | None = None,
+    ):
         super().__init__()
         if feature not in FEATURES:
             raise ValueError(f"feature={feature!r}; valid: {list(FEATURES)}")
@@ -120,6 +132,8 @@ class Featurizer(nn.Module):
             raise TypeError(f"feature 'clip_logits' needs a CLIP model, got {type(backbone).__name__}")
         self.backbone, self.feature, self.tokenizer = backbone.requires_grad_(False), feature, tokenizer
         self.representation = representation
+        self.input_normalization = input_normalization
+        self.image_normalization = clip_image_stats(backbone) if feature == "clip_logits" else None
 
     @property
     def image_size(self) -> int:
@@ -154,6 +168,8 @@ class Featurizer(nn.Module):
         if self.feature == "clip_logits":
             if text is None:
                 raise ValueError("CLIP phi needs the dataset's text features")
+            if self.input_normalization is not None:  # the prompted images, in the weights' own normalisation
+                x = renormalize(x, self.input_normalization, self.image_normalization)
             img = F.normalize(self.backbone.encode_image(x), dim=-1)  # (B, E)
             return self.backbone.logit_scale.exp() * img @ text.to(img.dtype).T  # (B, C)
         cls = self.backbone.forward_features(x)[:, 0]  # (B, D) final-norm CLS token

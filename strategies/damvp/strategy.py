@@ -103,6 +103,8 @@ class DAMVP(EpochTemplate):
             accuracies are logged through the evaluator as ``Top1_Acc_Valid`` / ``Top1_Acc_Test``
             (``<metric>/train_phase/<stream>_stream/Exp<d>``).
         tokenizer: text tokenizer for CLIP (default: the backbone's, else open_clip's).
+        input_normalization: ``(mean, std)`` the images are normalised with (the transfer scenario's
+            ``normalization``); a CLIP backbone whose weights expect other statistics gets them mapped (None: none).
     """
 
     distributed_ok = True  # torchrun: exact sharded updates; clustering and accuracy loops replicated per rank
@@ -118,9 +120,10 @@ class DAMVP(EpochTemplate):
     )
 
     def __init__(
-        self, *, model, datasets=None, valid_stream=None, test_stream=None, tokenizer=None, **kwargs: Any
+        self, *, model, datasets=None, valid_stream=None, test_stream=None, tokenizer=None,
+        input_normalization=None, **kwargs: Any,
     ) -> None:  # fmt: skip
-        self._tokenizer = tokenizer
+        self._tokenizer, self._input_normalization = tokenizer, input_normalization
         super().__init__(model=model, **kwargs)
         self.adapt_method, self.feature, self.meta_variant, self.meta_lr = _resolve(self.cfg)
         self.datasets = list(datasets or [])
@@ -149,7 +152,7 @@ class DAMVP(EpochTemplate):
             model, tok = clip_parts(model, self._tokenizer)
         elif not isinstance(model, PromptedViT):
             model = PromptedViT(model)
-        return Featurizer(model, feature, rep, tok)
+        return Featurizer(model, feature, rep, tok, input_normalization=self._input_normalization)
 
     def ready_to_build(self) -> bool:
         return True
@@ -423,6 +426,7 @@ class DAMVP(EpochTemplate):
             "datasets": _dataset_info(benchmark),
             "valid_stream": getattr(benchmark, "valid_stream", None),
             "test_stream": getattr(benchmark, "test_stream", None),
+            "input_normalization": getattr(benchmark, "normalization", None),  # the scenario's mean/std
         }
 
 

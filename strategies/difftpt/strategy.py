@@ -39,7 +39,7 @@ from ctta.strategies.difftpt.config import DiffTPTConfig
 from ctta.strategies.difftpt.diffusion import DiffusionViews
 
 from ctta.backbones.clip_tuner import PromptTuner
-from ctta.data.tta_views import CLIP_MEAN, CLIP_STD
+from ctta.data.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Stats, renormalize
 from ctta.losses import confident_indices, cosine_keep_indices, gather_views
 from ctta.registry import STRATEGIES
 from ctta.templates.prompt_tuning import PromptTuningTemplate
@@ -113,10 +113,11 @@ def make_tuner(clip_model, tokenizer, classnames: Sequence[str], cfg: DiffTPTCon
     return PromptTuner(clip_model, tokenizer, classnames, cfg, select_fn=make_select_fn(cfg))
 
 
-def denormalize(x: torch.Tensor) -> torch.Tensor:
-    """CLIP-normalised images ``(..., 3, H, W)`` back to [0, 1]."""
-    mean = torch.tensor(CLIP_MEAN, dtype=x.dtype, device=x.device).view(3, 1, 1)
-    std = torch.tensor(CLIP_STD, dtype=x.dtype, device=x.device).view(3, 1, 1)
+def denormalize(x: torch.Tensor, stats: Stats | None = None) -> torch.Tensor:
+    """Images ``(..., 3, H, W)`` normalised with ``stats = (mean, std)`` (default OpenAI CLIP's) back to [0, 1]."""
+    mean, std = stats if stats is not None else (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+    mean = torch.tensor(mean, dtype=x.dtype, device=x.device).view(3, 1, 1)
+    std = torch.tensor(std, dtype=x.dtype, device=x.device).view(3, 1, 1)
     return (x * std + mean).clamp(0, 1)
 
 
@@ -154,17 +155,20 @@ class DiffTPT(PromptTuningTemplate):
     def add_diffusion_views(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Append the diffusion views of each sample's view 0: ``(B, N, 3, H, W) -> (B, N + n_diff, 3, H, W)``.
 
-        ``labels`` (B,) are only recorded in the cache manifest.
+        ``x`` is normalised with ``input_normalization`` (the stream's); the diffusion views are returned in the same
+        normalisation. ``labels`` (B,) are only recorded in the cache manifest.
         """
         from torchvision.transforms.functional import to_pil_image
 
         if x.shape[-1] != self.diffusion_views.view_size:
             raise ValueError(f"views are {x.shape[-1]} px, the diffusion views {self.diffusion_views.view_size} px")
         gen = []
-        for i, v0 in enumerate(denormalize(x[:, 0].detach().float().cpu())):  # (3, H, W) in [0, 1]
+        stats = self.input_normalization
+        for i, v0 in enumerate(denormalize(x[:, 0].detach().float().cpu(), stats)):  # (3, H, W) in [0, 1]
             label = int(labels[i]) if labels is not None and labels.dim() == 1 else None
             gen.append(self.diffusion_views(to_pil_image(v0), label=label))  # (n_diff, 3, H, W)
-        return torch.cat([x, torch.stack(gen).to(x)], dim=1)
+        views = renormalize(torch.stack(gen), (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD), stats)  # DiffusionViews: OpenAI's
+        return torch.cat([x, views.to(x)], dim=1)
 
     def pregenerate(self, exp_list, rank: int = 0, world_size: int = 1) -> int:
         """Generate and cache the diffusion views of every sample (no tuning); resumable and shardable.
@@ -180,6 +184,7 @@ class DiffTPT(PromptTuningTemplate):
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
         before = self.diffusion_views.generated
         for exp in [exp_list] if hasattr(exp_list, "dataset") else exp_list:
+            self.input_normalization = self.normalization_of(exp)
             for i in range(rank, len(exp.dataset), world_size):
                 item = exp.dataset[i]
                 self.add_diffusion_views(item[0][None], torch.as_tensor([int(item[1])]))
