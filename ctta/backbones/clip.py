@@ -14,7 +14,9 @@ when no such config exists) and refuses an explicit ``quick_gelu=False`` with an
 Deviations / implementation notes:
 - ``PromptedTextEncoder`` (exact EOT truncation, length buckets, shared prefix) lives in ``clip_text.py`` and is
   re-exported here; the TPT engine built on it is ``clip_tuner.PromptTuner``.
-- ``ctta-tiny-clip`` is a tiny randomly initialised CLIP built from a config dict (tests and smoke runs).
+- ``ctta-tiny-clip`` is a tiny randomly initialised CLIP built from a config dict (tests and smoke runs);
+  ``ctta-tiny-clip-digits`` is ctta's shipped pretrained tiny CLIP (``ctta.pretrained``; ``pretrained: ctta`` for
+  its packaged weights, ``""`` for random init), with a compact-vocabulary tokenizer.
 """
 
 from __future__ import annotations
@@ -33,11 +35,15 @@ __all__ = [
     "CLIPConfig",
     "CLIPBackbone",
     "TINY_CLIP_CONFIGS",
+    "SHIPPED_CLIP",
     "create_clip",
     "build_clip",
     "PromptedTextEncoder",
     "bucket_plan",
 ]
+
+# ctta's shipped tiny CLIP (ctta/pretrained/): pretrained "ctta" = its packaged, sha256-checked weights.
+SHIPPED_CLIP = "ctta-tiny-clip-digits"
 
 # Tiny CLIPs built from a config dict (no download): width 64, 2 text layers, context 77, full BPE vocabulary.
 TINY_CLIP_CONFIGS = {
@@ -55,8 +61,10 @@ class CLIPConfig:
     """Backbone section of a run config (``backbone: {name: clip, ...}``).
 
     Attributes:
-        model: open_clip model name (``ViT-B-16``, ``RN50``, ``ViT-B/16`` also accepted) or ``ctta-tiny-clip``.
-        pretrained: open_clip weight tag (``openai``), a local weight file in open_clip format, or "" (random).
+        model: open_clip model name (``ViT-B-16``, ``RN50``, ``ViT-B/16`` also accepted), ``ctta-tiny-clip``
+            (random tiny) or ``ctta-tiny-clip-digits`` (ctta's shipped tiny CLIP).
+        pretrained: open_clip weight tag (``openai``; ``ctta`` for ``ctta-tiny-clip-digits``), a local weight file
+            in open_clip format (or written by ``ctta.pretrained.recipe``), or "" (random).
         precision: open_clip weight precision (``fp32``: TPT keeps fp32 weights and uses autocast).
         quick_gelu: None = what the weights were trained with (QuickGELU for OpenAI tags); True/False forces it.
         allow_activation_mismatch: allow an activation that differs from the one the weights were trained with.
@@ -221,7 +229,12 @@ def create_clip(
     import open_clip
 
     name = name.replace("/", "-")
-    if name in TINY_CLIP_CONFIGS:
+    tokenizer = None
+    if name == SHIPPED_CLIP:
+        from ctta.pretrained import create_tiny_clip
+
+        model, tokenizer = create_tiny_clip(pretrained, precision)
+    elif name in TINY_CLIP_CONFIGS:
         model = _create_tiny(name, pretrained, precision)
     else:
         name, model = _create_open_clip(name, pretrained, precision, quick_gelu, allow_activation_mismatch, cache_dir)
@@ -230,7 +243,7 @@ def create_clip(
     preprocess = open_clip.image_transform(
         size, is_train=False, mean=open_clip.OPENAI_DATASET_MEAN, std=open_clip.OPENAI_DATASET_STD
     )
-    return model, preprocess, _tokenizer_for(name, getattr(model, "context_length", 77) or 77)
+    return model, preprocess, tokenizer or _tokenizer_for(name, getattr(model, "context_length", 77) or 77)
 
 
 @BACKBONES.register("clip", config=CLIPConfig)

@@ -42,7 +42,8 @@ class ViTConfig:
     """Backbone section of a run config (``backbone: {name: vit, ...}``).
 
     Attributes:
-        model: timm model name WITH a pinned weight tag, e.g. ``vit_base_patch16_224.orig_in21k``.
+        model: timm model name WITH a pinned weight tag, e.g. ``vit_base_patch16_224.orig_in21k``, or
+            ``ctta-tiny-vit`` (ctta's shipped tiny ViT, ``ctta.pretrained``; fixed architecture).
         pretrained: True = download that tag from the timm hub; False = random init; a string = local weight file
             (``.pth``/``.bin``/``.safetensors`` state dict in timm format, or a Google ``.npz``).
         img_size, patch_size, depth, embed_dim, num_heads: optional architecture overrides (None = model default).
@@ -85,6 +86,7 @@ def create_vit(name: str, pretrained: bool | str | os.PathLike = True, **timm_kw
 
     Args:
         name: timm model name; a pinned weight tag (``arch.tag``) is required when ``pretrained=True``.
+            ``ctta-tiny-vit`` is ctta's shipped tiny ViT (``ctta.pretrained``; True = its packaged weights).
         pretrained: True (hub download of the tag), False (random init) or a local weight file loaded through
             timm's own loading path (``pretrained_cfg_overlay=dict(file=...)``; ``.npz`` uses timm's npz loader).
         **timm_kwargs: forwarded to ``timm.create_model`` (e.g. ``img_size``, ``depth``).
@@ -95,6 +97,10 @@ def create_vit(name: str, pretrained: bool | str | os.PathLike = True, **timm_kw
         RuntimeError: the weights cannot be downloaded (offline); names the tag and ``backbone.pretrained=``.
     """
     kwargs = {"num_classes": 0, **timm_kwargs}
+    if name == "ctta-tiny-vit":  # ctta's own shipped tiny ViT (ctta/pretrained/, sha256-checked)
+        from ctta.pretrained import create_tiny_vit
+
+        return create_tiny_vit(pretrained, **kwargs).requires_grad_(False).eval()
     if isinstance(pretrained, (str, os.PathLike)):
         path = Path(pretrained).expanduser()
         if not path.is_file():

@@ -1,0 +1,152 @@
+"""Architectures of the backbones shipped with ctta, and the compact tokenizer of the tiny CLIP.
+
+Both are built through their libraries' own classes, never forked: the ViT is timm's ``VisionTransformer``
+(``vit_tiny_patch16_224`` with size overrides), the CLIP is open_clip's ``CLIP`` built from a config dict (as
+``ctta.backbones.clip`` builds ``ctta-tiny-clip``).
+
+The tiny CLIP's text tower has a compact vocabulary: the byte-pair tokens of its training captions (class names and
+caption templates below) plus pad, unknown, start and end tokens. ``VocabTokenizer`` runs open_clip's own
+``SimpleTokenizer`` and maps its token ids into that vocabulary; the end-of-text token keeps the largest id, so
+open_clip's argmax (EOT) pooling and ctta's prompted text encoder work unchanged. A word the model never saw in
+training maps to the unknown token. This keeps the token embedding at a few hundred rows instead of 49,408.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+__all__ = [
+    "VIT_NAME",
+    "VIT_TIMM_ARCH",
+    "VIT_ARCH",
+    "CLIP_NAME",
+    "CLIP_TAG",
+    "CLIP_CONTEXT_LENGTH",
+    "DIGIT_NAMES",
+    "FASHION_NAMES",
+    "CAPTION_TEMPLATES",
+    "captions",
+    "caption_vocabulary",
+    "VocabTokenizer",
+    "clip_config",
+    "build_tiny_vit",
+    "build_tiny_clip",
+]
+
+VIT_NAME = "ctta-tiny-vit"
+VIT_TIMM_ARCH = "vit_tiny_patch16_224"  # timm's VisionTransformer; the sizes below override it
+VIT_ARCH = dict(img_size=32, patch_size=8, depth=6, embed_dim=64, num_heads=4)
+
+CLIP_NAME = "ctta-tiny-clip-digits"
+CLIP_TAG = "ctta"  # the shipped weights (``backbone.pretrained: ctta``)
+CLIP_CONTEXT_LENGTH = 16
+
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+FASHION_NAMES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")
+CAPTION_TEMPLATES = (
+    "a photo of a {}.",  # TPT's initial context "a photo of a" + class name
+    "a photo of the {}.",
+    "a picture of a {}.",
+    "an image of a {}.",
+    "a blurry photo of a {}.",
+    "a low resolution photo of a {}.",
+    "a drawing of a {}.",
+    "a photo of a small {}.",
+    "a close-up photo of a {}.",
+    "a {}.",
+)
+
+
+def captions(names: Sequence[str] = DIGIT_NAMES + FASHION_NAMES) -> list[str]:
+    """Every training caption, template-major: ``captions()[t * len(names) + c]``."""
+    return [t.format(n) for t in CAPTION_TEMPLATES for n in names]
+
+
+def clip_config(vocab_size: int) -> dict:
+    """open_clip ``CLIP(**cfg)`` keyword arguments of the tiny CLIP (image 32 px, patch 8; text width 64)."""
+    return dict(
+        embed_dim=64,
+        quick_gelu=False,
+        vision_cfg=dict(image_size=32, layers=4, width=64, head_width=16, patch_size=8),
+        text_cfg=dict(context_length=CLIP_CONTEXT_LENGTH, vocab_size=vocab_size, width=64, heads=4, layers=2),
+    )
+
+
+def _bpe_tokenizer():
+    import open_clip
+
+    return open_clip.SimpleTokenizer(context_length=CLIP_CONTEXT_LENGTH)
+
+
+def caption_vocabulary() -> list[int]:
+    """Sorted byte-pair token ids of the training captions (start/end tokens excluded)."""
+    bpe = _bpe_tokenizer()
+    ids = {int(i) for cap in captions() for i in bpe.encode(cap)}
+    return sorted(ids - {bpe.sot_token_id, bpe.eot_token_id})
+
+
+class VocabTokenizer:
+    """open_clip's ``SimpleTokenizer`` with its ids mapped into a compact vocabulary.
+
+    Compact ids: 0 pad, 1 unknown, ``2 .. 1 + len(vocab)`` the byte-pair tokens of ``vocab`` in order, then the
+    start token and the end token (the largest id, so argmax pooling finds it).
+
+    Args:
+        vocab: byte-pair token ids kept (e.g. ``caption_vocabulary()``).
+        context_length: tokens per text (padded / truncated with the end token last, as open_clip does).
+    """
+
+    PAD, UNK = 0, 1
+
+    def __init__(self, vocab: Sequence[int], context_length: int = CLIP_CONTEXT_LENGTH) -> None:
+        import open_clip
+
+        self.bpe = open_clip.SimpleTokenizer(context_length=context_length)
+        self.vocab = [int(v) for v in vocab]
+        self.context_length = context_length
+        self.vocab_size = len(self.vocab) + 4
+        self.sot_token_id, self.eot_token_id = self.vocab_size - 2, self.vocab_size - 1
+        lut = torch.full((len(self.bpe.encoder),), self.UNK, dtype=torch.long)
+        lut[torch.tensor(self.vocab, dtype=torch.long)] = torch.arange(2, 2 + len(self.vocab))
+        lut[self.bpe.sot_token_id], lut[self.bpe.eot_token_id] = self.sot_token_id, self.eot_token_id
+        self.lut = lut
+
+    def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.Tensor:
+        """Token ids ``(n, context_length)`` of ``texts`` in the compact vocabulary (0 = padding)."""
+        tokens = self.bpe(texts, context_length=context_length)  # (n, T) byte-pair ids, 0-padded
+        out = self.lut[tokens]
+        out[tokens == 0] = self.PAD
+        return out
+
+
+def build_tiny_vit(**timm_kwargs) -> nn.Module:
+    """Randomly initialised ``ctta-tiny-vit``: timm ``VisionTransformer`` without head (``num_classes=0``).
+
+    Args:
+        **timm_kwargs: extra ``timm.create_model`` arguments (e.g. ``num_classes`` for pretraining,
+            ``drop_path_rate``); the architecture keys of ``VIT_ARCH`` must not be changed.
+    """
+    import timm
+
+    clash = {k: v for k, v in timm_kwargs.items() if k in VIT_ARCH and v != VIT_ARCH[k]}
+    if clash:
+        raise ValueError(f"{VIT_NAME} has a fixed architecture {VIT_ARCH}; got overrides {clash}")
+    kwargs = {"num_classes": 0, **timm_kwargs, **VIT_ARCH}
+    return timm.create_model(VIT_TIMM_ARCH, pretrained=False, **kwargs)
+
+
+def build_tiny_clip(vocab: Sequence[int] | None = None, precision: str = "fp32"):
+    """Randomly initialised tiny CLIP and its tokenizer: ``(open_clip.CLIP, VocabTokenizer)``.
+
+    Args:
+        vocab: byte-pair ids of the text vocabulary (default: ``caption_vocabulary()``).
+        precision: open_clip weight precision.
+    """
+    import open_clip
+
+    tokenizer = VocabTokenizer(caption_vocabulary() if vocab is None else vocab)
+    model = open_clip.CLIP(**clip_config(tokenizer.vocab_size), cast_dtype=open_clip.get_cast_dtype(precision))
+    return model, tokenizer
