@@ -29,6 +29,7 @@ from pathlib import Path
 from torch import nn
 
 from ctta.backbones.clip_text import PromptedTextEncoder, bucket_plan
+from ctta.backbones.hub import hub_download_guard
 from ctta.registry import BACKBONES
 
 __all__ = [
@@ -186,7 +187,7 @@ def _create_open_clip(name, pretrained, precision, quick_gelu, allow_mismatch, c
         raise ValueError(f"unknown pretrained tag {pretrained!r} for {name}; valid tags: {tags} (or a file path)")
     name, force_qg = _resolve_activation(name, pretrained, quick_gelu, allow_mismatch)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), hub_download_guard():
             warnings.filterwarnings("ignore", message="QuickGELU mismatch")
             model = open_clip.create_model(
                 name, pretrained=pretrained or None, precision=precision, force_quick_gelu=force_qg, cache_dir=cache_dir

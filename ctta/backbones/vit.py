@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ctta.backbones.hub import hub_download_guard
 from ctta.registry import BACKBONES
 
 __all__ = ["ViTConfig", "create_vit", "build_vit", "PromptedViT", "block_forward"]
@@ -115,7 +116,8 @@ def create_vit(name: str, pretrained: bool | str | os.PathLike = True, **timm_kw
                 f"model {name!r} has no pinned weight tag; use e.g. '{name}.orig_in21k' (weights differ by tag)"
             )
         try:
-            model = timm.create_model(name, pretrained=True, **kwargs)
+            with hub_download_guard():  # unreachable hub: fail at once instead of minutes of retries
+                model = timm.create_model(name, pretrained=True, **kwargs)
         except Exception as err:
             if not _is_download_error(err):
                 raise
