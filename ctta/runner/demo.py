@@ -180,7 +180,7 @@ def _plot_cl(path: Path, mvp: dict, naive: dict, probe: float, n_classes: int) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(7, 4.4))
     for name, res, color in (("MVP", mvp, "C0"), ("naive fine-tuning", naive, "C3")):
         pts = sorted([*res["periodic"], *res["task_end"]])
         ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], "-o", ms=3, color=color, label=name)
@@ -190,7 +190,7 @@ def _plot_cl(path: Path, mvp: dict, naive: dict, probe: float, n_classes: int) -
         ax.axvline(x, color="0.85", lw=0.8, zorder=0)
     ax.set(xlabel="stream samples", ylabel="accuracy on seen classes (%)", ylim=(0, 100))
     ax.set_title("Si-Blurry digits stream, ctta-tiny-vit (anytime accuracy)")
-    ax.legend(fontsize=8, loc="center right")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=4)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
