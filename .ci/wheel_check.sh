@@ -22,6 +22,12 @@ for name in ("strategies", "scenarios"):
 names = {n.split("/")[0] for n in zipfile.ZipFile(glob.glob("dist/ctta-*.whl")[0]).namelist()}
 top = sorted(n for n in names if not n.endswith(".dist-info"))
 assert top == ["ctta"], f"top-level entries in the wheel: {top}"
+files = set(zipfile.ZipFile(glob.glob("dist/ctta-*.whl")[0]).namelist())
+shipped = {"ctta/pretrained/ctta-tiny-vit.safetensors", "ctta/pretrained/ctta-tiny-clip-digits.safetensors",
+           "ctta/pretrained/manifest.json", "ctta/runner/demo_cl.yaml", "ctta/runner/demo_tta.yaml"}
+assert shipped <= files, f"package data missing from the wheel: {sorted(shipped - files)}"
+from ctta.pretrained import create_tiny_vit
+create_tiny_vit(pretrained=True)  # loads and checks the sha256 of the shipped file
 print(f"wheel ok: top level {top}; strategies {list(STRATEGIES)}; scenarios {list(SCENARIOS)}")
 PY
 "$tmp/venv/bin/ctta" list > /dev/null

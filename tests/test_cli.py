@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from ctta.runner.cli import main
 
 
@@ -11,11 +13,19 @@ def test_demo_writes_outputs(tmp_path, capsys):
     rc = main(["demo", f"log.out_dir={tmp_path}", "log.progress=false", "scenario.n_tasks=3"])
     assert rc == 0
     out = capsys.readouterr().out
-    assert "A_last=" in out and "results.json" in out
-    res = json.loads((tmp_path / "results.json").read_text())
+    assert "A_last" in out and "MVP" in out and "linear probe" in out and "demo_results.json" in out
+    res = json.loads((tmp_path / "results.json").read_text())  # MVP's own run, as `ctta run` writes it
     assert 0.0 <= res["summary"]["A_last"] <= 1.0
     assert res["history"] and (tmp_path / "accuracy.png").stat().st_size > 1000
     assert (tmp_path / "metrics.csv").read_text().startswith("kind,samples,accuracy")
+    demo = json.loads((tmp_path / "demo_results.json").read_text())
+    assert demo["kind"] == "cl" and demo["mvp"]["A_last"] == pytest.approx(res["summary"]["A_last"])
+    assert (tmp_path / "demo_accuracy.png").stat().st_size > 1000
+
+
+def test_demo_kind_must_be_cl_or_tta(capsys):
+    assert main(["demo", "nope"]) == 2
+    assert "'cl' (default) or 'tta'" in capsys.readouterr().err
 
 
 def test_list_shows_components(capsys):

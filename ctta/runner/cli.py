@@ -5,11 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from importlib import resources
 
 warnings.filterwarnings("ignore", message=".*QP solver.*")  # avalanche's optional qpsolvers notice
-
-DEMO_CONFIG = "demo.yaml"  # packaged inside ctta/runner/ so the demo works from any install, offline
 
 
 def _load(path, overrides):
@@ -28,14 +25,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ctta.runner.run import run
+    """``ctta demo [cl|tta] [key=value ...]``: the embedded defaults on the shipped pretrained tiny backbones."""
+    from ctta.runner.config import ConfigError
+    from ctta.runner.demo import demo_main
 
-    with resources.as_file(resources.files("ctta.runner") / DEMO_CONFIG) as path:
-        cfg = _load(path, ["overwrite=true", *args.overrides])  # a demo replaces the previous demo's results
-    print(f"ctta demo: {cfg.strategy.name} on {cfg.scenario.name} (embedded default, offline)")
-    run(cfg)
-    print("note: the demo backbone has random weights, so accuracy is near chance; see README for real weights")
-    return 0
+    words = list(args.overrides)
+    kind = words.pop(0) if words and "=" not in words[0] else "cl"
+    if kind not in ("cl", "tta"):
+        raise ConfigError(f"ctta demo takes 'cl' (default) or 'tta' and key=value overrides, got {kind!r}")
+    return demo_main(kind, words)
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -76,8 +74,12 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("config")
     r.add_argument("overrides", nargs="*", metavar="key=value")
     r.set_defaults(func=_cmd_run)
-    d = sub.add_parser("demo", help="run the embedded default (offline, bundled digits)")
-    d.add_argument("overrides", nargs="*", metavar="key=value")
+    d = sub.add_parser(
+        "demo",
+        help="the embedded defaults, offline: 'cl' (MVP on a Si-Blurry digits stream vs a linear probe and naive "
+        "fine-tuning) or 'tta' (zero-shot CLIP vs TPT on corrupted digits)",
+    )
+    d.add_argument("overrides", nargs="*", metavar="[cl|tta] key=value")
     d.set_defaults(func=_cmd_demo)
     g = sub.add_parser("generate", help="pre-generate cached views (DiffTPT diffusion views) for a config")
     g.add_argument("config")

@@ -19,7 +19,6 @@ Each writes the usual run files plus ``demo_results.json`` and ``demo_accuracy.p
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from importlib import resources
@@ -40,20 +39,18 @@ NAIVE_LR = 1e-3  # Adam over the whole ViT and the head
 
 
 def _runner():
-    """``(config module, run module)``: ``ctta.runner.*``, or the older ``ctta.config`` / ``ctta.run``."""
-    try:
-        from ctta.runner import config, run
-    except ImportError:
-        from ctta import config, run
+    """``(config module, run module)`` of the runner."""
+    from ctta.runner import config, run
+
     return config, run
 
 
 def _load(kind: str, overrides, out_dir, reduced: bool):
     config, _ = _runner()
-    fields = {f.name for f in dataclasses.fields(config.RunConfig)}
-    extra = ["overwrite=true"] if "overwrite" in fields else []  # a demo replaces the previous demo's results
-    extra += list(REDUCED[kind] if reduced else []) + list(overrides or [])
-    extra.append(f"log.out_dir={out_dir or OUT_DIRS[kind]}")
+    extra = ["overwrite=true", f"log.out_dir={OUT_DIRS[kind]}"]  # a demo replaces the previous demo's results
+    extra += list(REDUCED[kind] if reduced else []) + list(overrides or [])  # the user's overrides win
+    if out_dir is not None:
+        extra.append(f"log.out_dir={out_dir}")
     with resources.as_file(resources.files("ctta.runner") / CONFIGS[kind]) as path:
         return config.load_config(path, extra)
 
