@@ -35,3 +35,13 @@ def digits():
     from ctta.data.digits import load_digits
 
     return load_digits(img_size=32)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """``(model, tokenizer)`` of the tiny random CLIP (``ctta-tiny-clip``), one per test module, seed 0."""
+    from ctta.backbones.clip import create_clip
+
+    torch.manual_seed(0)
+    model, _, tok = create_clip("ctta-tiny-clip", "")
+    return model, tok

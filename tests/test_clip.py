@@ -31,13 +31,6 @@ NAMES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    model, _, tok = create_clip("ctta-tiny-clip", "")
-    return model, tok
-
-
 def _reference(model, tok, names, prefix="a photo of a"):
     return model.encode_text(tok([f"{prefix} {n.replace('_', ' ')}." for n in names]))
 

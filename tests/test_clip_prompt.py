@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 
-from ctta.backbones.clip import create_clip
 from ctta.clip_prompting import (
     FrozenCLIPTeacher,
     GaussianEpochAverage,
@@ -26,13 +25,6 @@ from ctta.clip_prompting.metrics import harmonic_mean
 from ctta.clip_prompting.text import context_init
 
 NAMES = ["dog", "cat", "golden retriever", "airplane_jet", "sea lion (animal)", "x"]
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    model, _, tok = create_clip("ctta-tiny-clip", "")
-    return model, tok
 
 
 def _ref_text(model, tok, texts):

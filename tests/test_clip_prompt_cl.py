@@ -10,20 +10,12 @@ from ctta.strategies.coop import CoOpConfig, CoOpModel
 from ctta.strategies.maple import MaPLeConfig, MaPLeModel
 from ctta.strategies.pre import PREConfig, PREModel
 
-from ctta.backbones.clip import create_clip
 from ctta.backbones.clip_tuner import PromptTuner, PromptTuningConfig
 from ctta.clip_prompting.model import save_text_context
 from ctta.clip_prompting.template import MASKED_LOGIT
 from ctta.data.digits import DIGIT_NAMES
 from ctta.registry import STRATEGIES
 from tests import _conformance_cases as cc
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    model, _, tok = create_clip("ctta-tiny-clip", "")
-    return model, tok
 
 
 class _Logits:

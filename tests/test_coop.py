@@ -7,16 +7,6 @@ import torch
 from ctta.strategies.cocoop import CoCoOpConfig, CoCoOpModel
 from ctta.strategies.coop import CoOpConfig, CoOpModel
 
-from ctta.backbones.clip import create_clip
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    model, _, tok = create_clip("ctta-tiny-clip", "")
-    return model, tok
-
-
 NAMES = ["cat", "dog", "sea lion", "airplane"]
 
 

@@ -6,17 +6,9 @@ import pytest
 import torch
 from ctta.strategies.maple import MaPLeConfig, MaPLeModel
 
-from ctta.backbones.clip import create_clip
 from ctta.clip_prompting import encode_image
 
 NAMES = ["cat", "dog", "sea lion", "airplane"]
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    model, _, tok = create_clip("ctta-tiny-clip", "")
-    return model, tok
 
 
 def test_text_starts_as_zero_shot_prompt(tiny):

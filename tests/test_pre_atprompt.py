@@ -7,17 +7,9 @@ import torch
 from ctta.strategies.atprompt import ATPCoOpConfig, ATPMaPLeConfig, ATPModel
 from ctta.strategies.pre import PREConfig, PREModel
 
-from ctta.backbones.clip import create_clip
 from ctta.clip_prompting import PromptedText, encode_image
 
 NAMES = ["cat", "dog", "sea lion", "airplane"]
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    model, _, tok = create_clip("ctta-tiny-clip", "")
-    return model, tok
 
 
 def test_pre_context_passes_through_the_encoder(tiny):

@@ -9,19 +9,11 @@ import pytest
 import torch
 from ctta.strategies.promptsrc import PromptSRC, PromptSRCConfig, PromptSRCModel
 
-from ctta.backbones.clip import create_clip
 from ctta.clip_prompting import gaussian_epoch_weights
 from ctta.clip_prompting.prompt_templates import PROMPTSRC_TEMPLATES
 from ctta.losses import kl_to_teacher, l1_feature_loss, promptsrc_consistency
 
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    model, _, tok = create_clip("ctta-tiny-clip", "")
-    return model, tok
 
 
 def test_losses_closed_form():

@@ -10,19 +10,11 @@ import pytest
 import torch
 from ctta.strategies.tpt import TPT, PromptTuner, TPTConfig
 
-from ctta.backbones.clip import create_clip
 from ctta.backbones.clip_tuning import BatchedAdamW, LossScaler
 from ctta.data import tta_views
 from ctta.losses import avg_entropy, confident_indices, cosine_keep_indices, entropy, gather_views, n_confident
 
 NAMES = ["dog", "cat", "great white shark", "golden retriever", "a red sports car", "tree"]
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    model, _, tok = create_clip("ctta-tiny-clip", "")
-    return model, tok
 
 
 @pytest.fixture(scope="module")

@@ -90,6 +90,22 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _user_message(e: BaseException, cmd: str) -> str:
+    """The one-line message for a user error (missing data/weights, config, output folder, divergence, inputs)."""
+    from ctta.runner.config import ConfigError
+    from ctta.runner.guards import DivergenceError
+    from ctta.runner.outdir import RunError
+
+    if isinstance(e, ConfigError):
+        return f"config error: {e}"
+    if isinstance(e, DivergenceError):
+        return f"run diverged: {e} (recorded in results.json with status 'diverged')"
+    if isinstance(e, (FileNotFoundError, RunError)):  # the message says what to do
+        return str(e)
+    msg = " ".join(str(e).split())  # refused inputs, a missing extra, weights not available
+    return f"{type(e).__name__}: {msg} (ctta --debug {cmd} ... shows the traceback)"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     from ctta.runner.config import ConfigError
@@ -98,32 +114,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except FileNotFoundError as e:  # missing dataset folder or weight file: the message says what to do
+    except (FileNotFoundError, ConfigError, RunError, DivergenceError, ValueError, ImportError, RuntimeError) as e:
         if args.debug:
             raise
-        print(f"ctta: {e}", file=sys.stderr)
-        return 2
-    except ConfigError as e:
-        if args.debug:
-            raise
-        print(f"ctta: config error: {e}", file=sys.stderr)
-        return 2
-    except RunError as e:
-        if args.debug:
-            raise
-        print(f"ctta: {e}", file=sys.stderr)
-        return 2
-    except DivergenceError as e:
-        if args.debug:
-            raise
-        print(f"ctta: run diverged: {e} (recorded in results.json with status 'diverged')", file=sys.stderr)
-        return 2
-    except (ValueError, ImportError, RuntimeError) as e:  # refused inputs, a missing extra, weights not available
-        if args.debug:
-            raise
-        msg = " ".join(str(e).split())
-        print(f"ctta: {type(e).__name__}: {msg} (ctta --debug {args.cmd} ... shows the traceback)", file=sys.stderr)
-        return 2
+        print(f"ctta: {_user_message(e, args.cmd)}", file=sys.stderr)
+        return 2  # every user error: one message, exit code 2
     finally:
         import torch.distributed as dist
 
