@@ -266,9 +266,3 @@ def set_attr_path(root: Any, path: str, value: Any) -> None:
     for name in head:
         root = getattr(root, name)
     setattr(root, last, value)
-
-
-def get_attr_path(root: Any, path: str) -> Any:
-    for name in path.split("."):
-        root = getattr(root, name)
-    return root

@@ -69,11 +69,6 @@ def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
     return [p for p in module.parameters() if p.requires_grad]
 
 
-def trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    """Detached clones of the trainable parameters, by name (for episodic reset or change checks)."""
-    return {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
-
-
 def rng_state() -> dict[str, Any]:
     """The global RNG states (torch, numpy, random, CUDA when present), for resumable checkpoints."""
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "random": random.getstate()}

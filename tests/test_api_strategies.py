@@ -21,9 +21,9 @@ from ctta.strategies.tpt import TPT
 from ctta.strategies.vpt import VPT, VPTConfig
 from torch.utils.data import TensorDataset
 
-from ctta.logging import anytime_metric, make_evaluator
+from ctta.evaluation import anytime_metric, make_evaluator
 from ctta.metrics import AnytimeAccuracy
-from ctta.templates.benchmark_info import experience_classes, infer_num_classes
+from ctta.templates.benchmark_info import BenchmarkInfo, experience_classes, infer_num_classes, with_info
 
 # every argument a strategy refuses: (class, argument) -> a word of the reason
 REFUSED = {
@@ -137,7 +137,7 @@ def test_from_config_is_the_constructor_with_the_benchmarks_fields(tiny_vit, dig
     train, test = digits
     tr, te = as_avl_dataset(train), as_avl_dataset(test)
     bench = benchmark_from_datasets(train=[tr.subset(range(64))], test=[te])
-    bench.n_classes, bench.test_dataset, bench.batch_size = 10, te, 16  # what ctta's scenarios set
+    with_info(bench, BenchmarkInfo(n_classes=10, test_dataset=te, batch_size=16))  # what ctta's scenarios attach
     cfg = VPTConfig(online_iters=1, eval_every=32)
     torch.manual_seed(0)
     a = VPT.from_config(cfg, backbone=tiny_vit, benchmark=bench, device="cpu", evaluator=make_evaluator())

@@ -9,7 +9,7 @@ from ctta.scenarios.class_incremental import ClassIncrementalConfig
 from ctta.strategies.vpt import VPT, VPTConfig
 
 from ctta.data.avl import as_avl_dataset
-from ctta.logging import anytime_metric, make_evaluator
+from ctta.evaluation import anytime_metric, make_evaluator
 from ctta.registry import SCENARIOS
 
 

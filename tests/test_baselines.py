@@ -31,7 +31,7 @@ def tiny_bench(n_classes=4, per_class=6, size=32, batch=8, seed=0, online=False)
 
 
 def build(cls, cfg, backbone, bench):
-    from ctta.logging import make_evaluator
+    from ctta.evaluation import make_evaluator
 
     return cls.from_config(cfg, backbone=backbone, benchmark=bench, device="cpu", evaluator=make_evaluator())
 
@@ -115,17 +115,17 @@ def test_l2p_trains_and_keys_follow_the_quirk(tiny_vit, train_keys):
     assert not torch.equal(after["pool.prompts"], before["pool.prompts"])
     assert not torch.equal(after["head.weight"], before["head.weight"])
     assert torch.equal(after["pool.keys"], before["pool.keys"]) is (not train_keys)
-    assert strategy.seen_samples == sum(bench.task_sizes) and len(strategy.exposed) == 4
+    assert strategy.seen_samples == sum(bench.info.task_sizes) and len(strategy.exposed) == 4
 
 
 def test_online_sub_experiences_keep_the_protocol(tiny_vit):
-    from ctta.logging import anytime_metric
+    from ctta.evaluation import anytime_metric
 
     bench = tiny_bench(online=True)
     strategy = build(L2P, L2PConfig(online_iters=1, eval_every=0, cutmix_prob=0.0), tiny_vit, bench)
     run_stream(strategy, bench)  # one train() per online sub-experience of 8 samples
-    assert strategy.seen_samples == sum(bench.task_sizes)
-    n_tasks = sum(1 for n in bench.task_sizes if n)
+    assert strategy.seen_samples == sum(bench.info.task_sizes)
+    n_tasks = sum(1 for n in bench.info.task_sizes if n)
     assert len(anytime_metric(strategy.evaluator).task_end) == n_tasks  # task-end evaluation at each boundary
 
 
@@ -169,7 +169,7 @@ def test_replay_memory_batches(tiny_vit):
 
     strategy.forward_logits, strategy.after_incoming_batch = forward_logits, after_incoming_batch
     run_stream(strategy, bench)
-    assert strategy.memory.seen == sum(bench.task_sizes) and len(strategy.memory) == 5
+    assert strategy.memory.seen == sum(bench.info.task_sizes) and len(strategy.memory) == 5
     assert all(expected == n_x == n_y for expected, n_x, n_y in sizes)  # stream + min(3, |memory|) replayed
     assert sizes[0][0] == 6 and sizes[-1][0] > 6
     assert all(n == n_y == n_out for n, n_y, n_out in stream_sizes)  # plugins see the stream batch only

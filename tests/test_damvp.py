@@ -14,7 +14,7 @@ from ctta.strategies.damvp.model import Featurizer, load_representation, noise_r
 from ctta.strategies.damvp.pixel import PadPromptBank, PadPrompter, load_prompter, pad_prompt_numel, save_prompter
 from ctta.strategies.damvp.reptile import MetaTask, ReptileMetaTrainer, meta_inner_lr, reptile_update
 
-from ctta.logging import make_evaluator
+from ctta.evaluation import make_evaluator
 
 TINY = dict(tau=0.7, lr=1000.0, epochs=1, batch_size=16, eval_batch_size=64, pad_width=4, n_noise=32)
 
@@ -236,7 +236,7 @@ def test_stream_of_two_datasets_keeps_each_adapter_and_bootstraps_the_meta_promp
     per_exp = s.eval(bench.test_stream)  # every earlier dataset stays evaluable through its own adapter
     assert all(0.0 <= v <= 1.0 for k, v in per_exp.items() if k.startswith("Top1_Acc_Exp"))
     assert all(torch.equal(v, backbone0[k]) for k, v in tiny_vit.state_dict().items())
-    logits = s.model(bench.test_stream[1].dataset.eval()[0][0][None], torch.tensor([1]), bench.n_classes)
+    logits = s.model(bench.test_stream[1].dataset.eval()[0][0][None], torch.tensor([1]), bench.info.n_classes)
     assert torch.isinf(logits[0, :5]).all() and torch.isfinite(logits[0, 5:]).all()
 
 

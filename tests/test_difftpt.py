@@ -9,10 +9,11 @@ import torch
 from ctta.strategies.difftpt import DiffTPT, DiffTPTConfig, difftpt_select, make_tuner
 
 from ctta.backbones.clip import CLIPConfig, build_clip
+from ctta.benchmark_builders import make_benchmark
 from ctta.data.digits import DIGIT_NAMES, load_digits
 from ctta.data.tta_views import make_views
 from ctta.losses import entropy
-from ctta.scenarios_common import annotate, make_benchmark
+from ctta.templates.benchmark_info import BenchmarkInfo, with_info
 from tests._tiny_diffusion import tiny_diffusion_config
 
 N_CONV, N_DIFF = 7, 4  # views per sample: 1 original + 7 conventional + 4 diffusion = 12
@@ -101,11 +102,12 @@ def _bench(n=3):
     from ctta.data.avl import as_avl_dataset
 
     avl = as_avl_dataset(ds, targets)
-    return annotate(make_benchmark([avl], [avl]), n_classes=10, classnames=list(DIGIT_NAMES), test_dataset=avl)
+    info = BenchmarkInfo(n_classes=10, classnames=DIGIT_NAMES, test_dataset=avl)
+    return with_info(make_benchmark([avl], [avl]), info)
 
 
 def _strategy(tiny_clip, bench, tmp_path, **kw):
-    from ctta.logging import make_evaluator
+    from ctta.evaluation import make_evaluator
 
     kw.setdefault("diffusion", tiny_diffusion_config(tmp_path / "cache"))
     cfg = DiffTPTConfig(n_diffusion_views=N_DIFF, **kw)
@@ -127,14 +129,14 @@ def test_strategy_episodic_run_and_cached_second_run(tiny_clip, tmp_path):
     assert torch.equal(first.tuner.text.ctx, first.tuner.text.ctx0)
     manifest = json.loads(first.diffusion_views.cache.manifest_path.read_text())
     assert manifest["n_entries"] == 3 and manifest["n_images"] == 3 * N_DIFF
-    assert sorted(e["label"] for e in manifest["entries"].values()) == sorted(bench.test_dataset.targets)
+    assert sorted(e["label"] for e in manifest["entries"].values()) == sorted(bench.info.test_dataset.targets)
 
     second = _strategy(tiny_clip, bench, tmp_path)
     res2 = second.eval(bench.test_stream)
     assert second.diffusion_views.generated == 0 and second.diffusion_views._generator is None
     assert res2["Top1_Acc_Stream/eval_phase/test_stream"] == acc1
 
-    x = bench.test_dataset[0][0][None]  # (1, N, 3, H, W)
+    x = bench.info.test_dataset[0][0][None]  # (1, N, 3, H, W)
     full = first.add_diffusion_views(x)
     assert full.shape == (1, 1 + N_CONV + N_DIFF, 3, 32, 32)
     torch.testing.assert_close(first.adapt_and_predict(x), second.tuner.predict_many(full), atol=0, rtol=0)

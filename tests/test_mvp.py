@@ -24,7 +24,7 @@ from ctta.strategies.mvp import (
 from ctta.backbones.vit import PromptedViT, create_vit
 from ctta.data.digits import TensorImageDataset
 from ctta.data.replay import ReservoirMemory
-from ctta.logging import anytime_metric
+from ctta.evaluation import anytime_metric
 from ctta.prompts.pool import PromptPool
 from tests.conftest import TINY_VIT
 
@@ -227,8 +227,8 @@ def test_online_stream_count_backbone_and_metrics(backbone):
     before = copy.deepcopy(backbone.state_dict())
     for exp in bench.train_stream:
         s.train(exp)
-    assert int(s.model.mvp.pool.count.sum()) == 3 * sum(bench.task_sizes)
-    assert s.seen_samples == sum(bench.task_sizes)
+    assert int(s.model.mvp.pool.count.sum()) == 3 * sum(bench.info.task_sizes)
+    assert s.seen_samples == sum(bench.info.task_sizes)
     assert all(torch.equal(before[k], v) for k, v in backbone.state_dict().items())
     assert s.optimizer.param_groups[0]["lr"] == 5e-3 and len(s.optimizer.state) == 6  # one Adam, never reset
     res = anytime_metric(s.evaluator).result()
@@ -256,7 +256,7 @@ def test_replay_memory_runs_and_feeds_updates(backbone):
     s.criterion, s._after_training_iteration = spy, after_spy
     for exp in bench.train_stream:
         s.train(exp)
-    n = sum(bench.task_sizes)
+    n = sum(bench.info.task_sizes)
     assert len(s.memory) == 10 and s.memory.seen == n
     assert sizes[:3] == [8, 8, 8] and sizes[3:6] == [12, 12, 12]  # replay from the second batch on
     assert int(s.model.mvp.pool.count.sum()) == sum(sizes)

@@ -1,9 +1,9 @@
-"""``ctta.logging.default_evaluator``: Avalanche's default metrics and logger plus ctta's metrics."""
+"""``ctta.evaluation.default_evaluator``: Avalanche's default metrics and logger plus ctta's metrics."""
 
 from avalanche.logging import InteractiveLogger, TextLogger
 from avalanche.training.plugins.evaluation import default_evaluator as avalanche_default
 
-from ctta.logging import default_evaluator
+from ctta.evaluation import default_evaluator
 from ctta.metrics import AnytimeAccuracy, TopKAccuracy
 
 

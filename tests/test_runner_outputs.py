@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ctta.logging import LOGGER_NAMES
+from ctta.evaluation import LOGGER_NAMES
 from ctta.runner.config import ConfigError, LogConfig, load_config
 from ctta.runner.run import run
 from tests.conftest import ROOT

@@ -8,9 +8,9 @@ from avalanche.training.plugins import SupervisedPlugin
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from ctta.benchmark_builders import single_experience_stream
 from ctta.data.avl import as_avl_dataset
-from ctta.logging import anytime_metric, make_evaluator
-from ctta.scenarios_common import single_experience_stream
+from ctta.evaluation import anytime_metric, make_evaluator
 from ctta.templates import OnlineCLTemplate, TestTimeTemplate
 
 

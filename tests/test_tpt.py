@@ -10,7 +10,7 @@ import pytest
 import torch
 from ctta.strategies.tpt import TPT, PromptTuner, TPTConfig
 
-from ctta.backbones.clip_tuning import BatchedAdamW, LossScaler
+from ctta.clip_prompting.episode_optim import BatchedAdamW, LossScaler
 from ctta.data import tta_views
 from ctta.losses import avg_entropy, confident_indices, cosine_keep_indices, entropy, gather_views, n_confident
 
@@ -222,7 +222,7 @@ def test_strategy_on_a_tiny_stream(tiny):
     from ctta.scenarios.test_time import TestTimeConfig, build_test_time
 
     from ctta.backbones.clip import CLIPBackbone
-    from ctta.logging import make_evaluator
+    from ctta.evaluation import make_evaluator
 
     model, tok = tiny
     bench = build_test_time(TestTimeConfig(dataset="digits", n_views=6, resolution=32, max_samples=6), seed=0)

@@ -68,7 +68,7 @@ def _stack(dataset, idx=None, transform=None):
 def _test_transform(bench, img_size: int):
     from ctta.data.siblurry_aug import siblurry_test_transform
 
-    return siblurry_test_transform(bench.dataset_stats.mean, bench.dataset_stats.std, img_size)
+    return siblurry_test_transform(bench.info.dataset_stats.mean, bench.info.dataset_stats.std, img_size)
 
 
 @torch.no_grad()
@@ -83,9 +83,9 @@ def linear_probe(backbone, bench, img_size: int, device="cpu") -> float:
     from sklearn.preprocessing import StandardScaler
 
     backbone.eval().to(device)
-    idx = sorted(i for task in bench.task_indices for i in task)
-    xtr, ytr = _stack(bench.train_dataset, idx, _test_transform(bench, img_size))
-    xte, yte = _stack(bench.test_dataset)
+    idx = sorted(i for task in bench.info.task_indices for i in task)
+    xtr, ytr = _stack(bench.info.train_dataset, idx, _test_transform(bench, img_size))
+    xte, yte = _stack(bench.info.test_dataset)
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000))
     clf.fit(_features(backbone, xtr, device).numpy(), ytr.numpy())
     return float(clf.score(_features(backbone, xte, device).numpy(), yte.numpy()))
@@ -95,7 +95,7 @@ class _Evaluator:
     """Accuracy on the test samples of the classes seen so far (as ``AnytimeEvalPlugin``), with per-class counts."""
 
     def __init__(self, bench, device) -> None:
-        self.x, self.y = _stack(bench.test_dataset)
+        self.x, self.y = _stack(bench.info.test_dataset)
         self.device = device
         self.periodic: list[tuple[int, float]] = []
         self.task_end: list[tuple[int, float]] = []
@@ -128,23 +128,23 @@ class _Evaluator:
 def naive_online(backbone, bench, online_iters: int, every: int, device="cpu", lr: float = NAIVE_LR) -> dict:
     """Naive online fine-tuning of ``backbone`` (unfrozen) + a linear head over the benchmark's stream.
 
-    Same incoming batches (``bench.batch_size``, stream order), augmentation (``bench.train_augment``) and number
-    of updates per batch as the online strategies; cross-entropy over all classes, Adam, nothing against
+    Same incoming batches (``bench.info.batch_size``, stream order), augmentation (``bench.info.train_augment``)
+    and number of updates per batch as the online strategies; cross-entropy over all classes, Adam, nothing against
     forgetting. Evaluated every ``every`` samples and at each task end like ``AnytimeEvalPlugin``.
 
     Returns:
         ``{"A_auc", "A_last", "F_last", "periodic": [(samples, acc)], "task_end": [(samples, acc)]}``.
     """
     backbone.vit.requires_grad_(True)  # naive: the whole backbone is fine-tuned
-    model = torch.nn.Sequential(backbone, torch.nn.Linear(backbone.embed_dim, bench.n_classes)).to(device).train()
+    model = torch.nn.Sequential(backbone, torch.nn.Linear(backbone.embed_dim, bench.info.n_classes)).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     ev, seen, n_seen, next_eval = _Evaluator(bench, device), set(), 0, every
-    for task in bench.task_indices:
-        for s in range(0, len(task), bench.batch_size):
-            x, y = _stack(bench.train_dataset, task[s : s + bench.batch_size])
+    for task in bench.info.task_indices:
+        for s in range(0, len(task), bench.info.batch_size):
+            x, y = _stack(bench.info.train_dataset, task[s : s + bench.info.batch_size])
             seen.update(y.tolist())
             for _ in range(online_iters):
-                loss = F.cross_entropy(model(bench.train_augment(x).to(device)), y.to(device))
+                loss = F.cross_entropy(model(bench.info.train_augment(x).to(device)), y.to(device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -201,7 +201,7 @@ def _write_json(path: Path, data: dict) -> None:
 # Demos
 # ----------------------------------------------------------------------------------------------------------
 def _cl_demo(cfg) -> dict:
-    from ctta.logging import anytime_metric
+    from ctta.evaluation import anytime_metric
     from ctta.registry import BACKBONES
     from ctta.utils import resolve_device, seed_everything
 
@@ -217,8 +217,8 @@ def _cl_demo(cfg) -> dict:
     seed_everything(cfg.seed)
     naive = naive_online(BACKBONES.get(cfg.backbone.name).builder(cfg.backbone.params), ctx.bench,
                          params.online_iters, params.eval_every, device)  # fmt: skip
-    _plot_cl(ctx.out / "demo_accuracy.png", mvp, naive, probe, ctx.bench.n_classes)
-    return {"out": ctx.out, "mvp": mvp, "naive": naive, "linear_probe": probe, "n_classes": ctx.bench.n_classes}
+    _plot_cl(ctx.out / "demo_accuracy.png", mvp, naive, probe, ctx.bench.info.n_classes)
+    return {"out": ctx.out, "mvp": mvp, "naive": naive, "linear_probe": probe, "n_classes": ctx.bench.info.n_classes}
 
 
 def _print_cl(cfg, res: dict) -> None:

@@ -18,15 +18,14 @@ from typing import Any
 import torch
 
 from ctta import distributed
-from ctta.logging import ProgressPlugin, anytime_metric, close_loggers, make_evaluator
-from ctta.metrics import TopKAccuracy
+from ctta.evaluation import ProgressPlugin, anytime_metric, close_loggers, make_evaluator
+from ctta.metrics import SummaryMetric
 from ctta.registry import BACKBONES, SCENARIOS, STRATEGIES
 from ctta.runner.checkpoint import CheckpointPlugin, run_fingerprint, scan_checkpoints
 from ctta.runner.config import RunConfig, to_dict
 from ctta.runner.guards import DivergenceError, DivergenceGuard, check_class_count
 from ctta.runner.outdir import RunError, abandon, begin, check_out_dir, finish
 from ctta.runner.results import package_versions, write_results
-from ctta.templates import TestTimeTemplate
 from ctta.utils import resolve_device, seed_everything
 
 
@@ -41,13 +40,6 @@ def build_strategy(cfg: RunConfig, bench, backbone, evaluator=None, plugins=()):
         plugins=list(plugins),
         precision=cfg.precision,
     )
-
-
-def build_components(cfg: RunConfig, evaluator=None, plugins=()) -> tuple[Any, Any, Any]:
-    """Build ``(benchmark, backbone, strategy)`` from a validated config."""
-    bench = SCENARIOS.get(cfg.scenario.name).builder(cfg.scenario.params, seed=cfg.seed)
-    backbone = BACKBONES.get(cfg.backbone.name).builder(cfg.backbone.params)
-    return bench, backbone, build_strategy(cfg, bench, backbone, evaluator, plugins)
 
 
 def _stream_size(stream) -> int:
@@ -89,13 +81,12 @@ def prepare(cfg: RunConfig, outputs: bool = True) -> RunContext:
             _check_resumable(cfg, out / "checkpoints", run_fingerprint(cfg), partial=True)
     dctx = distributed.init_from_env(cfg.device)
     strategy_cls = STRATEGIES.get(cfg.strategy.name).builder
-    if dctx.active and not getattr(strategy_cls, "distributed_ok", False):
+    if dctx.active and not strategy_cls.distributed_ok:
         raise ValueError(
             f"strategy {cfg.strategy.name!r} does not support multi-process runs (WORLD_SIZE={dctx.world}); "
             f"run it in one process (supported: online continual learning and episodic test-time strategies)"
         )
-    resumable = hasattr(strategy_cls, "load_checkpoint_state") and not issubclass(strategy_cls, TestTimeTemplate)
-    if cfg.resume and not resumable:
+    if cfg.resume and not strategy_cls.resumable:
         raise RunError(f"resume=true is supported for online continual learning, not {cfg.strategy.name!r}")
     distributed.barrier()  # every rank has checked the folder before rank 0 writes into it
     seed_everything(cfg.seed)
@@ -112,12 +103,12 @@ def prepare(cfg: RunConfig, outputs: bool = True) -> RunContext:
 
 def _build(cfg: RunConfig, strategy_cls, out: Path, run_id: str, main: bool, is_main_rank: bool, t0: float):
     """Build evaluator, benchmark, backbone, plugins and strategy; resume if asked."""
-    extra = strategy_cls.extra_metrics(cfg.strategy.params) if hasattr(strategy_cls, "extra_metrics") else ()
+    extra = strategy_cls.extra_metrics(cfg.strategy.params)
     evaluator = make_evaluator(out if main else None, cfg.log.interactive and main, extra, cfg.log.f_last_variant,
                                loggers=cfg.log.loggers if main else ())  # fmt: skip
     bench = SCENARIOS.get(cfg.scenario.name).builder(cfg.scenario.params, seed=cfg.seed)
     backbone = BACKBONES.get(cfg.backbone.name).builder(cfg.backbone.params)
-    is_tta = issubclass(strategy_cls, TestTimeTemplate)
+    is_tta = strategy_cls.adapts_in_eval
     stream = bench.test_stream if is_tta else bench.train_stream
     progress = ProgressPlugin(_stream_size(stream), cfg.strategy.name, train=not is_tta,
                               enabled=cfg.log.progress and is_main_rank)  # fmt: skip
@@ -223,7 +214,7 @@ def _check_resumable(cfg: RunConfig, directory: Path, fingerprint: dict, partial
 
 def _resume(ctx: RunContext, fingerprint: dict | None) -> None:
     """Restore the matching checkpoint with the most recorded progress (fresh start if there is no checkpoint)."""
-    if ctx.is_tta or not hasattr(ctx.strategy, "load_checkpoint_state"):
+    if not ctx.strategy.resumable:
         raise RunError(f"resume=true is supported for online continual learning, not {ctx.cfg.strategy.name!r}")
     directory = ctx.out / "checkpoints"
     scan = scan_checkpoints(directory, fingerprint) if distributed.is_main() else None
@@ -281,15 +272,11 @@ def _loop(strategy, bench, is_tta: bool, start_exp: int = 0) -> None:
         for exp in bench.test_stream:
             strategy.eval(exp)
         return
-    has_anytime = any(type(p).__name__ == "AnytimeEvalPlugin" for p in strategy.plugins)
     for i, exp in enumerate(bench.train_stream):
         if i < start_exp:
             continue
         strategy.train(exp, eval_streams=[])
-        if hasattr(strategy, "eval_after_experience"):
-            strategy.eval_after_experience(bench, i)
-        elif not has_anytime:
-            strategy.eval(bench.test_stream)
+        strategy.eval_after_experience(bench, i)
 
 
 def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -298,12 +285,6 @@ def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
         if isinstance(v, (int, float)) or (isinstance(v, torch.Tensor) and v.numel() == 1):
             out[k] = float(v)
     return out
-
-
-def _summary_key(metric) -> str:
-    """results.json summary name of a single-valued metric: ``top5`` for top-5 accuracy, else its Avalanche name."""
-    k = getattr(metric, "k", None)
-    return f"top{k}" if isinstance(metric, TopKAccuracy) and k else str(metric)
 
 
 def _pooled_stream_metrics(evaluator, summary: dict[str, float], sizes: list[int]) -> dict[str, float]:
@@ -340,13 +321,13 @@ def summarise(
         rows.sort(key=lambda r: (r["samples"], r["kind"] == "task_end"))
         summary.update(m.result())
     rows += progress_rows(progress)
-    for metric in evaluator.metrics:  # ctta's own plugin metrics summarise themselves (top-5, mAP, CF1, OF1, ...)
-        if metric is not m and type(metric).__module__.startswith("ctta"):
+    for metric in evaluator.metrics:  # metrics marked SummaryMetric summarise themselves (top-5, mAP, CF1, OF1, ...)
+        if metric is not m and isinstance(metric, SummaryMetric):
             res = metric.result()
             if isinstance(res, dict):
                 summary.update(_scalar_metrics(res))
             elif isinstance(res, (int, float)) or (isinstance(res, torch.Tensor) and res.numel() == 1):
-                summary[_summary_key(metric)] = float(res)
+                summary[metric.summary_name()] = float(res)
     last = _scalar_metrics(evaluator.get_last_metrics())
     top1 = [v for k, v in last.items() if k.startswith("Top1_Acc_Stream/eval_phase/test_stream")]
     if top1 and "mAP" not in summary:  # argmax top-1 is meaningless for multi-hot targets

@@ -20,14 +20,20 @@ from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import torch
+from avalanche.core import SupervisedPlugin
+from avalanche.training.templates import BaseSGDTemplate
+from avalanche.training.templates.base import _experiences_parameter_as_iterable, _group_experiences_by_stream
+from avalanche.training.templates.observation_type import BatchObservation
+from avalanche.training.templates.problem_type import SupervisedProblem
 from torch import nn
 
-from ctta.logging import default_evaluator
+from ctta.evaluation import default_evaluator
 from ctta.utils import resolve_device, trainable_parameters
 
 __all__ = [
     "DEFAULT_EVALUATOR",
     "TEMPLATE_FIELDS",
+    "AvalancheSupervised",
     "StrategyBase",
     "default_evaluator",
     "restrict_to_trainable",
@@ -89,12 +95,21 @@ def placeholder_optimizer() -> torch.optim.Optimizer:
     return torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.0)
 
 
+class AvalancheSupervised(BatchObservation, SupervisedProblem, BaseSGDTemplate):
+    """Avalanche's ``SupervisedTemplate`` without its ``SGDUpdate`` loop (same observation, problem, callbacks and
+    plugins): ctta's templates own their loop (``train_experience``) and their update (``sgd_update``)."""
+
+    PLUGIN_CLASS = SupervisedPlugin
+
+
 class StrategyBase:
-    """Mixin (before ``SupervisedTemplate``) holding what every ctta strategy shares: config resolution, argument
+    """Mixin (before ``AvalancheSupervised``) holding what every ctta strategy shares: config resolution, argument
     checks, the default evaluator and ``from_config``.
 
     Class attributes:
         config_class: the method's config dataclass (its fields are the method's keyword arguments).
+        distributed_ok, resumable, adapts_in_eval: the optional capabilities the runner relies on (declared, never
+            guessed); ``eval_after_experience`` and ``pregenerate`` are the optional steps, with defaults.
         optimizer_refusal: why a user ``optimizer`` cannot be used (None: it is used, re-pointed at the trainable
             parameters; ``optimizer=None`` = the method's reference optimiser from its config).
         criterion_refusal: why a user ``criterion`` cannot be used (None: it is used).
@@ -105,6 +120,10 @@ class StrategyBase:
     optimizer_refusal: ClassVar[str | None] = None
     criterion_refusal: ClassVar[str | None] = None
     train_epochs_refusal: ClassVar[str | None] = None
+    # declared capabilities (read by the runner; a template or method turns them on)
+    distributed_ok: ClassVar[bool] = False  #: torchrun runs are exact (sharded updates / sharded samples)
+    resumable: ClassVar[bool] = False  #: ``checkpoint_state`` / ``load_checkpoint_state`` resume mid-stream
+    adapts_in_eval: ClassVar[bool] = False  #: test-time adaptation: a run evaluates the test stream, no training
 
     def __init__(
         self,
@@ -209,11 +228,56 @@ class StrategyBase:
 
     @classmethod
     def resolve_evaluator(cls, evaluator, cfg):
-        """Avalanche's meaning, except the default: ``ctta.logging.default_evaluator`` (Avalanche's default
+        """Avalanche's meaning, except the default: ``ctta.evaluation.default_evaluator`` (Avalanche's default
         evaluator, its logger, ctta's anytime accuracy) plus the method's ``extra_metrics(cfg)``."""
         if isinstance(evaluator, _DefaultEvaluator):
             return default_evaluator(cls.extra_metrics(cfg if cfg is not None else cls.default_config()))
         return evaluator
+
+    # ------------------------------------------------------------------ the training loop
+    def train(self, experiences, eval_streams=None, **kwargs: Any):
+        """Avalanche's ``train``: the same callbacks in the same order, the last metrics returned; each experience
+        runs the template's own loop, ``train_experience``."""
+        self.check_train_arguments(kwargs)
+        experiences = self._start_training(experiences, eval_streams)
+        self._before_training(**kwargs)
+        for self.experience in experiences:
+            self._before_training_exp(**kwargs)
+            self.train_experience(**kwargs)
+            self._after_training_exp(**kwargs)
+        self._after_training(**kwargs)
+        self._train_cleanup()
+        return self.evaluator.get_last_metrics()
+
+    def _start_training(self, experiences, eval_streams) -> Iterable:
+        """Avalanche's set-up of ``train``: plugin check, training mode, device, the eval streams by name."""
+        if not self._distributed_check:
+            self._check_distributed_training_compatibility()
+            self._distributed_check = True
+        self.is_training, self._stop_training = True, False
+        self.model.train()
+        self.model.to(self.device)
+        experiences = _experiences_parameter_as_iterable(experiences)
+        self._eval_streams = _group_experiences_by_stream([experiences] if eval_streams is None else eval_streams)
+        return experiences
+
+    def check_train_arguments(self, kwargs: dict[str, Any]) -> None:
+        """Refuse ``train()`` keyword arguments the template cannot honour (before anything runs)."""
+
+    def train_experience(self, **kwargs: Any) -> None:
+        """The template's loop over ``self.experience`` (its data loader is ready), with Avalanche's callbacks."""
+        raise NotImplementedError(f"{type(self).__name__}.train_experience")
+
+    # ------------------------------------------------------------------ optional steps (the runner calls them)
+    def eval_after_experience(self, benchmark, index: int):
+        """The runner's evaluation after training experience ``index`` of ``benchmark`` (default: its test
+        stream; a template that evaluates inside ``train()`` does nothing)."""
+        return self.eval(benchmark.test_stream)
+
+    def pregenerate(self, exp_list, rank: int = 0, world_size: int = 1) -> int | None:
+        """``ctta generate``: prepare cached inputs of ``exp_list`` ahead of a run (this shard of them); returns
+        the number generated, or None when the strategy has nothing to pre-generate (the default)."""
+        return None
 
     # ------------------------------------------------------------------ runner entry
     @classmethod
@@ -225,10 +289,10 @@ class StrategyBase:
     def from_config(cls, cfg, *, backbone, benchmark, device, evaluator, plugins=(), precision="auto"):
         """Build the strategy from its config on a built benchmark and backbone (``ctta run``).
 
-        ``evaluator=None`` here means ctta's quiet default (``ctta.logging.make_evaluator``).
+        ``evaluator=None`` here means ctta's quiet default (``ctta.evaluation.make_evaluator``).
         """
         if evaluator is None:
-            from ctta.logging import make_evaluator
+            from ctta.evaluation import make_evaluator
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

@@ -135,16 +135,9 @@ class ProgressPlugin(SupervisedPlugin, supports_distributed=True):
         super().__init__()
         self.bar = tqdm(total=total, desc=desc, unit="img", disable=not enabled, dynamic_ncols=True)
         self.train = train
-        self._in_eval = 0
         self.curve: list[tuple[int, float]] = []  # (samples, running top-1) for test-time runs
         self._correct = self._n = 0
         self._next_point = 1
-
-    def before_eval(self, strategy, **kwargs) -> None:
-        self._in_eval += 1
-
-    def after_eval(self, strategy, **kwargs) -> None:
-        self._in_eval -= 1
 
     def after_training_iteration(self, strategy, **kwargs) -> None:
         if self.train:
