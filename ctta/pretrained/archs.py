@@ -8,7 +8,13 @@ The tiny CLIP's text tower has a compact vocabulary: the byte-pair tokens of its
 caption templates below) plus pad, unknown, start and end tokens. ``VocabTokenizer`` runs open_clip's own
 ``SimpleTokenizer`` and maps its token ids into that vocabulary; the end-of-text token keeps the largest id, so
 open_clip's argmax (EOT) pooling and ctta's prompted text encoder work unchanged. A word the model never saw in
-training maps to the unknown token. This keeps the token embedding at a few hundred rows instead of 49,408.
+training maps to the unknown token (one per byte-pair piece, so a soft-token placeholder ``X`` stays one token and
+class names / ATPrompt attribute words keep their token count); ``require_known`` refuses such words where they
+would silently become unknown tokens (a ``ctx_init`` phrase). ``encode`` gives the compact ids without start/end
+tokens, as open_clip's ``SimpleTokenizer.encode`` does, so the prompted text towers (CoOp, CoCoOp, MaPLe, PromptSRC,
+PRE, ATPrompt, TPT) take this tokenizer as they take open_clip's. A text longer than the context is refused (open_clip
+would cut it silently, which would misplace a prompt's soft tokens). This keeps the token embedding at a few dozen
+rows instead of 49,408.
 """
 
 from __future__ import annotations
@@ -115,11 +121,50 @@ class VocabTokenizer:
         self.lut = lut
 
     def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.Tensor:
-        """Token ids ``(n, context_length)`` of ``texts`` in the compact vocabulary (0 = padding)."""
-        tokens = self.bpe(texts, context_length=context_length)  # (n, T) byte-pair ids, 0-padded
+        """Token ids ``(n, context_length)`` of ``texts`` in the compact vocabulary (0 = padding).
+
+        Raises:
+            ValueError: a text needs more tokens (start and end included) than ``context_length``.
+        """
+        length = context_length or self.context_length
+        for text in [texts] if isinstance(texts, str) else texts:
+            n = len(self.bpe.encode(text)) + 2
+            if n > length:
+                raise ValueError(
+                    f"text {text!r} has {n} tokens (start and end included) but this CLIP's text context holds "
+                    f"{length}; use fewer context / attribute tokens or shorter words"
+                )
+        tokens = self.bpe(texts, context_length=length)  # (n, T) byte-pair ids, 0-padded
         out = self.lut[tokens]
         out[tokens == 0] = self.PAD
         return out
+
+    def encode(self, text: str) -> list[int]:
+        """Compact ids of ``text`` without start / end tokens (the ids ``__call__`` puts between them)."""
+        return self.lut[torch.tensor(self.bpe.encode(text), dtype=torch.long)].tolist()
+
+    def known_words(self) -> list[str]:
+        """The byte-pair pieces of the vocabulary as text (``er`` ends a word, ``trous`` starts one)."""
+        return sorted(self.bpe.decoder[i].replace("</w>", "") for i in self.vocab)
+
+    def unknown_words(self, text: str) -> list[str]:
+        """Words of ``text`` with a byte-pair piece outside the vocabulary (they would become unknown tokens)."""
+        return [w for w in text.split() if self.UNK in self.encode(w)]
+
+    def require_known(self, text: str, what: str = "text") -> None:
+        """Raise a ``ValueError`` naming every word of ``text`` outside the vocabulary.
+
+        Args:
+            text: the words (e.g. a ``ctx_init`` phrase).
+            what: what they are, for the message (e.g. ``"ctx_init"``).
+        """
+        unknown = self.unknown_words(text)
+        if unknown:
+            raise ValueError(
+                f"{what}={text!r}: {', '.join(map(repr, unknown))} not in this CLIP's {len(self.vocab)}-piece "
+                f"vocabulary (the words of its training captions: {' '.join(self.known_words())}); use those "
+                "words or a random context (ctx_init='')"
+            )
 
 
 def build_tiny_vit(**timm_kwargs) -> nn.Module:
