@@ -20,11 +20,12 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import Dataset
 
+from ctta.benchmark_builders import make_benchmark
 from ctta.data import catalogue
 from ctta.data.avl import as_avl_dataset
 from ctta.data.folder import default_transform
 from ctta.registry import SCENARIOS
-from ctta.scenarios_common import annotate, make_benchmark
+from ctta.templates.benchmark_info import BenchmarkInfo, with_info
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,8 @@ def class_incremental_benchmark(train_ds, test_ds, groups: Sequence[Sequence[int
 
     n_classes = sum(len(g) for g in groups)
     bench = make_benchmark(parts(tr, ytr), parts(te, yte))
-    return annotate(bench, n_classes=n_classes, classnames=classnames, test_dataset=te, class_groups=groups)
+    info = BenchmarkInfo(n_classes=n_classes, classnames=classnames, test_dataset=te, task_classes=groups)
+    return with_info(bench, info)
 
 
 KINDS = ("cl", "transfer")  # catalogue kinds this scenario reads (a cl name wins over a transfer one)

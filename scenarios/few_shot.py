@@ -18,8 +18,9 @@ and ``datasets/*.py`` (folders and split files).
   (base classes) and ``test_new`` (new classes; absent with ``setting: all``); ``valid`` holds the few-shot
   validation set; ``eval_datasets`` adds one stream ``test_<name>`` per listed dataset (its whole test split, all its
   classes: the cross-dataset and domain-generalisation evaluations, e.g. ImageNet training with ``setting: all``).
-  ``bench.stream_classnames`` maps each stream to its class names (a prompt learner rebuilds its text head per
-  stream), ``bench.classnames`` are the training classes.
+  The benchmark's record (``bench.info``, a ``BenchmarkInfo``) maps each stream to its class names in
+  ``stream_classnames`` (a prompt learner rebuilds its text head per stream); its ``classnames`` are the training
+  classes.
 * Transforms (CLIP mean/std): train ``RandomResizedCrop(img_size, scale=(0.08, 1), bicubic)`` + horizontal flip;
   eval ``Resize(img_size, bicubic)`` + ``CenterCrop``. ``dataset: digits`` (sklearn's bundled digits, tensors at
   ``img_size``; smoke tests) is only normalised.
@@ -52,6 +53,7 @@ from torch.utils.data import Dataset
 from ctta.data import catalogue
 from ctta.data.tta_datasets import read_coop_split as read_split
 from ctta.registry import SCENARIOS
+from ctta.templates.benchmark_info import BenchmarkInfo, with_info
 
 __all__ = ["DATASETS", "FewShotConfig", "build_few_shot", "generate_fewshot", "read_split", "subsample_classes"]
 
@@ -204,8 +206,8 @@ def build_few_shot(cfg: FewShotConfig, *, seed: int = 1) -> CLScenario:
     bench = CLScenario(streams)
     for stream in streams:
         stream.benchmark = bench  # experiences reach their stream's class names through origin_stream.benchmark
-    bench.classnames = names["train"]
-    bench.n_classes = len(names["train"])
-    bench.stream_classnames = names
-    bench.test_dataset = bench.test_stream[0].dataset
-    return bench
+    info = BenchmarkInfo(
+        n_classes=len(names["train"]), classnames=names["train"], test_dataset=bench.test_stream[0].dataset,
+        stream_classnames=names,
+    )  # fmt: skip
+    return with_info(bench, info)

@@ -32,10 +32,11 @@ from dataclasses import dataclass
 import torch
 from avalanche.benchmarks.utils import AvalancheDataset, DataAttribute
 
+from ctta.benchmark_builders import make_benchmark
 from ctta.data import catalogue
 from ctta.data.multilabel_datasets import reference_transforms
 from ctta.registry import SCENARIOS
-from ctta.scenarios_common import annotate, make_benchmark
+from ctta.templates.benchmark_info import BenchmarkInfo, with_info
 
 SHUFFLE = ("none", "yes")
 
@@ -169,10 +170,11 @@ def multilabel_benchmark(train_ds, test_ds, tasks: Sequence[Sequence[int]], clas
     for stream in (bench.train_stream, bench.test_stream):
         _add_timeline(stream, tasks, n_classes)
     labeled = te_avl.subset([i for i, s in enumerate(te_sets) if s])
-    return annotate(
-        bench, n_classes=n_classes, classnames=classnames, test_dataset=labeled,
+    info = BenchmarkInfo(
+        n_classes=n_classes, classnames=classnames, test_dataset=labeled,
         task_classes=tasks, multilabel=True, cumulative_test=True,
     )  # fmt: skip
+    return with_info(bench, info)
 
 
 def load_multilabel(cfg: MultiLabelConfig, seed: int = 0):

@@ -273,7 +273,8 @@ def si_blurry_benchmark(
     online: bool = False,
     n_classes: int | None = None,
     classnames: Sequence[str] | None = None,
-    **extra,
+    train_augment=None,
+    dataset_stats=None,
 ):
     """Turn a train/test dataset pair (with ``.targets``) into a Si-Blurry Avalanche benchmark.
 
@@ -285,19 +286,22 @@ def si_blurry_benchmark(
         train_ds: training set in native order, samples ``(x, y)``, with ``.targets``.
         test_ds: test set with ``.targets``.
         n_tasks, disjoint_pct, blurry_pct, seed, stochastic: see ``si_blurry_split``.
-        batch_size: incoming-batch size (recorded as ``bench.batch_size``; online sub-experience size).
+        batch_size: incoming-batch size (recorded as ``bench.info.batch_size``; online sub-experience size).
         online: split the train stream into online sub-experiences.
         n_classes: C (default: ``len(train_ds.classes)`` if present, else ``max(targets) + 1``).
         classnames: class names (default ``train_ds.classes`` when they are strings).
-        **extra: further attributes set on the benchmark (e.g. ``train_augment``).
+        train_augment: batch augmentation strategies apply at every update (recorded in the benchmark's record).
+        dataset_stats: the dataset's ``DatasetStats`` (recorded in the benchmark's record).
 
     Returns:
-        A ``CLScenario`` with ``n_classes``, ``classnames``, ``test_dataset``, ``train_dataset`` (the full
-        training set in native order, which ``task_indices`` index), ``task_sizes``, ``task_indices``,
-        ``batch_size`` and ``split_info`` attributes.
+        A ``CLScenario`` whose record ``bench.info`` (a ``BenchmarkInfo``) holds ``n_classes``, ``classnames``,
+        ``test_dataset``, ``train_dataset`` (the full training set in native order, which ``task_indices`` index),
+        ``task_indices`` (and so ``task_sizes``), ``batch_size``, ``split_info``, ``train_augment`` and
+        ``dataset_stats``.
     """
+    from ctta.benchmark_builders import make_benchmark
     from ctta.data.avl import as_avl_dataset
-    from ctta.scenarios_common import annotate, make_benchmark
+    from ctta.templates.benchmark_info import BenchmarkInfo, with_info
 
     targets = [int(t) for t in train_ds.targets]
     n_classes, classnames = _class_info(train_ds, targets, n_classes, classnames)
@@ -311,18 +315,18 @@ def si_blurry_benchmark(
         from avalanche.benchmarks.scenarios import CLScenario
 
         bench = CLScenario([_online_stream(bench.train_stream, batch_size), bench.test_stream])
-    return annotate(
-        bench,
+    record = BenchmarkInfo(
         n_classes=n_classes,
         classnames=classnames,
         test_dataset=test,
         train_dataset=full,
-        task_sizes=[len(t) for t in tasks],
         task_indices=tasks,
         batch_size=batch_size,
         split_info=info,
-        **extra,
+        train_augment=train_augment,
+        dataset_stats=dataset_stats,
     )
+    return with_info(bench, record)
 
 
 def _class_info(train_ds, targets: list[int], n_classes: int | None, classnames):
@@ -340,7 +344,7 @@ def _class_info(train_ds, targets: list[int], n_classes: int | None, classnames)
 def build_si_blurry(cfg: SiBlurryConfig, *, seed: int):
     """Build the Si-Blurry benchmark of ``cfg`` with stream seed ``seed``.
 
-    Besides the attributes of ``si_blurry_benchmark`` the benchmark carries ``train_augment``, the batch
+    Besides what ``si_blurry_benchmark`` records, the benchmark's record carries ``train_augment``, the batch
     augmentation module (``ctta.data.siblurry_aug``) that strategies apply to every training mini-batch at every
     update, and ``dataset_stats`` (normalisation and AutoAugment policy).
     """

@@ -11,7 +11,7 @@ stream has one experience per dataset (``dataset``, or a domain sequence ``datas
 one experience per (corruption, severity) of ``dataset`` for TPT's continual mode (a ctta extension): corrupted
 images are generated on the fly (``ctta.data.corruptions``) or read from ImageNet-C-style folders
 (``corruption_root/<corruption>/<severity>/<wnid>/``). Every experience carries ``experience.classnames``.
-The views are normalised with OpenAI CLIP's mean/std, recorded as ``benchmark.normalization``; strategies map
+The views are normalised with OpenAI CLIP's mean/std, recorded as ``benchmark.info.normalization``; strategies map
 them to their weights' own statistics when these differ.
 The sample order is shuffled by the run seed, as the reference's seeded ``DataLoader(shuffle=True)``. The train
 stream is empty (test-time adaptation has no training phase); the strategy's mini-batch is one sample by default.
@@ -19,7 +19,7 @@ stream is empty (test-time adaptation has no training phase); the strategy's min
 Deviations: a sample's views come from a generator seeded by ``(seed, experience, sample index)``, not the
 global RNGs (so they do not depend on the number of workers); ``max_samples`` truncates each experience
 (smoke runs); view generation lives here rather than in the strategy config; the chosen samples (e.g. the
-``difftpt_1k`` subset) are exposed as ``benchmark.sample_indices`` rather than written to the run folder.
+``difftpt_1k`` subset) are exposed as ``benchmark.info.sample_indices`` rather than written to the run folder.
 """
 
 from __future__ import annotations
@@ -30,13 +30,14 @@ import numpy as np
 import torchvision.transforms.functional as TF
 from torchvision.transforms import InterpolationMode
 
+from ctta.benchmark_builders import make_benchmark
 from ctta.data import catalogue
 from ctta.data.avl import as_avl_dataset
 from ctta.data.corruptions import IMAGENET_C_ORDER, ON_THE_FLY, corrupt
 from ctta.data.tta_datasets import TTASet, ViewsDataset, load_tta_dataset, select_subset
 from ctta.data.tta_views import CLIP_MEAN, CLIP_STD, TPTViews
 from ctta.registry import SCENARIOS
-from ctta.scenarios_common import annotate, make_benchmark
+from ctta.templates.benchmark_info import BenchmarkInfo, with_info
 
 __all__ = ["TestTimeConfig", "build_test_time"]
 
@@ -165,8 +166,7 @@ def build_test_time(cfg: TestTimeConfig, *, seed: int = 0):
         exp.classnames = list(names)
     n_classes = max(len(names) for _, _, names in parts)
     first = next(names for _, _, names in parts if len(names) == n_classes)
-    return annotate(
-        bench,
+    info = BenchmarkInfo(
         n_classes=n_classes,
         classnames=first,
         test_dataset=None,
@@ -175,3 +175,4 @@ def build_test_time(cfg: TestTimeConfig, *, seed: int = 0):
         n_views=cfg.n_views,
         normalization=(CLIP_MEAN, CLIP_STD),  # what the views are normalised with (a backbone may expect other)
     )
+    return with_info(bench, info)

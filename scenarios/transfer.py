@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 from ctta.data import catalogue
 from ctta.data.transfer_datasets import NORMALIZATION, Relabel, damvp_transforms
 from ctta.registry import SCENARIOS
-from ctta.scenarios_common import annotate
+from ctta.templates.benchmark_info import BenchmarkInfo, with_info
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,8 @@ def build_transfer(cfg: TransferConfig, *, seed: int = 0) -> CLScenario:
     for ds in streams["test"][1:]:
         test_all = test_all.concat(ds)
     flat = [f"{c}" if len(names) == 1 else f"{n}: {c}" for n, cs in zip(names, cnames) for c in cs]
-    return annotate(
-        bench, n_classes=offset, classnames=flat, test_dataset=test_all, dataset_names=names,
-        dataset_classes=classes, dataset_classnames=cnames, normalization=NORMALIZATION[cfg.normalization],
+    info = BenchmarkInfo(
+        n_classes=offset, classnames=flat, test_dataset=test_all, dataset_names=names,
+        task_classes=classes, experience_classnames=cnames, normalization=NORMALIZATION[cfg.normalization],
     )  # fmt: skip
+    return with_info(bench, info)

@@ -119,7 +119,7 @@ def test_multilane_cil_imagenet_r_has_only_the_reference_transforms(tmp_path):
     bench = build_multilane_cil(
         MultiLaneCILConfig(dataset="imagenet_r", root=str(tmp_path), n_experiences=1, img_size=16)
     )
-    assert bench.n_classes == 3 and bench.train_stream[0].dataset[0][0].shape == (3, 16, 16)
+    assert bench.info.n_classes == 3 and bench.train_stream[0].dataset[0][0].shape == (3, 16, 16)
 
 
 def test_few_shot_reads_coop_split_files_in_either_folder_layout(tmp_path):

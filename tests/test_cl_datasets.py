@@ -152,10 +152,10 @@ def test_si_blurry_builder_on_fake_cifar(tmp_path):
 
     labels = make_cifar(tmp_path, n_classes=10, per_class=6)
     bench = build_si_blurry(SiBlurryConfig(dataset="cifar100", root=str(tmp_path), img_size=32), seed=1)
-    assert bench.n_classes == 10 and bench.classnames[0] == "class 0"
-    assert sorted(i for t in bench.task_indices for i in t) == list(range(len(labels)))
-    assert bench.train_augment.autoaugment.policy.value == "cifar10"
-    x, _ = bench.test_dataset[0]
+    assert bench.info.n_classes == 10 and bench.info.classnames[0] == "class 0"
+    assert sorted(i for t in bench.info.task_indices for i in t) == list(range(len(labels)))
+    assert bench.info.train_augment.autoaugment.policy.value == "cifar10"
+    x, _ = bench.info.test_dataset[0]
     assert x.shape == (3, 32, 32) and x.min().item() < 0  # normalised by the test transform
     x, _ = bench.train_stream[0].dataset[0]
     assert 0.0 <= x.min().item() and x.max().item() <= 1.0  # raw ToTensor image; augmented per step

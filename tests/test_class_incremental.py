@@ -38,13 +38,13 @@ def test_shuffle_uses_private_generator():
 
 def test_digits_benchmark_covers_every_sample_in_native_order():
     bench = SCENARIOS.get("class_incremental").builder(ClassIncrementalConfig(n_experiences=3), seed=1)
-    assert bench.n_classes == 10 and len(bench.classnames) == 10
+    assert bench.info.n_classes == 10 and len(bench.info.classnames) == 10
     train = list(bench.train_stream)
     assert len(train) == 3
     total = sum(len(e.dataset) for e in train)
     assert total == 1347  # every digits training image, once
     seen = set()
-    for e, g in zip(train, bench.class_groups):
+    for e, g in zip(train, bench.info.task_classes):
         ys = list(e.dataset.targets)
         assert set(ys) == set(g) == e.classes_in_this_experience
         seen |= set(ys)

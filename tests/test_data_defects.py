@@ -32,10 +32,10 @@ def _build(dataset: str, root, **kw):
 def test_class_incremental_reads_the_catalogue(tmp_path, dataset, make, n_classes, n_train):
     make(tmp_path)
     bench = _build(dataset, tmp_path, n_experiences=2, img_size=16)
-    assert bench.n_classes == n_classes and len(bench.classnames) == n_classes
+    assert bench.info.n_classes == n_classes and len(bench.info.classnames) == n_classes
     train = list(bench.train_stream)
     assert len(train) == 2 and sum(len(e.dataset) for e in train) == n_train  # every training image, once
-    assert sorted(c for g in bench.class_groups for c in g) == list(range(n_classes))
+    assert sorted(c for g in bench.info.task_classes for c in g) == list(range(n_classes))
     x, y, *_ = next(iter(DataLoader(train[0].dataset, batch_size=4)))
     assert x.shape[1:] == (3, 16, 16) and x.dtype == torch.float32 and len(x) == len(y)
 

@@ -73,14 +73,15 @@ def test_missing_dataset_names_the_split_file(tmp_path):
 def test_digits_benchmark_streams():
     bench = build_few_shot(FewShotConfig(dataset="digits", shots=3, img_size=32), seed=2)
     assert len(bench.train_stream[0].dataset) == 15  # 3 shots x 5 base classes
-    assert bench.stream_classnames["test"] == ["zero", "one", "two", "three", "four"]
-    assert bench.stream_classnames["test_new"] == ["five", "six", "seven", "eight", "nine"]
+    names = bench.info.stream_classnames
+    assert names["test"] == ("zero", "one", "two", "three", "four")
+    assert names["test_new"] == ("five", "six", "seven", "eight", "nine")
     assert set(bench.test_new_stream[0].dataset.targets) == set(range(5))
     assert bench.test_new_stream[0].origin_stream.name == "test_new"
     from ctta.clip_prompting.template import stream_classnames
 
-    assert stream_classnames(bench.test_new_stream[0]) == bench.stream_classnames["test_new"]
-    assert stream_classnames(bench.train_stream[0]) == bench.stream_classnames["train"]
+    assert stream_classnames(bench.test_new_stream[0]) == list(names["test_new"])
+    assert stream_classnames(bench.train_stream[0]) == list(names["train"])
     everything = build_few_shot(FewShotConfig(dataset="digits", shots=2, img_size=32, setting="all"), seed=2)
     assert len(everything.train_stream[0].dataset) == 20 and not hasattr(everything, "test_new_stream")
 
@@ -128,7 +129,7 @@ def test_eval_datasets_add_test_streams_with_their_classes(tmp_path):
 
     bench = build_few_shot(FewShotConfig(dataset="digits", shots=2, img_size=32, eval_datasets=("digits",)), seed=1)
     assert list(bench.streams) == ["train", "valid", "test", "test_new", "test_digits"]
-    assert len(bench.stream_classnames["test_digits"]) == 10
+    assert len(bench.info.stream_classnames["test_digits"]) == 10
     overrides = [f"log.out_dir={tmp_path}", "log.progress=false", "device=cpu", "scenario.eval_datasets=[digits]"]
     results = run(load_config("configs/smoke/coop_digits.yaml", overrides), verbose=False)
     assert 0.0 <= results["last_metrics"]["Top1_Acc_Stream/eval_phase/test_digits_stream"] <= 1.0

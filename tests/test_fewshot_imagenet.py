@@ -94,7 +94,8 @@ def test_imagenet_benchmark_draws_like_the_official_sampler(tmp_path):
     train = bench.train_stream[0].dataset
     assert len(train) == len(base) == 4 and list(train.targets) == [it[1] for it in base]
     assert len(bench.valid_stream[0].dataset) == 0
-    assert bench.stream_classnames["test"] == NAMES[:2] and bench.stream_classnames["test_new"] == NAMES[2:]
+    names = bench.info.stream_classnames
+    assert list(names["test"]) == NAMES[:2] and list(names["test_new"]) == NAMES[2:]
     x, y = bench.test_new_stream[0].dataset[0][:2]
     assert tuple(x.shape) == (3, 8, 8) and y == 0
 
@@ -133,8 +134,8 @@ def test_aircraft_reads_the_official_variant_lists(tmp_path):
         assert [len(splits[s]) for s in ("train", "val", "test")] == [9, 6, 3]
         assert splits["test"][2] == (str(base / "images" / "testCe000.jpg"), 2, "Cessna 172")
     bench = build_few_shot(FewShotConfig(dataset="fgvc_aircraft", root=str(tmp_path), shots=2, img_size=8), seed=1)
-    assert bench.stream_classnames["test"] == ["707-320", "A300B4"]
-    assert bench.stream_classnames["test_new"] == ["Cessna 172"]
+    assert bench.info.stream_classnames["test"] == ("707-320", "A300B4")
+    assert bench.info.stream_classnames["test_new"] == ("Cessna 172",)
     assert len(bench.train_stream[0].dataset) == 4 and len(bench.valid_stream[0].dataset) == 4
 
 
@@ -156,10 +157,10 @@ def test_imagenet_variants_are_test_only_targets(tmp_path):
     cfg = FewShotConfig(dataset="imagenet", root=str(tmp_path), shots=1, setting="all", img_size=8, eval_datasets=DG)
     bench = build_few_shot(cfg, seed=1)
     assert list(bench.streams) == ["train", "valid", "test", *(f"test_{d}" for d in DG)]
-    assert bench.stream_classnames["train"] == NAMES
+    assert list(bench.info.stream_classnames["train"]) == NAMES
     for name, n in zip(DG, (1000, 1000, 200, 200), strict=True):
         stream = getattr(bench, f"test_{name}_stream")
-        assert bench.stream_classnames[f"test_{name}"] == classnames(name) and len(classnames(name)) == n
+        assert list(bench.info.stream_classnames[f"test_{name}"]) == classnames(name) and len(classnames(name)) == n
         assert list(stream[0].dataset.targets) == list(range(n))
     split = catalogue.load("imagenet_v2", "few_shot", tmp_path)
     assert split["train"] == split["val"] == []

@@ -241,9 +241,9 @@ def test_test_time_and_transfer_scenarios_record_their_normalisation():
     from ctta.data.transfer_datasets import NORMALIZATION
 
     bench = build_test_time(TestTimeConfig(dataset="digits", n_views=2, resolution=32, max_samples=2), seed=0)
-    assert bench.normalization == (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+    assert bench.info.normalization == (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
     cfg = TransferConfig(datasets=("digits/0/2",), img_size=32, normalization="clip", max_per_split=4)
-    assert build_transfer(cfg).normalization == NORMALIZATION["clip"]
+    assert build_transfer(cfg).info.normalization == NORMALIZATION["clip"]
 
 
 def test_prompt_tuning_maps_views_to_the_weights_statistics(tiny_clip_pair):

@@ -97,7 +97,9 @@ def test_membership_masks_and_full_multi_hot_targets():
     assert [int(t0.dataset[i][0][0, 0, 0]) for i in range(len(t0.dataset))] == [1, 3]  # cumulative seen set
     assert len(t1.dataset) == 4 and t1.seen_class_mask.all()
     assert list(e1.dataset.labels_multi) == [(1, 2), (3,), (0, 3), (2,)]
-    assert bench.n_classes == 4 and bench.task_classes == [(0, 1), (2, 3)] and len(bench.test_dataset) == 4
+    info = bench.info
+    assert info.n_classes == 4 and info.task_classes == ((0, 1), (2, 3)) and len(info.test_dataset) == 4
+    assert info.multilabel and info.cumulative_test
 
 
 def test_bad_inputs_raise():
@@ -125,11 +127,11 @@ def test_registered_builder_synthetic():
     assert entry.config is MultiLabelConfig
     cfg = MultiLabelConfig(dataset="synthetic", increment=4, img_size=16, synthetic_train=24, synthetic_test=12)
     bench = entry.builder(cfg, seed=0)
-    assert len(bench.train_stream) == 3 and bench.classnames[0] == "class_00"
+    assert len(bench.train_stream) == 3 and bench.info.classnames[0] == "class_00"
     x, y = bench.train_stream[2].dataset[0]
     assert x.shape == (3, 16, 16) and y.shape == (12,)
     shuffled = build_multilabel(MultiLabelConfig(shuffle="yes", increment=4, img_size=16), seed=3)
-    assert shuffled.task_classes[0] == tuple(class_order(12, "yes", 3)[:4])
+    assert shuffled.info.task_classes[0] == tuple(class_order(12, "yes", 3)[:4])
     with pytest.raises(ValueError, match="unknown multi-label dataset"):
         build_multilabel(MultiLabelConfig(dataset="nus"))
     with pytest.raises(FileNotFoundError, match="VOC"):
@@ -159,4 +161,4 @@ def test_cil_adapter_label_order_on_digits():
     bench = build_multilane_cil(MultiLaneCILConfig(dataset="digits", n_experiences=5, img_size=8), seed=0)
     assert [sorted(e.classes_in_this_experience) for e in bench.train_stream] == [[0, 1], [2, 3], [4, 5], [6, 7],
                                                                                   [8, 9]]  # fmt: skip
-    assert bench.n_classes == 10 and len(bench.test_stream) == 5
+    assert bench.info.n_classes == 10 and len(bench.test_stream) == 5

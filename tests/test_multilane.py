@@ -242,7 +242,7 @@ def test_strategy_isolation_schedule_and_metrics(tiny_vit):
     m = s.model
     assert torch.equal(m.selectors[0], snap["selectors"][0]) and not torch.equal(m.selectors[1], snap["selectors"][1])
     assert all(torch.equal(p[:, 0], snap[f"prompts.{i}"][:, 0]) for i, p in enumerate(m.prompts))
-    c0 = list(bench.task_classes[0])
+    c0 = list(bench.info.task_classes[0])
     assert torch.equal(m.head.weight[c0], snap["head.weight"][c0])
     assert torch.equal(m.head.bias[c0], snap["head.bias"][c0])
     assert torch.equal(m.selectors[2], snap["selectors"][2])  # future lane untouched

@@ -176,8 +176,10 @@ def test_benchmark_streams_follow_the_split():
     train, test = synthetic()
     tasks = si_blurry_split(train.targets, n_tasks=3, seed=6)
     bench = si_blurry_benchmark(train, test, n_tasks=3, seed=6, batch_size=8)
-    assert bench.task_sizes == [len(t) for t in tasks] and bench.task_sizes[0] == 0
-    assert bench.n_classes == 6 and bench.classnames is None and len(bench.test_dataset) == len(test)
+    info = bench.info
+    assert info.task_sizes == tuple(len(t) for t in tasks) and info.task_sizes[0] == 0
+    assert info.n_classes == 6 and info.classnames is None and len(info.test_dataset) == len(test)
+    assert info.batch_size == 8 and info.task_indices == tuple(tuple(t) for t in tasks)
     exps = list(bench.train_stream)
     assert len(exps) == 3
     for exp, idx in zip(exps, tasks):
@@ -252,12 +254,13 @@ def test_registered_builder_on_digits():
     assert entry.config is SiBlurryConfig
     cfg = SiBlurryConfig(dataset="digits", img_size=16, batch_size=16)
     bench = entry.builder(cfg, seed=1)
-    assert bench.n_classes == 10 and bench.classnames[0] == "zero"
-    n_train = len(bench.train_dataset)
-    assert sum(bench.task_sizes) == n_train
-    assert sorted(i for t in bench.task_indices for i in t) == list(range(n_train))
-    x, y = bench.test_dataset[0]
+    info = bench.info
+    assert info.n_classes == 10 and info.classnames[0] == "zero" and info.batch_size == 16
+    n_train = len(info.train_dataset)
+    assert sum(info.task_sizes) == n_train
+    assert sorted(i for t in info.task_indices for i in t) == list(range(n_train))
+    x, y = info.test_dataset[0]
     assert x.shape == (3, 16, 16) and isinstance(y, int)
     xb = torch.stack([bench.train_stream[0].dataset[i][0] for i in range(4)])  # (4, 3, 16, 16) in [0, 1]
     assert 0.0 <= xb.min() and xb.max() <= 1.0
-    assert bench.train_augment(xb).shape == (4, 3, 16, 16)
+    assert info.train_augment(xb).shape == (4, 3, 16, 16)

@@ -110,7 +110,8 @@ def test_digits_stream_views_and_worker_invariance():
     cfg = TestTimeConfig(dataset="digits", n_views=5, resolution=32, max_samples=6)
     bench = SCENARIOS.get("test_time").builder(cfg, seed=3)
     exp = bench.test_stream[0]
-    assert len(exp.dataset) == 6 and exp.classnames == bench.classnames == list(DIGIT_NAMES)
+    assert len(exp.dataset) == 6 and exp.classnames == list(bench.info.classnames) == list(DIGIT_NAMES)
+    assert bench.info.n_views == 5 and len(bench.info.sample_indices[0]) == 6
     x, y = exp.dataset[0][:2]
     assert x.shape == (5, 3, 32, 32) and 0 <= int(y) < 10
     # the same source sample gets the same views whatever the stream order (per-sample generator)
@@ -130,7 +131,7 @@ def test_corruption_sequence_and_domain_sequence():
         severities=(1, 5),
     )
     bench = build_test_time(cfg, seed=0)
-    assert len(bench.test_stream) == 4 and all(e.classnames == bench.classnames for e in bench.test_stream)
+    assert len(bench.test_stream) == 4 and all(tuple(e.classnames) == bench.info.classnames for e in bench.test_stream)
     assert bench.test_stream[1].dataset[0][0].shape == (3, 3, 32, 32)
     with pytest.raises(ValueError, match="corruption_root"):
         build_test_time(TestTimeConfig(dataset="digits", corruptions=("frost",), resolution=32), seed=0)
@@ -141,6 +142,6 @@ def test_corruption_sequence_and_domain_sequence():
     seq = build_test_time(
         TestTimeConfig(datasets=("digits", "digits"), n_views=2, resolution=32, max_samples=2), seed=0
     )
-    assert len(seq.test_stream) == 2 and seq.experience_classnames[1] == seq.classnames
+    assert len(seq.test_stream) == 2 and seq.info.experience_classnames[1] == seq.info.classnames
     with pytest.raises(ValueError, match="unknown test-time dataset"):
         TestTimeConfig(dataset="imagenet_b")

@@ -128,19 +128,20 @@ def test_transfer_scenario_offsets_task_labels_and_streams(tmp_path):
             _img(tmp_path / "pets" / split / c / "a.png", (0, 200, 0))
     cfg = TransferConfig(datasets=("cub200", "imagefolder:pets"), root=str(tmp_path), img_size=32)
     bench = build_transfer(cfg, seed=0)
-    assert bench.n_classes == 5 and bench.dataset_classes == [[0, 1], [2, 3, 4]]
-    assert bench.dataset_names == ["cub200", "imagefolder:pets"] and len(bench.classnames) == 5
+    assert bench.info.n_classes == 5 and bench.info.task_classes == ((0, 1), (2, 3, 4))
+    assert bench.info.dataset_names == ("cub200", "imagefolder:pets") and len(bench.info.classnames) == 5
     assert [len(e.dataset) for e in bench.valid_stream] == [4, 3]
     x, y, t = bench.train_stream[1].dataset[0]
     assert x.shape == (3, 32, 32) and y in (2, 3, 4) and t == 1
-    assert sorted(set(bench.test_dataset.targets)) == [0, 1, 2, 3, 4]
+    assert sorted(set(bench.info.test_dataset.targets)) == [0, 1, 2, 3, 4]
     with pytest.raises(ValueError, match="empty"):
         build_transfer(TransferConfig(datasets=()), seed=0)
 
 
 def test_synthetic_digit_datasets_differ_in_classes_and_colour():
     bench = build_transfer(TransferConfig(datasets=("digits/0/2", "digits/1/2"), img_size=16, max_per_split=20), seed=0)
-    assert bench.dataset_classes == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]] and bench.dataset_classnames[1][0] == "five"
+    info = bench.info
+    assert info.task_classes == ((0, 1, 2, 3, 4), (5, 6, 7, 8, 9)) and info.experience_classnames[1][0] == "five"
     x0, x1 = bench.train_stream[0].dataset.eval()[0][0], bench.train_stream[1].dataset.eval()[0][0]
     assert x0.shape == (3, 16, 16) and not torch.allclose(x0.mean((1, 2)), x1.mean((1, 2)))
     with pytest.raises(ValueError, match="digits"):

@@ -4,9 +4,9 @@ between the two.
 open_clip records the normalisation of each set of weights in its pretrained configuration
 (``open_clip.get_pretrained_cfg(name, tag)["mean"/"std"]``) and sets it on the model it creates
 (``model.visual.image_mean`` / ``image_std``, OpenAI's statistics when the weights name none). Scenarios record the
-statistics they normalised with as ``benchmark.normalization = (mean, std)``; a strategy whose backbone expects
-other statistics maps the images with ``renormalize`` (a no-op, returning the same tensor, when they are equal, so
-runs with OpenAI weights are unchanged).
+statistics they normalised with in the benchmark's record (``benchmark.info.normalization = (mean, std)``); a
+strategy whose backbone expects other statistics maps the images with ``renormalize`` (a no-op, returning the same
+tensor, when they are equal, so runs with OpenAI weights are unchanged).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from avalanche.training.plugins import SupervisedPlugin
 
-from ctta.scenarios_common import single_experience_stream
+from ctta.benchmark_builders import single_experience_stream
 from ctta.templates.benchmark_info import concat_datasets, infer_test_dataset, warn_once
 
 __all__ = ["AnytimeEvalPlugin", "is_task_end"]

@@ -1,30 +1,177 @@
-"""What a strategy reads from an Avalanche benchmark: class count, class names, the test set.
+"""What a scenario tells strategies about an Avalanche benchmark, and what strategies infer when nobody told them.
 
-Strategies never require attributes set on the benchmark. Each value comes, in order, from an explicit constructor
+ctta's scenarios return ordinary Avalanche benchmarks with ONE typed record attached, ``bench.info``, a frozen
+``BenchmarkInfo`` (class count, class names, test set, and what a protocol adds: Si-Blurry's task indices and batch
+augmentation, the test-time stream's views, the transfer stream's datasets, ...). Nothing else is set on a benchmark,
+and strategies never require the record: each value a strategy needs comes, in order, from an explicit constructor
 argument, the experience (``classes_in_this_experience`` / ``classes_seen_so_far`` / ``future_classes`` of
-``with_classes_timeline``, ``classnames``), the benchmark the experience came from (``exp.origin_stream.benchmark``
-for the legacy generators: ``n_classes``, ``test_stream``; ctta's scenarios add ``n_classes``, ``classnames``,
-``test_dataset``), or the targets of the experiences' datasets.
+``with_classes_timeline``, ``classnames``), the record attached to the benchmark the experience came from
+(``exp.origin_stream.benchmark``), the benchmark itself (the legacy generators' ``n_classes``, ``test_stream``), or the
+targets of the experiences' datasets. ``benchmark_info(bench)`` returns the attached record, or one inferred this way
+from a plain Avalanche benchmark.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from ctta.data.normalization import Stats
+
 __all__ = [
+    "BenchmarkInfo",
+    "attached_info",
+    "benchmark_info",
     "concat_datasets",
     "experience_classes",
     "infer_classnames",
     "infer_num_classes",
     "infer_test_dataset",
     "origin_benchmark",
+    "origin_info",
     "stream_classnames",
     "stream_dataset",
+    "with_info",
 ]
+
+
+def _tuple2(rows) -> tuple[tuple, ...] | None:
+    """A sequence of sequences as a tuple of tuples (None stays None)."""
+    return None if rows is None else tuple(tuple(r) for r in rows)
+
+
+@dataclass(frozen=True, eq=False)
+class BenchmarkInfo:
+    """What a scenario tells strategies about its benchmark (attached as ``bench.info`` by ``with_info``).
+
+    Only ``n_classes`` is required; a field a scenario does not know stays at its default. Sequences are stored as
+    tuples. Records compare by identity (they hold datasets).
+
+    Attributes:
+        n_classes: size of the label space C (labels are ``0..C-1``).
+        classnames: name of every class, index = label (None: unnamed).
+        test_dataset: the whole test set as one Avalanche dataset (anytime / task-end evaluation), None: the test
+            stream's experiences concatenated.
+        normalization: ``(mean, std)`` the images are normalised with (test-time views, transfer datasets); a CLIP
+            strategy maps them to its weights' statistics. None: the backbone's own.
+        stream_classnames: class names per stream name (few-shot: ``train`` / ``test`` -> base classes, ``test_new``
+            -> new classes, ``test_<dataset>`` -> that dataset's classes); empty: ``classnames`` for every stream.
+        task_classes: the label ids of each train experience, in stream order (class-incremental groups,
+            multi-label tasks, one dataset each on the transfer stream).
+        experience_classnames: the class names of each experience, in stream order (test-time stream: its test
+            experiences; transfer stream: its datasets).
+        dataset_names: the catalogue dataset of each experience (transfer stream).
+        multilabel: targets are multi-hot vectors (multi-label class-incremental learning).
+        cumulative_test: test experience ``i`` already holds the test images of experiences ``0..i`` (evaluate one
+            test experience after task ``i``, not the first ``i + 1``).
+        train_dataset: the full training set in native order, indexed by ``task_indices`` (Si-Blurry).
+        task_indices: indices into ``train_dataset`` of each task, in stream order; a task may be empty (Si-Blurry).
+        batch_size: stream samples per incoming batch (Si-Blurry's arrival rate: the size of each online
+            sub-experience); a strategy's default ``train_mb_size``.
+        split_info: the intermediate values of the Si-Blurry split (``si_blurry_split(..., return_info=True)``).
+        train_augment: batch augmentation a strategy applies to every training mini-batch at every update
+            (Si-Blurry's ``ctta.data.siblurry_aug.SiBlurryTrainAugment``).
+        dataset_stats: the dataset's Si-Blurry constants (``ctta.data.catalogue.DatasetStats``: mean, std,
+            AutoAugment policy).
+        sample_indices: per test experience, the indices of its samples in the source dataset, in stream order
+            (test-time stream, e.g. the ``difftpt_1k`` subset).
+        n_views: views per test sample, ``views[0]`` the original image (test-time stream).
+    """
+
+    n_classes: int
+    classnames: tuple[str, ...] | None = None
+    test_dataset: Any = None
+    normalization: Stats | None = None
+    stream_classnames: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    task_classes: tuple[tuple[int, ...], ...] | None = None
+    experience_classnames: tuple[tuple[str, ...], ...] | None = None
+    dataset_names: tuple[str, ...] | None = None
+    multilabel: bool = False
+    cumulative_test: bool = False
+    train_dataset: Any = None
+    task_indices: tuple[tuple[int, ...], ...] | None = None
+    batch_size: int | None = None
+    split_info: Mapping[str, Any] | None = None
+    train_augment: Callable[[torch.Tensor], torch.Tensor] | None = None
+    dataset_stats: Any = None
+    sample_indices: tuple[tuple[int, ...], ...] | None = None
+    n_views: int | None = None
+
+    def __post_init__(self) -> None:
+        if int(self.n_classes) <= 0:
+            raise ValueError(f"n_classes must be positive, got {self.n_classes}")
+        if self.classnames is not None and len(self.classnames) != self.n_classes:
+            raise ValueError(f"{len(self.classnames)} class names for {self.n_classes} classes")
+        norm = None if self.normalization is None else tuple(tuple(float(v) for v in s) for s in self.normalization)
+        values = {
+            "n_classes": int(self.n_classes),
+            "classnames": None if self.classnames is None else tuple(self.classnames),
+            "normalization": norm,
+            "stream_classnames": {k: tuple(v) for k, v in self.stream_classnames.items()},
+            "task_classes": _tuple2(self.task_classes),
+            "experience_classnames": _tuple2(self.experience_classnames),
+            "dataset_names": None if self.dataset_names is None else tuple(self.dataset_names),
+            "task_indices": _tuple2(self.task_indices),
+            "sample_indices": _tuple2(self.sample_indices),
+        }
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    @property
+    def task_sizes(self) -> tuple[int, ...] | None:
+        """Samples per task, in stream order (``len`` of each ``task_indices`` entry; None without them)."""
+        return None if self.task_indices is None else tuple(len(t) for t in self.task_indices)
+
+    def names_of_stream(self, stream: str | None) -> tuple[str, ...] | None:
+        """Class names of the stream called ``stream``: ``stream_classnames[stream]``, else ``classnames``."""
+        names = self.stream_classnames.get(stream) if stream is not None else None
+        return names or self.classnames
+
+
+def with_info(bench, info: BenchmarkInfo):
+    """Attach ``info`` to the Avalanche benchmark ``bench`` as ``bench.info`` (scenario builders); returns ``bench``."""
+    if not isinstance(info, BenchmarkInfo):
+        raise TypeError(f"expected a BenchmarkInfo, got {type(info).__name__}")
+    bench.info = info
+    return bench
+
+
+def attached_info(bench) -> BenchmarkInfo | None:
+    """The ``BenchmarkInfo`` a ctta scenario attached to ``bench``, else None (a plain Avalanche benchmark)."""
+    info = _attr(bench, "info")
+    return info if isinstance(info, BenchmarkInfo) else None
+
+
+def benchmark_info(bench) -> BenchmarkInfo:
+    """The record attached to ``bench``, else one inferred from a plain Avalanche benchmark: the class count (see
+    ``infer_num_classes``) and class names of its first experience, its test stream concatenated as test set.
+
+    Raises:
+        ValueError: a plain benchmark whose class count cannot be told.
+    """
+    info = attached_info(bench)
+    if info is not None:
+        return info
+    first = next((e for name in ("train_stream", "test_stream") for e in _first(_attr(bench, name))), None)
+    if first is None:
+        raise ValueError("cannot infer benchmark information from a benchmark without experiences")
+    n = _legacy_n_classes(bench) or infer_num_classes(first)
+    names = infer_classnames(first)
+    test = _attr(bench, "test_stream")
+    return BenchmarkInfo(
+        n_classes=n,
+        classnames=names if names is not None and len(names) == n else None,
+        test_dataset=stream_dataset(test) if test is not None else None,
+    )
+
+
+def origin_info(exp) -> BenchmarkInfo | None:
+    """The record attached to the benchmark ``exp`` came from, else None."""
+    return attached_info(origin_benchmark(exp))
 
 
 def _attr(obj, name: str):
@@ -33,6 +180,23 @@ def _attr(obj, name: str):
         return getattr(obj, name, None)
     except Exception:  # AssertionError (unset origin_stream), MaskedAttributeError (masked classes)
         return None
+
+
+def _first(stream) -> Iterable:
+    """The first experience of ``stream`` as a 0- or 1-element iterable (None or an empty stream: empty)."""
+    if stream is None:
+        return ()
+    try:
+        return [next(iter(stream))]
+    except (StopIteration, TypeError):
+        return ()
+
+
+def _legacy_n_classes(bench) -> int | None:
+    """``n_classes`` of Avalanche's legacy classification scenarios (``nc_benchmark``, ``ni_benchmark``), else None."""
+    from avalanche.benchmarks.scenarios.deprecated.classification_scenario import ClassificationScenario
+
+    return int(bench.n_classes) if isinstance(bench, ClassificationScenario) and bench.n_classes else None
 
 
 def _root_experience(exp):
@@ -66,22 +230,29 @@ def _stream_classes(stream: Iterable) -> set[int]:
     return out
 
 
+def _timeline_classes(exp) -> int | None:
+    """``max(classes_seen_so_far + future_classes) + 1`` of ``exp`` or its root experience, else None."""
+    for e in (exp, _root_experience(exp)):
+        seen, future = _attr(e, "classes_seen_so_far"), _attr(e, "future_classes")
+        if seen is not None and future is not None and (seen or future):
+            return max(int(c) for c in (*seen, *future)) + 1
+    return None
+
+
 def infer_num_classes(exp) -> int:
-    """Size of the label space: ``n_classes`` of the origin benchmark, the classes timeline, or the largest label
-    of the origin stream's experiences, plus one.
+    """Size of the label space: ``n_classes`` of the origin benchmark's record (or of a legacy ``nc_benchmark``),
+    the classes timeline, or the largest label of the origin stream's experiences, plus one.
 
     Raises:
         ValueError: none of these is available (pass ``num_classes=`` explicitly).
     """
     bench = origin_benchmark(exp)
-    n = _attr(bench, "n_classes")
+    info = attached_info(bench)
+    n = info.n_classes if info is not None else _legacy_n_classes(bench)
+    n = n or _timeline_classes(exp)
     if n:
-        return int(n)
+        return n
     root = _root_experience(exp)
-    for e in (exp, root):
-        seen, future = _attr(e, "classes_seen_so_far"), _attr(e, "future_classes")
-        if seen is not None and future is not None and (seen or future):
-            return max(int(c) for c in (*seen, *future)) + 1
     classes: set[int] = set()
     for e in (exp, root):
         classes |= _targets(_attr(e, "dataset"))
@@ -115,24 +286,23 @@ def experience_classes(exp) -> list[int]:
 
 
 def infer_classnames(exp, default=None) -> list[str] | None:
-    """Class names from the experience, its dataset or its origin benchmark (``classnames``), else ``default``."""
-    for obj in (exp, _attr(exp, "dataset"), origin_benchmark(exp)):
+    """Class names from the experience or its dataset (``classnames``), the origin benchmark's record, else
+    ``default``."""
+    for obj in (exp, _attr(exp, "dataset")):
         names = _attr(obj, "classnames")
         if names:
             return list(names)
+    info = origin_info(exp)
+    if info is not None and info.classnames:
+        return list(info.classnames)
     return list(default) if default is not None else None
 
 
 def stream_classnames(exp) -> list[str] | None:
-    """Class names of ``exp``'s stream: its origin benchmark's ``stream_classnames[<stream name>]`` (e.g. ``test`` ->
-    base classes, ``test_new`` -> new classes), else the benchmark's ``classnames``, else None."""
-    bench = origin_benchmark(exp)
-    per_stream = _attr(bench, "stream_classnames") or {}
-    name = _attr(_attr(exp, "origin_stream"), "name")
-    names = per_stream.get(name) if name is not None else None
-    if names:
-        return list(names)
-    names = _attr(bench, "classnames")
+    """Class names of ``exp``'s stream from its origin benchmark's record (``BenchmarkInfo.names_of_stream``: e.g.
+    ``test`` -> base classes, ``test_new`` -> new classes), else None."""
+    info = origin_info(exp)
+    names = info.names_of_stream(_attr(_attr(exp, "origin_stream"), "name")) if info is not None else None
     return list(names) if names else None
 
 
@@ -152,13 +322,14 @@ def stream_dataset(stream) -> Any | None:
 
 
 def infer_test_dataset(exp) -> Any | None:
-    """The test set of ``exp``'s origin benchmark: its ``test_dataset``, else its ``test_stream`` concatenated."""
+    """The test set of ``exp``'s origin benchmark: its record's ``test_dataset``, else its ``test_stream``
+    concatenated."""
     bench = origin_benchmark(exp)
     if bench is None:
         return None
-    test = _attr(bench, "test_dataset")
-    if test is not None:
-        return test
+    info = attached_info(bench)
+    if info is not None and info.test_dataset is not None:
+        return info.test_dataset
     stream = _attr(bench, "test_stream")
     return stream_dataset(stream) if stream is not None else None
 

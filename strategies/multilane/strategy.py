@@ -37,7 +37,7 @@ from torch import nn
 
 from ctta.backbones.vit import PromptedViT, _attention, block_forward
 from ctta.registry import STRATEGIES
-from ctta.templates.benchmark_info import experience_classes
+from ctta.templates.benchmark_info import benchmark_info, experience_classes
 from ctta.templates.epoch import EpochTemplate
 from ctta.utils import trainable_parameters
 
@@ -434,7 +434,7 @@ class MultiLane(EpochTemplate):
     # -- run integration
     def eval_after_experience(self, bench, i: int):
         """End-of-task evaluation: the cumulative seen-class test set (MLCIL) or test experiences 0..i."""
-        if getattr(bench, "cumulative_test", False):
+        if benchmark_info(bench).cumulative_test:
             return self.eval(bench.test_stream[i])
         return self.eval(bench.test_stream[: i + 1])
 
@@ -445,4 +445,5 @@ class MultiLane(EpochTemplate):
     @classmethod
     def benchmark_kwargs(cls, cfg: MultiLaneConfig, benchmark) -> dict:
         """Lanes = ``num_tasks`` or the number of experiences; classes = the benchmark's ``n_classes``."""
-        return {"num_classes": benchmark.n_classes, "num_tasks": cfg.num_tasks or len(benchmark.train_stream)}
+        n_classes = benchmark_info(benchmark).n_classes
+        return {"num_classes": n_classes, "num_tasks": cfg.num_tasks or len(benchmark.train_stream)}

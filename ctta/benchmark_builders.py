@@ -1,27 +1,19 @@
-"""Helpers shared by scenario builders: annotate Avalanche benchmarks with what ctta's runner needs."""
+"""Eager Avalanche benchmarks and streams built from Avalanche datasets (what scenario builders share).
+
+A scenario builds its benchmark with ``make_benchmark`` (or Avalanche's own classes) and attaches what it tells
+strategies with ``ctta.templates.benchmark_info.with_info``; ``single_experience_stream`` wraps one dataset for
+evaluation.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from avalanche.benchmarks.scenarios import CLScenario, DatasetExperience
 from avalanche.benchmarks.scenarios.generic_scenario import EagerCLStream
 from avalanche.benchmarks.scenarios.supervised import with_classes_timeline
 
-
-def annotate(bench: Any, *, n_classes: int, classnames: Sequence[str] | None = None, test_dataset=None, **extra):
-    """Attach ``n_classes``, ``classnames``, ``test_dataset`` (and any ``extra``) to a benchmark; returns it."""
-    if n_classes <= 0:
-        raise ValueError(f"n_classes must be positive, got {n_classes}")
-    if classnames is not None and len(classnames) != n_classes:
-        raise ValueError(f"{len(classnames)} class names for {n_classes} classes")
-    bench.n_classes = int(n_classes)
-    bench.classnames = list(classnames) if classnames is not None else None
-    bench.test_dataset = test_dataset
-    for k, v in extra.items():
-        setattr(bench, k, v)
-    return bench
+__all__ = ["make_benchmark", "single_experience_stream"]
 
 
 def make_benchmark(train_parts: Sequence, test_parts: Sequence, *, timeline: bool = True) -> CLScenario:
