@@ -147,8 +147,20 @@ def top1(logits: torch.Tensor, y: torch.Tensor) -> float:
     return float((logits.argmax(-1) == y).float().mean()) if len(y) else 0.0
 
 
-class TopKAccuracy(PluginMetric[float]):
+class SummaryMetric:
+    """Marker base of the ``PluginMetric``s whose ``result()`` enters a run's summary (``results.json``): a dict of
+    numbers, or one number named ``summary_name()``."""
+
+    def summary_name(self) -> str:
+        """The summary key of a single-valued result (default: the metric's Avalanche name)."""
+        return str(self)
+
+
+class TopKAccuracy(SummaryMetric, PluginMetric[float]):
     """Stream top-k accuracy (Avalanche's ``topk_acc_metrics`` needs task labels, which TTA streams lack)."""
+
+    def summary_name(self) -> str:
+        return f"top{self.k}" if self.k else str(self)
 
     def __init__(self, k: int = 5) -> None:
         super().__init__()

@@ -44,11 +44,11 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     cfg = _load(args.config, args.overrides)
     ctx = prepare(cfg, outputs=False)
-    if not hasattr(ctx.strategy, "pregenerate"):
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    n = ctx.strategy.pregenerate(ctx.bench.test_stream, rank=rank, world_size=world)  # None: nothing to generate
+    if n is None:
         print(f"ctta: strategy {cfg.strategy.name!r} has nothing to pre-generate", file=sys.stderr)
         return 2
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    n = ctx.strategy.pregenerate(ctx.bench.test_stream, rank=rank, world_size=world)
     print(f"generated {n} images (rank {rank} of {world}); cached views are reused by `ctta run`")
     return 0
 

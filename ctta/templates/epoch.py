@@ -1,7 +1,8 @@
 """Epoch-based training of one experience (``train_epochs`` passes), shared by MULTI-LANE, DAM-VP and the CLIP
 prompt learners (``ctta.clip_prompting.template``).
 
-Avalanche's ``SGDUpdate`` loop with ctta's one sharded update (``ShardedTraining.sgd_update``), a per-experience
+The template's own epoch loop (Avalanche's callbacks, in Avalanche's order) with ctta's one sharded update
+(``ShardedTraining.sgd_update``), a per-experience
 set-up hook between model adaptation and the optimiser (a method builds its per-task optimiser there), and data
 loader workers as a constructor argument.
 """
@@ -11,10 +12,9 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 
-from ctta.templates.base import StrategyBase, split_arguments
+from ctta.templates.base import AvalancheSupervised, StrategyBase, split_arguments
 from ctta.templates.benchmark_info import infer_num_classes
 from ctta.templates.sharding import ShardedTraining
 from ctta.utils import autocast
@@ -22,13 +22,14 @@ from ctta.utils import autocast
 __all__ = ["EpochTemplate"]
 
 
-class EpochTemplate(StrategyBase, ShardedTraining, SupervisedTemplate):
+class EpochTemplate(StrategyBase, ShardedTraining, AvalancheSupervised):
     """``train_epochs`` passes over each experience; the method builds its optimiser per experience.
 
-    Subclasses implement ``forward_train()`` / ``forward_eval()`` (run under the autocast ``precision``; cast to
-    float32), ``criterion()`` and ``make_optimizer()``, and may override ``start_experience()`` (called after model
-    adaptation, before ``make_optimizer``). A method with a ``model_class`` builds its model from a backbone with
-    ``build_model(backbone, experience)`` (at construction when ``ready_to_build()``, else at the first experience).
+    Subclasses implement ``forward_train()`` / ``forward_eval()`` (run under ``forward_autocast()``, by default the
+    autocast ``precision``; cast to float32), ``criterion()`` and ``make_optimizer()``, and may override
+    ``start_experience()`` (called after model adaptation, before ``make_optimizer``). A method with a
+    ``model_class`` builds its model from a backbone with ``build_model(backbone, experience)`` (at construction when
+    ``ready_to_build()``, else at the first experience).
 
     Args (beyond Avalanche's; the method's config fields are keyword arguments too):
         config: the method's config dataclass.
@@ -94,8 +95,13 @@ class EpochTemplate(StrategyBase, ShardedTraining, SupervisedTemplate):
     def forward_eval(self) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} must implement forward_eval()")
 
+    def forward_autocast(self):
+        """The autocast context of the forward passes (default: the run's ``precision``)."""
+        return autocast(self.device, self.precision)
+
     def forward_local(self) -> torch.Tensor:
-        with autocast(self.device, self.precision):
+        """``forward_train()`` / ``forward_eval()`` under ``forward_autocast()``, cast to float32."""
+        with self.forward_autocast():
             out = self.forward_train() if self.is_training else self.forward_eval()
         return out.float()
 
@@ -105,14 +111,22 @@ class EpochTemplate(StrategyBase, ShardedTraining, SupervisedTemplate):
         self.start_experience()
         self.make_optimizer()
 
-    def training_epoch(self, **kwargs: Any) -> None:
-        for self.mbatch in self.dataloader:
+    def train_experience(self, **kwargs: Any) -> None:
+        """``train_epochs`` passes over the experience, one ``sgd_update`` per mini-batch, with Avalanche's epoch
+        and iteration callbacks (and its early-stopping rule)."""
+        for _ in range(self.train_epochs):
+            self._before_training_epoch(**kwargs)
             if self._stop_training:
+                self._stop_training = False
                 break
-            self._unpack_minibatch()
-            self._before_training_iteration(**kwargs)
-            self.sgd_update(**kwargs)
-            self._after_training_iteration(**kwargs)
+            for self.mbatch in self.dataloader:
+                if self._stop_training:
+                    break
+                self._unpack_minibatch()
+                self._before_training_iteration(**kwargs)
+                self.sgd_update(**kwargs)
+                self._after_training_iteration(**kwargs)
+            self._after_training_epoch(**kwargs)
 
     def make_train_dataloader(self, num_workers: int | None = None, **kwargs: Any) -> None:
         super().make_train_dataloader(num_workers=self.num_workers if num_workers is None else num_workers, **kwargs)

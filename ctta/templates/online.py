@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 
 from ctta.templates.anytime import AnytimeEvalPlugin
-from ctta.templates.base import StrategyBase, restrict_to_trainable, split_arguments
-from ctta.templates.benchmark_info import infer_num_classes
+from ctta.templates.base import AvalancheSupervised, StrategyBase, restrict_to_trainable, split_arguments
+from ctta.templates.benchmark_info import benchmark_info, infer_num_classes
 from ctta.templates.exposure import LabelExposure
 from ctta.templates.replay import ReplayComposition
 from ctta.templates.sharding import ShardedTraining
@@ -64,7 +63,7 @@ def as_prompted_vit(model: nn.Module) -> nn.Module:
 
 
 class OnlineCLTemplate(
-    StrategyBase, LabelExposure, ReplayComposition, ResumableState, ShardedTraining, SupervisedTemplate
+    StrategyBase, LabelExposure, ReplayComposition, ResumableState, ShardedTraining, AvalancheSupervised
 ):
     """Online class-incremental template: ``online_iters`` updates per incoming batch, in stream order.
 
@@ -85,6 +84,7 @@ class OnlineCLTemplate(
 
     applies_seen_mask = False  # set True if forward_logits already adds ``seen_mask()``
     distributed_ok = True  # torchrun: exact sharded updates (``loss_inputs`` must list what criterion() reads)
+    resumable = True  # ``ResumableState``: exact resume mid-experience
     train_epochs_refusal = (
         "an online method makes one pass over the stream; set online_iters for several updates per incoming batch"  # noqa: E501
     )
@@ -216,11 +216,10 @@ class OnlineCLTemplate(
         self.model = self.model_adaptation()
         self.make_optimizer()
 
-    def train(self, experiences, eval_streams=None, **kwargs: Any):
-        """Avalanche's ``train``; ``shuffle=True`` is refused before anything runs (stream order is the protocol)."""
+    def check_train_arguments(self, kwargs: dict[str, Any]) -> None:
+        """``shuffle=True`` is refused before anything runs (stream order is the protocol)."""
         if kwargs.get("shuffle"):
             raise ValueError(_SHUFFLE_REFUSAL.format(name=type(self).__name__))
-        return super().train(experiences, eval_streams, **kwargs)
 
     def make_train_dataloader(self, shuffle: bool = False, **kwargs: Any) -> None:
         """Stream order is the protocol: never shuffle (``shuffle=True`` raises ``ValueError``)."""
@@ -237,7 +236,13 @@ class OnlineCLTemplate(
         self.exp_done = True
         super()._after_training_exp(**kwargs)
 
-    def training_epoch(self, **kwargs: Any) -> None:
+    def train_experience(self, **kwargs: Any) -> None:
+        """One pass in stream order: each incoming batch is exposed, then ``online_iters`` updates run on it (plus
+        replayed rows, re-augmented every update); Avalanche's epoch and iteration callbacks around them."""
+        self._before_training_epoch(**kwargs)
+        if self._stop_training:  # early stopping (Avalanche's rule)
+            self._stop_training = False
+            return
         skip, self._skip_batches = self._skip_batches, 0
         for self.mbatch in self.dataloader:
             if self._stop_training:
@@ -255,18 +260,29 @@ class OnlineCLTemplate(
                 self.mbatch = self.replay_batch(stream)
                 self.mbatch[0] = self.augment(self.mbatch[0])
                 self.sgd_update(**kwargs)
-            n = len(stream[0])
-            self.mbatch = list(stream)  # plugins see the stream batch (replayed rows dropped)
-            if self.mb_output is not None:
-                self.mb_output = self.mb_output[:n]
-            self.remember(self.experience.dataset, self._exp_offset, n, self.exp_index)
-            self._exp_offset += n
-            self.after_incoming_batch()
-            self.seen_samples += n
-            self.batches_done += 1
+            self.end_incoming_batch(stream)
             self._after_training_iteration(**kwargs)
-
         self._restore_resume_rng()
+        self._after_training_epoch(**kwargs)
+
+    def end_incoming_batch(self, stream: list[torch.Tensor]) -> None:
+        """After an incoming batch's updates: plugins see the stream batch (replayed rows dropped), the batch
+        enters the replay memory and the stream position advances."""
+        n = len(stream[0])
+        self.mbatch = list(stream)
+        if self.mb_output is not None:
+            self.mb_output = self.mb_output[:n]
+        self.remember(self.experience.dataset, self._exp_offset, n, self.exp_index)
+        self._exp_offset += n
+        self.after_incoming_batch()
+        self.seen_samples += n
+        self.batches_done += 1
+
+    def eval_after_experience(self, benchmark, index: int):
+        """Nothing when the anytime evaluation ran inside ``train()`` (the usual case), else the test stream."""
+        if any(isinstance(p, AnytimeEvalPlugin) for p in self.plugins):
+            return None
+        return super().eval_after_experience(benchmark, index)
 
     def after_incoming_batch(self) -> None:
         """Called once per incoming batch after its updates (e.g. a per-batch cache reset)."""
@@ -274,12 +290,13 @@ class OnlineCLTemplate(
     # ------------------------------------------------------------------ ctta benchmarks
     @classmethod
     def benchmark_kwargs(cls, cfg, benchmark) -> dict[str, Any]:
-        """``n_classes``, ``test_dataset``, ``batch_size`` and ``train_augment`` of a ctta benchmark."""
+        """``n_classes``, ``test_dataset``, ``batch_size`` and ``train_augment`` of the benchmark's record."""
+        info = benchmark_info(benchmark)
         return {
-            "num_classes": getattr(benchmark, "n_classes", None),
-            "train_mb_size": getattr(cfg, "batch_size", None) or getattr(benchmark, "batch_size", 64),
-            "anytime_eval_dataset": getattr(benchmark, "test_dataset", None),
-            "train_augment": getattr(benchmark, "train_augment", None),
+            "num_classes": info.n_classes,
+            "train_mb_size": getattr(cfg, "batch_size", None) or info.batch_size or 64,
+            "anytime_eval_dataset": info.test_dataset,
+            "train_augment": info.train_augment,
         }
 
     @classmethod

@@ -33,22 +33,17 @@ class _WholeStreamLoaders:
 
 
 class ShardedTraining(_WholeStreamLoaders):
-    """Sharded forward / criterion / update for an Avalanche template (mix in before ``SupervisedTemplate``).
+    """Sharded forward / criterion / update for an Avalanche template (mix in before ``AvalancheSupervised``).
 
-    A strategy implements ``forward_local()`` (the network on ``self.mbatch``, which holds this rank's rows when
-    distributed) and ``criterion()``, and lists in ``loss_inputs`` the per-sample outputs its ``criterion()`` reads
-    in training. Templates run one optimiser update with ``sgd_update()``.
+    A template implements ``forward_local()`` once (the network on ``self.mbatch``, which holds this rank's rows
+    when distributed) and a strategy ``criterion()``; ``loss_inputs`` lists the per-sample outputs its ``criterion()``
+    reads in training. Templates run one optimiser update with ``sgd_update()``.
     """
 
     _surrogate: torch.Tensor | None = None  # what backward() back-propagates in a distributed update
-    _in_distributed_loss = False
     mb_output_local: torch.Tensor | None = None  # this rank's rows of the last distributed training forward
 
     # ------------------------------------------------------------------ forward
-    def forward_local(self) -> torch.Tensor:
-        """The network's output for ``self.mb_x`` (this rank's rows under torchrun)."""
-        raise NotImplementedError(f"{type(self).__name__} must implement forward_local()")
-
     def forward(self) -> torch.Tensor:
         """``forward_local()``; under torchrun on this rank's rows, gathered in batch order.
 
@@ -78,13 +73,6 @@ class ShardedTraining(_WholeStreamLoaders):
             self.mbatch = full
 
     # ------------------------------------------------------------------ criterion
-    def training_loss(self) -> torch.Tensor:
-        """``criterion()``; under torchrun in training the global batch's loss (``distributed_loss``)."""
-        ctx = context()
-        if ctx.active and self.is_training:
-            return self.distributed_loss(ctx)
-        return self.criterion()
-
     def loss_inputs(self) -> dict[str, Any]:
         """Per-sample outputs ``criterion()`` reads in training, by attribute path from the strategy.
 
@@ -117,17 +105,12 @@ class ShardedTraining(_WholeStreamLoaders):
             return cache[id(t)]
 
         glob = self.gather_loss_inputs(self.loss_inputs(), gather)
-        self._in_distributed_loss = True
-        try:
+        self._set_loss_inputs(glob)
+        value = surrogate = self.criterion()
+        if not ctx.main:  # remove the direct (parameter-only) gradient part: rank 0 contributes it once
+            self._set_loss_inputs(detach_tree(glob))
+            surrogate = value - self.criterion()
             self._set_loss_inputs(glob)
-            value = self.criterion()
-            surrogate = value
-            if not ctx.main:  # remove the direct (parameter-only) gradient part: rank 0 contributes it once
-                self._set_loss_inputs(detach_tree(glob))
-                surrogate = value - self.criterion()
-                self._set_loss_inputs(glob)
-        finally:
-            self._in_distributed_loss = False
         self._surrogate = surrogate
         return value.detach()
 
@@ -140,13 +123,15 @@ class ShardedTraining(_WholeStreamLoaders):
 
     # ------------------------------------------------------------------ one update
     def sgd_update(self, **kwargs: Any) -> None:
-        """One optimiser update on ``self.mbatch`` with Avalanche's hooks (``SGDUpdate``'s iteration body)."""
+        """One optimiser update on ``self.mbatch`` with Avalanche's callbacks (``SGDUpdate``'s iteration body); under
+        torchrun the loss is the global batch's (``distributed_loss``)."""
         self.optimizer.zero_grad()
         self.loss = self._make_empty_loss()
         self._before_forward(**kwargs)
         self.mb_output = self.forward()
         self._after_forward(**kwargs)
-        self.loss += self.training_loss()
+        ctx = context()
+        self.loss += self.distributed_loss(ctx) if ctx.active else self.criterion()
         self._before_backward(**kwargs)
         self.backward()
         self._after_backward(**kwargs)

@@ -10,18 +10,17 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 
 from ctta import distributed
-from ctta.templates.base import StrategyBase, restrict_to_trainable, split_arguments
+from ctta.templates.base import AvalancheSupervised, StrategyBase, restrict_to_trainable, split_arguments
 from ctta.templates.sharding import ShardedTraining
 from ctta.utils import trainable_parameters
 
 __all__ = ["TestTimeTemplate"]
 
 
-class TestTimeTemplate(StrategyBase, ShardedTraining, SupervisedTemplate):
+class TestTimeTemplate(StrategyBase, ShardedTraining, AvalancheSupervised):
     """Test-time adaptation inside ``eval()``: ``adapt_and_predict(mb_x)`` runs under ``enable_grad``.
 
     Episodic mode (the papers' setting) restores ``state_to_reset()`` after every mini-batch; continual mode keeps
@@ -31,6 +30,7 @@ class TestTimeTemplate(StrategyBase, ShardedTraining, SupervisedTemplate):
 
     __test__ = False  # not a pytest test class
     distributed_ok = True  # torchrun: samples sharded over ranks (episodic mode)
+    adapts_in_eval = True  # the runner evaluates the test stream; train() does nothing
     train_epochs_refusal = "test-time adaptation has no training phase (it adapts inside eval())"
 
     def __init__(

@@ -32,6 +32,8 @@ from avalanche.evaluation import PluginMetric
 from avalanche.evaluation.metric_results import MetricValue
 from avalanche.evaluation.metric_utils import get_metric_name
 
+from ctta.metrics import SummaryMetric
+
 NO_POSITIVE = ("skip", "zero")
 THRESHOLD = 0.8  # reference: sigmoid(logits) > 0.8
 
@@ -126,7 +128,7 @@ def seen_columns(exp: Any, n_classes: int) -> torch.Tensor:
     return out
 
 
-class MultiLabelMetrics(PluginMetric[dict]):
+class MultiLabelMetrics(SummaryMetric, PluginMetric[dict]):
     """mAP, amAP, CF1 and OF1 of every evaluated experience with multi-hot targets.
 
     Emits ``mAP``, ``amAP``, ``CF1``, ``OF1`` (``<name>/eval_phase/<stream>/Exp<id>``) after each evaluated
@@ -187,7 +189,7 @@ class MultiLabelMetrics(PluginMetric[dict]):
         return "MultiLabelMetrics"
 
 
-class TaskAveragedAccuracy(PluginMetric[dict]):
+class TaskAveragedAccuracy(SummaryMetric, PluginMetric[dict]):
     """Single-label CIL: unweighted mean top-1 over seen tasks, forgetting and BWT.
 
     Records ``R[i][j]`` = top-1 on test experience ``j`` evaluated after ``i`` trained experiences and emits,
