@@ -15,6 +15,8 @@ from __future__ import annotations
 from avalanche.evaluation import PluginMetric
 from avalanche.evaluation.metric_results import MetricValue
 
+from ctta.metrics import SummaryMetric
+
 __all__ = ["BaseNewAccuracy", "harmonic_mean"]
 
 
@@ -23,7 +25,7 @@ def harmonic_mean(base: float, new: float) -> float:
     return 0.0 if base + new == 0 else 2 * base * new / (base + new)
 
 
-class BaseNewAccuracy(PluginMetric):
+class BaseNewAccuracy(SummaryMetric, PluginMetric):
     """Top-1 accuracy of the last evaluation of the ``test`` (base) and ``test_new`` (new) streams, and their HM.
 
     ``result()`` -> ``{"base_acc": B, "new_acc": N, "hm": H}`` (keys present once measured); the evaluator logs them

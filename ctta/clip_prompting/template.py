@@ -228,21 +228,23 @@ class PromptLearnerTemplate(EpochTemplate):
                 self.eval(getattr(benchmark, f"{name}_stream"))  # the attribute carries the benchmark reference
 
     # ------------------------------------------------------------------ forward
-    def _autocast(self):
+    def forward_autocast(self):
         if self.prec == "amp":  # the references' amp (fp16 autocast) is a CUDA setting; elsewhere fp32
             return autocast(self.device, "fp16" if self.device.type == "cuda" else "fp32")
         if self.prec == "auto":
             return autocast(self.device, self.precision)
         return autocast(self.device, "fp32")
 
-    def forward_local(self) -> torch.Tensor:
+    def forward_train(self) -> torch.Tensor:
+        """The prompted CLIP's logits (under ``forward_autocast``, the template's ``forward_local``)."""
         x = self.mb_x
         if self.prec == "fp16" and self.device.type == "cuda":
             x = x.half()
-        with self._autocast():
-            out = self.model(x).float()
+        out = self.model(x).float()
         if self.seen is not None:  # logits of the classes seen so far; the others are masked out
             full = out.new_full((out.shape[0], len(self.all_classnames)), MASKED_LOGIT)
             full[:, self.seen] = out
             out = full
         return out
+
+    forward_eval = forward_train
