@@ -290,3 +290,35 @@ def test_bad_config_raises():
         MVPConfig(cvpt_negatives="diagonal")
     with pytest.raises(ValueError, match="prompt layers"):
         MVPModel(PromptedViT(create_vit("vit_tiny_patch16_224", pretrained=False, **{**TINY, "depth": 3})), 5)
+
+
+def test_mvp_step_depth_is_pinned(backbone, monkeypatch):
+    """One MVP step is a short stack: ``train()`` -> the template's loop -> ``sgd_update`` -> ``criterion`` ->
+    ``mvp_loss`` (5 frames; 9 before the templates owned their loop), and the forward reaches ``forward_logits`` in 6
+    (9 before, entering templates/online.py three times)."""
+    import traceback
+
+    import ctta.strategies.mvp as mvp_module
+
+    stacks = {}
+    real_loss, real_logits = mvp_module.mvp_loss, MVP.forward_logits
+
+    def loss(*args):
+        stacks.setdefault("loss", traceback.extract_stack())
+        return real_loss(*args)
+
+    def logits(self):
+        stacks.setdefault("forward", traceback.extract_stack())
+        return real_logits(self)
+
+    monkeypatch.setattr(mvp_module, "mvp_loss", loss)
+    monkeypatch.setattr(MVP, "forward_logits", logits)
+    bench = _tiny_stream()
+    s = _strategy(backbone, bench, eval_every=-1)
+    s.train(bench.train_stream[0])
+    for key, bound in (("loss", 5), ("forward", 6)):
+        stack = stacks[key]
+        start = max(i for i, f in enumerate(stack) if f.name == "test_mvp_step_depth_is_pinned")
+        frames = stack[start + 1 :]
+        assert frames[0].name == "train" and len(frames) <= bound, [f"{f.filename}:{f.name}" for f in frames]
+        assert sum(f.filename.endswith("online.py") for f in frames) <= 2

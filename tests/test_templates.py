@@ -136,3 +136,66 @@ def test_test_time_episodic_resets_and_continual_keeps():
     co = _tta(False)
     co.eval(exp)
     assert not torch.equal(co.model.b, torch.zeros(3))
+
+
+# ---------------------------------------------------------------------- the template's own loop
+_TRAIN_CALLBACKS = sorted(
+    n for n in dir(SupervisedPlugin) if n.startswith(("before_", "after_")) and "eval" not in n
+)
+
+
+def _callback_log(log: list[str]) -> SupervisedPlugin:
+    """A plugin appending the name of every training callback it receives to ``log``."""
+
+    def make(name):
+        return lambda self, strategy, **kw: log.append(name)
+
+    return type("CallbackLog", (SupervisedPlugin,), {n: make(n) for n in _TRAIN_CALLBACKS})()
+
+
+def test_train_runs_avalanche_callbacks_in_avalanche_order():
+    """The template's own loop fires the same training callbacks, in the same order, as Avalanche's
+    ``SupervisedTemplate`` (one update per mini-batch, two experiences)."""
+    from avalanche.training.templates import SupervisedTemplate
+
+    data = _data()
+    exps = [DatasetExperience(dataset=data.subset(range(i, i + 16)), current_experience=i // 16) for i in (0, 16)]
+    ours, ref = [], []
+    torch.manual_seed(0)
+    s = Linear(model=nn.Linear(6, 5), optimizer=torch.optim.SGD(nn.Linear(6, 5).parameters(), lr=0.1),
+               num_classes=5, online_iters=1, train_mb_size=8, anytime_eval_dataset=False, device="cpu",
+               plugins=[_callback_log(ours)], evaluator=None)  # fmt: skip
+    model = nn.Linear(6, 5)
+    avl = SupervisedTemplate(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), train_mb_size=8,
+                             device="cpu", plugins=[_callback_log(ref)], evaluator=None)  # fmt: skip
+    for exp in exps:
+        s.train(exp, eval_streams=[])
+        avl.train(exp, eval_streams=[])
+    assert ours == ref and ours.count("after_update") == 4 and ours[0] == "before_training"
+
+
+def test_training_step_stack_is_short():
+    """From ``train()`` to the strategy's ``criterion()`` is at most 4 frames (train -> train_experience ->
+    sgd_update -> criterion) and to its ``forward_logits()`` at most 6; Avalanche's loop is not on the way."""
+    import traceback
+
+    stacks: dict[str, list] = {}
+
+    class Probe(Linear):
+        def forward_logits(self):
+            stacks.setdefault("forward", traceback.extract_stack())
+            return super().forward_logits()
+
+        def criterion(self):
+            stacks.setdefault("loss", traceback.extract_stack())
+            return super().criterion()
+
+    s = Probe(model=nn.Linear(6, 5), num_classes=5, online_iters=1, train_mb_size=8, anytime_eval_dataset=False,
+              optimizer=torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1), device="cpu", evaluator=None)
+    s.train(DatasetExperience(dataset=_data(n=8), current_experience=0), eval_streams=[])
+    for key, bound in (("loss", 4), ("forward", 6)):
+        stack = stacks[key]  # ends with the probed method
+        start = max(i for i, f in enumerate(stack) if f.name == "test_training_step_stack_is_short")
+        frames = stack[start + 1 :]
+        assert frames[0].name == "train" and len(frames) <= bound, [f.name for f in frames]
+        assert not any("avalanche" in f.filename for f in frames), [f.filename for f in frames]
