@@ -1,5 +1,5 @@
 """Entropy losses and view selection shared by the test-time prompt-tuning strategies (TPT, DiffTPT); the
-self-regulating consistency losses of the CLIP prompt learners (PromptSRC; see the section at the end).
+L1-feature and KL distillation terms of the CLIP prompt learners (PromptSRC and wave 2; see the section at the end).
 
 Papers: TPT (Shu et al., NeurIPS 2022, arXiv 2209.07511), DiffTPT (Feng et al., ICCV 2023, arXiv 2308.06038).
 Reference code (read for behaviour only, re-implemented from the spec ``tpt-difftpt.md``): azshue/TPT@63ecbace
@@ -32,7 +32,6 @@ __all__ = [
     "gather_views",
     "kl_to_teacher",
     "l1_feature_loss",
-    "promptsrc_consistency",
 ]
 
 
@@ -125,7 +124,9 @@ def gather_views(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# Self-regulating consistency losses of PromptSRC (Khattak et al., ICCV 2023, arXiv 2307.06948, §3.1 eq. 2-4).
+# Distillation terms of PromptSRC (Khattak et al., ICCV 2023, arXiv 2307.06948, §3.1 eq. 2-4), shared with wave 2
+# (CoPrompt, HiCroPL, MSGCoOp, RESTORE; clip-prompt-learners.md §20 L1); PromptSRC's weighted sum of them is
+# ``ctta.strategies.promptsrc.losses.promptsrc_consistency``.
 # Reference (behaviour read, re-implemented, no code copied): muzairkhattak/PromptSRC@bb95c77
 # ``trainers/promptsrc.py:PromptSRC.forward_backward``. Deviations: none.
 
@@ -141,24 +142,3 @@ def kl_to_teacher(logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.T
     log_p = F.log_softmax(logits, dim=-1)
     log_q = F.log_softmax(teacher_logits, dim=-1)
     return F.kl_div(log_p, log_q, reduction="sum", log_target=True) / logits.numel()
-
-
-def promptsrc_consistency(
-    text: torch.Tensor,
-    teacher_text: torch.Tensor,
-    image: torch.Tensor,
-    teacher_image: torch.Tensor,
-    logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    text_weight: float = 25.0,
-    image_weight: float = 10.0,
-) -> torch.Tensor:
-    """``L_SCL = KL + text_weight * L1(text) + image_weight * L1(image)`` (the reference adds them in this order).
-
-    Args:
-        text, teacher_text: ``(C, E)`` prompted and frozen text features of every class.
-        image, teacher_image: ``(B, E)`` prompted and frozen image features of the batch.
-        logits, teacher_logits: ``(B, C)`` prompted and zero-shot logits.
-    """
-    kl = kl_to_teacher(logits, teacher_logits)
-    return kl + l1_feature_loss(text, teacher_text) * text_weight + l1_feature_loss(image, teacher_image) * image_weight

@@ -73,6 +73,8 @@ class ATPModel(PromptedCLIP):
     """Frozen CLIP + attribute blocks ``att[k]`` ``(n_att, D)`` and context ``ctx`` ``(n_ctx, D)``; with ``depth`` > 0
     (MaPLe+ATP) also deep text prompts and MaPLe's coupled vision prompts."""
 
+    context_is_the_prompt = False  # attribute tokens (and deep prompts): TPT tunes every trainable prompt
+
     def __init__(self, clip_model, tokenizer, classnames, cfg: ATPCoOpConfig, depth: int = 0) -> None:
         if not cfg.attributes or cfg.n_att < 1 or cfg.n_ctx < 1:
             raise ValueError("ATPrompt needs at least one attribute, n_att >= 1 and n_ctx >= 1")

@@ -43,6 +43,8 @@ class CoCoOpConfig(PromptLearnerConfig):
 class CoCoOpModel(PromptedCLIP):
     """Frozen CLIP + context ``ctx`` ``(M, D)`` + ``meta_net`` (image-conditioned bias of every context token)."""
 
+    context_is_the_prompt = False  # the meta-net conditions the context on the image: TPT tunes both
+
     def __init__(self, clip_model, tokenizer, classnames, cfg: CoCoOpConfig = CoCoOpConfig()) -> None:
         layout, ctx0 = context_init(clip_model, tokenizer, cfg.ctx_init, 0 if cfg.ctx_init else cfg.n_ctx)
         super().__init__(clip_model, tokenizer, classnames, layout, truncate=cfg.truncate)

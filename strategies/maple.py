@@ -45,6 +45,8 @@ class MaPLeConfig(PromptLearnerConfig):
 class MaPLeModel(PromptedCLIP):
     """Frozen CLIP + ``ctx`` ``(n, D)``, deep text prompts ``deep_text[i]`` ``(n, D)`` and ``coupling``."""
 
+    context_is_the_prompt = False  # TPT tunes the deep and coupled prompts too
+
     def __init__(self, clip_model, tokenizer, classnames, cfg: MaPLeConfig = MaPLeConfig()) -> None:
         layout, ctx0 = context_init(clip_model, tokenizer, cfg.ctx_init, cfg.n_ctx)
         super().__init__(clip_model, tokenizer, classnames, layout, truncate=cfg.truncate)

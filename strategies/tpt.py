@@ -6,7 +6,7 @@ Per test sample (an episode): reset the context to ``ctx0`` and a fresh AdamW; e
 ``int(N * p)`` lowest-entropy views (selected once, at step 1); ``tta_steps`` AdamW steps on the marginal entropy
 of their mean prediction; predict from view 0 alone with the tuned context.
 
-``PromptTuner`` (the engine, ``ctta/backbones/clip_tuner.py``, re-exported here) is the script-level API (no
+``PromptTuner`` (the engine, ``ctta/clip_prompting/episode_tuner.py``, re-exported here) is the script-level API (no
 Avalanche objects); ``TPT`` wraps it as an Avalanche strategy on ``TestTimeTemplate``. ``TPTConfig(fast=False)``
 runs the straightforward path (77-token text, views re-encoded at every step and for the prediction, one sample at a
 time, torch's AdamW), the reference's computation. The default fast path gives the same predictions with the exact
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ctta.backbones.clip_tuner import PromptTuner, PromptTuningConfig, SelectFn, TPTModel
+from ctta.clip_prompting.episode_tuner import PromptTuner, PromptTuningConfig, SelectFn, TPTModel
 from ctta.metrics import TopKAccuracy
 from ctta.registry import STRATEGIES
 from ctta.templates.prompt_tuning import PromptTuningTemplate
@@ -40,8 +40,8 @@ __all__ = ["TPTConfig", "PromptTuner", "TPTModel", "TPT", "TopKAccuracy", "Selec
 
 @dataclass(frozen=True)
 class TPTConfig(PromptTuningConfig):
-    """TPT settings: every field of ``ctta.backbones.clip_tuner.PromptTuningConfig``, at the reference's defaults
-    (azshue/TPT@63ecbace: context "a photo of a", 1 AdamW step at lr 5e-3, 10 % lowest-entropy views)."""
+    """TPT settings: every field of ``ctta.clip_prompting.episode_config.PromptTuningConfig``, at the reference's
+    defaults (azshue/TPT@63ecbace: context "a photo of a", 1 AdamW step at lr 5e-3, 10 % lowest-entropy views)."""
 
 
 @STRATEGIES.register("tpt", config=TPTConfig)

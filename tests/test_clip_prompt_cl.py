@@ -10,7 +10,7 @@ from ctta.strategies.coop import CoOpConfig, CoOpModel
 from ctta.strategies.maple import MaPLeConfig, MaPLeModel
 from ctta.strategies.pre import PREConfig, PREModel
 
-from ctta.backbones.clip_tuner import PromptTuner, PromptTuningConfig
+from ctta.clip_prompting.episode_tuner import PromptTuner, PromptTuningConfig
 from ctta.clip_prompting.model import save_text_context
 from ctta.clip_prompting.template import MASKED_LOGIT
 from ctta.data.digits import DIGIT_NAMES

@@ -7,11 +7,16 @@ import math
 
 import pytest
 import torch
-from ctta.strategies.promptsrc import PromptSRC, PromptSRCConfig, PromptSRCModel
+from ctta.strategies.promptsrc import (
+    PROMPTSRC_TEMPLATES,
+    PromptSRC,
+    PromptSRCConfig,
+    PromptSRCModel,
+    gaussian_epoch_weights,
+    promptsrc_consistency,
+)
 
-from ctta.clip_prompting import gaussian_epoch_weights
-from ctta.clip_prompting.prompt_templates import PROMPTSRC_TEMPLATES
-from ctta.losses import kl_to_teacher, l1_feature_loss, promptsrc_consistency
+from ctta.losses import kl_to_teacher, l1_feature_loss
 
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 

@@ -1,4 +1,4 @@
-"""Frozen OpenAI/open_clip CLIP backbones and a CoOp-style prompted text encoder over open_clip's own modules.
+"""Frozen OpenAI/open_clip CLIP backbones (the prompted text tower built on them is ``ctta.clip_prompting``).
 
 Papers: CLIP (Radford et al., ICML 2021); CoOp context vectors (Zhou et al., IJCV 2022, arXiv 2109.01134) as used
 by TPT (Shu et al., NeurIPS 2022). Reference: azshue/TPT@63ecbace ``clip/custom_clip.py:{PromptLearner,
@@ -12,8 +12,8 @@ when no such config exists) and refuses an explicit ``quick_gelu=False`` with an
 ``allow_activation_mismatch=True``.
 
 Deviations / implementation notes:
-- ``PromptedTextEncoder`` (exact EOT truncation, length buckets, shared prefix) lives in ``clip_text.py`` and is
-  re-exported here; the TPT engine built on it is ``clip_tuner.PromptTuner``.
+- the prompted text tower (exact EOT truncation, length buckets, shared prefix) is ``ctta.clip_prompting.PromptedText``;
+  the TPT engine built on it is ``ctta.clip_prompting.episode_tuner.PromptTuner``.
 - ``ctta-tiny-clip`` is a tiny randomly initialised CLIP built from a config dict (tests and smoke runs);
   ``ctta-tiny-clip-digits`` is ctta's shipped pretrained tiny CLIP (``ctta.pretrained``; ``pretrained: ctta`` for
   its packaged weights, ``""`` for random init), with a compact-vocabulary tokenizer.
@@ -28,7 +28,6 @@ from pathlib import Path
 
 from torch import nn
 
-from ctta.backbones.clip_text import PromptedTextEncoder, bucket_plan
 from ctta.backbones.hub import hub_download_guard
 from ctta.registry import BACKBONES
 
@@ -39,8 +38,6 @@ __all__ = [
     "SHIPPED_CLIP",
     "create_clip",
     "build_clip",
-    "PromptedTextEncoder",
-    "bucket_plan",
 ]
 
 # ctta's shipped tiny CLIP (ctta/pretrained/): pretrained "ctta" = its packaged, sha256-checked weights.

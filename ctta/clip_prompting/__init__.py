@@ -1,23 +1,32 @@
-"""The CLIP prompt-learner core shared by CoOp, CoCoOp, MaPLe, PromptSRC, PRE and ATPrompt.
+"""The one CLIP prompting core: the prompted CLIP every CLIP method builds on, and test-time tuning of it.
 
-* ``text``: ``PromptedText``, the prompted text tower (soft-token layouts, class-token position, class-specific
-  and per-image contexts, deep prompts, exact truncation and shared-prefix encoding);
+* ``text``: ``PromptedText``, the one prompted text tower (soft-token layouts, class-token position, class-specific
+  and per-image contexts, deep prompts); every exactness argument (truncation, buckets, shared prefix) is in its
+  docstring and tested in ``tests/test_clip_prompted_text.py``; ``tower``: the mechanics under it (open_clip's
+  text modules, the bucket plan, the shared-prefix residual block);
 * ``vision``: ``encode_image`` with appended vision prompts and deep vision prompts;
 * ``coupling``: MaPLe's per-layer linear maps, CoCoOp's meta-net;
-* ``teacher``: a frozen-CLIP teacher (hand-crafted / template-ensemble text features, frozen image features);
-* ``averaging``: Gaussian epoch weight averaging (PromptSRC's GPA);
+* ``model``: ``PromptedCLIP``, the frozen CLIP + prompted text tower every method's model extends, ``clip_parts``
+  (the one way to unpack a CLIP backbone) and the text-context export TPT starts from;
+* ``context``: the shared-context model of CoOp and PRE;
+* ``episode_tuner`` / ``episode_model`` / ``episode_optim`` / ``episode_config``: the episodic test-time tuner
+  (TPT, DiffTPT) of a CoOp context or of any trained ``PromptedCLIP`` handed over as an object, what it tunes and
+  the files it starts from, its batched AdamW / loss scaler / text Jacobian, its settings;
+* ``teacher``: a frozen-CLIP teacher (hand-crafted / template-ensemble text features, frozen image features); kept
+  in the core because wave 2's CoPrompt, HiCroPL and MSGCoOp use it too (PromptSRC's Gaussian averaging, templates
+  and consistency loss live in ``ctta.strategies.promptsrc``);
 * ``optim``: SGD and the warm-up + cosine per-epoch schedule of the Dassl-based references;
-* ``model``: ``PromptedCLIP``, the frozen CLIP + prompted text tower every method's model extends, and the text
-  context export TPT starts from;
 * ``template``: ``PromptLearnerTemplate``, the Avalanche template of the family on ctta's ``EpochTemplate`` (schedule,
   precision switch, base/new and class-incremental text heads);
-* ``metrics``: base / new accuracy and their harmonic mean; ``prompt_templates``: the teachers' template lists.
+* ``metrics``: base / new accuracy and their harmonic mean.
 
-Methods (``ctta.strategies``): ``coop``, ``cocoop``, ``maple``, ``promptsrc``, ``pre``, ``coop_atp``, ``maple_atp``.
+Methods (``ctta.strategies``): ``coop``, ``cocoop``, ``maple``, ``promptsrc``, ``pre``, ``coop_atp``, ``maple_atp``,
+``tpt``, ``difftpt``.
 """
 
-from ctta.clip_prompting.averaging import GaussianEpochAverage, gaussian_epoch_weights
 from ctta.clip_prompting.coupling import MaPLeCoupling, MetaNet
+from ctta.clip_prompting.episode_model import load_prompts, save_prompts
+from ctta.clip_prompting.model import PromptedCLIP, clip_parts, save_text_context
 from ctta.clip_prompting.optim import epoch_lr, make_sgd, warmup_cosine
 from ctta.clip_prompting.teacher import HAND_CRAFTED, FrozenCLIPTeacher
 from ctta.clip_prompting.text import PromptedText, encode_words
@@ -26,14 +35,17 @@ from ctta.clip_prompting.vision import encode_image, vision_width
 __all__ = [
     "HAND_CRAFTED",
     "FrozenCLIPTeacher",
-    "GaussianEpochAverage",
     "MaPLeCoupling",
     "MetaNet",
+    "PromptedCLIP",
     "PromptedText",
+    "clip_parts",
+    "load_prompts",
+    "save_prompts",
+    "save_text_context",
     "encode_image",
     "encode_words",
     "epoch_lr",
-    "gaussian_epoch_weights",
     "make_sgd",
     "vision_width",
     "warmup_cosine",

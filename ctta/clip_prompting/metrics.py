@@ -16,6 +16,7 @@ from avalanche.evaluation import PluginMetric
 from avalanche.evaluation.metric_results import MetricValue
 
 from ctta.metrics import SummaryMetric
+from ctta.templates.benchmark_info import attached_info
 
 __all__ = ["BaseNewAccuracy", "harmonic_mean"]
 
@@ -59,7 +60,8 @@ class BaseNewAccuracy(SummaryMetric, PluginMetric):
         """``base_acc`` / ``new_acc`` on a base-to-new benchmark's ``test`` / ``test_new`` streams, else None."""
         try:
             stream = strategy.experience.origin_stream
-            per_stream = getattr(getattr(stream, "benchmark", None), "stream_classnames", None) or {}
+            info = attached_info(getattr(stream, "benchmark", None))
+            per_stream = info.stream_classnames if info is not None else {}
         except Exception:
             return None
         return self.STREAMS.get(stream.name) if "test_new" in per_stream else None

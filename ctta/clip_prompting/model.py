@@ -18,17 +18,31 @@ from torch import nn
 
 from ctta.clip_prompting.text import PromptedText
 
-__all__ = ["PromptedCLIP", "clip_and_tokenizer", "save_text_context"]
+__all__ = ["PromptedCLIP", "clip_parts", "save_text_context"]
 
 
-def clip_and_tokenizer(backbone) -> tuple[nn.Module, object]:
-    """``(open_clip model, tokenizer)`` from a ``CLIPBackbone`` (or ``(model, tokenizer)`` as given)."""
-    if isinstance(backbone, tuple):
-        return backbone
-    model, tok = getattr(backbone, "model", None), getattr(backbone, "tokenizer", None)
-    if model is None or tok is None:
-        raise TypeError(f"expected a CLIPBackbone (backbone: {{name: clip}}), got {type(backbone).__name__}")
-    return model, tok
+def clip_parts(model, tokenizer=None, *, require_tokenizer: str = "") -> tuple[nn.Module, object]:
+    """``(open_clip model, tokenizer)`` from an open_clip CLIP, a wrapper holding one (``CLIPBackbone``: ``.model``;
+    a prompted CLIP: ``.clip``) or a ``(model, tokenizer)`` pair: the one way every CLIP method unpacks its backbone.
+
+    The tokenizer is ``tokenizer``, else the pair's or the wrapper's, else open_clip's ``SimpleTokenizer`` (bundled
+    vocabulary, works offline) at the model's context length; with ``require_tokenizer`` (the caller's name) a
+    missing tokenizer is an error instead.
+    """
+    if isinstance(model, tuple):
+        model, tokenizer = model[0], tokenizer if tokenizer is not None else model[1]
+    tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+    if tok is None and require_tokenizer:
+        hint = "pass tokenizer= (open_clip.get_tokenizer(name))"
+        raise ValueError(f"{require_tokenizer} needs the CLIP tokenizer: {hint}")
+    clip = next((getattr(model, a) for a in ("model", "clip") if hasattr(model, a)), model)
+    if not hasattr(clip, "encode_image") or not hasattr(clip, "encode_text"):
+        raise TypeError(f"expected an open_clip CLIP model (encode_image/encode_text), got {type(model).__name__}")
+    if tok is None:
+        import open_clip
+
+        tok = open_clip.SimpleTokenizer(context_length=int(getattr(clip, "context_length", 77) or 77))
+    return clip, tok
 
 
 class PromptedCLIP(nn.Module):
@@ -41,7 +55,14 @@ class PromptedCLIP(nn.Module):
         layout, position, deep_block: see ``PromptedText``.
         truncate: exact truncation at the longest EOT (False: the 77-token reference path).
         shared_prefix: encode the class-independent prefix once (exact).
+
+    Attributes:
+        context_is_the_prompt: the prediction is CLIP with the shared context ``text_context()`` and nothing else
+            (CoOp, PRE), so test-time tuning (``PromptTuner.from_prompted``) may tune that context alone; methods
+            with image-conditioned or deep prompts set it False and are tuned through their own forward.
     """
+
+    context_is_the_prompt = True
 
     def __init__(
         self,

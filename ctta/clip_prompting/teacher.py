@@ -9,6 +9,9 @@ The teacher's text feature of a class is the mean over templates of the *unnorma
 (normalised only where it is used), as in the reference. The teacher reuses the frozen backbone (every weight is
 frozen, so it equals a second copy) and runs under ``no_grad``.
 
+Shared with wave 2: CoPrompt, HiCroPL and MSGCoOp distil towards a frozen-CLIP teacher's text classifier too
+(``clip-prompt-learners.md`` sections 20 (T1) and 23), so it stays in the core rather than in PromptSRC's package.
+
 Deviations: none.
 """
 

@@ -30,9 +30,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ctta.clip_prompting.model import PromptedCLIP
+from ctta.clip_prompting.model import PromptedCLIP, clip_parts
 from ctta.clip_prompting.optim import make_sgd, warmup_cosine
-from ctta.templates.benchmark_info import _attr, origin_benchmark, stream_classnames
+from ctta.templates.benchmark_info import _attr, benchmark_info, origin_info, stream_classnames
 from ctta.templates.epoch import EpochTemplate
 from ctta.utils import autocast, trainable_parameters
 
@@ -113,18 +113,12 @@ class PromptLearnerTemplate(EpochTemplate):
         return True  # the prompted CLIP is built at construction (tokenizer and class names are arguments)
 
     def build_model(self, backbone: nn.Module, experience) -> nn.Module:
-        """The method's prompted CLIP around the user's open_clip ``CLIP`` (or ``CLIPBackbone``) with ``tokenizer``
-        and ``classnames``."""
+        """The method's prompted CLIP around the user's open_clip ``CLIP`` (or ``CLIPBackbone``, or a ``(model,
+        tokenizer)`` pair; ``clip_parts``) with ``tokenizer`` and ``classnames``."""
         name = type(self).__name__
-        if isinstance(backbone, tuple):  # (open_clip model, tokenizer)
-            clip_model, tokenizer = backbone
-        else:
-            clip_model, tokenizer = getattr(backbone, "model", backbone), getattr(backbone, "tokenizer", None)
-        tokenizer = self._tokenizer if self._tokenizer is not None else tokenizer
-        if tokenizer is None:
-            raise ValueError(f"{name} needs the CLIP tokenizer: pass tokenizer= (open_clip.get_tokenizer(name))")
         if not self._classnames:
             raise ValueError(f"{name} needs the class names of the text head: pass classnames=[...] (one per label)")
+        clip_model, tokenizer = clip_parts(backbone, self._tokenizer, require_tokenizer=name)
         return self.build_prompted(clip_model, tokenizer, list(self._classnames), self.cfg)
 
     @classmethod
@@ -141,8 +135,9 @@ class PromptLearnerTemplate(EpochTemplate):
 
     @classmethod
     def benchmark_kwargs(cls, cfg, benchmark) -> dict[str, Any]:
-        """The training classes' names: the benchmark's ``stream_classnames["train"]``, else its ``classnames``."""
-        names = (_attr(benchmark, "stream_classnames") or {}).get("train") or _attr(benchmark, "classnames")
+        """The training classes' names: the benchmark record's ``stream_classnames["train"]``, else its
+        ``classnames``."""
+        names = benchmark_info(benchmark).names_of_stream("train")
         if not names:
             raise ValueError(f"{cls.__name__} needs class names: the benchmark has no classnames")
         return {"classnames": list(names)}
@@ -183,7 +178,8 @@ class PromptLearnerTemplate(EpochTemplate):
 
     def _class_incremental_seen(self) -> list[int] | None:
         """Label ids seen so far on a class-incremental stream (Avalanche's classes timeline), else None."""
-        if _attr(origin_benchmark(self.experience), "stream_classnames"):
+        info = origin_info(self.experience)
+        if info is not None and info.stream_classnames:
             return None  # ctta's few-shot benchmarks name the classes of every stream
         ctx = getattr(self.model, "ctx", None)
         if ctx is not None and ctx.dim() == 3:
@@ -209,8 +205,8 @@ class PromptLearnerTemplate(EpochTemplate):
         super()._after_training_exp(**kwargs)
 
     def _before_eval_exp(self, **kwargs: Any) -> None:
-        per_stream = _attr(origin_benchmark(self.experience), "stream_classnames")
-        names = stream_classnames(self.experience) if per_stream else None
+        info = origin_info(self.experience)
+        names = stream_classnames(self.experience) if info is not None and info.stream_classnames else None
         if names:
             self._head(names, None)
         elif self.seen is not None:

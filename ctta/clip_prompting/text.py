@@ -17,10 +17,18 @@ the EOT position are the references'. Soft tokens are scattered into the embedde
 Deep prompts (MaPLe / IVLP): at layer ``i >= 1`` the hidden states of one soft block are replaced by ``P_i``
 (no positional embedding at deeper layers); the input layer gets the positional embedding on all positions.
 
-Exact speed-ups (equal in exact arithmetic): the causal mask makes truncation at the longest EOT and length buckets
-exact (``ctta.backbones.clip_text.bucket_plan``); with the class token at the end and one context shared by all
-classes, every token before the class name is the same for all classes, so that prefix (SOS, soft tokens, hard
-words, deep prompts included) is encoded once per context (``ctta.backbones.clip_text``'s shared-prefix block).
+Exactness (this class is the one place every speed-up is argued; ``tests/test_clip_prompted_text.py`` checks each
+against the straightforward computation; ``ctta.clip_prompting.tower`` holds the mechanics):
+
+- truncation at the longest EOT and length buckets: the text mask is causal, pooling reads the EOT row and everything
+  else acts per token, so positions after a prompt's EOT never reach its pooled feature; bucket boundaries are
+  chosen by dynamic programming to minimise the encoded tokens (``tower.bucket_plan``);
+- shared prefix: with the class token at the end and one context shared by all classes, every token before the class
+  name (SOS, soft tokens, hard words, deep prompts included) is the same for all classes and attends only to itself,
+  so its hidden states, keys and values are computed once per context instead of once per class
+  (``tower.shared_prefix_block``); the class tokens attend to the shared keys/values plus their own;
+- ``ln_final`` and the projection act per token, so applying them to the EOT rows only is exact.
+
 ``truncate=False`` is the straightforward 77-token path of the references.
 
 Deviations: deep prompts are inserted in the running dtype (the references round every inserted prompt to fp16
@@ -34,7 +42,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ctta.backbones.clip_text import _shared_prefix_block, _shared_prefix_ok, _text_tower, bucket_plan
+from ctta.clip_prompting.tower import bucket_plan, shared_prefix_block, shared_prefix_ok, text_tower
 
 __all__ = ["PromptedText", "context_init", "encode_words"]
 
@@ -50,7 +58,7 @@ def _encode(tokenizer, text: str) -> list[int]:
 @torch.no_grad()
 def encode_words(clip_model: nn.Module, tokenizer, words: str) -> torch.Tensor:
     """Token embeddings ``(n, D)`` of ``words`` (SOS/EOT excluded): the reference's context initialisation."""
-    tower = _text_tower(clip_model)
+    tower = text_tower(clip_model)
     ids = torch.tensor(_encode(tokenizer, words), device=tower.token_embedding.weight.device)
     return tower.token_embedding(ids).float()
 
@@ -68,7 +76,7 @@ def context_init(
     Returns:
         ``(layout, ctx0)``: e.g. ``([2, "of a"], (2, D))``.
     """
-    width = _text_tower(clip_model).token_embedding.embedding_dim
+    width = text_tower(clip_model).token_embedding.embedding_dim
     if not ctx_init:
         if n_ctx < 1:
             raise ValueError(f"n_ctx must be >= 1 without ctx_init, got {n_ctx}")
@@ -77,6 +85,8 @@ def context_init(
     n = len(words) if n_ctx <= 0 else n_ctx
     if n > len(words):
         raise ValueError(f"n_ctx={n} context tokens but ctx_init={ctx_init!r} has {len(words)} words")
+    if hasattr(tokenizer, "require_known"):  # compact vocabulary (ctta.pretrained.VocabTokenizer): name unknown words
+        tokenizer.require_known(" ".join(words), "ctx_init")
     emb = encode_words(clip_model, tokenizer, " ".join(words))
     if len(emb) != len(words):
         raise ValueError(f"ctx_init={ctx_init!r}: every word must be one BPE token ({len(emb)} tokens)")
@@ -123,11 +133,11 @@ class PromptedText(nn.Module):
             raise ValueError(f"position must be end, middle or front, got {position!r}")
         if position != "end" and (len(layout) != 1 or not isinstance(layout[0], int)):
             raise ValueError(f"position={position!r} needs a single soft block (layout=[n]), got {list(layout)}")
-        self.tower = _text_tower(clip_model)
+        self.tower = text_tower(clip_model)
         self.tokenizer, self.layout, self.position = tokenizer, list(layout), position
         self.truncate, self.n_buckets = truncate, n_buckets
         self.shared_ok = shared_prefix and position == "end"
-        self.shared_ok = self.shared_ok and all(_shared_prefix_ok(b) for b in self.tower.transformer.resblocks)
+        self.shared_ok = self.shared_ok and all(shared_prefix_ok(b) for b in self.tower.transformer.resblocks)
         sizes = [x for x in self.layout if isinstance(x, int)]
         if any(n < 0 for n in sizes):
             raise ValueError(f"soft blocks must have >= 0 tokens: {list(layout)}")
@@ -296,6 +306,6 @@ class PromptedText(nn.Module):
         for i, blk in enumerate(t.transformer.resblocks):
             if 1 <= i <= len(deep):
                 pre = torch.cat([pre[:, :a], deep[i - 1].to(pre.dtype).expand(s, -1, -1), pre[:, b:]], dim=1)
-            pre, suf = _shared_prefix_block(blk, pre, suf, n_cls)
+            pre, suf = shared_prefix_block(blk, pre, suf, n_cls)
         rows = suf[torch.arange(s * n_cls, device=suf.device), (self.eot[idx] - p).repeat(s)]
         return self._project(rows).reshape(s, n_cls, -1)

@@ -1,7 +1,7 @@
 """Test-time prompt tuning of CLIP as an Avalanche template, shared by TPT and DiffTPT.
 
-``PromptTuningTemplate`` drives a ``ctta.backbones.clip_tuner.PromptTuner`` inside ``eval()`` (one episode per test
-sample, or continual), reports top-5 accuracy next to top-1, and rebuilds the text artefacts when an experience
+``PromptTuningTemplate`` drives a ``ctta.clip_prompting.episode_tuner.PromptTuner`` inside ``eval()`` (one episode per
+test sample, or continual), reports top-5 accuracy next to top-1, and rebuilds the text artefacts when an experience
 brings other class names. Views normalised with other statistics than the CLIP weights expect (open_clip's
 ``visual.image_mean``/``image_std``, from the weights' pretrained config) are mapped to the weights' statistics.
 """
@@ -12,14 +12,15 @@ from collections.abc import Sequence
 
 import torch
 
-from ctta.backbones.clip_tuner import PromptTuner, PromptTuningConfig
+from ctta.clip_prompting.episode_tuner import PromptTuner, PromptTuningConfig
+from ctta.clip_prompting.model import PromptedCLIP, clip_parts
 from ctta.data.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Stats, clip_image_stats, renormalize
 from ctta.metrics import TopKAccuracy
 from ctta.templates.base import split_arguments
-from ctta.templates.benchmark_info import infer_classnames, origin_benchmark
+from ctta.templates.benchmark_info import benchmark_info, infer_classnames, origin_info
 from ctta.templates.test_time import TestTimeTemplate
 
-__all__ = ["PromptTuningTemplate", "clip_parts"]
+__all__ = ["PromptTuningTemplate"]
 
 _OWN_ARGS = ("config", "classnames", "tokenizer", "tuner", "precision", "view_normalization")
 _PLACEHOLDER_CLASSNAMES = ("object",)  # until the first experience brings the class names
@@ -35,7 +36,8 @@ class PromptTuningTemplate(TestTimeTemplate):
     every sample (the paper's setting); continual mode (``episodic=False``) keeps the context and its AdamW state.
 
     Args (beyond Avalanche's; the config's fields are keyword arguments too):
-        model: an open_clip CLIP model or ctta's ``CLIPBackbone`` (its tokenizer is used).
+        model: an open_clip CLIP model or ctta's ``CLIPBackbone`` (its tokenizer is used), or a trained prompted
+            CLIP (``ctta.clip_prompting.PromptedCLIP``: CoOp, CoCoOp, MaPLe, PromptSRC, ...) to tune at test time.
         config: the method's config dataclass.
         classnames: class names when the benchmark does not carry them.
         tokenizer: text tokenizer (default: the backbone's, else open_clip's ``SimpleTokenizer``, offline).
@@ -74,8 +76,11 @@ class PromptTuningTemplate(TestTimeTemplate):
             if model is None:
                 raise TypeError(f"{type(self).__name__} needs model= (an open_clip CLIP model)")
             self.cfg = self.resolve_config(config, method_kwargs, _OWN_ARGS)
-            clip, tok = clip_parts(model, tokenizer)
-            tuner = self.make_tuner(clip, tok, classnames if classnames else _PLACEHOLDER_CLASSNAMES, self.cfg)
+            if isinstance(model, PromptedCLIP):  # a trained CoOp / CoCoOp / MaPLe / PromptSRC / ... model
+                tuner = self.make_tuner_from(model, self.cfg)
+            else:
+                clip, tok = clip_parts(model, tokenizer)
+                tuner = self.make_tuner(clip, tok, classnames if classnames else _PLACEHOLDER_CLASSNAMES, self.cfg)
         else:
             self.resolve_config(None, method_kwargs, _OWN_ARGS)
             self.cfg = tuner.cfg
@@ -91,6 +96,10 @@ class PromptTuningTemplate(TestTimeTemplate):
     def make_tuner(self, clip_model, tokenizer, classnames: Sequence[str], cfg) -> PromptTuner:
         """The method's ``PromptTuner`` (DiffTPT plugs its view filtration in)."""
         return PromptTuner(clip_model, tokenizer, classnames, cfg)
+
+    def make_tuner_from(self, model: PromptedCLIP, cfg) -> PromptTuner:
+        """The method's ``PromptTuner`` over a trained prompted CLIP (``PromptTuner.from_prompted``)."""
+        return PromptTuner.from_prompted(model, cfg)
 
     def _before_eval_exp(self, **kwargs) -> None:
         names = infer_classnames(self.experience, self.default_classnames)
@@ -119,7 +128,8 @@ class PromptTuningTemplate(TestTimeTemplate):
         """``(mean, std)`` of ``experience``'s views: ``view_normalization``, else its benchmark's, else OpenAI's."""
         if self.view_normalization is not None:
             return self.view_normalization
-        found = _as_stats(getattr(origin_benchmark(experience), "normalization", None))
+        info = origin_info(experience)
+        found = _as_stats(info.normalization) if info is not None else None
         return found or (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
 
     @classmethod
@@ -129,10 +139,10 @@ class PromptTuningTemplate(TestTimeTemplate):
 
     @classmethod
     def benchmark_kwargs(cls, cfg, benchmark) -> dict:
-        names = getattr(benchmark, "classnames", None)
+        names = benchmark_info(benchmark).classnames
         if not names:
-            raise ValueError(f"{cls.__name__} needs a benchmark with class names (benchmark.classnames)")
-        return {"classnames": names}
+            raise ValueError(f"{cls.__name__} needs a benchmark with class names (benchmark.info.classnames)")
+        return {"classnames": list(names)}
 
 
 def _as_stats(value) -> Stats | None:
@@ -140,20 +150,3 @@ def _as_stats(value) -> Stats | None:
         return None
     mean, std = value
     return tuple(float(m) for m in mean), tuple(float(v) for v in std)
-
-
-def clip_parts(model, tokenizer=None):
-    """``(open_clip model, tokenizer)`` from an open_clip CLIP or a wrapper holding one (``CLIPBackbone``).
-
-    The tokenizer is ``tokenizer``, else the wrapper's, else open_clip's ``SimpleTokenizer`` (bundled vocabulary,
-    works offline) at the model's context length.
-    """
-    clip = next((getattr(model, a) for a in ("model", "clip") if hasattr(model, a)), model)
-    if not hasattr(clip, "encode_image") or not hasattr(clip, "encode_text"):
-        raise TypeError(f"expected an open_clip CLIP model (encode_image/encode_text), got {type(model).__name__}")
-    tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
-    if tok is None:
-        import open_clip
-
-        tok = open_clip.SimpleTokenizer(context_length=int(getattr(clip, "context_length", 77) or 77))
-    return clip, tok

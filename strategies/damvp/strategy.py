@@ -25,7 +25,6 @@ experience index.
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any
 
@@ -34,26 +33,18 @@ import torch.nn.functional as F
 from avalanche.benchmarks.scenarios import DatasetExperience
 from avalanche.benchmarks.scenarios.generic_scenario import EagerCLStream
 from avalanche.evaluation.metric_results import MetricValue
-from ctta.strategies.damvp.clustering import cluster_features, collect_features, default_tau
 from ctta.strategies.damvp.config import DAMVPConfig
-from ctta.strategies.damvp.model import (
-    BACKBONE_DEFAULTS,
-    DAMVPModel,
-    DatasetAdapter,
-    Featurizer,
-    load_representation,
-    noise_readout_order,
-    readout_indices,
-)
-from ctta.strategies.damvp.pixel import PadPromptBank, PadPrompter, load_prompter
+from ctta.strategies.damvp.model import BACKBONE_DEFAULTS, DAMVPModel, DatasetAdapter, Featurizer, load_representation
+from ctta.strategies.damvp.pixel import PadPrompter, load_prompter
 from ctta.strategies.damvp.reptile import MetaTask, ReptileMetaTrainer, reptile_update
-from torch import nn
+from ctta.strategies.damvp.routing import BestPrompts, DatasetRouting
 from torch.utils.data import DataLoader
 
 from ctta.backbones.vit import PromptedViT
+from ctta.clip_prompting.model import clip_parts
 from ctta.registry import STRATEGIES
+from ctta.templates.benchmark_info import BenchmarkInfo, benchmark_info
 from ctta.templates.epoch import EpochTemplate
-from ctta.templates.prompt_tuning import clip_parts
 from ctta.utils import autocast
 
 
@@ -126,12 +117,12 @@ class DAMVP(EpochTemplate):
         self._tokenizer, self._input_normalization = tokenizer, input_normalization
         super().__init__(model=model, **kwargs)
         self.adapt_method, self.feature, self.meta_variant, self.meta_lr = _resolve(self.cfg)
-        self.datasets = list(datasets or [])
+        self.routing = DatasetRouting(self.cfg, self.feature, self.adapt_method, datasets, self.device, self.precision)
         self.valid_exps = list(valid_stream) if valid_stream is not None else []
         self.test_exps = list(test_stream) if test_stream is not None else []
         self.history: dict[int, list[dict]] = {}
         self.seen_samples, self.eval_kind, self.eval_x = 0, None, 0
-        self._order: torch.Tensor | None = None  # noise read-out order (computed once)
+        self.best = BestPrompts(self.cfg.snapshot_head_with_best_val)
 
     @property
     def n_classes(self) -> int:
@@ -164,72 +155,16 @@ class DAMVP(EpochTemplate):
     def _dataset_id(self) -> int:
         return int(self.experience.current_experience)
 
-    def _dataset_classes(self, d: int) -> list[int]:
-        if d < len(self.datasets) and self.datasets[d].get("classes") is not None:
-            return sorted(int(c) for c in self.datasets[d]["classes"])
-        classes = getattr(self.experience, "classes_in_this_experience", None)
-        return sorted(int(c) for c in (classes if classes is not None else set(self.experience.dataset.targets)))
-
-    def _tau(self, d: int) -> float:
-        if self.cfg.tau is not None:
-            return float(self.cfg.tau)
-        name = self.datasets[d].get("name") if d < len(self.datasets) else None
-        return default_tau(self.cfg.backbone_key, name)
-
-    def _cluster_loader(self) -> DataLoader:
-        ds = self.experience.dataset
-        if self.cfg.cluster_source == "eval_transform":
-            return DataLoader(ds.eval(), batch_size=self.cfg.batch_size, shuffle=False)
-        return DataLoader(ds.train(), batch_size=self.cfg.batch_size, shuffle=True)
-
     def build_adapter(self, d: int) -> DatasetAdapter:
-        """Clustering, prompts from theta_meta, read-out/head/text for dataset ``d`` (registered in the model)."""
-        if len(self.experience.dataset) == 0:
-            raise ValueError(f"experience {d} has an empty training set: nothing to adapt to")
-        model, classes = self.model, self._dataset_classes(d)
-        text = readout = head = None
-        if self.feature == "clip_logits":
-            names = self.datasets[d].get("classnames") if d < len(self.datasets) else None
-            if not names:
-                raise ValueError("CLIP DAM-VP needs class names (benchmark.dataset_classnames)")
-            text = model.featurizer.text_features(list(names))
-        elif self.adapt_method == "prompt_wo_head":
-            readout = readout_indices(self._noise_order(), len(classes))
-        if self.adapt_method == "prompt_w_head":
-            head = nn.Linear(model.featurizer.dim or len(classes), len(classes))
-        meta = model.meta_prompt  # every prompt starts as a copy of theta_meta (or of its randn init)
-        bank = PadPromptBank(1, *_geometry(meta), init=meta)
-        adapter = DatasetAdapter(bank, torch.zeros(0, 1), classes, readout, head, text).to(self.device)
-        model.adapters[str(d)] = adapter
-        if self.cfg.diversity_adaptive:
-            phi = lambda x: self._phi(x, d)  # noqa: E731
-            feats = collect_features(phi, self._cluster_loader(), self.cfg.max_cluster_samples, self.device)
-            clus = cluster_features(feats, self._tau(d))
-            adapter.prototypes = clus.prototypes.float().to(self.device)
-            adapter.bank = PadPromptBank(clus.n_clusters, *_geometry(meta), init=meta).to(self.device)
-        return adapter
-
-    def _phi(self, x: torch.Tensor, d: int) -> torch.Tensor:
-        with torch.no_grad(), autocast(self.device, self.precision):
-            return self.model.phi(x, d).float()
-
-    def _noise_order(self) -> torch.Tensor:
-        if self._order is None:
-            fz = self.model.featurizer
-            phi = lambda x: self._phi_plain(x)  # noqa: E731
-            self._order = noise_readout_order(phi, fz.image_size, self.cfg.seed, self.cfg.n_noise, 64, self.device)
-        return self._order
-
-    def _phi_plain(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad(), autocast(self.device, self.precision):
-            return self.model.featurizer(x).float()
+        """Dataset ``d``'s adapter for the current experience (``DatasetRouting.build_adapter``)."""
+        return self.routing.build_adapter(self.model, self.experience, d)
 
     # ------------------------------------------------------------------ Avalanche hooks
     def _before_training_exp(self, **kwargs: Any) -> None:
         d = self._dataset_id()
         self.model.to(self.device)
         self.build_adapter(d)
-        self._step, self._best_val, self._best = 0, -math.inf, None
+        self._step, self.best = 0, BestPrompts(self.cfg.snapshot_head_with_best_val)
         self.history[d] = []
         super()._before_training_exp(**kwargs)
         self._total = len(self.dataloader) * self.train_epochs
@@ -296,11 +231,10 @@ class DAMVP(EpochTemplate):
         ad, rec = self.model.adapter(d), {"epoch": epoch, "loss": float(self.loss.detach())}
         if d < len(self.valid_exps):
             rec["val_acc"] = self.accuracy(self.valid_exps[d].dataset, d)
-            if rec["val_acc"] > self._best_val:  # strictly better -> deep-copy the prompts (and head if asked)
-                self._best_val, self._best = rec["val_acc"], self._snapshot(ad)
+            self.best.offer(ad, rec["val_acc"])  # strictly better -> deep-copy the prompts (and head if asked)
         every = self.cfg.test_every_epochs
         if every > 0 and epoch > 0 and (epoch + 1) % every == 0 and d < len(self.test_exps):
-            rec["test_acc"] = self._test_best(ad, d)
+            rec["test_acc"] = self.best.evaluate_best(ad, lambda: self.accuracy(self.test_exps[d].dataset, d))
         self.history[d].append(rec)
         self._publish(rec, d)
         super()._after_training_epoch(**kwargs)
@@ -319,35 +253,10 @@ class DAMVP(EpochTemplate):
                 stream = _stream_name(exps[d])
                 ev.publish_metric_value(MetricValue(self, f"{metric}/train_phase/{stream}/Exp{d:03d}", rec[key], x))
 
-    def _snapshot(self, ad: DatasetAdapter) -> dict:
-        snap = {"bank": copy.deepcopy(ad.bank.state_dict())}
-        if self.cfg.snapshot_head_with_best_val and ad.head is not None:
-            snap["head"] = copy.deepcopy(ad.head.state_dict())
-        return snap
-
-    def _test_best(self, ad: DatasetAdapter, d: int) -> float:
-        """Test accuracy of the best-val prompts with the current head (reference), training state restored."""
-        if self._best is None:
-            return self.accuracy(self.test_exps[d].dataset, d)
-        current = {"bank": copy.deepcopy(ad.bank.state_dict())}
-        if ad.head is not None:
-            current["head"] = copy.deepcopy(ad.head.state_dict())
-        self._load(ad, self._best)
-        acc = self.accuracy(self.test_exps[d].dataset, d)
-        self._load(ad, current)
-        return acc
-
-    @staticmethod
-    def _load(ad: DatasetAdapter, snap: dict) -> None:
-        ad.bank.load_state_dict(snap["bank"])
-        if "head" in snap and ad.head is not None:
-            ad.head.load_state_dict(snap["head"])
-
     def _after_training_exp(self, **kwargs: Any) -> None:
         d = self._dataset_id()
         ad = self.model.adapter(d)
-        if self._best is not None:
-            self._load(ad, self._best)  # best-val prompts (+ head if snapshotted), current head otherwise
+        self.best.restore(ad)  # best-val prompts (+ head if snapshotted), current head otherwise
         if self.cfg.stream_meta_update:  # bootstrap theta_meta across datasets (Reptile toward this dataset)
             reptile_update(self.model.meta_prompt, [ad.bank], self.cfg.stream_meta_step_size)
         ad.requires_grad_(False)  # a finished dataset's prompts/head are kept frozen (still evaluable)
@@ -373,7 +282,7 @@ class DAMVP(EpochTemplate):
     def eval_after_experience(self, bench, i: int) -> dict:
         """Task-end evaluation on the test images of every dataset trained so far (one pooled experience)."""
         classes = torch.cat([a.classes.cpu() for a in self.model.adapters.values()])
-        test = getattr(bench, "test_dataset", None)
+        test = benchmark_info(bench).test_dataset
         if test is None:
             return self.eval(bench.test_stream)
         idx = torch.isin(torch.as_tensor(list(test.targets)), classes).nonzero().flatten().tolist()
@@ -421,12 +330,13 @@ class DAMVP(EpochTemplate):
     @classmethod
     def benchmark_kwargs(cls, cfg: DAMVPConfig, benchmark) -> dict:
         """ctta's transfer benchmark: class count, per-dataset info, validation and test streams."""
+        info = benchmark_info(benchmark)
         return {
-            "num_classes": benchmark.n_classes,
-            "datasets": _dataset_info(benchmark),
+            "num_classes": info.n_classes,
+            "datasets": _dataset_info(info),
             "valid_stream": getattr(benchmark, "valid_stream", None),
             "test_stream": getattr(benchmark, "test_stream", None),
-            "input_normalization": getattr(benchmark, "normalization", None),  # the scenario's mean/std
+            "input_normalization": info.normalization,  # the scenario's mean/std
         }
 
 
@@ -463,10 +373,6 @@ def _local_labels(y: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     return pos
 
 
-def _geometry(p: PadPrompter) -> tuple[int, int, int]:
-    return p.image_size, p.pad_width, p.channels
-
-
 def _initial_meta_prompt(cfg: DAMVPConfig, image_size: int) -> PadPrompter:
     if cfg.meta_prompt_path:
         meta = load_prompter(cfg.meta_prompt_path)
@@ -479,10 +385,12 @@ def _initial_meta_prompt(cfg: DAMVPConfig, image_size: int) -> PadPrompter:
     return PadPrompter(image_size, cfg.pad_width, generator=torch.Generator().manual_seed(cfg.seed))
 
 
-def _dataset_info(bench) -> list[dict]:
-    classes = getattr(bench, "dataset_classes", None)
-    if classes is None:
+def _dataset_info(info: BenchmarkInfo) -> list[dict]:
+    """Name, label ids and class names of each dataset of a transfer stream (none for other benchmarks)."""
+    if info.dataset_names is None:
         return []
-    names = getattr(bench, "dataset_names", None) or [None] * len(classes)
-    cnames = getattr(bench, "dataset_classnames", None) or [None] * len(classes)
-    return [{"name": n, "classes": c, "classnames": cn} for n, c, cn in zip(names, classes, cnames)]
+    cnames = info.experience_classnames or [None] * len(info.dataset_names)
+    return [
+        {"name": n, "classes": list(c), "classnames": list(cn) if cn is not None else None}
+        for n, c, cn in zip(info.dataset_names, info.task_classes, cnames)
+    ]

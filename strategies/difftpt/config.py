@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from ctta.strategies.difftpt.diffusion import DiffusionConfig
 
-from ctta.backbones.clip_tuner import PromptTuningConfig
+from ctta.clip_prompting.episode_tuner import PromptTuningConfig
 
 
 @dataclass(frozen=True)

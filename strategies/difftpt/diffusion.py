@@ -128,6 +128,7 @@ def tiny_image_variation_pipeline(seed: int = 0, sample_size: int = 8, image_siz
     CLIP vision tower (``image_size`` px, projection 16), a PNDM scheduler and a ``CLIPImageProcessor``; outputs
     ``2 * sample_size`` px images. Initialisation does not touch the global RNG state.
     """
+    _diffusers()
     from diffusers import (
         AutoencoderKL,
         PNDMScheduler,
@@ -180,7 +181,7 @@ def load_pipeline(cfg: DiffusionConfig, device: torch.device | str = "cpu"):
 
 
 def _from_pretrained(cfg: DiffusionConfig, dtype: torch.dtype):
-    from diffusers import StableDiffusionImageVariationPipeline as Pipeline
+    Pipeline = _diffusers().StableDiffusionImageVariationPipeline
     from diffusers.utils import deprecation_utils
 
     dtype_kw = "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"  # renamed in 0.4x
@@ -403,3 +404,11 @@ class DiffusionViews:
     def flush(self) -> dict:
         """Write the cache manifest (rebuilt from its entry files)."""
         return self.cache.flush()
+
+
+def _diffusers():
+    """diffusers, or an error naming ``pip install 'ctta[diffusion]'`` when the extra is not installed."""
+    from ctta.extras import require
+
+    require("transformers", "diffusion", "DiffTPT's diffusion views")
+    return require("diffusers", "diffusion", "DiffTPT's diffusion views")

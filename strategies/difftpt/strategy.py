@@ -38,7 +38,7 @@ import torch
 from ctta.strategies.difftpt.config import DiffTPTConfig
 from ctta.strategies.difftpt.diffusion import DiffusionViews
 
-from ctta.backbones.clip_tuner import PromptTuner
+from ctta.clip_prompting.episode_tuner import PromptTuner
 from ctta.data.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Stats, renormalize
 from ctta.losses import confident_indices, cosine_keep_indices, gather_views
 from ctta.registry import STRATEGIES
@@ -147,6 +147,9 @@ class DiffTPT(PromptTuningTemplate):
 
     def make_tuner(self, clip_model, tokenizer, classnames, cfg) -> PromptTuner:
         return make_tuner(clip_model, tokenizer, classnames, cfg)
+
+    def make_tuner_from(self, model, cfg) -> PromptTuner:
+        return PromptTuner.from_prompted(model, cfg, select_fn=make_select_fn(cfg))
 
     @property
     def n_diffusion(self) -> int:

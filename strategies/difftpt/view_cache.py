@@ -293,7 +293,6 @@ class ViewCache:
         self.flush_every_s = flush_every_s
         self.lock_timeout_s, self.lock_stale_s = float(lock_timeout_s), float(lock_stale_s)
         self._last_flush = time.monotonic()
-        self._dirty = False
         self._open()
 
     # ----------------------------------------------------------------- layout
@@ -459,7 +458,6 @@ class ViewCache:
             "files": dict(sorted(files.items(), key=lambda kv: int(kv[0]))), "provenance": dict(provenance or {}),
         }  # fmt: skip
         atomic_write(self.entry_path(key), _dumps(record))
-        self._dirty = True
         if time.monotonic() - self._last_flush > self.flush_every_s:
             self.flush()
         return decoded
@@ -498,7 +496,6 @@ class ViewCache:
         with self._lock("manifest"):
             manifest = self.rebuild_manifest()
             atomic_write(self.manifest_path, _dumps(manifest))
-        self._dirty = False
         self._last_flush = time.monotonic()
         return manifest
 

@@ -20,6 +20,10 @@ Two computations of the same function:
   ``BatchedAdamW`` (elementwise, so each slice equals its own optimiser); the shared loss scaler's (sample, step)
   events forecast in stream order, samples after an overflow recomputed at the new scale.
 
+A trained prompted CLIP handed over as an object (``PromptTuner.from_prompted``): a shared CoOp context (CoOp, PRE)
+runs on the engine above; other methods (CoCoOp, MaPLe with its deep prompts, PromptSRC, ATPrompt) have every
+trainable parameter tuned through the model's own forward (the straightforward loop, one sample at a time).
+
 Deviations from the reference code: selection sorts entropies stably; ``grad_scaler="auto"`` = the shared scaler
 under fp16 only (the reference's ``torch.cuda.amp.GradScaler`` is disabled on CPU); ``tta_steps=0`` gives the
 zero-shot CLIP prediction of view 0.
@@ -28,118 +32,18 @@ zero-shot CLIP prediction of view 0.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ctta.backbones.clip import PromptedTextEncoder
-from ctta.backbones.clip_tuning import BatchedAdamW, LossScaler, jacobian_bytes, text_jacobian
+from ctta.clip_prompting.episode_config import PromptTuningConfig
+from ctta.clip_prompting.episode_model import TPTModel, TunedContext, load_coop_ctx, load_prompts, trainable_state
+from ctta.clip_prompting.episode_optim import BatchedAdamW, LossScaler, jacobian_bytes, text_jacobian
 from ctta.losses import avg_entropy, confident_indices, gather_views
 
 __all__ = ["PromptTuner", "PromptTuningConfig", "TPTModel", "SelectFn"]
 
 SelectFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits (B,N,C), feats (B,N,E)) -> (B, k)
-
-
-@dataclass(frozen=True)
-class PromptTuningConfig:
-    """Settings of the prompt-tuning engine (TPT, DiffTPT); defaults are TPT's reference values (azshue/TPT@63ecbace).
-
-    Attributes:
-        ctx_init: initial context phrase (its word count sets ``n_ctx``); "" = ``n_ctx`` random vectors.
-        n_ctx: context length for random init.
-        lr, weight_decay, betas, eps: AdamW, reset per sample.
-        tta_steps: optimiser steps per sample (0 = zero-shot CLIP on view 0 with the hand-written prompt).
-        selection_p: fraction of lowest-entropy views kept (64 views -> 6).
-        amp: ``auto`` (fp16 autocast on CUDA, fp32 on CPU) | ``fp16`` | ``bf16`` | ``off``.
-        grad_scaler: ``auto`` (``shared`` under fp16, else ``none``) | ``shared`` | ``fixed`` | ``none``.
-        init_scale: initial loss scale (1000 as the reference).
-        episodic: reset the context after every sample (False = continual TTA, a ctta extension).
-        init: ``text`` (from ``ctx_init``) or ``coop:<path>`` (a CoOp checkpoint's ``ctx``).
-        fast: False runs the straightforward reference computation (all switches below ignored).
-        text_truncation: ``bucket`` | ``longest`` | ``none``; n_buckets: maximum length buckets.
-        shared_prefix: encode SOS + context once per context instead of once per class (exact).
-        cache_view_features: encode the views once per sample.
-        step1_graph: at step 1 back-propagate through one retained text forward at ``ctx0`` shared by all samples.
-        text_grad: ``auto`` | ``backward`` | ``jacobian`` (1 step, episodic only; ``auto`` uses it when the
-            expected number of samples exceeds ``jacobian_min_ratio`` x E and J fits ``jacobian_max_gb``).
-        episode_batch: samples tuned together (stacked contexts); also the strategy's eval mini-batch size.
-        log_selected: keep the selected view indices of every sample (``TPT.selected``).
-    """
-
-    ctx_init: str = "a photo of a"
-    n_ctx: int = 4
-    lr: float = 5e-3
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    tta_steps: int = 1
-    selection_p: float = 0.1
-    amp: str = "auto"
-    grad_scaler: str = "auto"
-    init_scale: float = 1000.0
-    episodic: bool = True
-    init: str = "text"
-    fast: bool = True
-    text_truncation: str = "bucket"
-    n_buckets: int = 4
-    shared_prefix: bool = True
-    cache_view_features: bool = True
-    step1_graph: bool = True
-    text_grad: str = "auto"
-    jacobian_max_gb: float = 4.0
-    jacobian_min_ratio: float = 2.0
-    episode_batch: int = 1
-    log_selected: bool = False
-
-    def __post_init__(self) -> None:
-        checks = {
-            "amp": (self.amp, ("auto", "fp16", "bf16", "off")),
-            "grad_scaler": (self.grad_scaler, ("auto", "shared", "fixed", "none")),
-            "text_truncation": (self.text_truncation, ("bucket", "longest", "none")),
-            "text_grad": (self.text_grad, ("auto", "backward", "jacobian")),
-        }
-        for key, (val, valid) in checks.items():
-            if val not in valid:
-                raise ValueError(f"{type(self).__name__}.{key}={val!r}; valid: {list(valid)}")
-        if self.tta_steps < 0 or self.episode_batch < 1 or self.n_buckets < 1:
-            raise ValueError("need tta_steps >= 0 (0 = zero-shot CLIP), episode_batch >= 1 and n_buckets >= 1")
-        if not (self.init == "text" or self.init.startswith("coop:")):
-            raise ValueError(
-                f"{type(self).__name__}.init={self.init!r}; valid: 'text' or 'coop:<path to CoOp checkpoint>'"
-            )
-        if self.text_grad == "jacobian" and (self.tta_steps != 1 or not self.episodic):
-            raise ValueError("text_grad='jacobian' needs tta_steps=1 and episodic=True (J is taken at ctx0)")
-
-
-class TPTModel(nn.Module):
-    """The frozen CLIP plus the prompted text encoder (its ``text.ctx`` is the only trainable parameter)."""
-
-    def __init__(self, clip_model: nn.Module, text: PromptedTextEncoder) -> None:
-        super().__init__()
-        self.clip = clip_model
-        self.text = text
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.clip.eval()
-        return self
-
-
-def _load_coop_ctx(path: str) -> torch.Tensor:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"CoOp checkpoint not found: {path}. Download CoOp's released 16-shot ImageNet prompt (KaiyangZhou/CoOp, "
-            f"e.g. prompt_learner/model.pth.tar-50) and set strategy.init=coop:/path/to/it"
-        ) from None
-    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else {}
-    ctx = state.get("ctx", state.get("prompt_learner.ctx"))
-    if ctx is None:
-        raise KeyError(f"{path}: no 'ctx' entry in the checkpoint's state_dict (keys: {list(state)[:10]})")
-    return ctx.float()
 
 
 class PromptTuner:
@@ -168,27 +72,52 @@ class PromptTuner:
         if config is None:
             raise TypeError("PromptTuner needs a config, e.g. ctta.strategies.tpt.TPTConfig()")
         self.cfg = cfg = config
-        trunc = cfg.text_truncation if cfg.fast else "none"
-        text = PromptedTextEncoder(
-            clip_model,
-            tokenizer,
-            classnames,
-            cfg.n_ctx,
-            cfg.ctx_init,
-            bucket=trunc == "bucket",
-            truncate=trunc != "none",
-            n_buckets=cfg.n_buckets,
-            shared_prefix=cfg.fast and cfg.shared_prefix and trunc != "none",
-            generator=generator,
+        if cfg.init.startswith("prompts:"):
+            raise ValueError("init='prompts:<path>' needs a prompted model: PromptTuner.from_prompted(model, config)")
+        text = TunedContext.from_words(
+            clip_model, tokenizer, classnames, cfg.ctx_init, cfg.n_ctx, generator=generator, **_text_options(cfg)
         )
         if cfg.init.startswith("coop:"):
-            ctx = _load_coop_ctx(cfg.init[5:])
+            ctx = load_coop_ctx(cfg.init[5:])
             if ctx.shape != text.ctx.shape:
                 raise ValueError(f"CoOp ctx has shape {tuple(ctx.shape)}, the encoder expects {tuple(text.ctx.shape)}")
             with torch.no_grad():
                 text.ctx.copy_(ctx)
                 text.ctx0.copy_(ctx)
-        self.model = TPTModel(clip_model, text)
+        self._setup(TPTModel(clip_model, text), None, select_fn)
+
+    @classmethod
+    def from_prompted(cls, model: nn.Module, config, *, select_fn: SelectFn | None = None) -> PromptTuner:
+        """Test-time tuning of a trained prompted CLIP (``ctta.clip_prompting.PromptedCLIP``: CoOp, CoCoOp, MaPLe,
+        PromptSRC, PRE, ATPrompt models) handed over as an object.
+
+        A model whose prediction is CLIP with a shared CoOp context (``model.text_context()``; CoOp, PRE) gets the
+        exact fast engine on that context, as from a CoOp checkpoint. Any other model (CoCoOp's meta-net, MaPLe's
+        and PromptSRC's deep and vision prompts, ATPrompt's attribute tokens) is tuned through its own forward:
+        every trainable parameter is reset per episode and updated by AdamW on the marginal entropy (the
+        straightforward loop; ``fast``-path switches do not apply). ``config.init="prompts:<path>"`` first loads
+        a ``save_prompts`` file into ``model``.
+        """
+        if config is None:
+            raise TypeError("PromptTuner.from_prompted needs a config, e.g. ctta.strategies.tpt.TPTConfig()")
+        if config.init.startswith("coop:"):
+            raise ValueError("init='coop:<path>' starts a plain CLIP's context; a prompted model brings its own")
+        if config.init.startswith("prompts:"):
+            load_prompts(model, config.init[len("prompts:") :])
+        tuner = cls.__new__(cls)
+        tuner.cfg = config
+        ctx = _shared_context(model)
+        if ctx is not None:
+            text = TunedContext(model.clip, model.tokenizer, model.classnames, ctx, **_text_options(config))
+            tuner._setup(TPTModel(model.clip, text), None, select_fn)
+        else:
+            tuner._setup(model, model, select_fn)
+        return tuner
+
+    def _setup(self, model: nn.Module, prompted: nn.Module | None, select_fn: SelectFn | None) -> None:
+        cfg = self.cfg
+        self.model, self.prompted = model, prompted
+        self._start = trainable_state(prompted) if prompted is not None else None
         self.select_fn = select_fn or (lambda logits, feats: confident_indices(logits, cfg.selection_p))
         self.scaler: LossScaler | None = None
         self._opt: BatchedAdamW | torch.optim.Optimizer | None = None  # continual-mode optimiser
@@ -200,7 +129,8 @@ class PromptTuner:
 
     # ------------------------------------------------------------------ set-up
     @property
-    def text(self) -> PromptedTextEncoder:
+    def text(self) -> TunedContext:
+        """The tuned context (``.ctx``, ``.ctx0``) over ``PromptedText``; a tuned prompted model's ``PromptedText``."""
         return self.model.text
 
     @property
@@ -209,16 +139,16 @@ class PromptTuner:
 
     @property
     def device(self) -> torch.device:
-        return self.text.ctx.device
+        return self.clip.logit_scale.device
 
     @property
     def classnames(self) -> list[str]:
-        return self.text.classnames
+        return list(self.model.classnames if self.prompted is not None else self.text.classnames)
 
     def set_classnames(self, classnames: Sequence[str]) -> None:
         """Change the label space; text artefacts (``T0``, graph, Jacobian) are rebuilt lazily."""
-        if list(classnames) != self.text.classnames:
-            self.text.set_classnames(classnames)
+        if list(classnames) != self.classnames:
+            (self.prompted or self.text).set_classnames(classnames)
             self._art = {}
 
     def plan(self, n_samples: int) -> None:
@@ -226,9 +156,14 @@ class PromptTuner:
         self.expected_samples = int(n_samples)
 
     def reset(self) -> None:
-        """Restore the initial context and drop the (continual-mode) optimiser state."""
+        """Restore the initial context (a prompted model's initial prompts) and drop the continual optimiser state."""
         with torch.no_grad():
-            self.text.ctx.copy_(self.text.ctx0)
+            if self.prompted is None:
+                self.text.ctx.copy_(self.text.ctx0)
+            else:
+                for name, p in self.prompted.named_parameters():
+                    if name in self._start:
+                        p.copy_(self._start[name])
         self._opt = None
 
     def amp_dtype(self) -> torch.dtype | None:
@@ -290,6 +225,8 @@ class PromptTuner:
         return out
 
     def _predict_all(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.prompted is not None:
+            return torch.stack([self._predict_prompted(v) for v in batch])
         if not self.cfg.fast:
             return torch.stack([self._predict_straightforward(v) for v in batch])
         size = self.cfg.episode_batch if self.cfg.episodic else 1
@@ -326,6 +263,38 @@ class PromptTuner:
         self._log_selected(sel[None] if sel is not None else torch.zeros(1, 0, dtype=torch.long), ctx[None])
         with torch.no_grad(), self._autocast():
             out = self._logits(self.encode_views(views[:1]), self._text())[0].float()
+        if cfg.episodic:
+            self.reset()
+        return out
+
+    # ------------------------------------------------------------------ a prompted model, through its forward
+    def _predict_prompted(self, views: torch.Tensor) -> torch.Tensor:
+        """One episode of a prompted model (``from_prompted``): its trainable parameters tuned on its own logits."""
+        cfg, model, scaler = self.cfg, self.prompted, self._scaler()
+        params = [p for p in model.parameters() if p.requires_grad]
+        if cfg.episodic or self._opt is None:
+            hyper = {"lr": cfg.lr, "betas": cfg.betas, "eps": cfg.eps, "weight_decay": cfg.weight_decay}
+            self._opt = torch.optim.AdamW(params, **hyper)
+        sel = None
+        for _ in range(cfg.tta_steps):
+            with torch.enable_grad(), self._autocast():
+                logits = model(views).float()  # (N, C)
+                if sel is None:
+                    sel = self.select_fn(logits.detach()[None], self.encode_views(views)[None])[0]
+                loss = avg_entropy(logits[sel])
+            self._opt.zero_grad()
+            (loss * scaler.scale).backward()
+            grads = [p.grad for p in params if p.grad is not None]
+            for g in grads:
+                g.div_(scaler.scale)
+            found_inf = scaler.skips and not all(bool(torch.isfinite(g).all()) for g in grads)
+            if not found_inf:
+                self._opt.step()
+            scaler.update(found_inf)
+        flat = torch.cat([p.detach().flatten() for p in params])[None]  # (1, P) the tuned prompt parameters
+        self._log_selected(sel[None] if sel is not None else torch.zeros(1, 0, dtype=torch.long), flat)
+        with torch.no_grad(), self._autocast():
+            out = model(views[:1])[0].float()
         if cfg.episodic:
             self.reset()
         return out
@@ -462,3 +431,23 @@ class PromptTuner:
             self._opt = BatchedAdamW(ctx, cfg.lr, cfg.betas, cfg.eps, cfg.weight_decay)
         self._opt.param = ctx
         return ctx, self._opt
+
+
+def _text_options(cfg) -> dict:
+    """``TunedContext`` speed-up switches for ``cfg`` (the straightforward path: 77 tokens, no shared prefix)."""
+    trunc = cfg.text_truncation if cfg.fast else "none"
+    return {
+        "truncate": trunc != "none",
+        "n_buckets": cfg.n_buckets if trunc == "bucket" else 1,
+        "shared_prefix": cfg.fast and cfg.shared_prefix and trunc != "none",
+    }
+
+
+def _shared_context(model: nn.Module) -> torch.Tensor | None:
+    """The shared CoOp context of a prompted CLIP whose prediction is CLIP with that context, else None."""
+    if not getattr(model, "context_is_the_prompt", True):
+        return None
+    try:
+        return model.text_context().detach()
+    except (TypeError, AttributeError):
+        return None

@@ -29,16 +29,16 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from ctta.strategies.promptsrc.averaging import GaussianEpochAverage
+from ctta.strategies.promptsrc.losses import promptsrc_consistency
+from ctta.strategies.promptsrc.templates import PROMPTSRC_TEMPLATES
 from torch import nn
 
-from ctta.clip_prompting.averaging import GaussianEpochAverage
 from ctta.clip_prompting.model import PromptedCLIP
-from ctta.clip_prompting.prompt_templates import PROMPTSRC_TEMPLATES
 from ctta.clip_prompting.teacher import HAND_CRAFTED, FrozenCLIPTeacher
 from ctta.clip_prompting.template import PromptLearnerConfig, PromptLearnerTemplate
 from ctta.clip_prompting.text import context_init
 from ctta.clip_prompting.vision import encode_image, vision_width
-from ctta.losses import promptsrc_consistency
 from ctta.registry import STRATEGIES
 
 __all__ = ["PromptSRC", "PromptSRCConfig", "PromptSRCModel"]
@@ -70,6 +70,8 @@ def _normal(n: int, d: int) -> nn.Parameter:
 class PromptSRCModel(PromptedCLIP):
     """Frozen CLIP + independent text (``ctx``, ``deep_text``) and vision (``vpt``, ``deep_vision``) prompts, and a
     frozen-CLIP ``teacher``. In training mode ``forward`` also keeps the normalised features in ``self.features``."""
+
+    context_is_the_prompt = False  # TPT tunes the deep text and vision prompts too
 
     def __init__(self, clip_model, tokenizer, classnames, cfg: PromptSRCConfig = PromptSRCConfig()) -> None:
         if cfg.teacher_templates not in TEACHER_TEMPLATES:
