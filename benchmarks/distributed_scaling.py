@@ -11,7 +11,8 @@ Usage::
 
     python benchmarks/distributed_scaling.py                       # MVP smoke config, 2 CPU processes
     python benchmarks/distributed_scaling.py --config configs/smoke/tpt_digits.yaml --set scenario.max_samples=64
-    python benchmarks/distributed_scaling.py --nproc 4 --device cuda --config configs/mvp_siblurry_cifar100.yaml
+    python benchmarks/distributed_scaling.py --nproc 4 --device cuda --config configs/mvp_siblurry.yaml \
+        --set scenario.dataset=cifar100
 """
 
 from __future__ import annotations

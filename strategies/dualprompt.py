@@ -15,7 +15,7 @@ embedding) added to every prompt token. Init U(-1, 1). Feature = CLS after the f
 
 Official behaviour reproduced: the ER trainer's CutMix (p=0.5, alpha 1) on top of the batch-shared AutoAugment
 (``cutmix_prob=0`` disables it); replay memory 0 for CIFAR-100 but 2000 for Tiny-ImageNet and ImageNet-R in the
-official scripts (set per dataset in ``configs/dualprompt_siblurry_*.yaml``, flagged there).
+official scripts (set per dataset in ``configs/dualprompt_siblurry.yaml``'s ``_datasets_``, flagged there).
 
 Deviations: the reference's G-prompt is a 1-entry pool whose key is never used; here it is a plain parameter
 (768 fewer trainable parameters, same function). No prefix-tuning variant (unused by the published runs).

@@ -74,7 +74,8 @@ def test_missing_dataset_is_reported_without_traceback(tmp_path, capsys):
     rc = main(
         [
             "run",
-            str(ROOT / "configs" / "mvp_siblurry_cifar100.yaml"),
+            str(ROOT / "configs" / "mvp_siblurry.yaml"),
+            "scenario.dataset=cifar100",
             f"scenario.root={tmp_path}",
             f"log.out_dir={tmp_path}/out",
             "backbone.pretrained=false",

@@ -1,20 +1,32 @@
-"""Config files: ``_base_`` inheritance (nested merge, child wins, errors name the file) and every shipped config."""
+"""Config files: ``_base_`` inheritance (nested merge, child wins, errors name the file), method+protocol files
+composed with a dataset on the command line (``_datasets_``), the derived output folder, and every shipped config."""
 
+import re
+import subprocess
+import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import yaml
 
+from ctta.runner.compose import DATASETS_KEY, default_out_dir
 from ctta.runner.config import ConfigError, dump_config, load_config, read_yaml, to_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if "_base" not in p.parts)
+# every shipped config, once per dataset it lists under _datasets_ (None: it takes no dataset)
+CASES = [(p, d) for p in CONFIGS for d in (sorted(read_yaml(p).get(DATASETS_KEY) or {}) or [None])]
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
-def test_every_shipped_config_loads(path):
-    cfg = load_config(path)
+@pytest.mark.parametrize(
+    ("path", "dataset"), CASES, ids=[f"{p.relative_to(ROOT / 'configs')}:{d or '-'}" for p, d in CASES]
+)
+def test_every_shipped_config_loads(path, dataset):
+    cfg = load_config(path, [f"scenario.dataset={dataset}"] if dataset else [])
     assert cfg.strategy.name and cfg.scenario.name and cfg.backbone.name
+    if dataset:
+        assert cfg.scenario.params.dataset == dataset
 
 
 # What three of the former near-copies held, verbatim (commit 2af43a8); the base files must rebuild them exactly.
@@ -57,11 +69,74 @@ log: {out_dir: runs/difftpt_dtd}
 """
 
 
+def _values(cfg) -> dict:
+    d = to_dict(cfg)
+    d["log"].pop("out_dir")
+    return d
+
+
 @pytest.mark.parametrize(
-    ("name", "old"), [("tpt_dtd", OLD_TPT_DTD), ("zeroshot_dtd", OLD_ZEROSHOT_DTD), ("difftpt_dtd", OLD_DIFFTPT_DTD)]
+    ("name", "old"), [("tpt", OLD_TPT_DTD), ("zeroshot", OLD_ZEROSHOT_DTD), ("difftpt", OLD_DIFFTPT_DTD)]
 )
-def test_base_configs_rebuild_the_former_copies(name, old):
-    assert read_yaml(ROOT / "configs" / f"{name}.yaml") == yaml.safe_load(old)
+def test_method_files_rebuild_the_former_copies(name, old):
+    new = load_config(ROOT / "configs" / f"{name}.yaml", ["scenario.dataset=dtd"])
+    assert _values(new) == _values(load_config(yaml.safe_load(old)))
+    assert new.log.out_dir == f"runs/{name}/dtd/seed0"  # derived: the former copies named runs/{name}_dtd
+
+
+def test_a_method_file_without_its_dataset_names_scenario_dataset_and_the_valid_values():
+    with pytest.raises(ConfigError, match=r"tpt\.yaml needs a dataset.*scenario\.dataset=NAME.*valid values: "
+                                          r"aircraft, caltech101, cars, dtd, .*, ucf101$"):  # fmt: skip
+        load_config(ROOT / "configs" / "tpt.yaml")
+    with pytest.raises(ConfigError, match=r"scenario\.dataset: 'cifar10' is not a dataset of .*tpt_coop\.yaml; "
+                                          r"valid values: imagenet, imagenet_a, imagenet_r, imagenet_sketch, "
+                                          r"imagenet_v2"):  # fmt: skip
+        load_config(ROOT / "configs" / "tpt_coop.yaml", ["scenario.dataset=cifar10"])
+
+
+def test_a_datasets_own_settings_apply_and_the_command_line_wins():
+    path = ROOT / "configs" / "dualprompt_siblurry.yaml"
+    assert load_config(path, ["scenario.dataset=cifar100"]).strategy.params.memory_size == 0
+    r = load_config(path, ["scenario.dataset=imagenet_r"])
+    assert (r.strategy.params.memory_size, r.scenario.params.imagenet_r_test_center_crop) == (2000, False)
+    assert load_config(path, ["scenario.dataset=imagenet_r", "strategy.memory_size=0"]).strategy.params.memory_size == 0
+
+
+def test_datasets_lists_merge_through_bases_and_bad_values_raise(tmp_path):
+    _write(tmp_path / "b.yaml", "_datasets_: {a: {}, b: {seed: 3}}\nscenario: {name: si_blurry}\n")
+    child = _write(tmp_path / "c.yaml", "_base_: b.yaml\n_datasets_: {b: {seed: 5}, c: {}}\n")
+    assert read_yaml(child)["_datasets_"] == {"a": {}, "b": {"seed": 5}, "c": {}}
+    with pytest.raises(ConfigError, match=r"c\.yaml needs a dataset.*valid values: a, b, c$"):
+        load_config(child)
+    with pytest.raises(ConfigError, match="_datasets_ must map each dataset name to its own settings"):
+        load_config(_write(tmp_path / "bad.yaml", "_datasets_: [a, b]\n"), ["scenario.dataset=a"])
+
+
+def test_out_dir_is_derived_from_the_run_unless_set(tmp_path):
+    path = ROOT / "configs" / "fewshot" / "coop_b2n.yaml"
+    assert load_config(path, ["scenario.dataset=dtd", "seed=3"]).log.out_dir == "runs/coop_b2n/dtd/seed3"
+    assert load_config(path, ["scenario.dataset=dtd", "log.out_dir=x/y"]).log.out_dir == "x/y"
+    kept = ROOT / "configs" / "fewshot" / "coop_xd.yaml"  # a fixed run may name its folder
+    assert load_config(kept).log.out_dir == "runs/fewshot/coop_xd_imagenet"
+    mapping = {"scenario": {"name": "si_blurry", "dataset": "digits"}, "backbone": {"name": "vit"},
+               "strategy": {"name": "vpt"}, "seed": 2}  # fmt: skip
+    assert load_config(mapping).log.out_dir == "runs/vpt/digits/seed2"  # no file: the strategy's name
+    stream = load_config(ROOT / "configs" / "damvp_vitb1k_stream.yaml")
+    params = replace(stream.scenario.params, datasets=("a", "b"))
+    stream = replace(stream, scenario=replace(stream.scenario, params=params))
+    assert default_out_dir(stream, "s") == "runs/s/a+b/seed2023"  # a stream of datasets: joined
+
+
+@pytest.mark.slow
+def test_every_former_leaf_config_resolves_identically_through_its_method_file():
+    """benchmarks/config_equivalence.py against the commit before configs were composed (163 former leaves)."""
+    rev = "9e51bd9"
+    if subprocess.run(["git", "cat-file", "-e", f"{rev}^{{commit}}"], cwd=ROOT, capture_output=True).returncode:
+        pytest.skip(f"git history without {rev}")
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "config_equivalence.py"), "--rev", rev],
+                         cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.startswith("163 of 163 former leaf configs resolve identically")
 
 
 def _write(path: Path, text: str) -> Path:
@@ -115,7 +190,7 @@ def test_bad_base_value_and_yaml_syntax_error_name_the_file(tmp_path):
 
 
 def test_resolved_config_is_written_and_reloads_identically(tmp_path):
-    cfg = load_config(ROOT / "configs" / "tpt_dtd.yaml", ["scenario.n_views=8"])
+    cfg = load_config(ROOT / "configs" / "tpt.yaml", ["scenario.dataset=dtd", "scenario.n_views=8"])
     dump_config(cfg, tmp_path / "config.yaml")
     text = (tmp_path / "config.yaml").read_text()
     assert "_base_" not in text and "n_views: 8" in text
@@ -123,7 +198,21 @@ def test_resolved_config_is_written_and_reloads_identically(tmp_path):
 
 
 def test_fixed_length_tuple_values_convert_item_by_item():
-    cfg = load_config(ROOT / "configs" / "tpt_dtd.yaml", ["strategy.betas=[0.8, '0.99']"])
+    cfg = load_config(ROOT / "configs" / "tpt.yaml", ["scenario.dataset=dtd", "strategy.betas=[0.8, '0.99']"])
     assert cfg.strategy.params.betas == (0.8, 0.99)  # was (float, float): the classes, not the values
     with pytest.raises(ConfigError, match=r"strategy.betas: expected 2 items"):
-        load_config(ROOT / "configs" / "tpt_dtd.yaml", ["strategy.betas=[0.8]"])
+        load_config(ROOT / "configs" / "tpt.yaml", ["scenario.dataset=dtd", "strategy.betas=[0.8]"])
+
+
+def _readme_runs() -> list[tuple[str, list[str]]]:
+    text = (ROOT / "README.md").read_text()
+    runs = []
+    for m in re.finditer(r"ctta run (configs/\S+\.yaml)((?: [\w.]+=[^\s`]+)*)", text):
+        runs.append((m.group(1), m.group(2).split()))
+    return runs
+
+
+@pytest.mark.parametrize(("path", "overrides"), _readme_runs(), ids=lambda v: str(v))
+def test_every_config_command_in_the_readme_resolves(path, overrides):
+    """The README's one-line paper runs name files that exist and the overrides they need (the dataset)."""
+    assert load_config(ROOT / path, overrides).strategy.name

@@ -7,8 +7,8 @@ lists -> tuples) and a value that cannot be converted raises naming the key.
 
 A config file may extend others: ``_base_: path`` (relative to the file) or a list of paths; the bases merge in
 order, then the file's own keys over them (nested mappings merge, any other value of the child replaces the base's).
-``configs/tpt_dtd.yaml`` is ``_base_: _base/tpt.yaml`` plus the dataset and the output folder. Runs write the
-resolved config (no ``_base_`` left).
+``configs/tpt.yaml`` is ``_base_: _base/tpt.yaml`` plus the datasets it runs on (``_datasets_``, chosen with
+``scenario.dataset=NAME``: ``ctta.runner.compose``). Runs write the resolved config (no ``_base_`` left).
 """
 
 from __future__ import annotations
@@ -288,14 +288,24 @@ def read_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]
 
 
 def load_config(path: str | Path | Mapping[str, Any], overrides: Sequence[str] = ()) -> RunConfig:
-    """Read a YAML run config (or a mapping), resolve its ``_base_`` files, apply overrides and validate it."""
+    """Read a YAML run config (or a mapping), resolve its ``_base_`` files, apply overrides and validate it.
+
+    A file listing ``_datasets_`` takes ``scenario.dataset`` from the overrides (``ctta.runner.compose``). Without
+    ``log.out_dir`` the run's folder is ``runs/<file stem or strategy>/<dataset>/seed<seed>`` (``default_out_dir``).
+    """
+    from ctta.runner.compose import choose_dataset, default_out_dir
+
     if isinstance(path, Mapping):
-        data = _deepcopy(path)
+        data, name = _deepcopy(path), None
         if BASE_KEY in data:
             raise ConfigError(f"{BASE_KEY} is only understood in config files (paths are relative to the file)")
     else:
-        data = read_yaml(path)
-    return build_run_config(apply_overrides(data, overrides))
+        data, name = read_yaml(path), Path(path).stem
+    data = apply_overrides(choose_dataset(data, overrides, str(path) if name else "config"), overrides)
+    cfg = build_run_config(data)
+    if isinstance(data.get("log"), Mapping) and "out_dir" in data["log"]:
+        return cfg
+    return dataclasses.replace(cfg, log=dataclasses.replace(cfg.log, out_dir=default_out_dir(cfg, name)))
 
 
 def _deepcopy(m: Any) -> Any:
