@@ -3,6 +3,10 @@
 Every run writes, in ``out_dir``: ``config.yaml`` (resolved), ``results.json`` (final metrics, the evaluation
 history, the resolved config, package versions, weight tags, seed, timings), ``metrics.csv`` (one row per
 evaluation) and ``accuracy.png`` (accuracy over the stream), plus Avalanche's ``log.txt``.
+
+Few-shot (epoch-trained) CLIP prompt learners have no stream curve: their rows are the training loss and top-1 of
+every epoch (``kind=train_epoch``, from Avalanche's epoch metrics that ``epoch_metrics`` adds to their evaluator) and
+each evaluation's base / new / HM accuracy (``kind=base|new|hm``); their plot shows both (``plot_fewshot``).
 """
 
 from __future__ import annotations
@@ -20,6 +24,14 @@ from typing import Any
 
 from ctta.runner.checkpoint import umask_mode
 
+#: Avalanche names of the per-epoch training curves (``epoch_metrics``) and of the base-to-new accuracies
+#: (``ctta.clip_prompting.metrics.BaseNewAccuracy.NAMES``)
+EPOCH_CURVES = {"loss": "Loss_Epoch/train_phase/train_stream", "accuracy": "Top1_Acc_Epoch/train_phase/train_stream"}
+BASE_NEW = {
+    "base": "Top1_Acc_Base/eval_phase/test_stream",
+    "new": "Top1_Acc_New/eval_phase/test_new_stream",
+    "hm": "Top1_Acc_HM/eval_phase/test_new_stream",
+}
 _PACKAGES = ("ctta", "torch", "torchvision", "timm", "avalanche-lib", "open_clip_torch", "diffusers", "numpy")
 
 
@@ -57,8 +69,86 @@ def write_metrics_csv(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> No
         w.writerows(rows)
 
 
+def epoch_metrics() -> list:
+    """Avalanche's per-epoch training loss and top-1 (for an epoch-trained method's evaluator)."""
+    from avalanche.evaluation.metrics import accuracy_metrics, loss_metrics
+
+    return [*loss_metrics(epoch=True), *accuracy_metrics(epoch=True)]
+
+
+def _history(evaluator, prefix: str) -> tuple[list, list]:
+    """``(x, values)`` of the first logged metric whose name starts with ``prefix`` (empty if none)."""
+    for name, (xs, values) in evaluator.get_all_metrics().items():
+        if name.startswith(prefix):
+            return list(xs), [float(v) for v in values]
+    return [], []
+
+
+def fewshot_rows(evaluator) -> list[dict[str, Any]]:
+    """metrics.csv rows of an epoch-trained run: training loss / top-1 per epoch, then base / new / HM evaluations.
+
+    ``iterations`` is the training iteration at which the value was logged; ``epoch`` counts the epochs trained
+    by then (over all experiences).
+    """
+    xs, losses = _history(evaluator, EPOCH_CURVES["loss"])
+    _, accs = _history(evaluator, EPOCH_CURVES["accuracy"])
+    rows: list[dict[str, Any]] = []
+    for i, (x, loss) in enumerate(zip(xs, losses)):
+        rows.append({"kind": "train_epoch", "epoch": i + 1, "iterations": x, "loss": loss,
+                     "accuracy": accs[i] if i < len(accs) else None})  # fmt: skip
+    for kind, name in BASE_NEW.items():
+        last = dict(zip(*_history(evaluator, name)))  # one value per evaluation point (base is re-logged with new)
+        for x, v in last.items():
+            rows.append({"kind": kind, "epoch": sum(e <= x for e in xs), "iterations": x, "accuracy": v})
+    return rows
+
+
+def _plot_epochs(ax, rows: Sequence[Mapping[str, Any]]) -> None:
+    epochs = [r for r in rows if r.get("kind") == "train_epoch"]
+    if not epochs:
+        ax.text(0.5, 0.5, "no training epochs", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return
+    xs = [r["epoch"] for r in epochs]
+    ax.plot(xs, [r["loss"] for r in epochs], "-o", ms=3, color="C3", label="training loss")
+    ax.set(xlabel="epoch", ylabel="training loss", ylim=(0, 1.1 * max(r["loss"] for r in epochs)))
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    acc = [(x, 100 * r["accuracy"]) for x, r in zip(xs, epochs) if r.get("accuracy") is not None]
+    if acc:
+        twin = ax.twinx()
+        twin.plot(*zip(*acc), "-s", ms=3, color="C0", label="training top-1")
+        twin.set(ylabel="training top-1 (%)", ylim=(0, 100))
+        twin.legend(fontsize=8, loc="center right")
+    ax.legend(fontsize=8, loc="upper right")
+    ax.grid(alpha=0.3)
+
+
+def plot_fewshot(path: str | Path, rows: Sequence[Mapping[str, Any]], title: str = "") -> None:
+    """PNG of a few-shot run: training loss and top-1 per epoch (left), last base / new / HM accuracy (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8.5, 3.6), dpi=110, gridspec_kw={"width_ratios": [3, 2]})
+    _plot_epochs(left, rows)
+    last = {r["kind"]: r["accuracy"] for r in rows if r.get("kind") in BASE_NEW}
+    names = [k for k in BASE_NEW if k in last]
+    bars = right.bar(names, [100 * last[k] for k in names], color=["C0", "C1", "C2"][: len(names)])
+    right.bar_label(bars, fmt="%.1f", fontsize=8)
+    right.set(ylabel="test top-1 (%)", ylim=(0, 105), title="base / new / HM")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def plot_accuracy(path: str | Path, rows: Sequence[Mapping[str, Any]], title: str = "") -> None:
-    """PNG of accuracy (y, %) over stream samples (x) for periodic and task-end evaluations."""
+    """PNG of accuracy (y, %) over stream samples (x) for periodic and task-end evaluations (a few-shot run's rows:
+    ``plot_fewshot``)."""
+    kinds = {r.get("kind") for r in rows}
+    if kinds & {"train_epoch", *BASE_NEW} and not kinds & {"periodic", "task_end", "sample"}:
+        return plot_fewshot(path, rows, title)
     import matplotlib
 
     matplotlib.use("Agg")

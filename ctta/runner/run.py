@@ -25,7 +25,7 @@ from ctta.runner.checkpoint import CheckpointPlugin, run_fingerprint, scan_check
 from ctta.runner.config import RunConfig, to_dict
 from ctta.runner.guards import DivergenceError, DivergenceGuard, check_class_count
 from ctta.runner.outdir import RunError, abandon, begin, check_out_dir, finish
-from ctta.runner.results import package_versions, write_results
+from ctta.runner.results import epoch_metrics, fewshot_rows, package_versions, write_results
 from ctta.utils import resolve_device, seed_everything
 
 
@@ -104,6 +104,8 @@ def prepare(cfg: RunConfig, outputs: bool = True) -> RunContext:
 def _build(cfg: RunConfig, strategy_cls, out: Path, run_id: str, main: bool, is_main_rank: bool, t0: float):
     """Build evaluator, benchmark, backbone, plugins and strategy; resume if asked."""
     extra = strategy_cls.extra_metrics(cfg.strategy.params)
+    if hasattr(strategy_cls, "build_prompted"):  # CLIP prompt learners (few-shot epochs): loss and top-1 per epoch
+        extra = (*extra, *epoch_metrics())
     evaluator = make_evaluator(out if main else None, cfg.log.interactive and main, extra, cfg.log.f_last_variant,
                                loggers=cfg.log.loggers if main else ())  # fmt: skip
     bench = SCENARIOS.get(cfg.scenario.name).builder(cfg.scenario.params, seed=cfg.seed)
@@ -320,7 +322,7 @@ def summarise(
         rows += [{"kind": "task_end", "samples": x, "accuracy": a} for x, a in m.task_end]
         rows.sort(key=lambda r: (r["samples"], r["kind"] == "task_end"))
         summary.update(m.result())
-    rows += progress_rows(progress)
+    rows += progress_rows(progress) + fewshot_rows(evaluator)
     for metric in evaluator.metrics:  # metrics marked SummaryMetric summarise themselves (top-5, mAP, CF1, OF1, ...)
         if metric is not m and isinstance(metric, SummaryMetric):
             res = metric.result()
