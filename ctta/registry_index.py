@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-__all__ = ["IndexEntry", "PACKAGES", "index", "entries", "public_names", "package_dir"]
+__all__ = ["IndexEntry", "PACKAGES", "index", "entries", "public_names", "package_dir", "summary"]
 
 PACKAGES = {"backbone": "ctta.backbones", "scenario": "ctta.scenarios", "strategy": "ctta.strategies"}
 _REGISTRIES = {"BACKBONES": "backbone", "SCENARIOS": "scenario", "STRATEGIES": "strategy"}
@@ -37,6 +38,7 @@ class IndexEntry:
     config: str | None  # the config class's name (None: the component takes no parameters)
     fields: tuple[str, ...] | None  # the config's field names (None: not resolvable from the source)
     doc: str  # first line of the builder's docstring
+    summary: str = ""  # the module docstring's first sentence, without citations and markup (``ctta list``)
 
 
 def package_dir(package: str) -> Path:
@@ -148,8 +150,22 @@ def _doc_line(tree: ast.Module, builder: str) -> str:
     return ""
 
 
+def summary(doc: str) -> str:
+    """The first sentence of ``doc``'s first paragraph as plain text: citations in parentheses (``et al.``, arXiv)
+    and reStructuredText markup removed."""
+    text = " ".join((doc or "").strip().split("\n\n")[0].split())
+    while True:  # drop the innermost parenthetical group that cites something, until none is left
+        cut = re.sub(r" ?\([^()]*(?:et al\.|arXiv|Reference)[^()]*\)", "", text, count=1)
+        if cut == text:
+            break
+        text = cut
+    first = re.split(r"(?<=[A-Za-z0-9)\]])\. (?=[A-Z])|; ", text)[0].rstrip(".")
+    return first.replace("``", "").replace("`", "").replace("**", "")
+
+
 def _module_entries(module: str, path: Path) -> list[IndexEntry]:
     tree = _parse(path)
+    about = summary(ast.get_docstring(tree) or "")
     out = []
     for node in ast.walk(tree):
         found = []
@@ -160,7 +176,7 @@ def _module_entries(module: str, path: Path) -> list[IndexEntry]:
             found = [(r, node.args[0].id)] if r else []
         for (kind, name, cfg), builder in found:
             fields = _class_fields(module, cfg) if cfg else ()
-            out.append(IndexEntry(kind, name, builder, module, cfg, fields, _doc_line(tree, builder)))
+            out.append(IndexEntry(kind, name, builder, module, cfg, fields, _doc_line(tree, builder), about))
     return out
 
 

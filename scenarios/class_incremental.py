@@ -24,6 +24,7 @@ from ctta.benchmark_builders import make_benchmark
 from ctta.data import catalogue
 from ctta.data.avl import as_avl_dataset
 from ctta.data.folder import default_transform
+from ctta.fields import ranged
 from ctta.registry import SCENARIOS
 from ctta.templates.benchmark_info import BenchmarkInfo, with_info
 
@@ -32,7 +33,7 @@ from ctta.templates.benchmark_info import BenchmarkInfo, with_info
 class ClassIncrementalConfig:
     dataset: str = "digits"  # a cl or transfer name of ctta.data.catalogue
     root: str = "data"  # parent folder of local datasets (each in its catalogue folder)
-    n_experiences: int = 5
+    n_experiences: int = ranged(5, ge=1)
     classes_per_exp: tuple[int, ...] | None = None  # explicit sizes (sum = number of classes); wins over n_exp
     class_order: tuple[int, ...] | None = None  # explicit order; default label order (shuffled if shuffle)
     shuffle_classes: bool = True

@@ -35,6 +35,7 @@ from avalanche.benchmarks.utils import AvalancheDataset, DataAttribute
 from ctta.benchmark_builders import make_benchmark
 from ctta.data import catalogue
 from ctta.data.multilabel_datasets import reference_transforms
+from ctta.fields import ranged
 from ctta.registry import SCENARIOS
 from ctta.templates.benchmark_info import BenchmarkInfo, with_info
 
@@ -202,7 +203,7 @@ def build_multilabel(cfg: MultiLabelConfig, *, seed: int = 0):
 class MultiLaneCILConfig:
     dataset: str = "cifar100"  # cifar100 | imagenet_r | digits (bundled, smoke runs)
     root: str = "data"  # parent of cifar-100-python / imagenet-r
-    n_experiences: int = 10  # CIFAR-100 10 x 10, ImageNet-R 10 x 20
+    n_experiences: int = ranged(10, ge=1)  # CIFAR-100 10 x 10, ImageNet-R 10 x 20
     shuffle: str = "none"  # none (label order) | yes (Python random seeded by shuffle_seed)
     shuffle_seed: int | None = None  # None: the run seed
     img_size: int = 224  # reference transforms; digits are resized tensors instead

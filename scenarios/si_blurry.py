@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ctta.fields import ranged
 from ctta.registry import SCENARIOS
 
 STREAM_MODES = ("stochastic", "fixed")
@@ -209,7 +210,7 @@ class SiBlurryConfig:
 
     dataset: str = "cifar100"
     root: str = "data"
-    n_tasks: int = 5
+    n_tasks: int = ranged(5, ge=1)
     disjoint_pct: int = 50
     blurry_pct: int = 10
     stream_mode: str = "stochastic"

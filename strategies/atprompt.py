@@ -29,6 +29,7 @@ from ctta.clip_prompting.coupling import MaPLeCoupling
 from ctta.clip_prompting.model import PromptedCLIP
 from ctta.clip_prompting.template import PromptLearnerConfig, PromptLearnerTemplate
 from ctta.clip_prompting.vision import encode_image, vision_width
+from ctta.fields import ranged
 from ctta.registry import STRATEGIES
 
 __all__ = ["ATTRIBUTES", "ATPCoOp", "ATPCoOpConfig", "ATPMaPLe", "ATPMaPLeConfig", "ATPModel"]
@@ -51,9 +52,9 @@ ATTRIBUTES = {
 
 @dataclass(frozen=True)
 class ATPCoOpConfig(PromptLearnerConfig):
-    epochs: int = 100
-    batch_size: int = 32
-    lr: float = 0.002
+    epochs: int = ranged(100, ge=1)
+    batch_size: int = ranged(32, ge=1)
+    lr: float = ranged(0.002, gt=0)
     attributes: tuple[str, ...] = ("color", "shape")
     n_att: int = 2  # soft tokens before each attribute word
     n_ctx: int = 2  # class-agnostic context tokens
@@ -61,9 +62,9 @@ class ATPCoOpConfig(PromptLearnerConfig):
 
 @dataclass(frozen=True)
 class ATPMaPLeConfig(ATPCoOpConfig):
-    epochs: int = 5
-    batch_size: int = 4
-    lr: float = 0.0035
+    epochs: int = ranged(5, ge=1)
+    batch_size: int = ranged(4, ge=1)
+    lr: float = ranged(0.0035, gt=0)
     n_att: int = 4
     n_ctx: int = 4
     depth: int = 9  # J (MaPLe); 1 = no deep prompts

@@ -25,6 +25,7 @@ from ctta.clip_prompting.model import PromptedCLIP
 from ctta.clip_prompting.template import PromptLearnerConfig, PromptLearnerTemplate
 from ctta.clip_prompting.text import context_init
 from ctta.clip_prompting.vision import encode_image
+from ctta.fields import ranged
 from ctta.registry import STRATEGIES
 
 __all__ = ["CoCoOp", "CoCoOpConfig", "CoCoOpModel"]
@@ -32,9 +33,9 @@ __all__ = ["CoCoOp", "CoCoOpConfig", "CoCoOpModel"]
 
 @dataclass(frozen=True)
 class CoCoOpConfig(PromptLearnerConfig):
-    epochs: int = 10
-    batch_size: int = 1
-    lr: float = 0.002
+    epochs: int = ranged(10, ge=1)
+    batch_size: int = ranged(1, ge=1)
+    lr: float = ranged(0.002, gt=0)
     n_ctx: int = 4  # used when ctx_init is empty
     ctx_init: str = "a photo of a"
     meta_reduction: int = 16  # meta-net hidden width = embed_dim // meta_reduction

@@ -27,6 +27,7 @@ from ctta.clip_prompting.model import PromptedCLIP
 from ctta.clip_prompting.template import PromptLearnerConfig, PromptLearnerTemplate
 from ctta.clip_prompting.text import context_init
 from ctta.clip_prompting.vision import encode_image, vision_width
+from ctta.fields import ranged
 from ctta.registry import STRATEGIES
 
 __all__ = ["MaPLe", "MaPLeConfig", "MaPLeModel"]
@@ -34,9 +35,9 @@ __all__ = ["MaPLe", "MaPLeConfig", "MaPLeModel"]
 
 @dataclass(frozen=True)
 class MaPLeConfig(PromptLearnerConfig):
-    epochs: int = 5
-    batch_size: int = 4
-    lr: float = 0.0035
+    epochs: int = ranged(5, ge=1)
+    batch_size: int = ranged(4, ge=1)
+    lr: float = ranged(0.0035, gt=0)
     n_ctx: int = 2
     ctx_init: str = "a photo of a"
     depth: int = 9  # J: the input layer plus J-1 deep layers (both towers)

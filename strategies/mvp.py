@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctta import distributed
+from ctta.fields import ranged
 from ctta.prompts.pool import PoolSelection, PromptPool
 from ctta.registry import STRATEGIES
 from ctta.templates import OnlineCLTemplate
@@ -76,8 +77,8 @@ class MVPConfig:
         cache_query: reuse the frozen query when an update's batch equals the previous update's (exact).
     """
 
-    lr: float = 5e-3
-    online_iters: int = 3
+    lr: float = ranged(5e-3, gt=0)
+    online_iters: int = ranged(3, ge=1)
     batch_size: int | None = None
     eval_every: int = 1000
     eval_batch_size: int = 128

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ctta.fields import ranged
 from ctta.registry import STRATEGIES
 from ctta.templates import OnlineCLTemplate
 
@@ -23,8 +24,8 @@ from ctta.templates import OnlineCLTemplate
 @dataclass(frozen=True)
 class VPTConfig:
     n_prompts: int = 4
-    lr: float = 5e-3  # Adam
-    online_iters: int = 3
+    lr: float = ranged(5e-3, gt=0)  # Adam
+    online_iters: int = ranged(3, ge=1)
     batch_size: int | None = None  # incoming stream batch (None: the benchmark's batch_size, else 64)
     eval_every: int = 1000  # samples between anytime evaluations (<= 0: task ends only)
     eval_batch_size: int = 128

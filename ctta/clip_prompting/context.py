@@ -17,6 +17,7 @@ from ctta.clip_prompting.model import PromptedCLIP
 from ctta.clip_prompting.template import PromptLearnerConfig
 from ctta.clip_prompting.text import context_init
 from ctta.clip_prompting.vision import encode_image
+from ctta.fields import ranged
 
 __all__ = ["ContextConfig", "ContextModel"]
 
@@ -25,9 +26,9 @@ __all__ = ["ContextConfig", "ContextModel"]
 class ContextConfig(PromptLearnerConfig):
     """The learnable text context's settings (CoOp's official base-to-new defaults ``vit_b16_ctxv1``)."""
 
-    epochs: int = 200
-    batch_size: int = 32
-    lr: float = 0.002
+    epochs: int = ranged(200, ge=1)
+    batch_size: int = ranged(32, ge=1)
+    lr: float = ranged(0.002, gt=0)
     n_ctx: int = 16  # used when ctx_init is empty
     ctx_init: str = "a photo of a"
     csc: bool = False  # class-specific context (needs ctx_init "")

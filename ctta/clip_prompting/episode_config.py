@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ctta.fields import ranged
+
 __all__ = ["PromptTuningConfig"]
 
 
@@ -40,7 +42,7 @@ class PromptTuningConfig:
 
     ctx_init: str = "a photo of a"
     n_ctx: int = 4
-    lr: float = 5e-3
+    lr: float = ranged(5e-3, gt=0)
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8

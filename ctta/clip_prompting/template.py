@@ -32,6 +32,7 @@ from torch import nn
 
 from ctta.clip_prompting.model import PromptedCLIP, clip_parts
 from ctta.clip_prompting.optim import make_sgd, warmup_cosine
+from ctta.fields import ranged
 from ctta.templates.benchmark_info import _attr, benchmark_info, origin_info, stream_classnames
 from ctta.templates.epoch import EpochTemplate
 from ctta.utils import autocast, trainable_parameters
@@ -45,10 +46,10 @@ PRECS = ("fp16", "amp", "fp32", "auto")
 class PromptLearnerConfig:
     """Training fields every method of the family shares (Dassl defaults; each method sets its own values)."""
 
-    epochs: int = 1
-    batch_size: int = 32
+    epochs: int = ranged(1, ge=1)
+    batch_size: int = ranged(32, ge=1)
     eval_batch_size: int = 100
-    lr: float = 0.002  # SGD
+    lr: float = ranged(0.002, gt=0)  # SGD
     momentum: float = 0.9
     weight_decay: float = 5e-4
     warmup_epochs: int = 1  # constant warm-up epochs at warmup_lr

@@ -24,6 +24,8 @@ from typing import Any, Literal
 
 import yaml
 
+from ctta.fields import field_range, range_error, ranged
+
 
 class ConfigError(ValueError):
     """A config file or override that does not fit the schema."""
@@ -37,16 +39,29 @@ class Section:
     params: Any = None
 
 
+def _key(default: Any, help: str, example: str, shown: str | None = None, **bounds: Any) -> Any:
+    """A run-level field: its default, a one-line ``help`` and an ``example`` override (``ctta run --help``; ``shown``
+    replaces the default there), and an optional numeric range (``ge=0``: ``ctta.fields.ranged``)."""
+    meta = {"help": help, "example": example} | ({"shown": shown} if shown else {})
+    if callable(default) and not isinstance(default, str):
+        return field(default_factory=default, metadata=meta)
+    return ranged(default, metadata=meta, **bounds)
+
+
 @dataclass(frozen=True)
 class LogConfig:
-    out_dir: str = "runs/default"  # results.json, metrics.csv, config.yaml, log.txt, plots
-    progress: bool = True  # tqdm bar over the stream
-    plot: bool = True  # PNG of accuracy over the stream
-    # Avalanche loggers: text (log.txt), csv (csv/), tensorboard (tensorboard/), interactive (console, verbose)
-    loggers: tuple[Literal["text", "csv", "tensorboard", "interactive"], ...] = ("text",)
-    interactive: bool = False  # also attach Avalanche's InteractiveLogger (same as adding "interactive" to loggers)
-    checkpoint_every: int = 0  # online CL: save a resumable checkpoint every N stream samples (0: off)
-    f_last_variant: Literal["official", "standard"] = "official"  # MVP reference quirks | standard
+    out_dir: str = _key(
+        "runs/default", "results.json, metrics.csv, config.yaml, log.txt, plots", "runs/lr02",
+        shown="runs/<config name>/<dataset>/seed<seed>",
+    )  # fmt: skip
+    progress: bool = _key(True, "progress bar over the stream", "false")
+    plot: bool = _key(True, "PNG of accuracy over the stream", "false")
+    loggers: tuple[Literal["text", "csv", "tensorboard", "interactive"], ...] = _key(
+        ("text",), "Avalanche loggers: text (log.txt), csv (csv/), tensorboard, interactive", "[text,csv]"
+    )
+    interactive: bool = _key(False, "also attach Avalanche's InteractiveLogger (console, verbose)", "true")
+    checkpoint_every: int = _key(0, "online CL: a resumable checkpoint every N stream samples (0: off)", "500", ge=0)
+    f_last_variant: Literal["official", "standard"] = _key("official", "F_last: MVP reference's | standard", "standard")
 
 
 @dataclass(frozen=True)
@@ -54,12 +69,29 @@ class RunConfig:
     scenario: Section
     backbone: Section
     strategy: Section
-    seed: int = 1
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    log: LogConfig = field(default_factory=LogConfig)
-    resume: bool = False
-    overwrite: bool = False  # replace an earlier run's results in log.out_dir (its checkpoints are kept)
+    seed: int = _key(1, "seeds the stream order, initialisation and augmentation", "2")
+    device: str = _key("auto", "auto | cpu | cuda | cuda:N | mps", "cpu")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = _key(
+        "auto", "auto: bf16 autocast on CUDA (fp16 if bf16 is unsupported), fp32 on CPU", "fp32"
+    )
+    log: LogConfig = _key(LogConfig, "where and how outputs are written (log.* keys)", "")
+    resume: bool = _key(False, "continue from the checkpoint whose fingerprint matches this run", "true")
+    overwrite: bool = _key(False, "replace an earlier run's results in log.out_dir (checkpoints are kept)", "true")
+
+
+def run_keys_help() -> str:
+    """The run-level keys, one line each with an example override, its meaning and default (``ctta run --help``)."""
+    lines = []
+    for cls, prefix in ((RunConfig, ""), (LogConfig, "log.")):
+        for f in dataclasses.fields(cls):
+            meta = f.metadata
+            if not meta.get("example"):  # the sections and ``log`` itself
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            shown = "[" + ",".join(default) + "]" if isinstance(default, tuple) else str(default).lower()
+            shown = meta.get("shown", shown)
+            lines.append(f"  {prefix + f.name + '=' + meta['example']:<28} {meta['help']} (default: {shown})")
+    return "\n".join(lines)
 
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -156,6 +188,9 @@ def from_dict(cls: type, data: Mapping[str, Any] | None, where: str = "") -> Any
         key = f"{where}.{name}" if where else name
         if name in data:
             kwargs[name] = _convert(data[name], hints[name], key)
+            msg = range_error(key, kwargs[name], field_range(f))
+            if msg:
+                raise ConfigError(msg)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"missing required key {key!r} ({cls.__name__})")
     try:
@@ -185,7 +220,23 @@ def _section(kind: str, data: Any) -> Section:
 
 
 def build_run_config(data: Mapping[str, Any]) -> RunConfig:
-    """Validate a nested mapping (as read from YAML) into a ``RunConfig``."""
+    """Validate a nested mapping (as read from YAML) into a ``RunConfig``.
+
+    ``precheck`` runs first (no torch, no Avalanche); the sections are then validated against their components'
+    config dataclasses (which imports the components' modules).
+    """
+    rest = precheck(data)
+    sections = {k: _section(k, data[k]) for k in _SECTION_REGISTRIES}
+    return RunConfig(**sections, **{f.name: getattr(rest, f.name) for f in dataclasses.fields(rest)})
+
+
+def precheck(data: Mapping[str, Any]) -> Any:
+    """Everything checkable before the stack loads (raises ``ConfigError``); returns the validated run-level keys.
+
+    Top-level and run-level keys (``seed``, ``device``, ``precision``, ``log.*``, ...), their numeric ranges, each
+    section's component name and keys (read from the source by ``ctta.registry_index``), and ``device=cuda`` on a
+    machine that certainly has no CUDA (a CPU build of torch or no NVIDIA driver).
+    """
     if not isinstance(data, Mapping):
         raise ConfigError(f"a run config must be a mapping, got {type(data).__name__}")
     valid = [f.name for f in dataclasses.fields(RunConfig)]
@@ -195,22 +246,71 @@ def build_run_config(data: Mapping[str, Any]) -> RunConfig:
     for kind in _SECTION_REGISTRIES:
         if kind not in data:
             raise ConfigError(f"missing required section {kind!r}")
-    d = dict(data)
-    sections = {k: _section(k, d.pop(k)) for k in _SECTION_REGISTRIES}
-    rest = from_dict(_RunRest, d)
+    rest = from_dict(_RunLevel, {k: v for k, v in data.items() if k not in _SECTION_REGISTRIES})
     if not DEVICE_PATTERN.fullmatch(rest.device):
         raise ConfigError(f"device: {rest.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
-    return RunConfig(**sections, **dataclasses.asdict(rest) | {"log": rest.log})
+    for kind in _SECTION_REGISTRIES:
+        _precheck_section(kind, data[kind])
+    if rest.device.startswith("cuda") and cuda_certainly_absent():
+        raise ConfigError(f"device={rest.device} but CUDA is not available on this machine; use device=cpu or "
+                          "device=auto")  # fmt: skip
+    return rest
 
 
-@dataclass(frozen=True)
-class _RunRest:
-    seed: int = 1
-    device: str = "auto"
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    log: LogConfig = field(default_factory=LogConfig)
-    resume: bool = False
-    overwrite: bool = False  # replace an earlier run's results in log.out_dir (its checkpoints are kept)
+def _precheck_section(kind: str, data: Any) -> None:
+    """The component name and keys of one section, from the source index (a component registered at run time, e.g.
+    by a script, is left to ``_section``)."""
+    from ctta import registry, registry_index
+
+    if isinstance(data, Section):
+        return
+    if not isinstance(data, Mapping) or "name" not in data:
+        raise ConfigError(f"{kind}: expected a mapping with a 'name' key, got {data!r}")
+    name, reg = str(data["name"]), getattr(registry, _SECTION_REGISTRIES[kind])
+    index = registry_index.entries(kind)
+    if name not in index:
+        if name not in reg.names():
+            valid = sorted(set(index) | set(reg.names()))
+            raise ConfigError(f"{kind}.name: unknown {reg.kind} {name!r}; valid {reg.kind} names: {valid}")
+        return
+    entry, params = index[name], sorted(k for k in data if k != "name")
+    if entry.config is None and params:
+        raise ConfigError(f"{kind} {name!r} takes no parameters, got {params}")
+    unknown = sorted(set(params) - set(params if entry.fields is None else entry.fields))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in {kind} ({entry.config}); valid keys: {sorted(entry.fields)}")
+
+
+def cuda_certainly_absent() -> bool:
+    """True when this machine has no usable CUDA, known without importing torch: torch is a CPU build (``+cpu``
+    version) or no NVIDIA driver is loaded (Linux: ``/proc/driver/nvidia/version``; elsewhere: no ``libcuda``).
+    False means "maybe": the run checks again with torch."""
+    import ctypes.util
+    import importlib.metadata
+    import sys
+
+    try:
+        if "+cpu" in importlib.metadata.version("torch"):
+            return True
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    if sys.platform.startswith("linux"):
+        return not Path("/proc/driver/nvidia/version").exists()
+    return ctypes.util.find_library("cuda") is None and ctypes.util.find_library("nvcuda") is None
+
+
+def _run_level_dataclass() -> type:
+    """``RunConfig`` without its sections: the run-level keys, validated before any component is looked up."""
+    hints = typing.get_type_hints(RunConfig)
+    fields = [
+        (f.name, hints[f.name], field(default=f.default, default_factory=f.default_factory, metadata=f.metadata))
+        for f in dataclasses.fields(RunConfig)
+        if f.name not in _SECTION_REGISTRIES
+    ]
+    return dataclasses.make_dataclass("RunLevel", fields, frozen=True)
+
+
+_RunLevel = _run_level_dataclass()
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:

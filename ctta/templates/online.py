@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ctta.fields import ranged
 from ctta.templates.anytime import AnytimeEvalPlugin
 from ctta.templates.base import AvalancheSupervised, StrategyBase, restrict_to_trainable, split_arguments
 from ctta.templates.benchmark_info import benchmark_info, infer_num_classes
@@ -47,7 +48,7 @@ class OnlineConfig:
         memory_batch_size: replayed samples appended to each update.
     """
 
-    online_iters: int = 3
+    online_iters: int = ranged(3, ge=1)
     batch_size: int | None = None
     eval_every: int = 1000
     eval_batch_size: int = 128

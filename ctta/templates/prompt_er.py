@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctta.data.siblurry_aug import cutmix
+from ctta.fields import ranged
 from ctta.templates.online import OnlineCLTemplate, OnlineConfig
 
 __all__ = ["PromptERConfig", "PromptERTemplate", "cls_position", "make_head"]
@@ -33,7 +34,7 @@ class PromptERConfig(OnlineConfig):
         cutmix_alpha: CutMix Beta parameter.
     """
 
-    lr: float = 5e-3
+    lr: float = ranged(5e-3, gt=0)
     cutmix_prob: float = 0.5
     cutmix_alpha: float = 1.0
 

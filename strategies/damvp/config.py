@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ctta.fields import ranged
+
 
 @dataclass(frozen=True)
 class DAMVPConfig:
@@ -11,11 +13,11 @@ class DAMVPConfig:
     adapt_method: str = "auto"  # auto (by backbone_key) | prompt_wo_head | prompt_w_head
     feature: str = "auto"  # auto | cls | pre_logits_tanh | clip_logits (phi)
     tau: float | None = None  # clustering threshold; None: reference value per backbone (CLIP: per dataset)
-    lr: float = 1e4  # official default --lr; per-dataset values in the paper's Tables 13-14
+    lr: float = ranged(1e4, gt=0)  # official default --lr; per-dataset values in the paper's Tables 13-14
     weight_decay: float = 0.0
     head_lr: float = 0.1
-    epochs: int = 50
-    batch_size: int = 128
+    epochs: int = ranged(50, ge=1)
+    batch_size: int = ranged(128, ge=1)
     eval_batch_size: int = 256
     pad_width: int = 30  # prompt width at 224 px (69,840 parameters)
     seed: int = 2023  # noise read-out and prompt init

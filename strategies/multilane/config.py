@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ctta.fields import ranged
+
 
 @dataclass(frozen=True)
 class MultiLaneConfig:
@@ -11,9 +13,9 @@ class MultiLaneConfig:
     num_selectors: int = 20  # S (COCO/CIFAR/ImageNet-R 20, VOC 10)
     num_prompts: int = 20  # P prefix tokens per head (COCO/CIFAR/ImageNet-R 20, VOC 10)
     num_prompt_layers: int = 5  # L_p: prompts in the first L_p blocks (ImageNet-R 12)
-    epochs: int = 30  # per task (COCO/VOC 30, CIFAR/ImageNet-R 50)
-    batch_size: int = 128  # COCO 128, VOC 256, CIFAR/ImageNet-R 1024
-    lr: float = 0.015  # used lr = base_lr x batch / 256 (COCO 0.03 -> 0.015; VOC 0.05; CIL 0.01 -> 0.04)
+    epochs: int = ranged(30, ge=1)  # per task (COCO/VOC 30, CIFAR/ImageNet-R 50)
+    batch_size: int = ranged(128, ge=1)  # COCO 128, VOC 256, CIFAR/ImageNet-R 1024
+    lr: float = ranged(0.015, gt=0)  # used lr = base_lr x batch / 256 (COCO 0.03 -> 0.015; VOC 0.05; CIL 0.01 -> 0.04)
     eval_batch_size: int = 24
     pre_head_normalize: bool = True  # L2-normalise the lane feature before the head (official since 088cce2)
     normalize_input: bool = False  # apply ImageNet mean/std to the [0, 1] input (reference: off)

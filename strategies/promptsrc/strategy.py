@@ -39,6 +39,7 @@ from ctta.clip_prompting.teacher import HAND_CRAFTED, FrozenCLIPTeacher
 from ctta.clip_prompting.template import PromptLearnerConfig, PromptLearnerTemplate
 from ctta.clip_prompting.text import context_init
 from ctta.clip_prompting.vision import encode_image, vision_width
+from ctta.fields import ranged
 from ctta.registry import STRATEGIES
 
 __all__ = ["PromptSRC", "PromptSRCConfig", "PromptSRCModel"]
@@ -48,9 +49,9 @@ TEACHER_TEMPLATES = {"promptsrc": PROMPTSRC_TEMPLATES, "hand": HAND_CRAFTED}
 
 @dataclass(frozen=True)
 class PromptSRCConfig(PromptLearnerConfig):
-    epochs: int = 20
-    batch_size: int = 4
-    lr: float = 0.0025
+    epochs: int = ranged(20, ge=1)
+    batch_size: int = ranged(4, ge=1)
+    lr: float = ranged(0.0025, gt=0)
     ctx_init: str = "a photo of a"
     n_ctx_text: int = 4
     n_ctx_vision: int = 4
