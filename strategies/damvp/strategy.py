@@ -11,6 +11,8 @@ epoch the best-validation prompts are kept; every 5 epochs the best-val prompts 
 adapter (prompts, prototypes, head) is kept, so every earlier dataset stays evaluable, and (``stream_meta_update``)
 theta_meta takes a Reptile step toward the dataset's prompts, initialising the next dataset's prompts: the
 meta-prompt is bootstrapped across a stream of datasets. ``meta_train`` runs the offline Reptile trainer.
+This module is the loop; the per-dataset routing/clustering state (``DatasetRouting``) and the best-validation
+prompts (``BestPrompts``) are ``routing.py``.
 
 Defaults reproduce the reference: head-tuning momentum 0 (misspelt key) and head at the prompt lr
 (``head_tuning_optimizer="fixed"``: momentum 0.9, head on its own 0.1 schedule); prompts only snapshotted
@@ -36,8 +38,8 @@ from avalanche.evaluation.metric_results import MetricValue
 from ctta.strategies.damvp.config import DAMVPConfig
 from ctta.strategies.damvp.model import BACKBONE_DEFAULTS, DAMVPModel, DatasetAdapter, Featurizer, load_representation
 from ctta.strategies.damvp.pixel import PadPrompter, load_prompter
-from ctta.strategies.damvp.reptile import MetaTask, ReptileMetaTrainer, reptile_update
-from ctta.strategies.damvp.routing import BestPrompts, DatasetRouting
+from ctta.strategies.damvp.reptile import ReptileMetaTrainer, reptile_update
+from ctta.strategies.damvp.routing import BestPrompts, DatasetRouting, local_labels
 from torch.utils.data import DataLoader
 
 from ctta.backbones.vit import PromptedViT
@@ -213,7 +215,7 @@ class DAMVP(EpochTemplate):
     def criterion(self) -> torch.Tensor:
         if self.is_training:
             ad = self.model.adapter(self._dataset_id())
-            return F.cross_entropy(self.mb_logits_local, _local_labels(self.mb_y, ad.classes))
+            return F.cross_entropy(self.mb_logits_local, local_labels(self.mb_y, ad.classes))
         return F.cross_entropy(self.mb_output.clamp_min(-1e4), self.mb_y)
 
     def optimizer_step(self) -> None:
@@ -274,7 +276,7 @@ class DAMVP(EpochTemplate):
             x, y = batch[0].to(self.device), batch[1].to(self.device)
             with autocast(self.device, self.precision):
                 pred = self.model.dataset_logits(x, d).argmax(-1)
-            correct += int((pred == _local_labels(y, ad.classes)).sum())
+            correct += int((pred == local_labels(y, ad.classes)).sum())
             n += len(y)
         self.model.train(was_training)
         return correct / max(n, 1)
@@ -300,7 +302,7 @@ class DAMVP(EpochTemplate):
         ``reptile.MetaResult``. ``finetune_eval(prompt) -> score`` enables the ``best_test_finetune`` checkpoint.
         """
         self.model.to(self.device)
-        tasks = [self._meta_task(exp) for exp in experiences]
+        tasks = [self.routing.meta_task(self.model, exp) for exp in experiences]
         self.experience = None
         trainer = ReptileMetaTrainer(
             self.model.meta_prompt, meta_lr=self.meta_lr, variant=self.meta_variant,
@@ -313,18 +315,6 @@ class DAMVP(EpochTemplate):
             for p, q in zip(self.model.meta_prompt.parameters(), result.best_train_loss.parameters()):
                 p.copy_(q)
         return result
-
-    def _meta_task(self, exp) -> MetaTask:
-        """Cluster one source dataset and wrap its read-out/head as a ``MetaTask`` (its adapter is not kept)."""
-        self.experience, d = exp, int(exp.current_experience)
-        ad = self.build_adapter(d)
-        del self.model.adapters[str(d)]
-        fz, text = self.model.featurizer, ad.text
-        loader = DataLoader(exp.dataset.train(), batch_size=self.cfg.batch_size, shuffle=True)
-        return MetaTask(
-            f"experience{d}", _LocalLabels(loader, ad.classes), ad.prototypes,
-            features_fn=lambda x: fz(x, text), logits_fn=lambda x: ad.logits(fz(x, text)), head=ad.head,
-        )  # fmt: skip
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -346,31 +336,6 @@ def _stream_name(exp) -> str:
     except Exception:  # an experience without origin stream
         name = "valid"
     return name if name.endswith("_stream") else f"{name}_stream"
-
-
-class _LocalLabels:
-    """Batches of an Avalanche loader with global labels mapped to the dataset's local label space."""
-
-    def __init__(self, loader: DataLoader, classes: torch.Tensor) -> None:
-        self.loader, self.classes = loader, classes.cpu()
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self):
-        for b in self.loader:
-            yield b[0], _local_labels(b[1], self.classes)
-
-
-def _local_labels(y: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-    """Global class ids -> positions in the dataset's sorted ``classes`` (raises for a foreign label)."""
-    classes = classes.to(y.device)
-    pos = torch.searchsorted(classes, y)
-    if (pos >= len(classes)).any() or (classes[pos.clamp_max(len(classes) - 1)] != y).any():
-        raise ValueError(
-            f"labels {sorted(set(y.tolist()) - set(classes.tolist()))[:10]} are not classes of this dataset"
-        )
-    return pos
 
 
 def _initial_meta_prompt(cfg: DAMVPConfig, image_size: int) -> PadPrompter:
