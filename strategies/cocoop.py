@@ -48,7 +48,9 @@ class CoCoOpModel(PromptedCLIP):
 
     def __init__(self, clip_model, tokenizer, classnames, cfg: CoCoOpConfig = CoCoOpConfig()) -> None:
         layout, ctx0 = context_init(clip_model, tokenizer, cfg.ctx_init, 0 if cfg.ctx_init else cfg.n_ctx)
-        super().__init__(clip_model, tokenizer, classnames, layout, truncate=cfg.truncate)
+        super().__init__(
+            clip_model, tokenizer, classnames, layout, truncate=cfg.truncate, round_prompts=cfg.round_prompts
+        )
         dtype = self.text.cast_dtype
         self.ctx = nn.Parameter(ctx0.to(dtype))
         embed_dim = self.clip.text_projection.shape[-1] if self.clip.text_projection is not None else ctx0.shape[-1]

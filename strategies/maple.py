@@ -50,7 +50,9 @@ class MaPLeModel(PromptedCLIP):
 
     def __init__(self, clip_model, tokenizer, classnames, cfg: MaPLeConfig = MaPLeConfig()) -> None:
         layout, ctx0 = context_init(clip_model, tokenizer, cfg.ctx_init, cfg.n_ctx)
-        super().__init__(clip_model, tokenizer, classnames, layout, truncate=cfg.truncate)
+        super().__init__(
+            clip_model, tokenizer, classnames, layout, truncate=cfg.truncate, round_prompts=cfg.round_prompts
+        )
         n_layers = min(len(clip_model.transformer.resblocks), len(clip_model.visual.transformer.resblocks))
         if not 1 <= cfg.depth <= n_layers:
             raise ValueError(f"depth must be in 1..{n_layers} (layers of the towers), got {cfg.depth}")
@@ -68,7 +70,7 @@ class MaPLeModel(PromptedCLIP):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         ctx, deep, v0, vs = self.prompts()
         g = self.text(ctx, deep)  # (C, E)
-        f = encode_image(self.clip, images, v0, vs)  # (B, E)
+        f = encode_image(self.clip, images, v0, vs, round_prompts=self.round_prompts)  # (B, E)
         return self.logits(f, g)
 
 

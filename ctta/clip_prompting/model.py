@@ -55,6 +55,9 @@ class PromptedCLIP(nn.Module):
         layout, position, deep_block: see ``PromptedText``.
         truncate: exact truncation at the longest EOT (False: the 77-token reference path).
         shared_prefix: encode the class-independent prefix once (exact).
+        round_prompts: round every inserted deep prompt (text here, vision in ``encode_image(...,
+            round_prompts=self.round_prompts)``) to fp16, as the official code (``PromptLearnerConfig.round_prompts``).
+        text_options: further ``PromptedText`` options (``one_token_words``, ``deep_start``: ATPrompt's slicing).
 
     Attributes:
         context_is_the_prompt: the prediction is CLIP with the shared context ``text_context()`` and nothing else
@@ -75,13 +78,16 @@ class PromptedCLIP(nn.Module):
         deep_block: int = -1,
         truncate: bool = True,
         shared_prefix: bool = True,
+        round_prompts: bool = True,
+        **text_options,
     ) -> None:
         super().__init__()
         self.clip = clip_model.requires_grad_(False)
+        self.round_prompts = round_prompts
         self.tokenizer = tokenizer
         self.text = PromptedText(
             clip_model, tokenizer, classnames, layout, position=position, deep_block=deep_block,
-            truncate=truncate, shared_prefix=shared_prefix,
+            truncate=truncate, shared_prefix=shared_prefix, round_prompts=round_prompts, **text_options,
         )  # fmt: skip
 
     @property

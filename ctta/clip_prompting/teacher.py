@@ -12,7 +12,11 @@ frozen, so it equals a second copy) and runs under ``no_grad``.
 Shared with wave 2: CoPrompt, HiCroPL and MSGCoOp distil towards a frozen-CLIP teacher's text classifier too
 (``clip-prompt-learners.md`` sections 20 (T1) and 23), so it stays in the core rather than in PromptSRC's package.
 
-Deviations: none.
+fp16 embeddings (``round_embeddings=True``, the default): the official PromptSRC teacher keeps its fixed text
+embeddings in fp16 in every precision, so the stored class features are rounded to fp16 (``False``: kept in fp32).
+
+Deviations: the teacher's text features are computed by the frozen backbone in the run's precision and then rounded
+(the reference computes them with an fp16 CLIP throughout).
 """
 
 from __future__ import annotations
@@ -38,10 +42,15 @@ class FrozenCLIPTeacher(nn.Module):
         tokenizer: its tokenizer.
         classnames: class names (``_`` becomes a space).
         templates: format strings with one ``{}``; the class feature is their mean (unnormalised).
+        round_embeddings: store the class features rounded to fp16 (the official fixed embeddings).
     """
 
-    def __init__(self, clip_model: nn.Module, tokenizer, classnames: Sequence[str], templates=HAND_CRAFTED) -> None:
+    def __init__(
+        self, clip_model: nn.Module, tokenizer, classnames: Sequence[str], templates=HAND_CRAFTED, *,
+        round_embeddings: bool = True,
+    ) -> None:  # fmt: skip
         super().__init__()
+        self.round_embeddings = round_embeddings
         if not templates:
             raise ValueError("templates is empty")
         self.clip = [clip_model]  # not a submodule: the teacher owns no state of its own
@@ -57,7 +66,9 @@ class FrozenCLIPTeacher(nn.Module):
         for t in self.templates:
             tokens = self.tokenizer([t.format(c.replace("_", " ")) for c in classnames]).to(dev)
             feats.append(clip.encode_text(tokens).float())  # (C, E)
-        self.register_buffer("text_features", torch.stack(feats).mean(0), persistent=False)  # (C, E)
+        mean = torch.stack(feats).mean(0)  # (C, E)
+        mean = mean.half().float() if self.round_embeddings else mean
+        self.register_buffer("text_features", mean, persistent=False)
 
     @torch.no_grad()
     def image_features(self, images: torch.Tensor) -> torch.Tensor:

@@ -56,6 +56,9 @@ class PromptLearnerConfig:
     warmup_lr: float = 1e-5
     prec: str = "fp16"  # fp16 (reference; CUDA only) | amp | fp32 | auto (the run's precision)
     truncate: bool = True  # exact truncation at the longest EOT (False: the 77-token reference path)
+    # the official fp16 rounding of every inserted deep / vision prompt and of PromptSRC's teacher embeddings
+    # (MaPLe, PromptSRC, ATPrompt compute it in every precision); False: unrounded (ctta's earlier results)
+    round_prompts: bool = True
     context_out: str = ""  # after each training experience save the text context here (TPT's init="coop:<path>")
     num_workers: int = 0
 

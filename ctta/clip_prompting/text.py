@@ -29,10 +29,18 @@ against the straightforward computation; ``ctta.clip_prompting.tower`` holds the
   (``tower.shared_prefix_block``); the class tokens attend to the shared keys/values plus their own;
 - ``ln_final`` and the projection act per token, so applying them to the EOT rows only is exact.
 
-``truncate=False`` is the straightforward 77-token path of the references.
+``truncate=False`` is the straightforward 77-token path of the references: every class encoded on its own over all
+77 positions (no buckets, no shared prefix), a reference for tests and benchmarks.
 
-Deviations: deep prompts are inserted in the running dtype (the references round every inserted prompt to fp16
-even in fp32 runs; this changes logits by about 1e-3).
+fp16 rounding (``round_prompts=True``, the default): as the official MaPLe / PromptSRC / ATPrompt code, every deep
+prompt is inserted as ``P_i.expand(B, ...).half()`` and cast back to the running dtype, so even an fp32 run sees
+fp16-rounded values (and per-sample fp16 gradients); the input-layer soft tokens are not rounded (they escape it in
+the references too). Rounding is elementwise, so the speed-ups above stay exact with it. ``round_prompts=False``
+inserts the prompts unrounded (ctta's earlier behaviour; logits differ by about 1e-3).
+
+Deviations: with the shared prefix a deep prompt is inserted once per context, so its gradient is summed over the
+classes before the rounding of the fp16 cast (the references round each class's gradient first); the forward
+values are identical.
 """
 
 from __future__ import annotations
@@ -106,9 +114,15 @@ class PromptedText(nn.Module):
             (ATPrompt).
         position: class-token position ``end`` | ``middle`` | ``front`` (the last two need ``layout=[n]``).
         deep_block: index (among the soft blocks) of the block deep prompts replace (default: the last one).
-        truncate: truncate at the longest EOT (False: the 77-token path).
+        truncate: truncate at the longest EOT (False: the straightforward per-class 77-token path).
         n_buckets: length buckets when truncating.
-        shared_prefix: encode the class-independent prefix once per context (exact; used when possible).
+        shared_prefix: encode the class-independent prefix once per context (exact; used when possible, never with
+            ``truncate=False``).
+        round_prompts: round every inserted deep prompt to fp16 as the official code does (see the module notes).
+        one_token_words: place the soft tokens as if every hard word were one BPE token (ATPrompt's official
+            slicing): the soft tokens overwrite those nominal positions of the tokenised text, so the remaining
+            tokens of a multi-token word shift right and the text keeps its full length and EOT position.
+        deep_start: position where deep prompts are inserted (default: the deep block's first soft position).
 
     Attributes:
         n_soft: soft tokens per prompt; ``blocks``: ``(start, length)`` of each soft block within them.
@@ -127,8 +141,14 @@ class PromptedText(nn.Module):
         truncate: bool = True,
         n_buckets: int = 4,
         shared_prefix: bool = True,
+        round_prompts: bool = True,
+        one_token_words: bool = False,
+        deep_start: int | None = None,
     ) -> None:
         super().__init__()
+        if one_token_words and position != "end":
+            raise ValueError("one_token_words needs position='end'")
+        self.one_token_words, self.deep_start = one_token_words, deep_start
         if position not in ("end", "middle", "front"):
             raise ValueError(f"position must be end, middle or front, got {position!r}")
         if position != "end" and (len(layout) != 1 or not isinstance(layout[0], int)):
@@ -136,7 +156,8 @@ class PromptedText(nn.Module):
         self.tower = text_tower(clip_model)
         self.tokenizer, self.layout, self.position = tokenizer, list(layout), position
         self.truncate, self.n_buckets = truncate, n_buckets
-        self.shared_ok = shared_prefix and position == "end"
+        self.round_prompts = round_prompts
+        self.shared_ok = shared_prefix and position == "end" and truncate
         self.shared_ok = self.shared_ok and all(shared_prefix_ok(b) for b in self.tower.transformer.resblocks)
         sizes = [x for x in self.layout if isinstance(x, int)]
         if any(n < 0 for n in sizes):
@@ -164,7 +185,7 @@ class PromptedText(nn.Module):
         if self.position == "end":
             pos, cur = [], 1
             for x in self.layout:
-                n = x if isinstance(x, int) else len(_encode(self.tokenizer, str(x)))
+                n = x if isinstance(x, int) else self._word_slots(str(x))
                 if isinstance(x, int):
                     pos += list(range(cur, cur + n))
                 cur += n
@@ -192,7 +213,8 @@ class PromptedText(nn.Module):
             pos.append(p)
         tokens = torch.tensor(rows, dtype=torch.long)
         x_id = _encode(self.tokenizer, "X")[0]
-        if pos[0] and not all(tokens[c, p].eq(x_id).all() for c, p in enumerate(pos)):
+        placed = self.one_token_words or all(tokens[c, p].eq(x_id).all() for c, p in enumerate(pos))
+        if pos[0] and not placed:
             raise ValueError(f"soft-token positions do not match the tokenised text of layout {self.layout}")
         dev = self.tower.token_embedding.weight.device
         with torch.no_grad():
@@ -201,9 +223,7 @@ class PromptedText(nn.Module):
         self.register_buffer("token_embedding", emb, persistent=False)
         self.register_buffer("eot", tokens.argmax(-1).to(dev), persistent=False)  # (C,)
         self.register_buffer("soft_pos", torch.tensor(pos, dtype=torch.long, device=dev).view(len(pos), -1), False)
-        self.name_start = (
-            1 + self.n_soft + sum(len(_encode(self.tokenizer, str(x))) for x in self.layout if isinstance(x, str))
-        )
+        self.name_start = 1 + self.n_soft + sum(self._word_slots(str(x)) for x in self.layout if isinstance(x, str))
         ctx_len = None if self.truncate else tokens.shape[1]
         plan = bucket_plan(self.eot.tolist(), self.n_buckets if self.truncate else 1, ctx_len)
         self.plan = [(torch.as_tensor(i, dtype=torch.long, device=dev), length) for i, length in plan]
@@ -264,9 +284,19 @@ class PromptedText(nn.Module):
             x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
         return x
 
+    def _insert(self, p: torch.Tensor, batch: int, dtype: torch.dtype) -> torch.Tensor:
+        """A deep prompt ``(n, D)`` as inserted: ``(batch, n, D)``, fp16-rounded with ``round_prompts``."""
+        p = p.expand(batch, -1, -1)
+        return (p.half() if self.round_prompts else p).to(dtype)
+
+    def _word_slots(self, word: str) -> int:
+        """Token positions a hard word takes when placing the soft tokens (1 with ``one_token_words``)."""
+        return 1 if self.one_token_words else len(_encode(self.tokenizer, word))
+
     def _deep_slice(self) -> tuple[int, int]:
         start, n = self.blocks[self.deep_block]
         a = int(self.soft_pos[0, start]) if n else 0
+        a = a if self.deep_start is None else self.deep_start
         return a, a + n
 
     def _encode_bucket(self, soft4, deep, idx: torch.Tensor, length: int) -> torch.Tensor:
@@ -285,7 +315,7 @@ class PromptedText(nn.Module):
         a, b = self._deep_slice() if len(deep) else (0, 0)
         for i, blk in enumerate(t.transformer.resblocks):
             if 1 <= i <= len(deep):  # deep prompt P_i replaces the block's hidden states (no positional embedding)
-                p = deep[i - 1].to(x.dtype).expand(x.shape[0], -1, -1)
+                p = self._insert(deep[i - 1], x.shape[0], x.dtype)
                 x = torch.cat([x[:, :a], p, x[:, b:]], dim=1)
             x = blk(x, attn_mask=mask)
         rows = x[torch.arange(x.shape[0], device=x.device), self.eot[idx].repeat(s)]  # (S*Cb, D) EOT rows
@@ -305,7 +335,7 @@ class PromptedText(nn.Module):
         a, b = self._deep_slice() if len(deep) else (0, 0)
         for i, blk in enumerate(t.transformer.resblocks):
             if 1 <= i <= len(deep):
-                pre = torch.cat([pre[:, :a], deep[i - 1].to(pre.dtype).expand(s, -1, -1), pre[:, b:]], dim=1)
+                pre = torch.cat([pre[:, :a], self._insert(deep[i - 1], s, pre.dtype), pre[:, b:]], dim=1)
             pre, suf = shared_prefix_block(blk, pre, suf, n_cls)
         rows = suf[torch.arange(s * n_cls, device=suf.device), (self.eot[idx] - p).repeat(s)]
         return self._project(rows).reshape(s, n_cls, -1)

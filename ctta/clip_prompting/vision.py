@@ -11,7 +11,11 @@ open_clip's own ``VisionTransformer`` modules (``conv1``, ``class_embedding``, `
 ``patch_dropout``, ``ln_pre``, the residual blocks, ``_pool``, ``proj``), never a fork; with no prompts the output
 equals ``visual(x)``.
 
-Deviations: prompts are inserted in the running dtype (the references round them to fp16).
+fp16 rounding (``round_prompts=True``, the default): every inserted vision prompt (``V_0`` and each ``V_i``,
+MaPLe's coupled prompts included) is ``V.expand(B, ...).half()`` cast back to the running dtype, as the official
+MaPLe / PromptSRC code computes in every precision; ``round_prompts=False`` inserts them unrounded.
+
+Deviations: none.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ def encode_image(
     deep: Sequence[torch.Tensor] = (),
     *,
     normalize: bool = False,
+    round_prompts: bool = True,
 ) -> torch.Tensor:
     """Image features with vision prompts.
 
@@ -48,6 +53,7 @@ def encode_image(
         prompts: input-layer prompts ``V_0``: ``(n, W)`` (shared) or ``(B, n, W)``; None: no prompts.
         deep: ``V_1..V_{J-1}``, each ``(n, W)``, replacing the last ``n`` tokens at layers 1..J-1.
         normalize: L2-normalise the features.
+        round_prompts: round every inserted prompt to fp16 (the official code's ``.half()``).
     """
     visual = clip_model.visual
     if prompts is None and not len(deep):
@@ -66,18 +72,22 @@ def encode_image(
     cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
     x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)  # (B, 1+g*g, W)
     x = visual.patch_dropout(x)
-    p = prompts.to(x.dtype)
-    p = p.expand(x.shape[0], -1, -1) if p.dim() == 2 else p  # (B, n, W)
+    p = _insert(prompts if prompts.dim() == 3 else prompts.expand(x.shape[0], -1, -1), x.dtype, round_prompts)
     n = p.shape[1]
     x = visual.ln_pre(torch.cat([x, p], dim=1))  # (B, T+n, W): prompts carry no positional embedding
     for i, blk in enumerate(blocks):
         if 1 <= i <= len(deep):  # V_i replaces the last n tokens
-            x = torch.cat([x[:, :-n], deep[i - 1].to(x.dtype).expand(x.shape[0], -1, -1)], dim=1)
+            x = torch.cat([x[:, :-n], _insert(deep[i - 1].expand(x.shape[0], -1, -1), x.dtype, round_prompts)], dim=1)
         x = blk(x)
     pooled, _ = visual._pool(x)
     if visual.proj is not None:
         pooled = pooled @ visual.proj
     return pooled / pooled.norm(dim=-1, keepdim=True) if normalize else pooled
+
+
+def _insert(p: torch.Tensor, dtype: torch.dtype, round_prompts: bool) -> torch.Tensor:
+    """An expanded prompt ``(B, n, W)`` as inserted: fp16-rounded with ``round_prompts``, in ``dtype``."""
+    return (p.half() if round_prompts else p).to(dtype)
 
 
 def _dtype(visual: nn.Module) -> torch.dtype:

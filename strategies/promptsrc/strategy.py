@@ -78,7 +78,9 @@ class PromptSRCModel(PromptedCLIP):
         if cfg.teacher_templates not in TEACHER_TEMPLATES:
             raise ValueError(f"teacher_templates={cfg.teacher_templates!r}; valid: {sorted(TEACHER_TEMPLATES)}")
         layout, ctx0 = context_init(clip_model, tokenizer, cfg.ctx_init, cfg.n_ctx_text)
-        super().__init__(clip_model, tokenizer, classnames, layout, truncate=cfg.truncate)
+        super().__init__(
+            clip_model, tokenizer, classnames, layout, truncate=cfg.truncate, round_prompts=cfg.round_prompts
+        )
         n_text, n_vis = len(clip_model.transformer.resblocks), len(clip_model.visual.transformer.resblocks)
         if not (1 <= cfg.depth_text <= n_text and 1 <= cfg.depth_vision <= n_vis):
             raise ValueError(f"depth_text must be in 1..{n_text} and depth_vision in 1..{n_vis}")
@@ -87,7 +89,10 @@ class PromptSRCModel(PromptedCLIP):
         self.deep_text = nn.ParameterList(_normal(ctx0.shape[0], d) for _ in range(cfg.depth_text - 1))
         self.vpt = _normal(cfg.n_ctx_vision, w)
         self.deep_vision = nn.ParameterList(_normal(cfg.n_ctx_vision, w) for _ in range(cfg.depth_vision - 1))
-        self.teacher = FrozenCLIPTeacher(clip_model, tokenizer, classnames, TEACHER_TEMPLATES[cfg.teacher_templates])
+        templates = TEACHER_TEMPLATES[cfg.teacher_templates]
+        self.teacher = FrozenCLIPTeacher(
+            clip_model, tokenizer, classnames, templates, round_embeddings=cfg.round_prompts
+        )
         self.features: dict[str, torch.Tensor] = {}
 
     def set_classnames(self, classnames) -> None:
@@ -96,7 +101,8 @@ class PromptSRCModel(PromptedCLIP):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         g = F.normalize(self.text(self.ctx, list(self.deep_text)), dim=-1)  # (C, E)
-        f = F.normalize(encode_image(self.clip, images, self.vpt, list(self.deep_vision)), dim=-1)  # (B, E)
+        f = encode_image(self.clip, images, self.vpt, list(self.deep_vision), round_prompts=self.round_prompts)
+        f = F.normalize(f, dim=-1)  # (B, E)
         if self.training:
             self.features = {"text": g, "image": f}
         return self.logit_scale * f @ g.t()
