@@ -8,23 +8,10 @@ from __future__ import annotations
 import os
 
 import torch
-from avalanche.training.plugins import SupervisedPlugin
 
+from tests.helpers import Recorder
 
-class Recorder(SupervisedPlugin, supports_distributed=True):
-    """Global training loss of every update and the (gathered) outputs of every test-time mini-batch."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.losses: list[float] = []
-        self.outputs: list[torch.Tensor] = []
-
-    def after_backward(self, strategy, **kwargs) -> None:
-        self.losses.append(float(strategy.loss.detach()))
-
-    def after_eval_forward(self, strategy, **kwargs) -> None:
-        if getattr(strategy, "eval_kind", None) is None:  # test-time runs (not the anytime evaluation)
-            self.outputs.append(strategy.mb_output.detach().cpu().clone())
+__all__ = ["Recorder", "rank_main", "run_recorded"]
 
 
 def run_recorded(cfg_path: str, overrides: list[str], out_dir: str) -> dict:
@@ -40,8 +27,7 @@ def run_recorded(cfg_path: str, overrides: list[str], out_dir: str) -> dict:
     model = ctx.strategy.model
     state = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
     state |= {n: b.detach().cpu().clone() for n, b in model.named_buffers()}
-    out = torch.cat(rec.outputs) if rec.outputs else None
-    return {"losses": rec.losses, "outputs": out, "summary": results["summary"], "state": state}
+    return {"losses": rec.losses, "outputs": rec.output_tensor(), "summary": results["summary"], "state": state}
 
 
 def rank_main(rank: int, world: int, port: int, cfg_path: str, overrides: list[str], out_dir: str, dump: str):

@@ -106,7 +106,7 @@ def test_multilane_cil_imagenet_r_has_only_the_reference_transforms(tmp_path):
     """MULTI-LANE's ImageNet-R (kind cl, ``fixed_crop=False``) skips Si-Blurry's in-dataset 256/224 crop."""
     from torchvision.transforms import ToTensor
 
-    from tests.test_cl_datasets import make_imagenet_r
+    from tests.helpers import make_imagenet_r
 
     make_imagenet_r(tmp_path)  # 20 x 30 images
     entry = catalogue.entry("imagenet_r", "cl")

@@ -1,5 +1,11 @@
 """Checkpoint/resume: a run killed mid-stream and resumed ends with the uninterrupted run's metrics; a truncated
-checkpoint is detected and the previous one is used."""
+checkpoint is detected and the previous one is used.
+
+The default suite keeps one kill/resume case per mechanism: VPT (prompt, head and optimiser state) killed at a
+random batch, L2P with replay (the replay memory too) killed inside an experience (the data iterator's seed draw
+replays); the other two combinations are ``slow`` (``-m slow``). tests/test_distributed.py resumes under two
+processes.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +14,13 @@ import random
 
 import pytest
 import torch
-from avalanche.training.plugins import SupervisedPlugin
 
 from ctta.runner.checkpoint import load_latest, save_checkpoint
 from ctta.runner.config import load_config
 from ctta.runner.run import execute, prepare
-from tests.conftest import ROOT
+from tests.helpers import SMOKE, Killer
 
-CFG = ROOT / "configs" / "smoke" / "vpt_digits.yaml"
+CFG = SMOKE / "vpt_digits.yaml"
 OVR = [
     "log.progress=false",
     "log.plot=false",
@@ -27,30 +32,23 @@ OVR = [
 ]
 
 
-class Killer(SupervisedPlugin):
-    def __init__(self, after_batches):
-        super().__init__()
-        self.left = after_batches
-
-    def after_training_iteration(self, strategy, **kw):
-        self.left -= 1
-        if self.left == 0:
-            raise KeyboardInterrupt("simulated kill")
-
-
 def _summary(out):
     return json.loads((out / "results.json").read_text())["summary"]
 
 
+L2P = (SMOKE / "l2p_digits.yaml", ["strategy.memory_size=40", "strategy.memory_batch_size=8"])
+SLOW = [pytest.mark.slow]
+
+
 @pytest.mark.parametrize(
-    "cfg_path,extra",
+    "cfg_path,extra,kill",
     [
-        (CFG, []),
-        (ROOT / "configs" / "smoke" / "l2p_digits.yaml", ["strategy.memory_size=40", "strategy.memory_batch_size=8"]),
+        pytest.param(CFG, [], "random", id="random-vpt"),
+        pytest.param(*L2P, "mid-experience", id="mid-experience-l2p-replay"),
+        pytest.param(CFG, [], "mid-experience", id="mid-experience-vpt", marks=SLOW),
+        pytest.param(*L2P, "random", id="random-l2p-replay", marks=SLOW),
     ],
-    ids=["vpt", "l2p-replay"],
 )
-@pytest.mark.parametrize("kill", ["random", "mid-experience"])
 def test_killed_run_resumes_to_identical_metrics(tmp_path, cfg_path, extra, kill):
     full = tmp_path / "full"
     ovr = [*OVR, *extra]

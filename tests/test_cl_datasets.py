@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import pickle
-
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from ctta.data.cl_datasets import (
     DATASET_STATS,
@@ -17,53 +13,7 @@ from ctta.data.cl_datasets import (
     load_imagenet_r,
     load_tiny_imagenet,
 )
-
-
-# ------------------------------------------------------------------------------------------- fake layouts
-def make_cifar(root, n_classes=10, per_class=3):
-    base = root / "cifar-100-python"
-    base.mkdir(parents=True)
-    names = [f"class_{c}" for c in range(n_classes)]
-    with open(base / "meta", "wb") as fh:
-        pickle.dump({"fine_label_names": names}, fh)
-    out = {}
-    for split, k in (("train", per_class), ("test", 1)):
-        labels = out[split] = [(7 * i) % n_classes for i in range(n_classes * k)]  # interleaved native order
-        data = np.zeros((len(labels), 3, 32, 32), dtype=np.uint8)
-        data[:, 0] = np.arange(len(labels))[:, None, None]  # red = sample index
-        data[:, 1, 0, 1] = 200  # one green pixel at (row 0, col 1)
-        with open(base / split, "wb") as fh:
-            pickle.dump({"data": data.reshape(len(labels), -1), "fine_labels": labels}, fh)
-    return out["train"]
-
-
-def save_img(path, value, size=(8, 8)):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, (value, value, value)).save(path)
-
-
-def make_tiny(root):
-    base = root / "tiny-imagenet-200"
-    wnids = ["n03", "n01", "n02"]  # wnids.txt order differs from sorted folder order
-    base.mkdir(parents=True)
-    (base / "wnids.txt").write_text("\n".join(wnids) + "\n")
-    (base / "words.txt").write_text("n01\tgoldfish, Carassius auratus\nn02\tshark\nn03\tcat\n")
-    for w in wnids:
-        for k in (1, 0):
-            save_img(base / "train" / w / "images" / f"{w}_{k}.JPEG", 10 * k)
-        (base / "train" / w / f"{w}_boxes.txt").write_text("ignored\n")
-    ann = [("val_0.JPEG", "n02"), ("val_1.JPEG", "n03"), ("val_2.JPEG", "n01")]
-    for f, _ in ann:
-        save_img(base / "val" / "images" / f, 5)
-    (base / "val" / "val_annotations.txt").write_text("".join(f"{f}\t{w}\t0\t0\t8\t8\n" for f, w in ann))
-
-
-def make_imagenet_r(root, sizes=(4, 3, 3)):
-    base = root / "imagenet-r"
-    for c, n in enumerate(sizes):
-        for k in range(n):
-            save_img(base / f"n0000000{c}" / f"img_{k}.jpg", 20 * c + k, size=(20, 30))
-    (base / "README.txt").write_text("n00000000 goldfish\nn00000001 great white shark\n")
+from tests.helpers import make_cifar, make_imagenet_r, make_tiny
 
 
 # ----------------------------------------------------------------------------------------------------- tests

@@ -7,25 +7,26 @@ import json
 import pytest
 
 from ctta.runner.cli import main
+from tests.helpers import ROOT
 
 
-def test_demo_writes_outputs(tmp_path, capsys):
-    rc = main(["demo", f"log.out_dir={tmp_path}", "log.progress=false", "scenario.n_tasks=3"])
-    assert rc == 0
-    out = capsys.readouterr().out
+@pytest.mark.xdist_group("cl_demo")
+def test_demo_writes_outputs(cl_demo):
+    """The session's reduced ``ctta demo`` (conftest's ``cl_demo``, also read by tests/test_demo.py)."""
+    folder, out = cl_demo
     assert "A_last" in out and "MVP" in out and "linear probe" in out and "demo_results.json" in out
-    res = json.loads((tmp_path / "results.json").read_text())  # MVP's own run, as `ctta run` writes it
+    res = json.loads((folder / "results.json").read_text())  # MVP's own run, as `ctta run` writes it
     assert 0.0 <= res["summary"]["A_last"] <= 1.0
-    assert res["history"] and (tmp_path / "accuracy.png").stat().st_size > 1000
-    assert (tmp_path / "metrics.csv").read_text().startswith("kind,samples,accuracy")
-    demo = json.loads((tmp_path / "demo_results.json").read_text())
+    assert res["history"] and (folder / "accuracy.png").stat().st_size > 1000
+    assert (folder / "metrics.csv").read_text().startswith("kind,samples,accuracy")
+    demo = json.loads((folder / "demo_results.json").read_text())
     assert demo["kind"] == "cl" and demo["mvp"]["A_last"] == pytest.approx(res["summary"]["A_last"])
-    assert (tmp_path / "demo_accuracy.png").stat().st_size > 1000
+    assert (folder / "demo_accuracy.png").stat().st_size > 1000
 
 
 def test_demo_kind_must_be_cl_or_tta(capsys):
     assert main(["demo", "nope"]) == 2
-    assert "'cl' (default) or 'tta'" in capsys.readouterr().err
+    assert "'cl' (default), 'tta' or 'fewshot'" in capsys.readouterr().err
 
 
 def test_list_shows_components(capsys):
@@ -41,8 +42,6 @@ def test_config_error_is_reported(tmp_path, capsys):
 
 
 def test_generate_caches_views_once(tmp_path, capsys):
-    from tests.conftest import ROOT
-
     cfg = str(ROOT / "configs" / "smoke" / "difftpt_digits.yaml")
     args = [
         "generate",
@@ -69,8 +68,6 @@ def test_generate_caches_views_once(tmp_path, capsys):
 
 
 def test_missing_dataset_is_reported_without_traceback(tmp_path, capsys):
-    from tests.conftest import ROOT
-
     rc = main(
         [
             "run",

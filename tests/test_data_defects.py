@@ -11,8 +11,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from ctta.registry import SCENARIOS
-from tests.test_cl_datasets import make_cifar, make_imagenet_r, make_tiny
-from tests.test_transfer_datasets import _fgvc_cub
+from tests.helpers import make_cifar, make_fgvc_cub, make_imagenet_r, make_tiny
 
 
 def _build(dataset: str, root, **kw):
@@ -26,7 +25,7 @@ def _build(dataset: str, root, **kw):
         ("cifar100", make_cifar, 10, 30),  # <root>/cifar-100-python pickles
         ("tinyimagenet", make_tiny, 3, 6),  # <root>/tiny-imagenet-200
         ("imagenet_r", make_imagenet_r, 3, 8),  # <root>/imagenet-r, the reference 80/20 split of 10 images
-        ("cub200", _fgvc_cub, 2, 8),  # a DAM-VP transfer set: <root>/FGVC/CUB_200_2011 with VPT's json splits
+        ("cub200", make_fgvc_cub, 2, 8),  # a DAM-VP transfer set: <root>/FGVC/CUB_200_2011 with VPT's json splits
     ],
 )
 def test_class_incremental_reads_the_catalogue(tmp_path, dataset, make, n_classes, n_train):
@@ -68,7 +67,7 @@ def test_folder_scenario_batches_stack(tmp_path):
 
 def test_ctta_run_with_a_missing_dataset_says_what_to_download_and_where(tmp_path, capsys):
     from ctta.runner.cli import main
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
 
     rc = main(
         [

@@ -28,12 +28,15 @@ def _tta(tmp_path, extra=()):
     return json.loads((tmp_path / "demo_results.json").read_text())
 
 
-def test_cl_demo_learns_with_the_shipped_vit(tmp_path, capsys):
-    res = _cl(tmp_path)
+@pytest.mark.xdist_group("cl_demo")
+def test_cl_demo_learns_with_the_shipped_vit(cl_demo):
+    """The session's reduced CL demo (conftest's ``cl_demo``: ``ctta demo`` with the reduced settings, shared with
+    tests/test_cli.py)."""
+    folder, table = cl_demo
+    res = json.loads((folder / "demo_results.json").read_text())
     assert res["mvp"]["A_last"] > CL_BOUND and res["linear_probe"] > PROBE_BOUND
     assert res["mvp"]["A_last"] > res["naive"]["A_last"]
-    assert (tmp_path / "demo_accuracy.png").is_file() and (tmp_path / "results.json").is_file()
-    table = capsys.readouterr().out
+    assert (folder / "demo_accuracy.png").is_file() and (folder / "results.json").is_file()
     assert "joint linear probe" in table and "naive online fine-tuning" in table
 
 

@@ -8,24 +8,18 @@ identical parameters. TPT (episodic): per-sample logits gathered in sample order
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
 from ctta import distributed
-from tests.conftest import ROOT
 from tests.dist_worker import rank_main, run_recorded
+from tests.helpers import ROOT
+from tests.helpers import free_port as _free_port
 
 SMOKE = ROOT / "configs" / "smoke"
 COMMON = ["log.progress=false", "log.plot=false", "device=cpu"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _compare(cfg, overrides, tmp_path, world=2):
@@ -125,7 +119,7 @@ def test_killed_run_resumes_under_two_processes(tmp_path):
     """A one-process run killed mid-stream resumes under 2 processes (rank 0 loads, broadcasts) to the same end."""
     from ctta.runner.config import load_config
     from ctta.runner.run import execute, prepare
-    from tests.test_checkpoint import Killer
+    from tests.helpers import Killer
 
     cfg_path = SMOKE / "l2p_digits.yaml"
     ovr = [*COMMON, "scenario.batch_size=32", "strategy.eval_every=200", "strategy.memory_size=40",

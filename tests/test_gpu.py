@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 from collections import Counter
 
@@ -19,7 +18,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from tests.conftest import ROOT, SMOKE_CONFIGS
+from tests.helpers import ROOT, SMOKE_CONFIGS, check_contract, free_port, run_contract
 
 DEVICE = os.environ.get("CTTA_GPU_TEST_DEVICE", "cuda")
 SMOKE = ROOT / "configs" / "smoke"
@@ -46,24 +45,11 @@ def exact_fp32():
 
 # ---------------------------------------------------------------------------------------------- smoke contract
 @pytest.mark.parametrize("path", SMOKE_CONFIGS, ids=[p.stem for p in SMOKE_CONFIGS])
-def test_smoke_config_contract_on_cuda(path, tmp_path, monkeypatch):
+def test_smoke_config_contract_on_cuda(path, tmp_path):
     """tests/test_contract.py's contract, run with ``device=cuda`` (default precision: bf16 autocast; TPT fp16)."""
-    from tests import test_contract
-
-    load, prepare, seen = test_contract.load_config, test_contract.prepare, []
-
-    def load_on_device(p, overrides=()):
-        return load(p, [*overrides, f"device={DEVICE}"])  # the last override wins over the contract's device=cpu
-
-    def prepare_and_record(cfg):
-        ctx = prepare(cfg)
-        seen.append(ctx)
-        return ctx
-
-    monkeypatch.setattr(test_contract, "load_config", load_on_device)
-    monkeypatch.setattr(test_contract, "prepare", prepare_and_record)
-    test_contract.test_smoke_config_contract(path, tmp_path)
-    (ctx,) = seen
+    run = run_contract(path, tmp_path / "run", [f"device={DEVICE}"])  # the last override wins over device=cpu
+    check_contract(run)
+    ctx = run.ctx
     assert torch.device(ctx.strategy.device).type == torch.device(DEVICE).type
     trainable = [p for p in ctx.strategy.model.parameters() if p.requires_grad]
     assert trainable and all(_on_device(p) for p in trainable)
@@ -206,12 +192,6 @@ def test_fp32_on_cuda_equals_cpu(config, tmp_path, exact_fp32):
 
 
 # ---------------------------------------------------------------------------------------------- NCCL
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _force_distributed_path(distributed) -> None:
     """Make every ctta module see an active one-rank process group, so the sharded code path runs (shards of the
     whole batch, gathers, the surrogate loss, the gradient all-reduce) and its collectives go through the group."""
@@ -276,7 +256,7 @@ def test_distributed_path_through_nccl_in_one_process(tmp_path):
     ]
     runs = [(cfg, ovr, str(tmp_path / f"run{i}")) for i, (cfg, ovr) in enumerate(runs)]
     dump = str(tmp_path / "record.pt")
-    mp.spawn(nccl_child, args=(_free_port(), DEVICE, runs, dump), nprocs=1, join=True)
+    mp.spawn(nccl_child, args=(free_port(), DEVICE, runs, dump), nprocs=1, join=True)
     rec = torch.load(dump, weights_only=False)
     assert rec["backend"] == ("nccl" if DEVICE.startswith("cuda") else "gloo")
     assert rec["calls"].get("all_gather", 0) > 0 and rec["calls"].get("all_reduce", 0) > 0, rec["calls"]

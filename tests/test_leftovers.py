@@ -6,7 +6,8 @@ import pytest
 import torch
 from avalanche.benchmarks.scenarios import DatasetExperience
 
-from tests.test_templates import _data, _strategy
+from tests.helpers import linear_data as _data
+from tests.helpers import linear_strategy as _strategy
 
 
 # ------------------------------------------------------------------ issue 13: shuffle=True on an online stream
@@ -72,7 +73,7 @@ def test_difftpt_messages_print_keys_as_set_on_the_command_line():
 def test_more_experiences_than_classes_fails_before_data_loads(tmp_path, capsys, monkeypatch, config, override, needle):
     from ctta.data import catalogue
     from ctta.runner.cli import main
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
 
     def no_data(*a, **k):
         raise AssertionError("data loaded before the class-count check")

@@ -293,7 +293,7 @@ def test_bad_options_raise(tiny_vit):
 )  # fmt: skip
 def test_benchmark_configs_hold_the_reference_defaults(name, want):
     from ctta.runner.config import load_config
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
 
     cfg = load_config(ROOT / "configs" / f"multilane_{name}.yaml")
     sc, st = cfg.scenario.params, cfg.strategy.params

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from ctta.extras import MissingExtraError, require
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def _python(code: str, cwd) -> subprocess.CompletedProcess:

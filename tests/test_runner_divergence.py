@@ -9,7 +9,7 @@ import pytest
 
 from ctta.runner.cli import main
 from ctta.runner.results import write_results
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 VPT = str(ROOT / "configs" / "smoke" / "vpt_digits.yaml")
 
@@ -48,10 +48,10 @@ def test_non_finite_loss_stops_the_run_and_is_recorded(tmp_path, capsys):
     assert "lr" in saved["divergence"]["message"] or "learning rate" in saved["divergence"]["message"]
 
 
-def test_finished_run_has_status_finished(tmp_path):
-    out = tmp_path / "ok"
-    assert main(["run", VPT, f"log.out_dir={out}", "log.progress=false", "log.plot=false", "device=cpu"]) == 0
-    assert _strict_json((out / "results.json").read_text())["status"] == "finished"
+@pytest.mark.xdist_group("vpt_run")
+def test_finished_run_has_status_finished(vpt_run):
+    """The session's shared VPT run (conftest's ``vpt_run``)."""
+    assert _strict_json((vpt_run.out / "results.json").read_text())["status"] == "finished"
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf])

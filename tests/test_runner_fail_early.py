@@ -6,7 +6,7 @@ import pytest
 
 from ctta.runner.cli import main
 from ctta.runner.config import ConfigError, load_config
-from tests.conftest import ROOT
+from tests.helpers import ROOT, copy_run
 
 VPT = str(ROOT / "configs" / "smoke" / "vpt_digits.yaml")
 QUICK = ["log.progress=false", "log.plot=false", "device=cpu"]
@@ -106,11 +106,12 @@ def test_every_shipped_config_passes_the_image_size_check():
             check_image_size(load_config(path))
 
 
-def test_a_run_failing_before_training_leaves_the_folder_as_found(tmp_path, capsys):
+@pytest.mark.xdist_group("vpt_run")
+def test_a_run_failing_before_training_leaves_the_folder_as_found(vpt_run, tmp_path, capsys):
     out = tmp_path / "out"
     _fails_cleanly(capsys, ["run", VPT, *QUICK, f"log.out_dir={out}", "scenario.n_experiences=20"], "n_experiences")
     assert not out.exists()  # no config.yaml, no running marker: the next run is not refused as "unfinished"
-    assert main(["run", VPT, *QUICK, f"log.out_dir={out}"]) == 0
+    copy_run(vpt_run, out)  # a finished run of VPT (the session's shared one)
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     argv = ["run", VPT, *QUICK, f"log.out_dir={out}", "overwrite=true", "scenario.n_experiences=20"]
     _fails_cleanly(capsys, argv, "n_experiences")

@@ -9,7 +9,7 @@ import pytest
 from ctta.evaluation import LOGGER_NAMES
 from ctta.runner.config import ConfigError, LogConfig, load_config
 from ctta.runner.run import run
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 TPT = ROOT / "configs" / "smoke" / "tpt_digits.yaml"
 FAST_TPT = ["device=cpu", "log.progress=false", "log.plot=false", "scenario.max_samples=8"]

@@ -8,18 +8,20 @@ unless ``overwrite=true``; results appear only when the run ends; no stray tempo
 from __future__ import annotations
 
 import json
-import os
 
+import pytest
 import torch
 
 from ctta.runner.checkpoint import load_latest, run_fingerprint, save_checkpoint, scan_checkpoints
 from ctta.runner.cli import main
 from ctta.runner.config import load_config
-from ctta.runner.run import execute, prepare
-from tests.conftest import ROOT
+from ctta.runner.run import prepare
+from tests.helpers import SMOKE, copy_run
 
-VPT = str(ROOT / "configs" / "smoke" / "vpt_digits.yaml")
-QUICK = ["log.progress=false", "log.plot=false", "device=cpu", "strategy.batch_size=64", "log.checkpoint_every=256"]
+VPT = str(SMOKE / "vpt_digits.yaml")
+# The shared VPT run's settings (conftest's vpt_run): same fingerprint, so a resume of its copy is accepted.
+QUICK = ["log.progress=false", "log.plot=false", "device=cpu", "log.checkpoint_every=256"]
+shared_run = pytest.mark.xdist_group("vpt_run")  # reads the session's shared VPT run: same xdist worker
 
 
 def _run(out, *extra):
@@ -30,9 +32,10 @@ def _files(d):
     return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.is_file()}
 
 
-def test_resume_into_another_configs_folder_refuses_and_names_the_keys(tmp_path, capsys):
-    out = tmp_path / "run"
-    assert _run(out, "strategy.lr=0.01", "seed=1") == 0
+@shared_run
+def test_resume_into_another_configs_folder_refuses_and_names_the_keys(vpt_run, tmp_path, capsys):
+    assert vpt_run.ctx.cfg.strategy.params.lr == 0.01 and vpt_run.ctx.cfg.seed == 1  # what the message names
+    out = copy_run(vpt_run, tmp_path / "run")
     before, ckpts = _files(out), _files(out / "checkpoints")
     capsys.readouterr()
     assert _run(out, "strategy.lr=0.05", "seed=2", "resume=true") == 2
@@ -74,9 +77,9 @@ def test_a_run_prunes_only_its_own_checkpoints(tmp_path):
     assert names == [f"ckpt-{s:012d}-{r}.pt" for s, r in ((1, "other"), (2, "other"), (4, "mine"), (5, "mine"))]
 
 
-def test_every_checkpoint_unreadable_says_so_and_keeps_them(tmp_path, capsys):
-    out = tmp_path / "run"
-    assert _run(out) == 0
+@shared_run
+def test_every_checkpoint_unreadable_says_so_and_keeps_them(vpt_run, tmp_path, capsys):
+    out = copy_run(vpt_run, tmp_path / "run")
     ck = out / "checkpoints"
     for p in ck.glob("ckpt-*.pt"):
         p.write_bytes(p.read_bytes()[:100])  # truncated
@@ -89,9 +92,9 @@ def test_every_checkpoint_unreadable_says_so_and_keeps_them(tmp_path, capsys):
     assert _files(ck) == kept
 
 
-def test_finished_run_is_not_overwritten_unless_asked(tmp_path, capsys):
-    out = tmp_path / "run"
-    assert _run(out) == 0
+@shared_run
+def test_finished_run_is_not_overwritten_unless_asked(vpt_run, tmp_path, capsys):
+    out = copy_run(vpt_run, tmp_path / "run")
     before = _files(out)
     capsys.readouterr()
     assert _run(out, "strategy.lr=0.05") == 2
@@ -102,17 +105,15 @@ def test_finished_run_is_not_overwritten_unless_asked(tmp_path, capsys):
     assert json.loads((out / "results.json").read_text())["config"]["strategy"]["lr"] == 0.05
 
 
-def test_results_appear_only_when_the_run_ends_and_stray_temporaries_go(tmp_path):
-    out = tmp_path / "run"
-    (out / "checkpoints").mkdir(parents=True)
-    (out / "checkpoints" / ".ckpt-stale123.tmp").write_bytes(b"partial")
-    (out / ".results.json.abc.tmp").write_text("{")
-    ctx = prepare(load_config(VPT, [*QUICK, f"log.out_dir={out}"]))
-    assert (out / "config.yaml").is_file() and (out / "running.json").is_file()
-    assert not (out / "results.json").exists()
-    assert not list(out.rglob("*.tmp"))
-    execute(ctx, verbose=False)
+@shared_run
+def test_results_appear_only_when_the_run_ends_and_stray_temporaries_go(vpt_run):
+    """The shared run started in a folder holding two stale temporary files (conftest's vpt_run)."""
+    assert "config.yaml" in vpt_run.after_prepare and "running.json" in vpt_run.after_prepare
+    assert "results.json" not in vpt_run.after_prepare
+    assert not [p for p in vpt_run.after_prepare if p.endswith(".tmp")], vpt_run.after_prepare
+    out = vpt_run.out
     assert (out / "results.json").is_file() and not (out / "running.json").exists()
+    assert not list(out.rglob("*.tmp"))
 
 
 def test_unfinished_run_needs_resume_or_overwrite(tmp_path, capsys):
@@ -124,20 +125,17 @@ def test_unfinished_run_needs_resume_or_overwrite(tmp_path, capsys):
     assert "unfinished run" in err and "resume=true" in err and "overwrite=true" in err
 
 
-def test_outputs_get_the_users_normal_permissions(tmp_path):
-    old = os.umask(0o022)
-    try:
-        out = tmp_path / "run"
-        assert _run(out) == 0
-    finally:
-        os.umask(old)
+@shared_run
+def test_outputs_get_the_users_normal_permissions(vpt_run):
+    """The shared run ran under umask 022."""
+    out = vpt_run.out
     for p in [out / "results.json", out / "config.yaml", *(out / "checkpoints").iterdir()]:
         assert p.stat().st_mode & 0o777 == 0o644, p.name
 
 
-def test_resumed_run_continues_the_same_run_and_prunes_its_checkpoints(tmp_path):
-    out = tmp_path / "run"
-    assert _run(out) == 0
+@shared_run
+def test_resumed_run_continues_the_same_run_and_prunes_its_checkpoints(vpt_run, tmp_path):
+    out = copy_run(vpt_run, tmp_path / "run")
     first = sorted(p.name for p in (out / "checkpoints").glob("ckpt-*.pt"))
     assert _run(out, "resume=true") == 0  # resumes the final checkpoint: nothing left to train
     after = sorted(p.name for p in (out / "checkpoints").glob("ckpt-*.pt"))

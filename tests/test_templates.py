@@ -6,59 +6,13 @@ import torch
 from avalanche.benchmarks.scenarios import DatasetExperience
 from avalanche.training.plugins import SupervisedPlugin
 from torch import nn
-from torch.utils.data import TensorDataset
 
 from ctta.benchmark_builders import single_experience_stream
-from ctta.data.avl import as_avl_dataset
 from ctta.evaluation import anytime_metric, make_evaluator
-from ctta.templates import OnlineCLTemplate, TestTimeTemplate
-
-
-class Linear(OnlineCLTemplate):
-    def forward_logits(self):
-        return self.model(self.mb_x)
-
-
-def _data(n=40, d=6, c=5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, d, generator=g)
-    y = torch.randint(0, c, (n,), generator=g)
-    ds = TensorDataset(x, y)
-    ds.targets = y.tolist()
-    return as_avl_dataset(ds)
-
-
-class Recorder(SupervisedPlugin):
-    def __init__(self):
-        super().__init__()
-        self.updates, self.batches = 0, []
-
-    def after_update(self, strategy, **kw):
-        self.updates += 1
-
-    def after_training_iteration(self, strategy, **kw):
-        self.batches.append(strategy.mb_y.tolist())
-
-
-def _strategy(train, test=None, iters=3, bs=8, every=16):
-    model = nn.Sequential(nn.Linear(6, 5))
-    model[0].bias.requires_grad_(False)  # a frozen parameter must stay out of the optimiser
-    opt = torch.optim.Adam([model[0].weight], lr=0.1)
-    rec = Recorder()
-    s = Linear(
-        model=model,
-        optimizer=opt,
-        num_classes=5,
-        online_iters=iters,
-        train_mb_size=bs,
-        eval_mb_size=16,
-        anytime_eval_every=every,
-        anytime_eval_dataset=test,
-        device="cpu",
-        plugins=[rec],
-        evaluator=make_evaluator(),
-    )
-    return s, rec, model
+from ctta.templates import TestTimeTemplate
+from tests.helpers import LinearOnline as Linear
+from tests.helpers import linear_data as _data
+from tests.helpers import linear_strategy as _strategy
 
 
 def test_online_loop_order_updates_and_exposure():

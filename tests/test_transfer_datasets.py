@@ -10,26 +10,8 @@ from ctta.scenarios.transfer import TransferConfig, build_transfer
 from PIL import Image
 
 from ctta.data.transfer_datasets import damvp_transforms, load_transfer_dataset
-
-
-def _img(path, colour=(10, 20, 30), size=(12, 10)):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, colour).save(path)
-
-
-def _fgvc_cub(root):
-    base = root / "FGVC" / "CUB_200_2011"
-    splits = {"train": 4, "val": 2, "test": 2}
-    for split, n in splits.items():
-        anno = {}
-        for i in range(n):
-            for cid in ("001", "002"):
-                rel = f"{cid}.bird/{split}_{i}.jpg"
-                _img(base / "images" / rel)
-                anno[rel] = cid
-        (base / f"{split}.json").write_text(json.dumps(anno))
-    (base / "classes.txt").write_text("1 001.Black_footed_Albatross\n2 002.Laysan_Albatross\n")
-    return base
+from tests.helpers import make_fgvc_cub as _fgvc_cub
+from tests.helpers import save_rgb as _img
 
 
 def test_fgvc_json_splits_class_ids_and_names(tmp_path):

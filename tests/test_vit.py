@@ -8,7 +8,7 @@ import timm
 import torch
 
 from ctta.backbones.vit import PromptedViT, ViTConfig, block_forward, build_vit, create_vit
-from tests.conftest import TINY_VIT
+from tests.helpers import TINY_VIT
 
 TINY = {k: v for k, v in TINY_VIT.items() if k not in ("model", "pretrained")}
 
