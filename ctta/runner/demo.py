@@ -13,6 +13,10 @@ Fashion-MNIST and the digits train split, never the test split), next to two ref
 (``demo_tta.yaml``) over ``ctta-tiny-clip-digits`` on the digits test split under ctta's corruptions (one
 experience per corruption; the same corrupted images for both).
 
+``fewshot``: zero-shot CLIP (CoOp before training: the prompt "a photo of a {digit}.") and the CLIP prompt learners
+CoOp, CoCoOp, MaPLe and PromptSRC (``demo_fewshot.yaml`` plus each method's settings in ``FEWSHOT_METHODS``) over
+``ctta-tiny-clip-digits`` on a base-to-new split of digits: base / new / HM accuracy per method, one run folder each.
+
 Each writes the usual run files plus ``demo_results.json`` and ``demo_accuracy.png`` into the output folder.
 ``reduced=True`` shortens the runs (tests).
 """
@@ -29,12 +33,23 @@ import torch.nn.functional as F
 
 __all__ = ["demo_main", "naive_online", "linear_probe"]
 
-CONFIGS = {"cl": "demo_cl.yaml", "tta": "demo_tta.yaml"}
-OUT_DIRS = {"cl": "runs/demo", "tta": "runs/demo_tta"}
+CONFIGS = {"cl": "demo_cl.yaml", "tta": "demo_tta.yaml", "fewshot": "demo_fewshot.yaml"}
+OUT_DIRS = {"cl": "runs/demo", "tta": "runs/demo_tta", "fewshot": "runs/demo_fewshot"}
 REDUCED = {
     "cl": ["strategy.online_iters=1", "strategy.eval_every=600"],
     "tta": ["scenario.max_samples=40", "scenario.corruptions=[gaussian_noise,defocus_blur]"],
+    "fewshot": ["scenario.shots=4", "scenario.max_test=60", "strategy.epochs=2"],
 }
+#: ``ctta demo fewshot``: each method's own settings over ``demo_fewshot.yaml`` (the user's overrides win); its run
+#: folder is ``<out>/<key>`` (zero-shot CLIP: CoOp's model evaluated before training, no folder)
+FEWSHOT_METHODS = {
+    "zero_shot": ("zero-shot CLIP", ["strategy.name=coop"]),
+    "coop": ("CoOp", ["strategy.name=coop"]),
+    "cocoop": ("CoCoOp", ["strategy.name=cocoop"]),
+    "maple": ("MaPLe", ["strategy.name=maple", "strategy.depth=2"]),
+    "promptsrc": ("PromptSRC", ["strategy.name=promptsrc", "strategy.depth_text=2", "strategy.depth_vision=3",
+                                "strategy.teacher_templates=hand", "strategy.gpa_mean=4", "strategy.gpa_std=1"]),
+}  # fmt: skip
 NAIVE_LR = 1e-3  # Adam over the whole ViT and the head
 
 
@@ -45,12 +60,15 @@ def _runner():
     return config, run
 
 
-def _load(kind: str, overrides, out_dir, reduced: bool):
+def _load(kind: str, overrides, out_dir, reduced: bool, first=(), last=()):
+    """The demo's config: its YAML, then ``first`` (a method's settings), the reduced settings, the user's
+    overrides and output folder, then ``last`` (what a demo run must keep)."""
     config, _ = _runner()
-    extra = ["overwrite=true", f"log.out_dir={OUT_DIRS[kind]}"]  # a demo replaces the previous demo's results
+    extra = ["overwrite=true", f"log.out_dir={OUT_DIRS[kind]}", *first]  # a demo replaces the previous demo's results
     extra += list(REDUCED[kind] if reduced else []) + list(overrides or [])  # the user's overrides win
     if out_dir is not None:
         extra.append(f"log.out_dir={out_dir}")
+    extra += list(last)
     with resources.as_file(resources.files("ctta.runner") / CONFIGS[kind]) as path:
         return config.load_config(path, extra)
 
@@ -234,12 +252,15 @@ def _print_cl(cfg, res: dict) -> None:
     print(_table(["method", "A_auc", "A_last", "F_last"], rows))
 
 
-def _tta_run(cfg, overrides: list[str]) -> dict:
-    """Per-experience top-1 of one TPT run (``{experience name: accuracy}``) and its wall time."""
+def _tta_run(cfg, overrides: list[str], label: str = "tpt") -> dict:
+    """Per-experience top-1 of one TPT run (``{experience name: accuracy}``) and its wall time; ``label`` names its
+    progress bar (the zero-shot pass is the ``tpt`` strategy with ``tta_steps=0``)."""
     config, run = _runner()
     sub = config.load_config(config.to_dict(cfg), overrides)
     t0 = time.perf_counter()
-    res = run.run(sub, verbose=False)
+    ctx = run.prepare(sub)
+    ctx.progress.bar.set_description(label)
+    res = run.execute(ctx, verbose=False)
     exps = {k.rsplit("/", 1)[-1]: v for k, v in res["last_metrics"].items() if k.startswith("Top1_Acc_Exp/")}
     return {"per_experience": dict(sorted(exps.items())), "seconds": time.perf_counter() - t0}
 
@@ -247,7 +268,7 @@ def _tta_run(cfg, overrides: list[str]) -> dict:
 def _tta_demo(cfg) -> dict:
     out = Path(cfg.log.out_dir)
     names = [f"{c}/{s}" for c in cfg.scenario.params.corruptions for s in cfg.scenario.params.severities]
-    zs = _tta_run(cfg, ["strategy.tta_steps=0", "scenario.n_views=1", f"log.out_dir={out / 'zero_shot'}"])
+    zs = _tta_run(cfg, ["strategy.tta_steps=0", "scenario.n_views=1", f"log.out_dir={out / 'zero_shot'}"], "zero-shot")
     tpt = _tta_run(cfg, [f"log.out_dir={out / 'tpt'}"])
     rows = []
     for i, name in enumerate(names):
@@ -285,14 +306,103 @@ def _plot_tta(path: Path, res: dict) -> None:
     plt.close(fig)
 
 
+def _zero_shot(cfg) -> dict:
+    """Base / new / HM of the untrained CoOp model of ``cfg``: its context is the embedding of "a photo of a", so
+    its text features are zero-shot CLIP's (tested in tests/test_coop.py); nothing is trained or written."""
+    from ctta.runner.results import BASE_NEW
+
+    _, run = _runner()
+    ctx = run.prepare(cfg, outputs=False)
+    ctx.strategy.eval_after_experience(ctx.bench, 0)
+    last = ctx.evaluator.get_last_metrics()
+    return {k: float(last[name]) for k, name in BASE_NEW.items()}
+
+
+def _fewshot_run(key: str, overrides, out: Path, reduced: bool) -> dict:
+    """One method of the few-shot demo: base / new / HM, training loss per epoch and wall time of its run."""
+    _, run = _runner()
+    label, settings = FEWSHOT_METHODS[key]
+    cfg = _load("fewshot", overrides, None, reduced, first=settings, last=[f"log.out_dir={out / key}"])
+    t0 = time.perf_counter()
+    if key == "zero_shot":
+        res, history = _zero_shot(cfg), []
+    else:
+        s = run.run(cfg, verbose=False)["summary"]
+        res = {"base": s.get("base_acc"), "new": s.get("new_acc"), "hm": s.get("hm")}
+        history = json.loads((out / key / "results.json").read_text()).get("history", [])
+    losses = [r["loss"] for r in history if r.get("kind") == "train_epoch"]
+    return {"method": label, "strategy": cfg.strategy.name, **res, "epoch_loss": losses,
+            "seconds": time.perf_counter() - t0}  # fmt: skip
+
+
+def _fewshot_demo(cfg, overrides, reduced: bool) -> dict:
+    out = Path(cfg.log.out_dir)
+    rows = [_fewshot_run(key, overrides, out, reduced) for key in FEWSHOT_METHODS]
+    p = cfg.scenario.params
+    return {"out": out, "rows": rows, "shots": p.shots, "epochs": cfg.strategy.params.epochs}
+
+
+def _print_fewshot(res: dict) -> None:
+    zs = res["rows"][0]["hm"]
+    rows = [[r["method"], _pct(r["base"]), _pct(r["new"]), _pct(r["hm"]), f"{100 * (r['hm'] - zs):+.1f}",
+             f"{r['seconds']:.1f}"] for r in res["rows"]]  # fmt: skip
+    print(_table(["method", "base", "new", "HM", "HM gain", "run s"], rows))
+
+
+def _plot_fewshot(path: Path, res: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [3, 2]})
+    xs = range(len(res["rows"]))
+    for i, (key, label) in enumerate((("base", "base classes"), ("new", "new classes"), ("hm", "harmonic mean"))):
+        vals = [100 * (r[key] or 0) for r in res["rows"]]
+        bars = left.bar([x + (i - 1) * 0.27 for x in xs], vals, 0.27, label=label)
+        left.bar_label(bars, fmt="%.0f", fontsize=6)
+    left.set_xticks(list(xs), [r["method"] for r in res["rows"]], fontsize=8)
+    left.set(ylabel="test top-1 (%)", ylim=(0, 119))
+    left.legend(fontsize=8, loc="upper center", ncol=3)
+    for r in res["rows"]:
+        if r["epoch_loss"]:
+            right.plot(range(1, len(r["epoch_loss"]) + 1), r["epoch_loss"], "-o", ms=3, label=r["method"])
+    right.set(xlabel="epoch", ylabel="training loss", ylim=(0, None))
+    right.set_title("training loss per epoch (PromptSRC's includes its regularisers)", fontsize=9)
+    right.xaxis.get_major_locator().set_params(integer=True)
+    right.legend(fontsize=8)
+    title = f"digits base-to-new ({res['shots']} shots, {res['epochs']} epochs), ctta-tiny-clip-digits"
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _run_kind(kind: str, cfg, overrides, reduced: bool) -> dict:
+    """Run demo ``kind``, print its table and draw ``demo_accuracy.png``; returns its results (with ``out``)."""
+    if kind == "cl":
+        res = _cl_demo(cfg)
+        _print_cl(cfg, res)
+        return res
+    if kind == "tta":
+        res, draw = _tta_demo(cfg), _plot_tta
+        _print_tta(res)
+    else:
+        res, draw = _fewshot_demo(cfg, overrides, reduced), _plot_fewshot
+        _print_fewshot(res)
+    draw(res["out"] / "demo_accuracy.png", res)
+    return res
+
+
 def demo_main(kind: str = "cl", overrides: list[str] | None = None, out_dir: str | None = None,
               reduced: bool = False) -> int:  # fmt: skip
     """Run a demo, print its table and write ``demo_results.json`` / ``demo_accuracy.png``; returns 0.
 
     Args:
-        kind: ``cl`` (MVP vs a joint linear probe and naive fine-tuning) or ``tta`` (zero-shot CLIP vs TPT).
+        kind: ``cl`` (MVP vs a joint linear probe and naive fine-tuning), ``tta`` (zero-shot CLIP vs TPT) or
+            ``fewshot`` (zero-shot CLIP vs CoOp, CoCoOp, MaPLe and PromptSRC on base-to-new digits).
         overrides: ``key=value`` overrides of the demo config (e.g. ``strategy.lr=0.01``).
-        out_dir: output folder (default ``runs/demo`` / ``runs/demo_tta``).
+        out_dir: output folder (default ``runs/demo`` / ``runs/demo_tta`` / ``runs/demo_fewshot``).
         reduced: a shorter run (fewer updates / samples), for tests.
     """
     if kind not in CONFIGS:
@@ -300,14 +410,10 @@ def demo_main(kind: str = "cl", overrides: list[str] | None = None, out_dir: str
     cfg = _load(kind, overrides, out_dir, reduced)
     t0 = time.perf_counter()
     bb = cfg.backbone.params
-    print(f"ctta demo {kind}: {cfg.strategy.name} on {cfg.scenario.name} ({cfg.scenario.params.dataset}), "
+    methods = ", ".join(label for label, _ in FEWSHOT_METHODS.values()) if kind == "fewshot" else cfg.strategy.name
+    print(f"ctta demo {kind}: {methods} on {cfg.scenario.name} ({cfg.scenario.params.dataset}), "
           f"backbone {bb.model} (pretrained={bb.pretrained}){' [reduced]' if reduced else ''}")  # fmt: skip
-    res = _cl_demo(cfg) if kind == "cl" else _tta_demo(cfg)
-    if kind == "cl":
-        _print_cl(cfg, res)
-    else:
-        _print_tta(res)
-        _plot_tta(res["out"] / "demo_accuracy.png", res)
+    res = _run_kind(kind, cfg, overrides, reduced)
     res["seconds_total"] = time.perf_counter() - t0
     out = res.pop("out")
     _write_json(out / "demo_results.json", {"kind": kind, "reduced": reduced, "backbone": f"{bb.model}", **res})
