@@ -119,6 +119,16 @@ def test_plain_avalanche_benchmark_yields_the_inferred_record(plain_bench):
     assert origin_info(exp) is None and infer_num_classes(exp) == 10 and infer_classnames(exp) is None
 
 
+def test_plain_benchmark_counts_the_classes_of_every_experience(digits):
+    train, test = digits
+    tr, te = as_avl_dataset(train), as_avl_dataset(test)
+    low = [i for i, y in enumerate(train.targets) if y < 5]
+    high = [i for i, y in enumerate(train.targets) if y >= 5]
+    bench = benchmark_from_datasets(train=[tr.subset(low), tr.subset(high)], test=[te.subset(range(20))])
+    assert max(bench.train_stream[0].dataset.targets) == 4  # the first experience alone would say 5
+    assert benchmark_info(bench).n_classes == 10
+
+
 def test_legacy_benchmark_yields_its_own_class_count(digits):
     train, test = digits
     bench = nc_benchmark(train, test, n_experiences=2, task_labels=False, seed=0)

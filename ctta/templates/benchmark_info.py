@@ -133,10 +133,17 @@ class BenchmarkInfo:
 
 
 def with_info(bench, info: BenchmarkInfo):
-    """Attach ``info`` to the Avalanche benchmark ``bench`` as ``bench.info`` (scenario builders); returns ``bench``."""
+    """Attach ``info`` to the Avalanche benchmark ``bench`` as ``bench.info`` (scenario builders); returns ``bench``.
+
+    Streams of Avalanche's new-style ``CLScenario`` have a ``benchmark`` field that it leaves unset; it is set here (as
+    the legacy generators do), so an experience finds its benchmark's record (``origin_info``).
+    """
     if not isinstance(info, BenchmarkInfo):
         raise TypeError(f"expected a BenchmarkInfo, got {type(info).__name__}")
     bench.info = info
+    for stream in (getattr(bench, "streams", None) or {}).values():
+        if getattr(stream, "benchmark", None) is None:
+            stream.benchmark = bench
     return bench
 
 
@@ -147,8 +154,9 @@ def attached_info(bench) -> BenchmarkInfo | None:
 
 
 def benchmark_info(bench) -> BenchmarkInfo:
-    """The record attached to ``bench``, else one inferred from a plain Avalanche benchmark: the class count (see
-    ``infer_num_classes``) and class names of its first experience, its test stream concatenated as test set.
+    """The record attached to ``bench``, else one inferred from a plain Avalanche benchmark: the class count (a legacy
+    scenario's ``n_classes``, the classes timeline of its first experience, else the largest label of its streams,
+    plus one), the class names of its first experience, its test stream concatenated as test set.
 
     Raises:
         ValueError: a plain benchmark whose class count cannot be told.
@@ -159,7 +167,7 @@ def benchmark_info(bench) -> BenchmarkInfo:
     first = next((e for name in ("train_stream", "test_stream") for e in _first(_attr(bench, name))), None)
     if first is None:
         raise ValueError("cannot infer benchmark information from a benchmark without experiences")
-    n = _legacy_n_classes(bench) or infer_num_classes(first)
+    n = _legacy_n_classes(bench) or _timeline_classes(first) or _largest_label(bench)
     names = infer_classnames(first)
     test = _attr(bench, "test_stream")
     return BenchmarkInfo(
@@ -228,6 +236,17 @@ def _stream_classes(stream: Iterable) -> set[int]:
     for e in stream:
         out |= _targets(_attr(e, "dataset"))
     return out
+
+
+def _largest_label(bench) -> int:
+    """The largest label of the train and test streams' experiences, plus one."""
+    classes: set[int] = set()
+    for name in ("train_stream", "test_stream"):
+        stream = _attr(bench, name)
+        classes |= _stream_classes(stream) if stream is not None else set()
+    if not classes:
+        raise ValueError("cannot tell the number of classes: the benchmark's experiences carry no targets")
+    return max(classes) + 1
 
 
 def _timeline_classes(exp) -> int | None:
