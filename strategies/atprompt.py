@@ -12,8 +12,34 @@ official training script hard-codes per dataset. Defaults (official docs): CoOp+
 100 epochs, n_ctx = n_att = 2; MaPLe+ATP n_ctx = n_att = 4, lr 0.0035, batch 4, 5 epochs, J = 9 (the official
 scripts grid-search n_ctx in {2, 4} and epochs in {5, 10}).
 
-Deviations: multi-token attribute words are kept whole (the reference assumes one BPE token per attribute and
-would misalign the text otherwise); unused attribute blocks are not created (the reference always allocates
+Attribute words of several BPE tokens (``attribute_slicing``): the official code slices the tokenised template
+``"X X <att1> X X <att2> X X <name>."`` assuming one token per attribute word, so the soft tokens overwrite those
+nominal positions: with OxfordPets' "playfulness" (``play`` + ``fulness``) the encoder sees
+``[SOS, A1, A1, play, A2, A2, X, ctx, ctx, X, <name>, ., EOT]`` ("energy" never seen; the text keeps its full
+length and EOT position), and MaPLe+ATP's deep prompts go to position ``1 + n_attributes * (n_ctx + 1)`` (the
+official offset, computed with ``n_ctx``). ``attribute_slicing="official"`` (default) reproduces this;
+``"whole"`` keeps every word whole (ctta's earlier behaviour; deep prompts replace the context block itself). The
+two settings give identical inputs when every attribute word is one token and ``n_att == n_ctx``.
+
+Official attribute words (open_clip's BPE; ``*`` = several tokens, where the settings differ):
+
+============== ======================================= ============================
+dataset        attribute words                         multi-token words
+============== ======================================= ============================
+imagenet       color, shape                            -
+caltech101     shape, size                             -
+oxford_pets    playfulness*, energy                    playfulness = play + fulness
+stanford_cars  luxury                                  -
+oxford_flowers color, habitat, growth                  -
+food101        flavor, preparation                     -
+fgvc_aircraft  design, range                           -
+sun397         function                                -
+dtd            pattern, color, design                  -
+eurosat        habitat                                 -
+ucf101         precision                               -
+============== ======================================= ============================
+
+Deviations: unused attribute blocks are not created (the reference always allocates
 three); the attribute search stage (GPT query and differentiable selection) is not included; text truncated at the
 longest EOT with the class-independent prefix encoded once (exact); ``prec: fp16`` applies on CUDA only.
 """
@@ -58,6 +84,9 @@ class ATPCoOpConfig(PromptLearnerConfig):
     attributes: tuple[str, ...] = ("color", "shape")
     n_att: int = 2  # soft tokens before each attribute word
     n_ctx: int = 2  # class-agnostic context tokens
+    # official: soft tokens placed as if every attribute word were one BPE token (the reference's slicing);
+    # whole: multi-token attribute words kept whole (see the module docstring)
+    attribute_slicing: str = "official"
 
 
 @dataclass(frozen=True)
@@ -79,8 +108,14 @@ class ATPModel(PromptedCLIP):
     def __init__(self, clip_model, tokenizer, classnames, cfg: ATPCoOpConfig, depth: int = 0) -> None:
         if not cfg.attributes or cfg.n_att < 1 or cfg.n_ctx < 1:
             raise ValueError("ATPrompt needs at least one attribute, n_att >= 1 and n_ctx >= 1")
+        if cfg.attribute_slicing not in ("official", "whole"):
+            raise ValueError(f"attribute_slicing={cfg.attribute_slicing!r}; valid: 'official', 'whole'")
         layout = [x for a in cfg.attributes for x in (cfg.n_att, a)] + [cfg.n_ctx]
-        super().__init__(clip_model, tokenizer, classnames, layout, truncate=cfg.truncate)
+        official = cfg.attribute_slicing == "official"
+        super().__init__(
+            clip_model, tokenizer, classnames, layout, truncate=cfg.truncate, round_prompts=cfg.round_prompts,
+            one_token_words=official, deep_start=1 + len(cfg.attributes) * (cfg.n_ctx + 1) if official else None,
+        )  # fmt: skip
         d = self.text.token_embedding.shape[-1]
         self.att = nn.ParameterList(nn.Parameter(torch.randn(cfg.n_att, d) * 0.01) for _ in cfg.attributes)
         self.ctx = nn.Parameter(torch.randn(cfg.n_ctx, d) * 0.02)
@@ -101,7 +136,7 @@ class ATPModel(PromptedCLIP):
         deep = list(self.deep_text)
         v0, vs = self.coupling(self.ctx, deep)
         g = self.text(self.soft_tokens(), deep)  # deep prompts replace the context block only
-        return self.logits(encode_image(self.clip, images, v0, vs), g)
+        return self.logits(encode_image(self.clip, images, v0, vs, round_prompts=self.round_prompts), g)
 
 
 @STRATEGIES.register("coop_atp", config=ATPCoOpConfig)

@@ -61,6 +61,9 @@ def test_atprompt_maple_deep_prompts_replace_the_context_block_only(tiny):
 
 def test_multi_token_attribute_is_kept_whole(tiny):
     model, tok = tiny
-    m = ATPModel(model, tok, NAMES, ATPCoOpConfig(attributes=("preparation method",), n_att=1, n_ctx=1))
+    cfg = ATPCoOpConfig(attributes=("preparation method",), n_att=1, n_ctx=1, attribute_slicing="whole")
+    m = ATPModel(model, tok, NAMES, cfg)
     n_words = len(tok.encode("preparation method"))
     assert m.text.soft_pos[0].tolist() == [1, 2 + n_words]
+    official = ATPModel(model, tok, NAMES, ATPCoOpConfig(attributes=("preparation method",), n_att=1, n_ctx=1))
+    assert official.text.soft_pos[0].tolist() == [1, 3]  # the default: the reference's one-token slicing

@@ -301,7 +301,8 @@ class PromptedText(nn.Module):
 
     def _encode_bucket(self, soft4, deep, idx: torch.Tensor, length: int) -> torch.Tensor:
         s, n_cls, dtype = soft4.shape[0], len(idx), self.cast_dtype
-        if self.shared_ok and soft4.shape[1] == 1 and self.name_start < length:
+        deep_in_prefix = not len(deep) or self._deep_slice()[1] <= self.name_start
+        if self.shared_ok and soft4.shape[1] == 1 and self.name_start < length and deep_in_prefix:
             return self._encode_bucket_shared(soft4, deep, idx, length)
         t = self.tower
         x = self.token_embedding[idx, :length].expand(s, -1, -1, -1)  # (S, Cb, L, D)
