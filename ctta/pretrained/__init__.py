@@ -39,6 +39,7 @@ from ctta.pretrained.store import (
 __all__ = [
     "VIT_NAME",
     "VIT_ARCH",
+    "VIT_DATA_CONFIG",
     "CLIP_NAME",
     "CLIP_TAG",
     "VocabTokenizer",
@@ -53,8 +54,20 @@ __all__ = [
 ]
 
 
+#: What ``ctta-tiny-vit`` was trained on (``recipe.py``): 32 x 32 RGB images scaled to [0, 1], then normalised
+#: with mean 0.5 and std 0.5 per channel, i.e. inputs in [-1, 1]; set as the model's timm ``pretrained_cfg``.
+VIT_DATA_CONFIG = {
+    "architecture": VIT_NAME, "tag": "ctta", "num_classes": 0, "input_size": (3, 32, 32), "crop_pct": 1.0,
+    "crop_mode": "center", "interpolation": "bilinear", "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5),
+    "first_conv": "patch_embed.proj", "classifier": "head",
+}  # fmt: skip
+
+
 def create_tiny_vit(pretrained: bool | str | os.PathLike = True, **timm_kwargs) -> nn.Module:
     """``ctta-tiny-vit`` as a timm ``VisionTransformer`` without head (not frozen; ``create_vit`` freezes it).
+
+    Its input: 32 x 32 RGB in [-1, 1] (``(x - 0.5) / 0.5`` of images in [0, 1]); ``model.pretrained_cfg`` says so
+    (``VIT_DATA_CONFIG``), so ``timm.data.resolve_data_config(model=model)`` gives its mean, std and size.
 
     Args:
         pretrained: True = the shipped weights (sha256-checked), False = random init, a path = a file written by
@@ -64,6 +77,7 @@ def create_tiny_vit(pretrained: bool | str | os.PathLike = True, **timm_kwargs) 
     model = build_tiny_vit(**timm_kwargs)
     if pretrained is not False:
         model.load_state_dict(load_weights(VIT_NAME, pretrained))
+    model.pretrained_cfg = model.default_cfg = dict(VIT_DATA_CONFIG)  # timm.data.resolve_data_config reads it
     return model
 
 
