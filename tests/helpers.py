@@ -294,4 +294,7 @@ def check_adapts(run: ContractRun) -> None:
     zero = run_contract(run.path, out, (*run.overrides, *NO_ADAPTATION[name]))
     assert zero.outputs is not None and zero.outputs.shape == run.outputs.shape
     same = (run.outputs == zero.outputs).all(-1)
-    assert not same.any(), f"{int(same.sum())} of {len(same)} predictions equal the unadapted ones: no step taken"
+    # fp32 on the CPU: every sample's step shows; reduced precision (CUDA) may round a small step away
+    strict = torch.device(run.ctx.strategy.device).type == "cpu"
+    failed = same.any() if strict else same.all()
+    assert not failed, f"{int(same.sum())} of {len(same)} predictions equal the unadapted ones: no step taken"

@@ -68,3 +68,39 @@ def test_the_checker_sees_a_cross_method_import(tmp_path):
     bad = tmp_path / "x.py"
     bad.write_text("from ctta.strategies.tpt import TPTConfig\nimport ctta.strategies.mvp\n")
     assert {_method_of(m) for m in _imports(bad)} >= {"tpt", "mvp"}
+
+
+# ------------------------------------------------------------------------------ the test suite's own layout
+def _test_imports(path: Path) -> list[str]:
+    """Modules under ``tests`` that ``path`` imports (``from tests import x`` counts as ``tests.x``)."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module == "tests":
+            out += [f"tests.{a.name}" for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tests."):
+            out.append(node.module)
+        elif isinstance(node, ast.Import):
+            out += [a.name for a in node.names if a.name.startswith("tests.")]
+    return out
+
+
+def test_test_modules_import_helpers_not_each_other():
+    """Shared code lives in tests/helpers.py (or another helper module), never in a test module."""
+    for f in sorted((ROOT / "tests").glob("*.py")):
+        bad = [m for m in _test_imports(f) if m.split(".")[1].startswith("test_")]
+        assert not bad, f"tests/{f.name} imports {bad}: move what it needs to tests/helpers.py"
+
+
+def test_readme_and_ci_run_the_same_test_command():
+    """README's Quick start command 2 is what .ci/run runs (pytest-xdist from the dev extra included)."""
+    readme = [ln for ln in (ROOT / "README.md").read_text().splitlines() if "-e \".[dev]\"" in ln]
+    ci = [ln for ln in (ROOT / ".ci" / "run").read_text().splitlines() if "-e \".[dev]\"" in ln]
+    assert len(readme) == 1 and ci == readme, (readme, ci)
+    assert "pytest-xdist" in (ROOT / "pyproject.toml").read_text() and " -n " in ci[0]
+
+
+def test_the_checker_sees_a_cross_test_import(tmp_path):
+    bad = tmp_path / "x.py"
+    bad.write_text("from tests import test_contract\nfrom tests.test_cl_datasets import make_cifar\n"
+                   "import tests.test_vit\n")  # fmt: skip
+    assert _test_imports(bad) == ["tests.test_contract", "tests.test_cl_datasets", "tests.test_vit"]
