@@ -52,6 +52,21 @@ def test_encode_is_the_ids_between_start_and_end(shipped):
     assert tok.UNK not in tok.encode("a photo of a ankle boot.")
 
 
+def test_unknown_words_warn_once_and_the_placeholder_never():
+    import warnings
+
+    from ctta.pretrained import VocabTokenizer
+    from ctta.pretrained.archs import caption_vocabulary
+
+    tok = VocabTokenizer(caption_vocabulary())
+    with pytest.warns(UserWarning, match=r"^'shape', 'zebra' not in this CLIP's vocabulary"):
+        tok(["X X shape X a zebra."])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tok.encode("X X shape")  # already named; X is the soft-token placeholder
+        tok(["a photo of a zebra."])
+
+
 def test_text_longer_than_the_context_is_refused(shipped):
     _, tok = shipped
     with pytest.raises(ValueError, match=f"19 tokens .* holds {CLIP_CONTEXT_LENGTH}"):

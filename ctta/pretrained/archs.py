@@ -7,18 +7,19 @@ Both are built through their libraries' own classes, never forked: the ViT is ti
 The tiny CLIP's text tower has a compact vocabulary: the byte-pair tokens of its training captions (class names and
 caption templates below) plus pad, unknown, start and end tokens. ``VocabTokenizer`` runs open_clip's own
 ``SimpleTokenizer`` and maps its token ids into that vocabulary; the end-of-text token keeps the largest id, so
-open_clip's argmax (EOT) pooling and ctta's prompted text encoder work unchanged. A word the model never saw in
-training maps to the unknown token (one per byte-pair piece, so a soft-token placeholder ``X`` stays one token and
-class names / ATPrompt attribute words keep their token count); ``require_known`` refuses such words where they
-would silently become unknown tokens (a ``ctx_init`` phrase). ``encode`` gives the compact ids without start/end
-tokens, as open_clip's ``SimpleTokenizer.encode`` does, so the prompted text towers (CoOp, CoCoOp, MaPLe, PromptSRC,
-PRE, ATPrompt, TPT) take this tokenizer as they take open_clip's. A text longer than the context is refused (open_clip
-would cut it silently, which would misplace a prompt's soft tokens). This keeps the token embedding at a few dozen
-rows instead of 49,408.
+open_clip's argmax (EOT) pooling and ctta's prompted text encoder work unchanged. A word the model never saw in training
+maps to the unknown token (one per byte-pair piece, so a soft-token placeholder ``X`` stays one token and class names /
+ATPrompt attribute words keep their token count), with a warning naming it once (not for ``X``); ``require_known``
+refuses such words where an unknown token would be a wrong start (a ``ctx_init`` phrase). ``encode`` gives the compact
+ids without start/end tokens, as open_clip's ``SimpleTokenizer.encode`` does, so the prompted text towers (CoOp, CoCoOp,
+MaPLe, PromptSRC, PRE, ATPrompt, TPT) take this tokenizer as they take open_clip's. A text longer than the context is
+refused (open_clip would cut it silently, which would misplace a prompt's soft tokens). This keeps the token embedding
+at a few dozen rows instead of 49,408.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -119,6 +120,7 @@ class VocabTokenizer:
         lut[torch.tensor(self.vocab, dtype=torch.long)] = torch.arange(2, 2 + len(self.vocab))
         lut[self.bpe.sot_token_id], lut[self.bpe.eot_token_id] = self.sot_token_id, self.eot_token_id
         self.lut = lut
+        self._warned: set[str] = set()
 
     def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.Tensor:
         """Token ids ``(n, context_length)`` of ``texts`` in the compact vocabulary (0 = padding).
@@ -137,11 +139,27 @@ class VocabTokenizer:
         tokens = self.bpe(texts, context_length=length)  # (n, T) byte-pair ids, 0-padded
         out = self.lut[tokens]
         out[tokens == 0] = self.PAD
+        if (out == self.UNK).any():
+            self._warn_unknown(" ".join([texts] if isinstance(texts, str) else texts))
         return out
 
     def encode(self, text: str) -> list[int]:
         """Compact ids of ``text`` without start / end tokens (the ids ``__call__`` puts between them)."""
+        ids = self._ids(text)
+        if self.UNK in ids:
+            self._warn_unknown(text)
+        return ids
+
+    def _ids(self, text: str) -> list[int]:
         return self.lut[torch.tensor(self.bpe.encode(text), dtype=torch.long)].tolist()
+
+    def _warn_unknown(self, text: str) -> None:
+        """Warn once per word that becomes the unknown token (the soft-token placeholder ``X`` is meant to)."""
+        new = [w for w in self.unknown_words(text) if w.lower() != "x" and w not in self._warned]
+        if new:
+            self._warned.update(new)
+            warnings.warn(f"{', '.join(map(repr, new))} not in this CLIP's vocabulary (the words of its training "
+                          "captions): each becomes the unknown token", stacklevel=3)  # fmt: skip
 
     def known_words(self) -> list[str]:
         """The byte-pair pieces of the vocabulary as text (``er`` ends a word, ``trous`` starts one)."""
@@ -149,7 +167,7 @@ class VocabTokenizer:
 
     def unknown_words(self, text: str) -> list[str]:
         """Words of ``text`` with a byte-pair piece outside the vocabulary (they would become unknown tokens)."""
-        return [w for w in text.split() if self.UNK in self.encode(w)]
+        return [w.strip(".,;:!?") or w for w in text.split() if self.UNK in self._ids(w)]
 
     def require_known(self, text: str, what: str = "text") -> None:
         """Raise a ``ValueError`` naming every word of ``text`` outside the vocabulary.

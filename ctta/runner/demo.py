@@ -344,8 +344,9 @@ def _fewshot_demo(cfg, overrides, reduced: bool) -> dict:
 
 def _print_fewshot(res: dict) -> None:
     zs = res["rows"][0]["hm"]
-    rows = [[r["method"], _pct(r["base"]), _pct(r["new"]), _pct(r["hm"]), f"{100 * (r['hm'] - zs):+.1f}",
-             f"{r['seconds']:.1f}"] for r in res["rows"]]  # fmt: skip
+    gain = lambda r: round(100 * (r["hm"] - zs), 1) + 0.0  # noqa: E731  (+ 0.0: no "-0.0")
+    rows = [[r["method"], _pct(r["base"]), _pct(r["new"]), _pct(r["hm"]), f"{gain(r):+.1f}", f"{r['seconds']:.1f}"]
+            for r in res["rows"]]  # fmt: skip
     print(_table(["method", "base", "new", "HM", "HM gain", "run s"], rows))
 
 
@@ -368,7 +369,7 @@ def _plot_fewshot(path: Path, res: dict) -> None:
         if r["epoch_loss"]:
             right.plot(range(1, len(r["epoch_loss"]) + 1), r["epoch_loss"], "-o", ms=3, label=r["method"])
     right.set(xlabel="epoch", ylabel="training loss", ylim=(0, None))
-    right.set_title("training loss per epoch (PromptSRC's includes its regularisers)", fontsize=9)
+    right.set_title("training loss per epoch\n(PromptSRC's includes its regularisers)", fontsize=9)
     right.xaxis.get_major_locator().set_params(integer=True)
     right.legend(fontsize=8)
     title = f"digits base-to-new ({res['shots']} shots, {res['epochs']} epochs), ctta-tiny-clip-digits"
