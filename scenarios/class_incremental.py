@@ -38,6 +38,7 @@ class ClassIncrementalConfig:
     class_order: tuple[int, ...] | None = None  # explicit order; default label order (shuffled if shuffle)
     shuffle_classes: bool = True
     img_size: int = 32  # image side: digits are rendered at it, file images resized and centre-cropped to it
+    skip_bad_images: bool = False  # folder datasets: leave unreadable images out (one warning) instead of stopping
 
 
 def split_classes(
@@ -110,15 +111,18 @@ class _Transformed(Dataset):
         return self.transform(x), y
 
 
-def load_labelled(name: str, root: str, img_size: int):
+def load_labelled(name: str, root: str, img_size: int, skip_bad_images: bool = False):
     """``(train, test, classnames)`` of catalogue dataset ``name`` (kinds ``KINDS``) with tensor images."""
     entry = catalogue.entry(name, KINDS)
+    extra = {"skip_bad_images": True} if skip_bad_images else {}  # ctta.data.folder.load_folder's option
+    if extra and entry.loaders.get("cl") != "ctta.data.folder:load_folder":
+        raise ValueError(f"scenario.skip_bad_images=true applies to folder datasets, not {name!r}")
     if "cl" in entry.loaders:
         if entry.bundled:
             train, test = entry.load("cl", root, img_size=img_size)
         else:
             tf = default_transform(img_size)
-            train, test = entry.load("cl", root, train_transform=tf, test_transform=tf)
+            train, test = entry.load("cl", root, train_transform=tf, test_transform=tf, **extra)
         return train, test, list(train.classes)
     data = entry.load("transfer", root, img_size=img_size)
     if entry.bundled:
@@ -130,7 +134,7 @@ def load_labelled(name: str, root: str, img_size: int):
 @SCENARIOS.register("class_incremental", config=ClassIncrementalConfig)
 def build_class_incremental(cfg: ClassIncrementalConfig, *, seed: int = 0):
     """Class-incremental stream (one experience per class group) over a named catalogue dataset."""
-    train, test, names = load_labelled(cfg.dataset, cfg.root, cfg.img_size)
+    train, test, names = load_labelled(cfg.dataset, cfg.root, cfg.img_size, cfg.skip_bad_images)
     groups = split_classes(
         len(names), cfg.n_experiences, cfg.classes_per_exp, cfg.class_order, cfg.shuffle_classes, seed
     )

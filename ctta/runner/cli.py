@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 
 def _load(path, overrides):
@@ -122,8 +123,29 @@ def _user_message(e: BaseException, cmd: str) -> str:
     return f"{type(e).__name__}: {msg} (ctta --debug {cmd} ... shows the traceback)"
 
 
+def _ctta_dirs() -> tuple[str, ...]:
+    """The source folders of ``ctta``, ``ctta.strategies`` and ``ctta.scenarios`` (found without importing them)."""
+    from ctta.registry_index import package_dir
+
+    return tuple(str(package_dir(p)) for p in ("ctta", "ctta.strategies", "ctta.scenarios"))
+
+
+def one_line_warnings(dirs: tuple[str, ...]):
+    """A ``warnings.showwarning`` printing warnings raised from ctta's own code as ``ctta: warning: MESSAGE``
+    (one line, no source line); any other warning keeps Python's format."""
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not str(filename).startswith(dirs):
+            return default(message, category, filename, lineno, file, line)
+        print(f"ctta: warning: {message}", file=file or sys.stderr)
+
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    shown, warnings.showwarning = warnings.showwarning, one_line_warnings(_ctta_dirs())
     try:
         return args.func(args)
     except Exception as e:
@@ -132,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ctta: {_user_message(e, args.cmd)}", file=sys.stderr)
         return 2  # every user error (ConfigError is a ValueError, DivergenceError a RuntimeError): exit code 2
     finally:
+        warnings.showwarning = shown
         dist = sys.modules.get("torch.distributed")  # only a run that imported torch can have joined a group
         if dist is not None and dist.is_available() and dist.is_initialized():  # torchrun: leave the group cleanly
             dist.destroy_process_group()

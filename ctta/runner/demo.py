@@ -258,9 +258,7 @@ def _tta_run(cfg, overrides: list[str], label: str = "tpt") -> dict:
     config, run = _runner()
     sub = config.load_config(config.to_dict(cfg), overrides)
     t0 = time.perf_counter()
-    ctx = run.prepare(sub)
-    ctx.progress.bar.set_description(label)
-    res = run.execute(ctx, verbose=False)
+    res = run.execute(run.prepare(sub, label=label), verbose=False)
     exps = {k.rsplit("/", 1)[-1]: v for k, v in res["last_metrics"].items() if k.startswith("Top1_Acc_Exp/")}
     return {"per_experience": dict(sorted(exps.items())), "seconds": time.perf_counter() - t0}
 

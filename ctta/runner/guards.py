@@ -4,12 +4,14 @@ Training on with a NaN/Inf loss silently corrupts every later number (Adam turns
 parameters), so the runner stops at the first one instead and records the run as ``"status": "diverged"``.
 
 Fail-early guards (before data and weights load): ``check_class_count`` (more experiences or tasks than the
-dataset has classes, known from the dataset catalogue).
+dataset has classes, known from the dataset catalogue). Once the stream is built: ``warn_batch_exceeds_experiences``
+(a batch size larger than every experience makes each experience one update, silently otherwise).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -47,6 +49,21 @@ def check_class_count(cfg: Any) -> None:
             f"scenario.{key}={n} but {dataset} has {classes} classes: every {key[2:].rstrip('s')} needs at least one "
             f"class; set scenario.{key} to at most {classes}"
         )
+
+
+def warn_batch_exceeds_experiences(strategy: Any, stream: Any) -> str | None:
+    """Warn (one line, returned) when the strategy's training batch is larger than every experience of ``stream``:
+    each experience is then a single update on all its samples, whatever the configured batch size."""
+    batch = int(getattr(strategy, "train_mb_size", 0) or 0)
+    sizes = [len(exp.dataset) for exp in stream]
+    if not sizes or batch <= max(sizes):
+        return None
+    msg = (
+        f"strategy batch size {batch} is larger than every experience (largest: {max(sizes)} samples): each "
+        f"experience is one update on all its samples; set strategy.batch_size to at most {max(sizes)} for more"
+    )
+    warnings.warn(msg, UserWarning, stacklevel=2)
+    return msg
 
 
 class DivergenceError(RuntimeError):

@@ -23,7 +23,7 @@ from ctta.metrics import SummaryMetric
 from ctta.registry import BACKBONES, SCENARIOS, STRATEGIES
 from ctta.runner.checkpoint import CheckpointPlugin, run_fingerprint, scan_checkpoints
 from ctta.runner.config import RunConfig, to_dict
-from ctta.runner.guards import DivergenceError, DivergenceGuard, check_class_count
+from ctta.runner.guards import DivergenceError, DivergenceGuard, check_class_count, warn_batch_exceeds_experiences
 from ctta.runner.outdir import RunError, abandon, begin, check_out_dir, finish
 from ctta.runner.results import epoch_metrics, fewshot_rows, package_versions, write_results
 from ctta.utils import resolve_device, seed_everything
@@ -63,12 +63,13 @@ class RunContext:
     outputs: bool = True  # this process writes the run's outputs (rank 0, not ``ctta generate``)
 
 
-def prepare(cfg: RunConfig, outputs: bool = True) -> RunContext:
+def prepare(cfg: RunConfig, outputs: bool = True, label: str | None = None) -> RunContext:
     """Check the output folder, seed, write the resolved config, build benchmark, backbone, evaluator and strategy.
 
     Under torchrun (``WORLD_SIZE`` > 1) the process group is joined first; every rank uses the same seed (same
     stream, augmentation and replay draws) and only rank 0 writes outputs, logs, checkpoints and the progress bar.
-    ``outputs=False`` (``ctta generate``) leaves the output folder alone.
+    ``outputs=False`` (``ctta generate``) leaves the output folder alone; ``label`` names the progress bar (default:
+    the strategy's name).
     """
     t0 = time.perf_counter()
     check_device(cfg.device)
@@ -94,14 +95,14 @@ def prepare(cfg: RunConfig, outputs: bool = True) -> RunContext:
     main = dctx.main and outputs
     started = begin(out, cfg, run_id, overwrite=cfg.overwrite) if main else None
     try:
-        return _build(cfg, strategy_cls, out, run_id, main, dctx.main, t0)
+        return _build(cfg, strategy_cls, out, run_id, main, dctx.main, t0, label)
     except BaseException:
         if started is not None:  # failed before training: leave the folder as it was found
             abandon(started)
         raise
 
 
-def _build(cfg: RunConfig, strategy_cls, out: Path, run_id: str, main: bool, is_main_rank: bool, t0: float):
+def _build(cfg: RunConfig, strategy_cls, out: Path, run_id: str, main: bool, is_main_rank: bool, t0: float, label=None):
     """Build evaluator, benchmark, backbone, plugins and strategy; resume if asked."""
     extra = strategy_cls.extra_metrics(cfg.strategy.params)
     if hasattr(strategy_cls, "build_prompted"):  # CLIP prompt learners (few-shot epochs): loss and top-1 per epoch
@@ -112,7 +113,7 @@ def _build(cfg: RunConfig, strategy_cls, out: Path, run_id: str, main: bool, is_
     backbone = BACKBONES.get(cfg.backbone.name).builder(cfg.backbone.params)
     is_tta = strategy_cls.adapts_in_eval
     stream = bench.test_stream if is_tta else bench.train_stream
-    progress = ProgressPlugin(_stream_size(stream), cfg.strategy.name, train=not is_tta,
+    progress = ProgressPlugin(_stream_size(stream), label or cfg.strategy.name, train=not is_tta,
                               enabled=cfg.log.progress and is_main_rank)  # fmt: skip
     plugins: list[Any] = [DivergenceGuard(), progress]
     checkpoints = cfg.log.checkpoint_every > 0 and not is_tta
@@ -121,6 +122,8 @@ def _build(cfg: RunConfig, strategy_cls, out: Path, run_id: str, main: bool, is_
         plugins.append(CheckpointPlugin(out / "checkpoints", cfg.log.checkpoint_every, run_id=run_id,
                                         fingerprint=fingerprint))  # fmt: skip
     strategy = build_strategy(cfg, bench, backbone, evaluator, plugins)
+    if not is_tta and is_main_rank:
+        warn_batch_exceeds_experiences(strategy, stream)
     ctx = RunContext(cfg, out, bench, backbone, strategy, evaluator, progress, is_tta, t0, outputs=main)
     if cfg.resume:
         _resume(ctx, fingerprint)

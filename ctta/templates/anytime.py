@@ -22,6 +22,9 @@ __all__ = ["AnytimeEvalPlugin", "is_task_end"]
 class AnytimeEvalPlugin(SupervisedPlugin, supports_distributed=True):
     """Periodic (every ``every`` stream samples; <= 0: task ends only) and task-end evaluation.
 
+    Each evaluation runs ``strategy.eval`` on a one-experience stream named ``test_seen`` (the test images of the
+    classes exposed so far), so Avalanche's stream metrics report it as ``.../eval_phase/test_seen_stream``.
+
     Args:
         eval_dataset: test set with ``.targets`` (an Avalanche dataset); None: found when training starts (the
             origin benchmark's ``test_dataset`` or ``test_stream``), else (with one warning) the ``eval_streams``
