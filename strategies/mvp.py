@@ -60,7 +60,7 @@ class MVPConfig:
     Attributes:
         lr: Adam learning rate (constant, never reset).
         online_iters: optimiser updates per incoming batch.
-        batch_size: incoming-batch size; None = the benchmark's ``batch_size`` (64 for Si-Blurry).
+        batch_size: incoming-batch size (``train_mb_size``; 64, the published setting).
         eval_every: samples between anytime evaluations (<= 0: task ends only).
         eval_batch_size: evaluation mini-batch size.
         pool_size: P, number of (key, E-prompt) pairs (10, not tied to the number of tasks).
@@ -79,7 +79,7 @@ class MVPConfig:
 
     lr: float = ranged(5e-3, gt=0)
     online_iters: int = ranged(3, ge=1)
-    batch_size: int | None = None
+    batch_size: int = 64
     eval_every: int = 1000
     eval_batch_size: int = 128
     pool_size: int = 10

@@ -26,7 +26,7 @@ class VPTConfig:
     n_prompts: int = 4
     lr: float = ranged(5e-3, gt=0)  # Adam
     online_iters: int = ranged(3, ge=1)
-    batch_size: int | None = None  # incoming stream batch (None: the benchmark's batch_size, else 64)
+    batch_size: int = 64  # incoming stream batch (train_mb_size)
     eval_every: int = 1000  # samples between anytime evaluations (<= 0: task ends only)
     eval_batch_size: int = 128
 

@@ -30,9 +30,13 @@ def tiny_bench(n_classes=4, per_class=6, size=32, batch=8, seed=0, online=False)
     return si_blurry_benchmark(train, test, n_tasks=2, seed=1, batch_size=batch, online=online, train_augment=aug)
 
 
-def build(cls, cfg, backbone, bench):
+def build(cls, cfg, backbone, bench, batch=8):
+    """The strategy on ``bench`` with incoming batches of ``batch`` (a strategy setting, as in ``tiny_bench``)."""
+    import dataclasses
+
     from ctta.evaluation import make_evaluator
 
+    cfg = dataclasses.replace(cfg, batch_size=batch)
     return cls.from_config(cfg, backbone=backbone, benchmark=bench, device="cpu", evaluator=make_evaluator())
 
 
@@ -153,7 +157,7 @@ def test_pull_loss_closed_form(tiny_vit):
 def test_replay_memory_batches(tiny_vit):
     bench = tiny_bench(batch=6)
     cfg = DualPromptConfig(online_iters=2, eval_every=0, memory_size=5, memory_batch_size=3, cutmix_prob=0.0)
-    strategy = build(DualPrompt, cfg, tiny_vit, bench)
+    strategy = build(DualPrompt, cfg, tiny_vit, bench, batch=6)
     sizes, stream_sizes = [], []
     orig_forward, orig_after = strategy.forward_logits, strategy.after_incoming_batch
 

@@ -11,12 +11,10 @@ import json
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from ctta import distributed
-from tests.dist_worker import rank_main, run_recorded
+from tests.dist_worker import run_ranks, run_recorded
 from tests.helpers import ROOT
-from tests.helpers import free_port as _free_port
 
 SMOKE = ROOT / "configs" / "smoke"
 COMMON = ["log.progress=false", "log.plot=false", "device=cpu"]
@@ -25,12 +23,7 @@ COMMON = ["log.progress=false", "log.plot=false", "device=cpu"]
 def _compare(cfg, overrides, tmp_path, world=2):
     single = run_recorded(str(cfg), [*COMMON, *overrides], str(tmp_path / "single"))
     dump = str(tmp_path / "rec")
-    mp.spawn(
-        rank_main,
-        args=(world, _free_port(), str(cfg), [*COMMON, *overrides], str(tmp_path / "multi"), dump),
-        nprocs=world,
-        join=True,
-    )
+    run_ranks(world, str(cfg), [*COMMON, *overrides], str(tmp_path / "multi"), dump)
     ranks = [torch.load(f"{dump}.rank{r}", weights_only=False) for r in range(world)]
     return single, ranks
 
@@ -50,7 +43,7 @@ def _assert_same_run(single, ranks):
 
 def test_mvp_two_processes_equal_one(tmp_path):
     overrides = [
-        "scenario.batch_size=33",  # 33 + 7 replayed = 40 rows per update, shards of 20/20; tail batches uneven
+        "strategy.batch_size=33",  # 33 + 7 replayed = 40 rows per update, shards of 20/20; tail batches uneven
         "strategy.online_iters=2",
         "strategy.eval_every=300",
         "strategy.memory_size=60",
@@ -65,7 +58,7 @@ def test_mvp_two_processes_equal_one(tmp_path):
 
 @pytest.mark.parametrize("name", ["l2p", "dualprompt"])
 def test_prompt_er_cutmix_two_processes_equal_one(tmp_path, name):
-    overrides = ["scenario.batch_size=31", "strategy.cutmix_prob=1.0", "strategy.eval_every=400"]
+    overrides = ["strategy.batch_size=31", "strategy.cutmix_prob=1.0", "strategy.eval_every=400"]
     single, ranks = _compare(SMOKE / f"{name}_digits.yaml", overrides, tmp_path)
     _assert_same_run(single, ranks)
 
@@ -104,8 +97,7 @@ def test_difftpt_two_processes_share_one_view_cache(tmp_path):
     )  # fmt: skip
     dump = str(tmp_path / "rec")
     overrides = [*COMMON, *base, f"strategy.diffusion.cache_dir={tmp_path / 'c2'}"]  # fresh: the ranks generate
-    args = (2, _free_port(), str(SMOKE / "difftpt_digits.yaml"), overrides, str(tmp_path / "multi"), dump)
-    mp.spawn(rank_main, args=args, nprocs=2, join=True)
+    run_ranks(2, str(SMOKE / "difftpt_digits.yaml"), overrides, str(tmp_path / "multi"), dump)
     for r in range(2):
         rec = torch.load(f"{dump}.rank{r}", weights_only=False)
         torch.testing.assert_close(rec["outputs"], single["outputs"], rtol=1e-4, atol=1e-4)
@@ -122,7 +114,7 @@ def test_killed_run_resumes_under_two_processes(tmp_path):
     from tests.helpers import Killer
 
     cfg_path = SMOKE / "l2p_digits.yaml"
-    ovr = [*COMMON, "scenario.batch_size=32", "strategy.eval_every=200", "strategy.memory_size=40",
+    ovr = [*COMMON, "strategy.batch_size=32", "strategy.eval_every=200", "strategy.memory_size=40",
            "strategy.memory_batch_size=8", "log.checkpoint_every=96"]  # fmt: skip
     full = run_recorded(str(cfg_path), ovr, str(tmp_path / "full"))
     part = tmp_path / "part"
@@ -131,8 +123,7 @@ def test_killed_run_resumes_under_two_processes(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         execute(ctx, verbose=False)
     dump = str(tmp_path / "rec")
-    args = (2, _free_port(), str(cfg_path), [*ovr, "resume=true"], str(part), dump)
-    mp.spawn(rank_main, args=args, nprocs=2, join=True)
+    run_ranks(2, str(cfg_path), [*ovr, "resume=true"], str(part), dump)
     for r in range(2):
         rec = torch.load(f"{dump}.rank{r}", weights_only=False)
         assert rec["summary"] == pytest.approx(full["summary"], abs=1e-6)

@@ -217,7 +217,7 @@ def _tiny_stream(n_classes=10, per_class=12, batch_size=8):
 
 def _strategy(backbone, bench, **cfg):
     torch.manual_seed(2)
-    cfg = MVPConfig(**{"eval_every": 40, **cfg})
+    cfg = MVPConfig(**{"eval_every": 40, "batch_size": 8, **cfg})  # the stream's incoming batches (_tiny_stream)
     return MVP.from_config(cfg, backbone=backbone, benchmark=bench, device="cpu", evaluator=None)
 
 
@@ -322,3 +322,13 @@ def test_mvp_step_depth_is_pinned(backbone, monkeypatch):
         frames = stack[start + 1 :]
         assert frames[0].name == "train" and len(frames) <= bound, [f"{f.filename}:{f.name}" for f in frames]
         assert sum(f.filename.endswith("online.py") for f in frames) <= 2
+
+
+def test_incoming_batch_size_is_the_strategys_own(backbone):
+    """``train_mb_size`` comes from the strategy alone (its argument or its config's ``batch_size``, default 64),
+    never from the benchmark's record of the stream (Si-Blurry's ``batch_size`` there is the scenario's)."""
+    bench = _tiny_stream(batch_size=8)
+    make = lambda cfg: MVP.from_config(cfg, backbone=backbone, benchmark=bench, device="cpu", evaluator=None)  # noqa: E731
+    assert make(MVPConfig()).train_mb_size == 64
+    assert make(MVPConfig(batch_size=5)).train_mb_size == 5
+    assert MVP(model=backbone, num_classes=10, batch_size=5, train_mb_size=7, device="cpu").train_mb_size == 7

@@ -202,6 +202,13 @@ class StrategyBase:
         if cls.train_epochs_refusal and train_epochs not in (None, 1):
             raise ValueError(f"{cls.__name__}: train_epochs must be 1, got {train_epochs}: {cls.train_epochs_refusal}")
 
+    @classmethod
+    def template_arguments(cls, cfg, given: dict[str, Any], defaults: dict[str, int]) -> dict[str, int]:
+        """The one place where config fields become template arguments (``TEMPLATE_FIELDS``): for each argument
+        in ``defaults``, the value ``given`` explicitly, else the config's field, else the default."""
+        fields = {arg: field for field, arg in TEMPLATE_FIELDS.items()}
+        return {arg: int(cls.from_cfg(given.get(arg), cfg, fields[arg], d)) for arg, d in defaults.items()}
+
     @staticmethod
     def from_cfg(value, cfg, field: str, default=None):
         """An explicit argument, else the config's field, else ``default``."""
@@ -282,7 +289,7 @@ class StrategyBase:
     # ------------------------------------------------------------------ runner entry
     @classmethod
     def benchmark_kwargs(cls, cfg, benchmark) -> dict[str, Any]:
-        """Constructor arguments taken from a ctta benchmark (its ``n_classes``, ``classnames``, ...)."""
+        """Constructor arguments taken from a benchmark's ``BenchmarkInfo`` (``benchmark_info(benchmark)``)."""
         return {}
 
     @classmethod

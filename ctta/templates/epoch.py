@@ -49,9 +49,7 @@ class EpochTemplate(StrategyBase, ShardedTraining, AvalancheSupervised):
         self.check_arguments(template.get("optimizer"), template.get("criterion"), template.get("train_epochs"))
         cfg = self.cfg = self.resolve_config(config, method_kwargs, self.constructor_arguments)
         self.num_classes = None if num_classes is None else int(num_classes)
-        template["train_mb_size"] = int(self.from_cfg(template.get("train_mb_size"), cfg, "batch_size", 1))
-        template["eval_mb_size"] = int(self.from_cfg(template.get("eval_mb_size"), cfg, "eval_batch_size", 1))
-        template["train_epochs"] = int(self.from_cfg(template.get("train_epochs"), cfg, "epochs", 1))
+        template |= self.template_arguments(cfg, template, {"train_mb_size": 1, "eval_mb_size": 1, "train_epochs": 1})
         self.precision, self.num_workers = precision, int(getattr(cfg, "num_workers", 0) or 0)
         self._backbone = None  # set while the method's model waits for the benchmark
         if self.model_class is not None and not isinstance(model, self.model_class):

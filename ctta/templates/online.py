@@ -32,6 +32,7 @@ _SHUFFLE_REFUSAL = (
     "{name} cannot honour shuffle=True: an online stream is consumed in stream order (that order is the protocol: "
     "which classes appear when, and what the anytime evaluation measures); leave shuffle unset or False"
 )
+_TEMPLATE_DEFAULTS = {"train_mb_size": 64, "eval_mb_size": 128, "anytime_eval_every": 1000}
 _COMMON = ("config", "num_classes", "anytime_eval_every", "anytime_eval_dataset", "precision", "train_augment")
 
 
@@ -41,7 +42,7 @@ class OnlineConfig:
 
     Attributes:
         online_iters: optimiser updates per incoming batch.
-        batch_size: incoming stream batch (``train_mb_size``; None: 64, or the ctta benchmark's ``batch_size``).
+        batch_size: incoming stream batch (``train_mb_size``): a training hyper-parameter of the strategy alone.
         eval_every: stream samples between anytime evaluations (``anytime_eval_every``; <= 0: task ends only).
         eval_batch_size: evaluation mini-batch (``eval_mb_size``).
         memory_size: reservoir replay capacity (0: rehearsal-free).
@@ -49,7 +50,7 @@ class OnlineConfig:
     """
 
     online_iters: int = ranged(3, ge=1)
-    batch_size: int | None = None
+    batch_size: int = 64
     eval_every: int = 1000
     eval_batch_size: int = 128
     memory_size: int = 0
@@ -109,10 +110,10 @@ class OnlineCLTemplate(
         self.check_arguments(optimizer, template.get("criterion"), template.get("train_epochs"))
         cfg = self.cfg = self.resolve_config(self.config_for(config, model), method_kwargs, _COMMON)
         online_iters = int(self.from_cfg(None, cfg, "online_iters", 3))
-        train_mb_size = int(self.from_cfg(template.get("train_mb_size"), cfg, "batch_size", 64))
-        template["train_mb_size"] = train_mb_size
-        template["eval_mb_size"] = int(self.from_cfg(template.get("eval_mb_size"), cfg, "eval_batch_size", 128))
-        template["train_epochs"] = 1
+        given = {**template, "anytime_eval_every": anytime_eval_every}
+        args = self.template_arguments(cfg, given, _TEMPLATE_DEFAULTS)
+        every, train_mb_size = args.pop("anytime_eval_every"), args["train_mb_size"]
+        template |= args | {"train_epochs": 1}
         if (num_classes is not None and num_classes <= 0) or online_iters < 1 or train_mb_size < 1:
             raise ValueError(
                 f"need num_classes > 0, online_iters >= 1, train_mb_size >= 1; got "
@@ -129,7 +130,6 @@ class OnlineCLTemplate(
         self._user_optimizer = optimizer is not None
         if optimizer is None and self._backbone is None:
             optimizer = self.new_optimizer(model)
-        every = int(self.from_cfg(anytime_eval_every, cfg, "eval_every", 1000))
         plugins = template["plugins"] = list(template.get("plugins") or [])
         if anytime_eval_dataset is not False:  # first, so checkpoints taken by later plugins include its eval
             plugins.insert(0, AnytimeEvalPlugin(anytime_eval_dataset, every))
@@ -291,11 +291,11 @@ class OnlineCLTemplate(
     # ------------------------------------------------------------------ ctta benchmarks
     @classmethod
     def benchmark_kwargs(cls, cfg, benchmark) -> dict[str, Any]:
-        """``n_classes``, ``test_dataset``, ``batch_size`` and ``train_augment`` of the benchmark's record."""
+        """``n_classes``, ``test_dataset`` and ``train_augment`` of the benchmark's record (the incoming batch size is
+        the strategy's own ``batch_size``, never the benchmark's)."""
         info = benchmark_info(benchmark)
         return {
             "num_classes": info.n_classes,
-            "train_mb_size": getattr(cfg, "batch_size", None) or info.batch_size or 64,
             "anytime_eval_dataset": info.test_dataset,
             "train_augment": info.train_augment,
         }
