@@ -60,7 +60,7 @@ def test_unknown_words_warn_once_and_the_placeholder_never():
 
     tok = VocabTokenizer(caption_vocabulary())
     with pytest.warns(UserWarning, match=r"^'shape', 'zebra' not in this CLIP's vocabulary"):
-        tok(["X X shape X a zebra."])
+        tok(["X X shape X a zebra.", "X X shape X a zebra."])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         tok.encode("X X shape")  # already named; X is the soft-token placeholder

@@ -155,7 +155,7 @@ class VocabTokenizer:
 
     def _warn_unknown(self, text: str) -> None:
         """Warn once per word that becomes the unknown token (the soft-token placeholder ``X`` is meant to)."""
-        new = [w for w in self.unknown_words(text) if w.lower() != "x" and w not in self._warned]
+        new = [w for w in dict.fromkeys(self.unknown_words(text)) if w.lower() != "x" and w not in self._warned]
         if new:
             self._warned.update(new)
             warnings.warn(f"{', '.join(map(repr, new))} not in this CLIP's vocabulary (the words of its training "
