@@ -8,10 +8,11 @@ it, by default). It does not for a whole experience of a plain Avalanche benchma
 Avalanche's ``train()`` shuffles them (``make_train_dataloader(shuffle=True)``). Read in stored order, a two-class
 experience is all of one class and then all of the other, and the model ends up predicting the last class.
 
-So such an experience is read in a random order drawn once per experience (Avalanche's default, made
-reproducible: the generator is seeded from ``torch.initial_seed()`` and the experience index, and does not touch
-the global RNG, so a resumed run reads the same order). ``train(exp, shuffle=False)`` keeps the stored order. The
-replay memory stores rows of the experience's own dataset, so a checkpoint names the same samples either way.
+So an experience stored class by class (its labels form one block per class) that is not an ordered stream is read
+in a random order drawn once per experience (Avalanche's default, made reproducible: the generator is seeded from
+``torch.initial_seed()`` and the experience index, and does not touch the global RNG, so a resumed run reads the
+same order). Any other experience is read as stored; ``train(exp, shuffle=False)`` always keeps the stored order.
+The replay memory stores rows of the experience's own dataset, so a checkpoint names the same samples either way.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 
 from ctta.templates.benchmark_info import origin_info
 
-__all__ = ["StreamOrder", "is_ordered_stream", "stream_rows"]
+__all__ = ["StreamOrder", "is_class_blocked", "is_ordered_stream", "stream_rows"]
 
 
 def is_ordered_stream(exp) -> bool:
@@ -36,16 +37,27 @@ def is_ordered_stream(exp) -> bool:
         return False
 
 
+def is_class_blocked(dataset) -> bool:
+    """True when ``dataset``'s labels, in stored order, hold two or more classes, each in one contiguous block."""
+    try:
+        t = torch.as_tensor(list(dataset.targets))
+    except (AttributeError, TypeError, ValueError):  # no single-label targets
+        return False
+    if t.ndim != 1 or len(t) < 2:
+        return False
+    return int((t[1:] != t[:-1]).sum()) == len(torch.unique(t)) - 1 > 0
+
+
 def stream_rows(exp, index: int, shuffle: bool | None = None) -> torch.Tensor | None:
     """Rows of ``exp.dataset`` in reading order, or None for the stored order.
 
     Args:
         exp: the training experience.
         index: the experience's position in this strategy's training (seeds the order).
-        shuffle: ``train()``'s ``shuffle`` argument: False = stored order; None = a random order for a whole
-            experience of a plain Avalanche benchmark, the stored order for an ordered stream.
+        shuffle: ``train()``'s ``shuffle`` argument: False = stored order; None = a random order for an experience
+            stored class by class that is not an ordered stream, else the stored order.
     """
-    if shuffle is False or is_ordered_stream(exp):
+    if shuffle is False or is_ordered_stream(exp) or not is_class_blocked(exp.dataset):
         return None
     g = torch.Generator().manual_seed((torch.initial_seed() + 1_000_003 * (index + 1)) % 2**63)
     return torch.randperm(len(exp.dataset), generator=g)
