@@ -55,7 +55,9 @@ def reference_text(text: PromptedText, soft: torch.Tensor, deep: list[torch.Tens
     x = x + t.positional_embedding.to(x.dtype)
     for i, blk in enumerate(t.transformer.resblocks):
         if 1 <= i <= len(deep):
-            x = torch.cat([x[:, :1], deep[i - 1].to(x.dtype).expand(n_cls, -1, -1), x[:, 1 + n :]], dim=1)
+            p = deep[i - 1].expand(n_cls, -1, -1)
+            p = p.half() if text.round_prompts else p  # the official fp16 rounding of inserted prompts
+            x = torch.cat([x[:, :1], p.to(x.dtype), x[:, 1 + n :]], dim=1)
         x = blk(x, attn_mask=t.attn_mask)
     x = t.ln_final(x)[torch.arange(n_cls), text.eot] @ t.text_projection
     return x

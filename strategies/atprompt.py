@@ -53,7 +53,7 @@ from torch import nn
 
 from ctta.clip_prompting.coupling import MaPLeCoupling
 from ctta.clip_prompting.model import PromptedCLIP
-from ctta.clip_prompting.template import PromptLearnerConfig, PromptLearnerTemplate
+from ctta.clip_prompting.template import PromptLearnerConfig, PromptLearnerTemplate, init_generator
 from ctta.clip_prompting.vision import encode_image, vision_width
 from ctta.fields import ranged
 from ctta.registry import STRATEGIES
@@ -105,7 +105,9 @@ class ATPModel(PromptedCLIP):
 
     context_is_the_prompt = False  # attribute tokens (and deep prompts): TPT tunes every trainable prompt
 
-    def __init__(self, clip_model, tokenizer, classnames, cfg: ATPCoOpConfig, depth: int = 0) -> None:
+    def __init__(
+        self, clip_model, tokenizer, classnames, cfg: ATPCoOpConfig, depth: int = 0, *, generator=None
+    ) -> None:
         if not cfg.attributes or cfg.n_att < 1 or cfg.n_ctx < 1:
             raise ValueError("ATPrompt needs at least one attribute, n_att >= 1 and n_ctx >= 1")
         if cfg.attribute_slicing not in ("official", "whole"):
@@ -117,15 +119,19 @@ class ATPModel(PromptedCLIP):
             one_token_words=official, deep_start=1 + len(cfg.attributes) * (cfg.n_ctx + 1) if official else None,
         )  # fmt: skip
         d = self.text.token_embedding.shape[-1]
-        self.att = nn.ParameterList(nn.Parameter(torch.randn(cfg.n_att, d) * 0.01) for _ in cfg.attributes)
-        self.ctx = nn.Parameter(torch.randn(cfg.n_ctx, d) * 0.02)
+        self.att = nn.ParameterList(
+            nn.Parameter(torch.randn(cfg.n_att, d, generator=generator) * 0.01) for _ in cfg.attributes
+        )
+        self.ctx = nn.Parameter(torch.randn(cfg.n_ctx, d, generator=generator) * 0.02)
         self.depth = depth
         if depth:
             n_layers = min(len(clip_model.transformer.resblocks), len(clip_model.visual.transformer.resblocks))
             if not 1 <= depth <= n_layers:
                 raise ValueError(f"depth must be in 1..{n_layers} (layers of the towers), got {depth}")
-            self.deep_text = nn.ParameterList(nn.Parameter(torch.randn(cfg.n_ctx, d) * 0.02) for _ in range(depth - 1))
-            self.coupling = MaPLeCoupling(d, vision_width(clip_model), depth)
+            self.deep_text = nn.ParameterList(
+                nn.Parameter(torch.randn(cfg.n_ctx, d, generator=generator) * 0.02) for _ in range(depth - 1)
+            )
+            self.coupling = MaPLeCoupling(d, vision_width(clip_model), depth, generator=generator)
 
     def soft_tokens(self) -> torch.Tensor:
         return torch.cat([*self.att, self.ctx])  # (n_soft, D) in layout order
@@ -147,7 +153,7 @@ class ATPCoOp(PromptLearnerTemplate):
 
     @classmethod
     def build_prompted(cls, clip_model, tokenizer, classnames, cfg: ATPCoOpConfig) -> ATPModel:
-        return ATPModel(clip_model, tokenizer, classnames, cfg)
+        return ATPModel(clip_model, tokenizer, classnames, cfg, generator=init_generator(cfg))
 
 
 @STRATEGIES.register("maple_atp", config=ATPMaPLeConfig)
@@ -158,4 +164,4 @@ class ATPMaPLe(PromptLearnerTemplate):
 
     @classmethod
     def build_prompted(cls, clip_model, tokenizer, classnames, cfg: ATPMaPLeConfig) -> ATPModel:
-        return ATPModel(clip_model, tokenizer, classnames, cfg, depth=cfg.depth)
+        return ATPModel(clip_model, tokenizer, classnames, cfg, depth=cfg.depth, generator=init_generator(cfg))

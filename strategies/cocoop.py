@@ -22,7 +22,7 @@ from torch import nn
 
 from ctta.clip_prompting.coupling import MetaNet
 from ctta.clip_prompting.model import PromptedCLIP
-from ctta.clip_prompting.template import PromptLearnerConfig, PromptLearnerTemplate
+from ctta.clip_prompting.template import PromptLearnerConfig, PromptLearnerTemplate, init_generator
 from ctta.clip_prompting.text import context_init
 from ctta.clip_prompting.vision import encode_image
 from ctta.fields import ranged
@@ -46,15 +46,18 @@ class CoCoOpModel(PromptedCLIP):
 
     context_is_the_prompt = False  # the meta-net conditions the context on the image: TPT tunes both
 
-    def __init__(self, clip_model, tokenizer, classnames, cfg: CoCoOpConfig = CoCoOpConfig()) -> None:
-        layout, ctx0 = context_init(clip_model, tokenizer, cfg.ctx_init, 0 if cfg.ctx_init else cfg.n_ctx)
+    def __init__(
+        self, clip_model, tokenizer, classnames, cfg: CoCoOpConfig = CoCoOpConfig(), *, generator=None
+    ) -> None:
+        n_ctx = 0 if cfg.ctx_init else cfg.n_ctx
+        layout, ctx0 = context_init(clip_model, tokenizer, cfg.ctx_init, n_ctx, generator=generator)
         super().__init__(
             clip_model, tokenizer, classnames, layout, truncate=cfg.truncate, round_prompts=cfg.round_prompts
         )
         dtype = self.text.cast_dtype
         self.ctx = nn.Parameter(ctx0.to(dtype))
         embed_dim = self.clip.text_projection.shape[-1] if self.clip.text_projection is not None else ctx0.shape[-1]
-        self.meta_net = MetaNet(embed_dim, ctx0.shape[-1], cfg.meta_reduction).to(dtype)
+        self.meta_net = MetaNet(embed_dim, ctx0.shape[-1], cfg.meta_reduction, generator=generator).to(dtype)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         f = encode_image(self.clip, images, normalize=True)  # (B, E)
@@ -72,4 +75,4 @@ class CoCoOp(PromptLearnerTemplate):
 
     @classmethod
     def build_prompted(cls, clip_model, tokenizer, classnames, cfg: CoCoOpConfig) -> CoCoOpModel:
-        return CoCoOpModel(clip_model, tokenizer, classnames, cfg)
+        return CoCoOpModel(clip_model, tokenizer, classnames, cfg, generator=init_generator(cfg))

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ctta.clip_prompting.context import ContextConfig, ContextModel
-from ctta.clip_prompting.template import PromptLearnerTemplate
+from ctta.clip_prompting.template import PromptLearnerTemplate, init_generator
 from ctta.registry import STRATEGIES
 
 __all__ = ["CoOp", "CoOpConfig", "CoOpModel"]
@@ -41,4 +41,4 @@ class CoOp(PromptLearnerTemplate):
 
     @classmethod
     def build_prompted(cls, clip_model, tokenizer, classnames, cfg: CoOpConfig) -> CoOpModel:
-        return CoOpModel(clip_model, tokenizer, classnames, cfg)
+        return CoOpModel(clip_model, tokenizer, classnames, cfg, generator=init_generator(cfg))

@@ -24,7 +24,7 @@ from torch import nn
 
 from ctta.clip_prompting.coupling import MaPLeCoupling
 from ctta.clip_prompting.model import PromptedCLIP
-from ctta.clip_prompting.template import PromptLearnerConfig, PromptLearnerTemplate
+from ctta.clip_prompting.template import PromptLearnerConfig, PromptLearnerTemplate, init_generator
 from ctta.clip_prompting.text import context_init
 from ctta.clip_prompting.vision import encode_image, vision_width
 from ctta.fields import ranged
@@ -48,8 +48,8 @@ class MaPLeModel(PromptedCLIP):
 
     context_is_the_prompt = False  # TPT tunes the deep and coupled prompts too
 
-    def __init__(self, clip_model, tokenizer, classnames, cfg: MaPLeConfig = MaPLeConfig()) -> None:
-        layout, ctx0 = context_init(clip_model, tokenizer, cfg.ctx_init, cfg.n_ctx)
+    def __init__(self, clip_model, tokenizer, classnames, cfg: MaPLeConfig = MaPLeConfig(), *, generator=None) -> None:
+        layout, ctx0 = context_init(clip_model, tokenizer, cfg.ctx_init, cfg.n_ctx, generator=generator)
         super().__init__(
             clip_model, tokenizer, classnames, layout, truncate=cfg.truncate, round_prompts=cfg.round_prompts
         )
@@ -58,8 +58,10 @@ class MaPLeModel(PromptedCLIP):
             raise ValueError(f"depth must be in 1..{n_layers} (layers of the towers), got {cfg.depth}")
         dtype, (n, d) = self.text.cast_dtype, ctx0.shape
         self.ctx = nn.Parameter(ctx0.to(dtype))
-        self.deep_text = nn.ParameterList(nn.Parameter(torch.randn(n, d) * 0.02) for _ in range(cfg.depth - 1))
-        self.coupling = MaPLeCoupling(d, vision_width(clip_model), cfg.depth)
+        self.deep_text = nn.ParameterList(
+            nn.Parameter(torch.randn(n, d, generator=generator) * 0.02) for _ in range(cfg.depth - 1)
+        )
+        self.coupling = MaPLeCoupling(d, vision_width(clip_model), cfg.depth, generator=generator)
 
     def prompts(self):
         """``(ctx, [P_i], V_0, [V_i])``."""
@@ -82,4 +84,4 @@ class MaPLe(PromptLearnerTemplate):
 
     @classmethod
     def build_prompted(cls, clip_model, tokenizer, classnames, cfg: MaPLeConfig) -> MaPLeModel:
-        return MaPLeModel(clip_model, tokenizer, classnames, cfg)
+        return MaPLeModel(clip_model, tokenizer, classnames, cfg, generator=init_generator(cfg))

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ctta.clip_prompting.context import ContextConfig, ContextModel
-from ctta.clip_prompting.template import PromptLearnerTemplate
+from ctta.clip_prompting.template import PromptLearnerTemplate, init_generator
 from ctta.registry import STRATEGIES
 
 __all__ = ["PRE", "PREConfig", "PREModel", "ReparamLSTM"]
@@ -56,10 +56,10 @@ class ReparamLSTM(nn.Module):
 class PREModel(ContextModel):
     """CoOp's context model (``ContextModel``) whose context passes through ``encoder`` before the text tower."""
 
-    def __init__(self, clip_model, tokenizer, classnames, cfg: PREConfig = PREConfig()) -> None:
+    def __init__(self, clip_model, tokenizer, classnames, cfg: PREConfig = PREConfig(), *, generator=None) -> None:
         if cfg.encoder not in ("LSTM1", "LSTM2"):
             raise ValueError(f"encoder must be LSTM1 or LSTM2, got {cfg.encoder!r}")
-        super().__init__(clip_model, tokenizer, classnames, cfg)
+        super().__init__(clip_model, tokenizer, classnames, cfg, generator=generator)
         layers = 1 if cfg.encoder == "LSTM1" else 2
         self.encoder = ReparamLSTM(self.ctx.shape[-1], layers, cfg.residual).to(self.ctx.dtype)
 
@@ -79,4 +79,4 @@ class PRE(PromptLearnerTemplate):
 
     @classmethod
     def build_prompted(cls, clip_model, tokenizer, classnames, cfg: PREConfig) -> PREModel:
-        return PREModel(clip_model, tokenizer, classnames, cfg)
+        return PREModel(clip_model, tokenizer, classnames, cfg, generator=init_generator(cfg))

@@ -39,6 +39,16 @@ def _model(tiny, attributes, slicing, cfg_cls=ATPCoOpConfig, **kw):
     return ATPModel(model, HandTokenizer(), ["cat", "dog"], cfg, depth=getattr(cfg, "depth", 0))
 
 
+def _assert_encodes(tiny, m, soft_pos):
+    """``m``'s text features equal the encoder run on a hand-built input: its tokens with the soft tokens at
+    ``soft_pos``."""
+    model, _ = tiny
+    with torch.no_grad():
+        soft = m.soft_tokens()
+        ref = _straightforward(model, m.text.tokens.cpu(), soft_pos, soft)
+        torch.testing.assert_close(m.text(soft), ref, atol=2e-5, rtol=1e-5)
+
+
 def _straightforward(model, tokens, soft_pos, soft):
     """The encoder input built by hand: the token embeddings with the soft tokens written at ``soft_pos``."""
     x = model.token_embedding(tokens).clone()
@@ -60,21 +70,13 @@ def test_official_sequence_for_a_two_token_attribute(tiny):
     kept = [i for i in range(13) if i not in (1, 2, 4, 5, 7, 8)]
     assert [full[i] for i in kept] == [SOS, play, x, x, VOCAB["cat"], VOCAB["."], EOT]
     assert int(m.text.eot[0]) == 12
-    model, _ = tiny
-    with torch.no_grad():
-        soft = m.soft_tokens()
-        ref = _straightforward(model, m.text.tokens.cpu(), [1, 2, 4, 5, 7, 8], soft)
-        torch.testing.assert_close(m.text(soft), ref, atol=2e-5, rtol=1e-5)
+    _assert_encodes(tiny, m, [1, 2, 4, 5, 7, 8])
 
 
 def test_whole_word_switch_keeps_the_word(tiny):
     m = _model(tiny, ("playfulness", "energy"), "whole", n_att=2, n_ctx=2)
     assert m.text.soft_pos[0].tolist() == [1, 2, 5, 6, 8, 9]  # ctx before the name: "energy" stays
-    model, _ = tiny
-    with torch.no_grad():
-        soft = m.soft_tokens()
-        ref = _straightforward(model, m.text.tokens.cpu(), [1, 2, 5, 6, 8, 9], soft)
-        torch.testing.assert_close(m.text(soft), ref, atol=2e-5, rtol=1e-5)
+    _assert_encodes(tiny, m, [1, 2, 5, 6, 8, 9])
 
 
 def test_one_token_words_give_identical_inputs(tiny):

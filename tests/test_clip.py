@@ -1,5 +1,5 @@
-"""ctta.backbones.clip: create_clip (tiny configs, local files, QuickGELU guard, offline error) and the prompted
-text encoder (parity with open_clip's encode_text, exact truncation and bucketing, stacked contexts)."""
+"""ctta.backbones.clip: create_clip (tiny configs, local files, QuickGELU guard, offline error). The prompted text
+tower's tests are in tests/test_clip_prompted_text.py."""
 
 from __future__ import annotations
 
@@ -17,32 +17,6 @@ from ctta.backbones.clip import (
     create_clip,
 )
 from ctta.registry import BACKBONES
-
-NAMES = [
-    "dog",
-    "cat",
-    "great white shark",
-    "golden retriever puppy with a hat",
-    "Annual_Crop Land",
-    "tree",
-    "2012 Rolls-Royce Phantom Drophead Coupe Convertible",
-]
-
-
-def _reference(model, tok, names, prefix="a photo of a"):
-    return model.encode_text(tok([f"{prefix} {n.replace('_', ' ')}." for n in names]))
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def test_local_file_loads_identically(tmp_path):

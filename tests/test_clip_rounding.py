@@ -105,3 +105,27 @@ def test_77_token_path_is_per_class_and_equals_the_default(tiny):
     assert not full.shared_ok and full.tokens_encoded == 77 * len(NAMES) and fast.shared_ok
     with torch.no_grad():
         torch.testing.assert_close(full(ctx, deep), fast(ctx, deep), atol=2e-5, rtol=1e-5)
+
+
+def test_random_initialisations_take_a_seed(tiny):
+    from ctta.strategies.atprompt import ATPMaPLe, ATPMaPLeConfig
+    from ctta.strategies.cocoop import CoCoOp, CoCoOpConfig
+    from ctta.strategies.coop import CoOp, CoOpConfig
+    from ctta.strategies.maple import MaPLe
+
+    model, tok = tiny
+    cases = [
+        (CoOp, CoOpConfig(ctx_init="", n_ctx=3, csc=True)),
+        (CoCoOp, CoCoOpConfig(ctx_init="", n_ctx=2)),
+        (MaPLe, MaPLeConfig(depth=2)),
+        (ATPMaPLe, ATPMaPLeConfig(depth=2)),
+    ]
+    for strategy, cfg in cases:
+        states = []
+        for global_seed, seed in ((0, 5), (1, 5), (0, 6)):
+            torch.manual_seed(global_seed)
+            m = strategy.build_prompted(model, tok, NAMES, type(cfg)(**{**cfg.__dict__, "init_seed": seed}))
+            states.append({n: p.detach().clone() for n, p in m.named_parameters() if p.requires_grad})
+        assert states[0].keys() == states[1].keys()
+        assert all(torch.equal(states[0][k], states[1][k]) for k in states[0]), strategy.__name__  # the seed decides
+        assert not all(torch.equal(states[0][k], states[2][k]) for k in states[0]), strategy.__name__

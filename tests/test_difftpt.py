@@ -168,3 +168,16 @@ def test_strategy_continual_mode_and_no_stream_source(tiny_clip, tmp_path):
     bench.diffusion_views = N_DIFF  # a benchmark field is not read: views still come from view 0 and the cache
     auto = _strategy(tiny_clip, bench, tmp_path)
     assert auto.diffusion_views is not None and auto.cfg.diffusion_source == "auto"
+
+
+def test_missing_diffusers_names_the_extra(monkeypatch):
+    """Without diffusers, DiffTPT's generator says how to install it (``ctta.extras.require``)."""
+    import sys
+
+    from ctta.strategies.difftpt.diffusion import tiny_image_variation_pipeline
+
+    from ctta.extras import MissingExtraError
+
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # import diffusers -> ImportError
+    with pytest.raises(MissingExtraError, match=r"pip install 'ctta\[diffusion\]'"):
+        tiny_image_variation_pipeline()

@@ -38,15 +38,18 @@ class ContextConfig(PromptLearnerConfig):
 class ContextModel(PromptedCLIP):
     """Frozen CLIP + CoOp context ``ctx``: ``(M, D)`` shared or ``(C, M, D)`` class-specific."""
 
-    def __init__(self, clip_model, tokenizer, classnames, cfg: ContextConfig = ContextConfig()) -> None:
+    def __init__(
+        self, clip_model, tokenizer, classnames, cfg: ContextConfig = ContextConfig(), *, generator=None
+    ) -> None:
         if cfg.csc and cfg.ctx_init:
             raise ValueError("csc=True needs ctx_init='' (class-specific contexts start random, as in CoOp)")
-        layout, ctx0 = context_init(clip_model, tokenizer, cfg.ctx_init, 0 if cfg.ctx_init else cfg.n_ctx)
+        n_ctx = 0 if cfg.ctx_init else cfg.n_ctx
+        layout, ctx0 = context_init(clip_model, tokenizer, cfg.ctx_init, n_ctx, generator=generator)
         super().__init__(
             clip_model, tokenizer, classnames, layout, position=cfg.class_token_position, truncate=cfg.truncate
         )
         if cfg.csc:
-            ctx0 = torch.randn(len(classnames), *ctx0.shape) * 0.02  # (C, M, D)
+            ctx0 = torch.randn(len(classnames), *ctx0.shape, generator=generator) * 0.02  # (C, M, D)
         self.ctx = nn.Parameter(ctx0.to(self.text.cast_dtype))
 
     def set_classnames(self, classnames) -> None:

@@ -12,11 +12,24 @@ setting; here they follow the dtype the model is cast to.
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import nn
 
-__all__ = ["MaPLeCoupling", "MetaNet"]
+__all__ = ["MaPLeCoupling", "MetaNet", "seeded_linear"]
+
+
+def seeded_linear(d_in: int, d_out: int, generator: torch.Generator | None = None) -> nn.Linear:
+    """``nn.Linear(d_in, d_out)``; with ``generator`` its weight and bias are drawn from it by PyTorch's default rule
+    (``U(-1/sqrt(d_in), 1/sqrt(d_in))``), so a starting point is reproducible without touching the parameters."""
+    layer = nn.Linear(d_in, d_out)
+    if generator is not None:
+        bound = 1 / math.sqrt(d_in)
+        with torch.no_grad():
+            layer.weight.uniform_(-bound, bound, generator=generator)
+            layer.bias.uniform_(-bound, bound, generator=generator)
+    return layer
 
 
 class MaPLeCoupling(nn.Module):
@@ -29,14 +42,15 @@ class MaPLeCoupling(nn.Module):
         d_text: text width (512 for ViT-B/16).
         d_vision: vision width (768 for ViT-B/16).
         depth: prompt depth J (the input layer plus J-1 deep layers).
+        generator: RNG of the initialisation (default: the global one, as the reference).
     """
 
-    def __init__(self, d_text: int, d_vision: int, depth: int) -> None:
+    def __init__(self, d_text: int, d_vision: int, depth: int, *, generator: torch.Generator | None = None) -> None:
         super().__init__()
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
-        self.proj = nn.Linear(d_text, d_vision)  # F_0
-        one = nn.Linear(d_text, d_vision)
+        self.proj = seeded_linear(d_text, d_vision, generator)  # F_0
+        one = seeded_linear(d_text, d_vision, generator)
         self.deep = nn.ModuleList(copy.deepcopy(one) for _ in range(depth - 1))  # F_1..F_{J-1}
 
     def forward(self, ctx: torch.Tensor, deep_text: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -53,14 +67,15 @@ class MetaNet(nn.Module):
         d_in: image-feature width (the CLIP embedding, 512 for ViT-B/16).
         d_out: text token width (512 for ViT-B/16).
         reduction: hidden width ``d_in // reduction`` (16 in the reference).
+        generator: RNG of the initialisation (default: the global one, as the reference).
     """
 
-    def __init__(self, d_in: int, d_out: int, reduction: int = 16) -> None:
+    def __init__(self, d_in: int, d_out: int, reduction: int = 16, *, generator: torch.Generator | None = None) -> None:
         super().__init__()
         hidden = max(1, d_in // reduction)
-        self.linear1 = nn.Linear(d_in, hidden)
+        self.linear1 = seeded_linear(d_in, hidden, generator)
         self.relu = nn.ReLU(inplace=True)
-        self.linear2 = nn.Linear(hidden, d_out)
+        self.linear2 = seeded_linear(hidden, d_out, generator)
 
     def forward(self, image_features: torch.Tensor) -> torch.Tensor:
         """``(B, E)`` normalised image features -> ``(B, D)`` bias added to every context token."""

@@ -135,7 +135,7 @@ def text_jacobian(encoder, ctx0: torch.Tensor, dtype=torch.float32, chunk: int =
     feature, all classes at once), run ``chunk`` at a time as a batched backward.
 
     Args:
-        encoder: a ``PromptedTextEncoder``.
+        encoder: a ``TunedContext`` (``forward(ctx, per_class=True, normalize=True)``).
         ctx0: ``(n_ctx, D)`` context at which J is taken.
         dtype: storage dtype of J.
         chunk: output features per batched backward (memory vs speed).

@@ -59,8 +59,16 @@ class PromptLearnerConfig:
     # the official fp16 rounding of every inserted deep / vision prompt and of PromptSRC's teacher embeddings
     # (MaPLe, PromptSRC, ATPrompt compute it in every precision); False: unrounded (ctta's earlier results)
     round_prompts: bool = True
+    # seed of the random initialisations (random contexts, deep prompts, couplings, meta-net); None: the run's RNG
+    init_seed: int | None = None
     context_out: str = ""  # after each training experience save the text context here (TPT's init="coop:<path>")
     num_workers: int = 0
+
+
+def init_generator(cfg) -> torch.Generator | None:
+    """A CPU generator seeded with ``cfg.init_seed`` (None when unset: the global RNG, as the references)."""
+    seed = getattr(cfg, "init_seed", None)
+    return None if seed is None else torch.Generator().manual_seed(int(seed))
 
 
 MASKED_LOGIT = -1e4  # logit of a class not seen yet (finite, so the loss of an unseen label stays finite)

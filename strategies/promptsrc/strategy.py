@@ -36,7 +36,7 @@ from torch import nn
 
 from ctta.clip_prompting.model import PromptedCLIP
 from ctta.clip_prompting.teacher import HAND_CRAFTED, FrozenCLIPTeacher
-from ctta.clip_prompting.template import PromptLearnerConfig, PromptLearnerTemplate
+from ctta.clip_prompting.template import PromptLearnerConfig, PromptLearnerTemplate, init_generator
 from ctta.clip_prompting.text import context_init
 from ctta.clip_prompting.vision import encode_image, vision_width
 from ctta.fields import ranged
@@ -64,8 +64,8 @@ class PromptSRCConfig(PromptLearnerConfig):
     teacher_templates: str = "promptsrc"  # promptsrc (60 templates) | hand ("a photo of a {}.")
 
 
-def _normal(n: int, d: int) -> nn.Parameter:
-    return nn.Parameter(torch.randn(n, d) * 0.02)
+def _normal(n: int, d: int, generator: torch.Generator | None = None) -> nn.Parameter:
+    return nn.Parameter(torch.randn(n, d, generator=generator) * 0.02)
 
 
 class PromptSRCModel(PromptedCLIP):
@@ -74,10 +74,12 @@ class PromptSRCModel(PromptedCLIP):
 
     context_is_the_prompt = False  # TPT tunes the deep text and vision prompts too
 
-    def __init__(self, clip_model, tokenizer, classnames, cfg: PromptSRCConfig = PromptSRCConfig()) -> None:
+    def __init__(
+        self, clip_model, tokenizer, classnames, cfg: PromptSRCConfig = PromptSRCConfig(), *, generator=None
+    ) -> None:
         if cfg.teacher_templates not in TEACHER_TEMPLATES:
             raise ValueError(f"teacher_templates={cfg.teacher_templates!r}; valid: {sorted(TEACHER_TEMPLATES)}")
-        layout, ctx0 = context_init(clip_model, tokenizer, cfg.ctx_init, cfg.n_ctx_text)
+        layout, ctx0 = context_init(clip_model, tokenizer, cfg.ctx_init, cfg.n_ctx_text, generator=generator)
         super().__init__(
             clip_model, tokenizer, classnames, layout, truncate=cfg.truncate, round_prompts=cfg.round_prompts
         )
@@ -86,9 +88,11 @@ class PromptSRCModel(PromptedCLIP):
             raise ValueError(f"depth_text must be in 1..{n_text} and depth_vision in 1..{n_vis}")
         d, w = ctx0.shape[-1], vision_width(clip_model)
         self.ctx = nn.Parameter(ctx0.to(self.text.cast_dtype))
-        self.deep_text = nn.ParameterList(_normal(ctx0.shape[0], d) for _ in range(cfg.depth_text - 1))
-        self.vpt = _normal(cfg.n_ctx_vision, w)
-        self.deep_vision = nn.ParameterList(_normal(cfg.n_ctx_vision, w) for _ in range(cfg.depth_vision - 1))
+        self.deep_text = nn.ParameterList(_normal(ctx0.shape[0], d, generator) for _ in range(cfg.depth_text - 1))
+        self.vpt = _normal(cfg.n_ctx_vision, w, generator)
+        self.deep_vision = nn.ParameterList(
+            _normal(cfg.n_ctx_vision, w, generator) for _ in range(cfg.depth_vision - 1)
+        )
         templates = TEACHER_TEMPLATES[cfg.teacher_templates]
         self.teacher = FrozenCLIPTeacher(
             clip_model, tokenizer, classnames, templates, round_embeddings=cfg.round_prompts
@@ -117,7 +121,7 @@ class PromptSRC(PromptLearnerTemplate):
 
     @classmethod
     def build_prompted(cls, clip_model, tokenizer, classnames, cfg: PromptSRCConfig) -> PromptSRCModel:
-        return PromptSRCModel(clip_model, tokenizer, classnames, cfg)
+        return PromptSRCModel(clip_model, tokenizer, classnames, cfg, generator=init_generator(cfg))
 
     def criterion(self) -> torch.Tensor:
         ce = self._criterion(self.mb_output, self.mb_y)
