@@ -5,7 +5,8 @@ templates:
 
 * ``base``: the common constructor (Avalanche's arguments with Avalanche's meaning, the method's config fields as
   keyword arguments, refusals with clear errors), the default evaluator and ``from_config``;
-* ``benchmark_info``: class count, class names and test set read from an Avalanche benchmark;
+* ``benchmark_info``: ``BenchmarkInfo``, the typed record a scenario attaches to its benchmark (class count, class
+  names, test set, protocol extras), read with ``benchmark_info`` and inferred from plain Avalanche benchmarks;
 * ``sharding``: torchrun sharding, the one sharded forward / criterion / SGD update of every template;
 * ``exposure``, ``replay``, ``state``, ``anytime``: label exposure, replay composition, resumable state and the
   anytime evaluation of online class-incremental learning;
