@@ -70,8 +70,8 @@ class BenchmarkInfo:
             test experience after task ``i``, not the first ``i + 1``).
         train_dataset: the full training set in native order, indexed by ``task_indices`` (Si-Blurry).
         task_indices: indices into ``train_dataset`` of each task, in stream order; a task may be empty (Si-Blurry).
-        batch_size: stream samples per incoming batch (Si-Blurry's arrival rate: the size of each online
-            sub-experience); a strategy's default ``train_mb_size``.
+        batch_size: stream samples per incoming batch of the Si-Blurry protocol (``SiBlurryConfig.batch_size``: the
+            size of each online sub-experience with ``online=True``); a strategy's ``train_mb_size`` is its own.
         split_info: the intermediate values of the Si-Blurry split (``si_blurry_split(..., return_info=True)``).
         train_augment: batch augmentation a strategy applies to every training mini-batch at every update
             (Si-Blurry's ``ctta.data.siblurry_aug.SiBlurryTrainAugment``).
