@@ -11,8 +11,9 @@ experience is all of one class and then all of the other, and the model ends up 
 So an experience stored class by class (its labels form one block per class) that is not an ordered stream is read
 in a random order drawn once per experience (Avalanche's default, made reproducible: the generator is seeded from
 ``torch.initial_seed()`` and the experience index, and does not touch the global RNG, so a resumed run reads the
-same order). Any other experience is read as stored; ``train(exp, shuffle=False)`` always keeps the stored order.
-The replay memory stores rows of the experience's own dataset, so a checkpoint names the same samples either way.
+same order; under torchrun every rank reads rank 0's order). Any other experience is read as stored;
+``train(exp, shuffle=False)`` always keeps the stored order. The replay memory stores rows of the experience's own
+dataset, so a checkpoint names the same samples either way.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 import torch
 
+from ctta import distributed
 from ctta.templates.benchmark_info import origin_info
 
 __all__ = ["StreamOrder", "is_class_blocked", "is_ordered_stream", "stream_rows"]
@@ -60,7 +62,8 @@ def stream_rows(exp, index: int, shuffle: bool | None = None) -> torch.Tensor | 
     if shuffle is False or is_ordered_stream(exp) or not is_class_blocked(exp.dataset):
         return None
     g = torch.Generator().manual_seed((torch.initial_seed() + 1_000_003 * (index + 1)) % 2**63)
-    return torch.randperm(len(exp.dataset), generator=g)
+    rows = torch.randperm(len(exp.dataset), generator=g)
+    return distributed.broadcast_object(rows)  # under torchrun: rank 0's order on every rank
 
 
 class StreamOrder:
