@@ -47,3 +47,19 @@ def test_accuracy_png_plots_the_fewshot_rows(coop_run, monkeypatch, tmp_path):
     history = json.loads((out / "results.json").read_text())["history"]
     results.plot_accuracy(tmp_path / "a.png", history)
     assert drawn == [len(rows)]
+
+
+def test_class_incremental_prompt_learner_rows(tmp_path):
+    """Without base/new streams an epoch-trained run lists its test-stream top-1 after each experience."""
+    cfg = load_config({
+        "seed": 1, "device": "cpu", "log": {"out_dir": str(tmp_path), "plot": False, "progress": False},
+        "scenario": {"name": "class_incremental", "dataset": "digits", "n_experiences": 2, "img_size": 32},
+        "backbone": {"name": "clip", "model": "ctta-tiny-clip", "pretrained": ""},
+        "strategy": {"name": "coop", "epochs": 1, "batch_size": 32, "lr": 0.01},
+    })  # fmt: skip
+    top1 = run(cfg, verbose=False)["summary"]["top1"]
+    with open(tmp_path / "metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["kind"], r["epoch"]) for r in rows] == [("train_epoch", "1"), ("train_epoch", "2"), ("test", "1"),
+                                                        ("test", "2")]  # fmt: skip
+    assert float(rows[-1]["accuracy"]) == pytest.approx(top1)

@@ -32,6 +32,7 @@ BASE_NEW = {
     "new": "Top1_Acc_New/eval_phase/test_new_stream",
     "hm": "Top1_Acc_HM/eval_phase/test_new_stream",
 }
+TEST_TOP1 = "Top1_Acc_Stream/eval_phase/test_stream"  # an epoch-trained run without base/new streams
 _PACKAGES = ("ctta", "torch", "torchvision", "timm", "avalanche-lib", "open_clip_torch", "diffusers", "numpy")
 
 
@@ -85,7 +86,8 @@ def _history(evaluator, prefix: str) -> tuple[list, list]:
 
 
 def fewshot_rows(evaluator) -> list[dict[str, Any]]:
-    """metrics.csv rows of an epoch-trained run: training loss / top-1 per epoch, then base / new / HM evaluations.
+    """metrics.csv rows of an epoch-trained run: training loss / top-1 per epoch, then base / new / HM evaluations
+    (a run without a base-to-new benchmark, e.g. class-incremental: its test-stream top-1, ``kind=test``).
 
     ``iterations`` is the training iteration at which the value was logged; ``epoch`` counts the epochs trained
     by then (over all experiences).
@@ -96,7 +98,8 @@ def fewshot_rows(evaluator) -> list[dict[str, Any]]:
     for i, (x, loss) in enumerate(zip(xs, losses)):
         rows.append({"kind": "train_epoch", "epoch": i + 1, "iterations": x, "loss": loss,
                      "accuracy": accs[i] if i < len(accs) else None})  # fmt: skip
-    for kind, name in BASE_NEW.items():
+    evals = BASE_NEW if _history(evaluator, BASE_NEW["base"])[0] or not xs else {"test": TEST_TOP1}
+    for kind, name in evals.items():
         last = dict(zip(*_history(evaluator, name)))  # one value per evaluation point (base is re-logged with new)
         for x, v in last.items():
             rows.append({"kind": kind, "epoch": sum(e <= x for e in xs), "iterations": x, "accuracy": v})
@@ -132,11 +135,11 @@ def plot_fewshot(path: str | Path, rows: Sequence[Mapping[str, Any]], title: str
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(8.5, 3.6), dpi=110, gridspec_kw={"width_ratios": [3, 2]})
     _plot_epochs(left, rows)
-    last = {r["kind"]: r["accuracy"] for r in rows if r.get("kind") in BASE_NEW}
-    names = [k for k in BASE_NEW if k in last]
+    last = {r["kind"]: r["accuracy"] for r in rows if r.get("kind") in (*BASE_NEW, "test")}
+    names = [k for k in (*BASE_NEW, "test") if k in last]
     bars = right.bar(names, [100 * last[k] for k in names], color=["C0", "C1", "C2"][: len(names)])
     right.bar_label(bars, fmt="%.1f", fontsize=8)
-    right.set(ylabel="test top-1 (%)", ylim=(0, 105), title="base / new / HM")
+    right.set(ylabel="test top-1 (%)", ylim=(0, 105), title="last evaluation")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
