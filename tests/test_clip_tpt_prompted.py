@@ -86,3 +86,13 @@ def test_tpt_strategy_takes_a_prompted_model(tiny):
     with torch.no_grad():
         direct = PromptTuner.from_prompted(maple, TPTConfig(selection_p=0.25, tta_steps=0)).predict_many(_views())
         torch.testing.assert_close(direct, maple(_views()[:, 0]))  # zero steps: the trained model's prediction
+
+
+def test_difftpt_strategy_takes_a_prompted_model(tiny):
+    from ctta.strategies.difftpt import DiffTPT
+
+    model, tok = tiny
+    maple = MaPLeModel(model, tok, NAMES, MaPLeConfig(depth=2))
+    strategy = DiffTPT(model=maple, classnames=NAMES)
+    assert strategy.tuner.prompted is maple and strategy.tuner.clip is model
+    assert strategy.tuner.select_fn.__qualname__.startswith("make_select_fn")  # DiffTPT's filtration, not TPT's
