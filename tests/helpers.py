@@ -36,6 +36,16 @@ TINY_VIT = dict(
 )
 
 
+def shipped_config_cases() -> list[tuple[Path, str | None]]:
+    """Every shipped config (``configs/``, bases excluded), once per dataset it lists under ``_datasets_`` (None: it
+    takes no dataset on the command line)."""
+    from ctta.runner.compose import DATASETS_KEY
+    from ctta.runner.config import read_yaml
+
+    configs = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if "_base" not in p.parts)
+    return [(p, d) for p in configs for d in (sorted(read_yaml(p).get(DATASETS_KEY) or {}) or [None])]
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 now (the OS picks it: parallel test workers never share one)."""
     with socket.socket() as s:

@@ -6,7 +6,7 @@ import pytest
 
 from ctta.runner.cli import main
 from ctta.runner.config import ConfigError, load_config
-from tests.helpers import ROOT, copy_run
+from tests.helpers import ROOT, copy_run, shipped_config_cases
 
 VPT = str(ROOT / "configs" / "smoke" / "vpt_digits.yaml")
 QUICK = ["log.progress=false", "log.plot=false", "device=cpu"]
@@ -101,9 +101,8 @@ def test_image_size_the_backbone_cannot_take_fails_before_loading(tmp_path, caps
 def test_every_shipped_config_passes_the_image_size_check():
     from ctta.runner.run import check_image_size
 
-    for path in sorted((ROOT / "configs").rglob("*.yaml")):
-        if "_base" not in path.parts:
-            check_image_size(load_config(path))
+    for path, dataset in shipped_config_cases():  # a method+protocol file: each of its datasets
+        check_image_size(load_config(path, [f"scenario.dataset={dataset}"] if dataset else []))
 
 
 @pytest.mark.xdist_group("vpt_run")
