@@ -44,7 +44,8 @@ class ViTConfig:
 
     Attributes:
         model: timm model name WITH a pinned weight tag, e.g. ``vit_base_patch16_224.orig_in21k``, or
-            ``ctta-tiny-vit`` (ctta's shipped tiny ViT, ``ctta.pretrained``; fixed architecture).
+            ``ctta-tiny-vit`` (ctta's shipped tiny ViT, ``ctta.pretrained``; fixed architecture; it takes 32 px
+            RGB in [-1, 1], as its timm ``pretrained_cfg`` says: ``timm.data.resolve_data_config(model=vit)``).
         pretrained: True = download that tag from the timm hub; False = random init; a string = local weight file
             (``.pth``/``.bin``/``.safetensors`` state dict in timm format, or a Google ``.npz``).
         img_size, patch_size, depth, embed_dim, num_heads: optional architecture overrides (None = model default).
