@@ -4,7 +4,8 @@
 ``ctta.strategies`` (seconds: torch, Avalanche, timm, open_clip). This module reads the same modules' source with
 ``ast`` instead (about 0.1 s) and returns, for every ``@REGISTRY.register("name", config=Cfg)`` (or
 ``REGISTRY.register(...)(builder)``) it finds: the component name, the builder, its module, the first line of its
-docstring and the config class's field names (inherited fields included, followed through ``from ... import``).
+docstring, the config class's field names (inherited fields included, followed through ``from ... import``) and the
+numeric ranges its fields declare with ``ctta.fields.ranged``.
 
 Uses: the config loader rejects unknown names and keys before the stack loads, ``ctta list`` prints the components
 without importing them, and ``ctta.strategies`` / ``ctta.scenarios`` export their classes lazily (PEP 562). The
@@ -17,9 +18,12 @@ from __future__ import annotations
 import ast
 import importlib.util
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+
+from ctta.fields import Range
 
 __all__ = ["IndexEntry", "PACKAGES", "index", "entries", "public_names", "package_dir", "summary"]
 
@@ -39,6 +43,7 @@ class IndexEntry:
     fields: tuple[str, ...] | None  # the config's field names (None: not resolvable from the source)
     doc: str  # first line of the builder's docstring
     summary: str = ""  # the module docstring's first sentence, without citations and markup (``ctta list``)
+    ranges: Mapping[str, Range] = field(default_factory=dict)  # fields declared with ``ctta.fields.ranged``
 
 
 def package_dir(package: str) -> Path:
@@ -107,25 +112,36 @@ def _init_false(value: ast.expr | None) -> bool:
     )
 
 
-def _class_fields(module: str, name: str) -> tuple[str, ...] | None:
-    """The dataclass fields (``__init__`` arguments) of class ``name`` seen from ``module``, bases first."""
+def _declared_range(value: ast.expr | None) -> Range | None:
+    """The ``Range`` of a ``ranged(default, ge=..., gt=..., le=..., lt=...)`` field with literal bounds, else None."""
+    call = value if isinstance(value, ast.Call) else None
+    if call is None or not (isinstance(call.func, ast.Name) and call.func.id == "ranged"):
+        return None
+    try:
+        bounds = {k.arg: ast.literal_eval(k.value) for k in call.keywords if k.arg in ("ge", "gt", "le", "lt")}
+    except ValueError:
+        return None
+    return Range(**bounds)
+
+
+def _class_schema(module: str, name: str) -> dict[str, Range | None] | None:
+    """``{field: declared range or None}`` of dataclass ``name`` seen from ``module`` (``__init__`` fields in
+    dataclass order, bases first; a re-declared field keeps its place and takes the new range)."""
     found = _find_class(module, name)
     if found is None:
         return None
     where, cls = found
-    names: list[str] = []
+    schema: dict[str, Range | None] = {}
     for base in cls.bases:
-        if not isinstance(base, ast.Name):
-            return None
-        inherited = _class_fields(where, base.id)
+        inherited = _class_schema(where, base.id) if isinstance(base, ast.Name) else None
         if inherited is None:
             return None
-        names += [n for n in inherited if n not in names]
+        schema |= inherited
     for node in cls.body:
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and not _is_classvar(node.annotation):
-            if not _init_false(node.value) and node.target.id not in names:
-                names.append(node.target.id)
-    return tuple(names)
+            if not _init_false(node.value):
+                schema[node.target.id] = _declared_range(node.value)
+    return schema
 
 
 def _registration(call: ast.expr) -> tuple[str, str, str | None] | None:
@@ -175,8 +191,9 @@ def _module_entries(module: str, path: Path) -> list[IndexEntry]:
             r = _registration(node.func)
             found = [(r, node.args[0].id)] if r else []
         for (kind, name, cfg), builder in found:
-            fields = _class_fields(module, cfg) if cfg else ()
-            out.append(IndexEntry(kind, name, builder, module, cfg, fields, _doc_line(tree, builder), about))
+            schema = _class_schema(module, cfg) if cfg else {}
+            fields, ranges = (None, {}) if schema is None else (tuple(schema), {k: r for k, r in schema.items() if r})
+            out.append(IndexEntry(kind, name, builder, module, cfg, fields, _doc_line(tree, builder), about, ranges))
     return out
 
 

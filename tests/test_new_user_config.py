@@ -13,7 +13,7 @@ import pytest
 from ctta.fields import Range, field_range, range_error
 from ctta.registry import BACKBONES, SCENARIOS, STRATEGIES
 from ctta.runner.config import ConfigError, cuda_certainly_absent, load_config
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 SMOKE = str(ROOT / "configs" / "smoke" / "vpt_digits.yaml")
 HEAVY = ("torch", "avalanche", "timm", "open_clip")
@@ -43,6 +43,8 @@ def _cli(*args: str, cwd=None) -> dict:
         (["strategy.name=mvpp"], "strategy.name: unknown strategy 'mvpp'; valid strategy names: ['cocoop'"),
         (["seedd=2"], "unknown top-level key(s) ['seedd']"),
         (["log.checkpoint_every=-1"], "log.checkpoint_every=-1 is out of range: set log.checkpoint_every to a value"),
+        (["strategy.lr=-0.01"], "strategy.lr=-0.01 is out of range: set strategy.lr to a value > 0"),
+        (["scenario.n_experiences=0"], "scenario.n_experiences=0 is out of range: set scenario.n_experiences to a"),
     ],
 )
 def test_config_errors_come_before_torch_and_avalanche(overrides, message):
@@ -99,7 +101,7 @@ def test_run_help_lists_run_level_keys_with_examples(capsys):
     ("override", "message"),
     [
         ("strategy.lr=-0.01", "strategy.lr=-0.01 is out of range: set strategy.lr to a value > 0"),
-        ("strategy.lr=0", "strategy.lr=0.0 is out of range: set strategy.lr to a value > 0"),
+        ("strategy.lr=0", "strategy.lr=0 is out of range: set strategy.lr to a value > 0"),
         (
             "strategy.online_iters=0",
             "strategy.online_iters=0 is out of range: set strategy.online_iters to a value >= 1",
@@ -120,7 +122,7 @@ def test_bad_values_are_one_sentence_at_load_time(override, message):
     "config", ["mvp_digits", "coop_digits", "maple_digits", "l2p_digits", "tpt_digits", "damvp_digits"]
 )
 def test_learning_rate_range_declared_for_each_method(config):
-    with pytest.raises(ConfigError, match=r"strategy.lr=-1.0 is out of range: set strategy.lr to a value > 0"):
+    with pytest.raises(ConfigError, match=r"strategy.lr=-1 is out of range: set strategy.lr to a value > 0"):
         load_config(str(ROOT / "configs" / "smoke" / f"{config}.yaml"), ["strategy.lr=-1"])
 
 

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from ctta import registry_index
+from ctta.fields import field_range
 from ctta.registry import BACKBONES, SCENARIOS, STRATEGIES
 
 REGISTRIES = {"strategy": STRATEGIES, "scenario": SCENARIOS, "backbone": BACKBONES}
@@ -46,7 +47,8 @@ def test_import_from_the_package_is_lazy_and_keeps_the_registry():
         "from ctta.strategies import MVP, MVPConfig, DiffTPT\n"
         "from ctta.scenarios import build_si_blurry\n"
         "from ctta.registry import STRATEGIES\n"
-        "print('diffusers' in sys.modules, 'ctta.strategies.coop' in sys.modules, STRATEGIES.get('mvp').builder is MVP)\n"
+        "print('diffusers' in sys.modules, 'ctta.strategies.coop' in sys.modules,\n"
+        "      STRATEGIES.get('mvp').builder is MVP)\n"
         "print(len(list(STRATEGIES)))\n"
     )
     lazy, n = out.splitlines()
@@ -75,6 +77,8 @@ def test_registry_index_equals_the_registry(kind):
         )
         fields = tuple(f.name for f in dataclasses.fields(entry.config) if f.init) if entry.config else ()
         assert found.fields == fields, name
+        ranges = {f.name: field_range(f) for f in dataclasses.fields(entry.config) if field_range(f)} if fields else {}
+        assert found.ranges == ranges, name
         assert getattr(sys.modules[found.module], found.config) is entry.config if entry.config else True
 
 

@@ -233,9 +233,9 @@ def build_run_config(data: Mapping[str, Any]) -> RunConfig:
 def precheck(data: Mapping[str, Any]) -> Any:
     """Everything checkable before the stack loads (raises ``ConfigError``); returns the validated run-level keys.
 
-    Top-level and run-level keys (``seed``, ``device``, ``precision``, ``log.*``, ...), their numeric ranges, each
-    section's component name and keys (read from the source by ``ctta.registry_index``), and ``device=cuda`` on a
-    machine that certainly has no CUDA (a CPU build of torch or no NVIDIA driver).
+    Top-level and run-level keys (``seed``, ``device``, ``precision``, ``log.*``, ...), each section's component
+    name, keys and declared numeric ranges (read from the source by ``ctta.registry_index``), and ``device=cuda`` on
+    a machine that certainly has no CUDA (a CPU build of torch or no NVIDIA driver).
     """
     if not isinstance(data, Mapping):
         raise ConfigError(f"a run config must be a mapping, got {type(data).__name__}")
@@ -279,6 +279,10 @@ def _precheck_section(kind: str, data: Any) -> None:
     unknown = sorted(set(params) - set(params if entry.fields is None else entry.fields))
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in {kind} ({entry.config}); valid keys: {sorted(entry.fields)}")
+    for key, rng in entry.ranges.items():  # numbers as written (strings are converted, then checked, by from_dict)
+        msg = range_error(f"{kind}.{key}", data[key], rng) if key in data else None
+        if msg:
+            raise ConfigError(msg)
 
 
 def cuda_certainly_absent() -> bool:
