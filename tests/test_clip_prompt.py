@@ -1,5 +1,5 @@
-"""The CLIP prompt-learner core: exactness against open_clip and the 77-token path, layouts, couplers, teacher,
-schedule, Gaussian averaging, base/new metric."""
+"""The CLIP prompt-learner core besides the text tower (whose exactness tests are in test_clip_prompted_text.py):
+the image tower with and without prompts, couplers, teacher, schedule, Gaussian averaging, base/new metric."""
 
 from __future__ import annotations
 
@@ -29,8 +29,6 @@ def _ref_text(model, tok, texts):
         return model.encode_text(tok(texts))
 
 
-
-
 def test_image_tower_without_prompts_equals_open_clip(tiny):
     model, _ = tiny
     x = torch.randn(3, 3, 32, 32)
@@ -39,14 +37,6 @@ def test_image_tower_without_prompts_equals_open_clip(tiny):
         width = model.visual.class_embedding.shape[-1]
         torch.testing.assert_close(encode_image(model, x), ref)
         torch.testing.assert_close(encode_image(model, x, torch.zeros(0, width)), ref, atol=1e-5, rtol=1e-5)
-
-
-
-
-
-
-
-
 
 
 def test_vision_prompts_against_straightforward_loop(tiny):
@@ -66,8 +56,6 @@ def test_vision_prompts_against_straightforward_loop(tiny):
             t = blk(t)
         ref = v.ln_post(t[:, 0]) @ v.proj
         torch.testing.assert_close(encode_image(model, x, p0, [p1], round_prompts=False), ref, atol=1e-5, rtol=1e-5)
-
-
 
 
 def test_couplers():
