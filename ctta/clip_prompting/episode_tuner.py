@@ -22,7 +22,8 @@ Two computations of the same function:
 
 A trained prompted CLIP handed over as an object (``PromptTuner.from_prompted``): a shared CoOp context (CoOp, PRE)
 runs on the engine above; other methods (CoCoOp, MaPLe with its deep prompts, PromptSRC, ATPrompt) have every
-trainable parameter tuned through the model's own forward (the straightforward loop, one sample at a time).
+trainable parameter tuned through the model's own forward (the straightforward loop, one sample at a time); a
+``select_fn`` that reads image features (DiffTPT's filtration) gets the frozen CLIP's, unprompted.
 
 Deviations from the reference code: selection sorts entropies stably; ``grad_scaler="auto"`` = the shared scaler
 under fp16 only (the reference's ``torch.cuda.amp.GradScaler`` is disabled on CPU); ``tta_steps=0`` gives the
