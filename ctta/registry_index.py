@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ctta.fields import Range
 
-__all__ = ["IndexEntry", "PACKAGES", "index", "entries", "public_names", "package_dir", "summary"]
+__all__ = ["IndexEntry", "PACKAGES", "index", "entries", "public_names", "package_dir", "summary", "lazy_exports"]
 
 PACKAGES = {"backbone": "ctta.backbones", "scenario": "ctta.scenarios", "strategy": "ctta.strategies"}
 _REGISTRIES = {"BACKBONES": "backbone", "SCENARIOS": "scenario", "STRATEGIES": "strategy"}
@@ -247,3 +247,26 @@ def public_names(kind: str) -> dict[str, str]:
         if e.config:
             out[e.config] = e.module
     return out
+
+
+def lazy_exports(kind: str, namespace: dict):
+    """``(__getattr__, __dir__)`` for a package's module namespace (PEP 562): a name of ``public_names(kind)`` is
+    imported from the module that defines it on first use and kept in ``namespace``; ``__all__`` lists them all."""
+    package = namespace["__name__"]
+
+    def __getattr__(name: str):
+        import importlib
+
+        if name == "__all__":  # ``from package import *``
+            return sorted(public_names(kind))
+        module = public_names(kind).get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        namespace[name] = value  # later look-ups are plain attribute reads
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted(set(namespace) | set(public_names(kind)))
+
+    return __getattr__, __dir__

@@ -8,6 +8,8 @@ The names come from ``ctta.registry_index`` (the registrations read from the sou
 exported without a list to update.
 """
 
+from ctta.registry_index import lazy_exports
+
 if __name__ != "ctta.scenarios":  # the repository folder imported as a top-level package
     raise ImportError(
         f"{__name__!r} is the repository folder, not ctta's package: import ctta.scenarios "
@@ -16,23 +18,4 @@ if __name__ != "ctta.scenarios":  # the repository folder imported as a top-leve
     )
 
 
-def __getattr__(name: str):
-    """Import ``name`` from the module that defines it (``ctta.scenarios.<module>``) on first use."""
-    import importlib
-
-    from ctta.registry_index import public_names
-
-    if name == "__all__":  # ``from ctta.scenarios import *``
-        return sorted(public_names("scenario"))
-    module = public_names("scenario").get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later look-ups are plain attribute reads
-    return value
-
-
-def __dir__() -> list[str]:
-    from ctta.registry_index import public_names
-
-    return sorted(set(globals()) | set(public_names("scenario")))
+__getattr__, __dir__ = lazy_exports("scenario", globals())

@@ -9,6 +9,8 @@ The names come from ``ctta.registry_index`` (the registrations read from the sou
 exported without a list to update.
 """
 
+from ctta.registry_index import lazy_exports
+
 if __name__ != "ctta.strategies":  # the repository folder imported as a top-level package
     raise ImportError(
         f"{__name__!r} is the repository folder, not ctta's package: import ctta.strategies "
@@ -17,23 +19,4 @@ if __name__ != "ctta.strategies":  # the repository folder imported as a top-lev
     )
 
 
-def __getattr__(name: str):
-    """Import ``name`` from the module that defines it (``ctta.strategies.<module>``) on first use."""
-    import importlib
-
-    from ctta.registry_index import public_names
-
-    if name == "__all__":  # ``from ctta.strategies import *``
-        return sorted(public_names("strategy"))
-    module = public_names("strategy").get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later look-ups are plain attribute reads
-    return value
-
-
-def __dir__() -> list[str]:
-    from ctta.registry_index import public_names
-
-    return sorted(set(globals()) | set(public_names("strategy")))
+__getattr__, __dir__ = lazy_exports("strategy", globals())
