@@ -140,3 +140,20 @@ def test_range_words():
     assert Range(gt=0).describe() == "> 0" and Range(ge=0, le=1).describe() == ">= 0 and <= 1"
     assert range_error("a.b", 2, Range(ge=0, le=1)) == "a.b=2 is out of range: set a.b to a value >= 0 and <= 1"
     assert range_error("a.b", None, Range(gt=0)) is None  # optional fields unset
+
+
+def test_cuda_presence_guess_never_refuses_a_gpu_machine(monkeypatch):
+    """Only a machine that certainly has no CUDA is refused before torch loads; a GPU node, WSL or ROCm means maybe."""
+    import importlib.metadata
+    from pathlib import Path
+
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "2.14.1+cu130")
+    for node in ("/dev/nvidia0", "/dev/nvidiactl", "/proc/driver/nvidia/version", "/dev/dxg", "/dev/kfd"):
+        monkeypatch.setattr(Path, "exists", lambda self, node=node: str(self) == node)
+        assert not cuda_certainly_absent(), node
+    monkeypatch.setattr(Path, "exists", lambda self: False)
+    assert cuda_certainly_absent()  # no device node, no driver
+    monkeypatch.setattr(Path, "exists", lambda self: True)
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "2.14.1+cpu")
+    assert cuda_certainly_absent()  # a CPU build of torch cannot use CUDA

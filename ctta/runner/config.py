@@ -287,8 +287,9 @@ def _precheck_section(kind: str, data: Any) -> None:
 
 def cuda_certainly_absent() -> bool:
     """True when this machine has no usable CUDA, known without importing torch: torch is a CPU build (``+cpu``
-    version) or no NVIDIA driver is loaded (Linux: ``/proc/driver/nvidia/version``; elsewhere: no ``libcuda``).
-    False means "maybe": the run checks again with torch."""
+    version), the machine is a Mac, or (Linux) no GPU device node or driver is there (NVIDIA ``/dev/nvidia*`` or
+    ``/proc/driver/nvidia``, WSL's ``/dev/dxg``, ROCm's ``/dev/kfd``); on Windows, no ``nvcuda`` library. False
+    means "maybe": the run checks again with torch."""
     import ctypes.util
     import importlib.metadata
     import sys
@@ -298,9 +299,14 @@ def cuda_certainly_absent() -> bool:
             return True
     except importlib.metadata.PackageNotFoundError:
         pass
+    if sys.platform == "darwin":
+        return True
     if sys.platform.startswith("linux"):
-        return not Path("/proc/driver/nvidia/version").exists()
-    return ctypes.util.find_library("cuda") is None and ctypes.util.find_library("nvcuda") is None
+        nodes = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg", "/dev/kfd")
+        return not any(Path(n).exists() for n in nodes)
+    if sys.platform == "win32":
+        return ctypes.util.find_library("nvcuda") is None
+    return False
 
 
 def _run_level_dataclass() -> type:
