@@ -9,6 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+from PIL import Image
+
+from ctta.data.tta_views import make_views
 from tests.conftest import ROOT
 
 README = (ROOT / "README.md").read_text()
@@ -62,3 +67,11 @@ def test_tta_demo_zero_shot_pass_is_labelled_zero_shot(tmp_path: Path, capsys):
     demo._tta_run(cfg, ["strategy.tta_steps=0", "scenario.n_views=1", f"log.out_dir={tmp_path / 'zs'}"], "zero-shot")
     err = capsys.readouterr().err
     assert "zero-shot:" in err and "tpt:" not in err
+
+
+def test_make_views_refuses_one_image_saying_what_to_pass():
+    for one in (Image.new("RGB", (20, 20)), torch.rand(3, 20, 20)):
+        with pytest.raises(TypeError, match=r"for one image pass \[image\]"):
+            make_views(one, n_views=2, resolution=8)
+    assert make_views([Image.new("RGB", (20, 20))], n_views=2, resolution=8).shape == (1, 2, 3, 8, 8)
+    assert make_views(torch.rand(2, 3, 20, 20), n_views=2, resolution=8).shape == (2, 2, 3, 8, 8)

@@ -196,7 +196,11 @@ def _to_pil(img) -> Image.Image:
 def make_views(images, n_views: int = 64, resolution: int = 224, augmix: bool = False, seed: int = 0) -> torch.Tensor:
     """Views for a list of PIL images (or ``(C, H, W)`` tensors): ``(B, n_views, 3, res, res)``.
 
-    Sample ``i`` uses a generator seeded from ``(seed, i)``, like the test-time datasets do.
+    Sample ``i`` uses a generator seeded from ``(seed, i)``, like the test-time datasets do. One image is refused
+    with a ``TypeError`` saying to pass ``[image]`` (a ``(C, H, W)`` tensor would otherwise be read as C images).
     """
+    if isinstance(images, Image.Image) or (isinstance(images, torch.Tensor) and images.dim() == 3):
+        raise TypeError("make_views takes a list of images (PIL images or (C, H, W) tensors) or a (B, C, H, W) batch; "
+                        "for one image pass [image]")  # fmt: skip
     gen = TPTViews(n_views, resolution, augmix)
     return torch.stack([gen(img, np.random.default_rng([seed, i])) for i, img in enumerate(images)])
