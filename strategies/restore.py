@@ -1,0 +1,195 @@
+"""RESTORE: feature-shift consistency for multi-modal prompt learning (Yang et al., "RESTORE: Towards Feature Shift
+for Vision-Language Prompt Learning", arXiv 2502.06390). Official code: Yaphabates/RESTORE_@4c64a17
+``trainers/maple_fsa.py`` (trainer ``MaPLe_FSA``), ``train.py``, ``run_maple_fsa.sh`` (MIT, (c) 2024 Yaphabates;
+behaviour read, re-implemented, no code copied). Spec: ``clip-prompt-learners.md`` sections 17 and 23.2.
+
+Model: MaPLe's coupled prompts (``MaPLeModel``, reused) plus a text and a visual **feature calibrator**
+``Cal(x) = x + FFN(LN(x))`` (``FFN = Linear(E -> 4E) -> QuickGELU -> Linear(4E -> E)``), mixed as
+``r * Cal(x) + (1 - r) * x`` before the cosine logits. Loss: ``CE + fs_loss_r * sum_i (|T_i^T T_i|_F / |T_i^T
+T_i|_F(init) - |V_i^T V_i|_F / |V_i^T V_i|_F(init))^2`` over the deep prompts ``T_i`` and their coupled vision
+prompts ``V_i`` (``feature_shift_loss``); the reference norms are taken at the model's first forward (detached,
+not saved: a resumed run re-takes them), so the loss is exactly 0 at the first step.
+
+Official behaviour kept as the default (each with a switch, results with a switch on are non-official):
+
+* the ratios ``r_text``, ``r_vis`` are **never trained** (the reference reads them with ``.item()``); once per
+  training experience, after 0-based epoch ``epochs // 3``, each is raised by the current *absolute* prompt shift
+  (``mean_i |T_i^T T_i|_F`` times ``text_shift_gain`` 0.02, ``mean_i |V_i^T V_i|_F`` times ``vis_shift_gain``
+  0.005) and rounded to float32 (the reference replaces its float64 parameter by a float32 one).
+  ``learn_ratios=True`` makes both ratios trainable parameters that receive the loss's gradient (the scheduled raise
+  still applies); ``ratio_update=False`` keeps them at their start values;
+* the coupling's input map ``proj`` and both calibrators start from **fp16-rounded** values (the reference casts
+  them ``.half()`` in every precision, which crashes fp32 runs there); ``fp16_init=False`` keeps fp32 values;
+* inserted prompts are fp16-rounded as in MaPLe (``round_prompts``).
+
+Defaults: ``MaPLe_FSA/vit_b16_c2_ep5_batch4_2ctx.yaml`` (n_ctx 2, J = 9, SGD lr 0.0035, batch 4, **10 epochs**, the
+file name says 5) with ``train.py``'s ratios (0.1, 0.1, fs 1.0: ``reset_cfg`` always overwrites the yaml's); the
+per-dataset ratios of ``run_maple_fsa.sh`` are in ``configs/fewshot/restore_b2n.yaml``. Selection: last epoch.
+
+Deviations: the calibrators follow the run's dtype (fp16 on CUDA with ``prec: fp16``, else fp32) instead of fp16
+always; the shift of the ratio update is computed in fp32; the ratios are saved as the module's extra state (the
+reference saves them as parameters); text encoding as MaPLe's (exact truncation, shared prefix).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from ctta.strategies.maple import MaPLe, MaPLeConfig, MaPLeModel
+from torch import nn
+
+from ctta.clip_prompting.coupling import seeded_linear
+from ctta.clip_prompting.template import init_generator
+from ctta.clip_prompting.vision import encode_image
+from ctta.fields import ranged
+from ctta.registry import STRATEGIES
+
+__all__ = ["FeatureCalibrator", "RESTORE", "RESTOREConfig", "RESTOREModel", "feature_shift_loss", "gram_norms"]
+
+
+@dataclass(frozen=True)
+class RESTOREConfig(MaPLeConfig):
+    epochs: int = ranged(10, ge=1)
+    vis_calib_r: float = 0.1  # r_vis at the start (train.py's argparse default; per dataset in run_maple_fsa.sh)
+    text_calib_r: float = 0.1  # r_text at the start
+    fs_loss_r: float = 1.0  # weight of the feature-shift consistency loss
+    ratio_update: bool = True  # raise the ratios once after epoch epochs // 3 (official)
+    text_shift_gain: float = 0.02
+    vis_shift_gain: float = 0.005
+    learn_ratios: bool = False  # non-official: the ratios are trained through the loss
+    fp16_init: bool = True  # official: proj and the calibrators start from fp16-rounded values
+
+
+class QuickGELU(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class FeatureCalibrator(nn.Module):
+    """``Cal(x) = x + FFN(LN(x))``, ``FFN = Linear(E -> 4E) -> QuickGELU -> Linear(4E -> E)`` (no final activation;
+    the reference names the LayerNorm ``post_ln`` though it runs first)."""
+
+    def __init__(self, dim: int, *, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.post_ln = nn.LayerNorm(dim)
+        self.FFN = nn.Sequential(
+            seeded_linear(dim, 4 * dim, generator), QuickGELU(), seeded_linear(4 * dim, dim, generator)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.FFN(self.post_ln(x))
+
+    def mix(self, x: torch.Tensor, ratio) -> torch.Tensor:
+        """``r * Cal(x) + (1 - r) * x`` (``ratio`` a Python float or a 0-d tensor)."""
+        ratio = ratio.to(x.dtype) if torch.is_tensor(ratio) else ratio
+        return ratio * self(x) + (1 - ratio) * x
+
+
+def gram_norms(prompts: list[torch.Tensor]) -> torch.Tensor:
+    """``(L,)``: ``|P_i^T P_i|_F`` of each prompt ``P_i`` ``(n, D)``, in fp32."""
+    if not prompts:
+        return torch.zeros(0)
+    return torch.stack([torch.linalg.matrix_norm(p.float().t() @ p.float()) for p in prompts])
+
+
+def feature_shift_loss(text, vision, ref_text: torch.Tensor, ref_vision: torch.Tensor) -> torch.Tensor:
+    """``sum_i (|T_i^T T_i|_F / ref_text_i - |V_i^T V_i|_F / ref_vision_i)^2`` (0 for no deep prompts)."""
+    if len(text) != len(vision):
+        raise ValueError(f"{len(text)} text prompts but {len(vision)} vision prompts")
+    if not text:
+        return torch.zeros(())
+    return ((gram_norms(text) / ref_text - gram_norms(vision) / ref_vision) ** 2).sum()
+
+
+def _round_fp16_(module: nn.Module) -> None:
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(p.half().to(p.dtype))
+
+
+class RESTOREModel(MaPLeModel):
+    """``MaPLeModel`` + ``text_calibrator`` / ``visual_calibrator`` with mix ratios ``text_ratio`` / ``vis_ratio``
+    (Python floats, or parameters with ``learn_ratios``). In training mode ``forward`` leaves the feature-shift
+    regulariser in ``self.fs_reg``."""
+
+    def __init__(self, clip_model, tokenizer, classnames, cfg: RESTOREConfig = RESTOREConfig(), *, generator=None):
+        super().__init__(clip_model, tokenizer, classnames, cfg, generator=generator)
+        dim = int(clip_model.text_projection.shape[-1])
+        self.text_calibrator = FeatureCalibrator(dim, generator=generator)
+        self.visual_calibrator = FeatureCalibrator(dim, generator=generator)
+        if cfg.fp16_init:
+            for m in (self.coupling.proj, self.text_calibrator, self.visual_calibrator):
+                _round_fp16_(m)
+        self.learn_ratios = cfg.learn_ratios
+        self.text_ratio = self._ratio(cfg.text_calib_r)
+        self.vis_ratio = self._ratio(cfg.vis_calib_r)
+        self.ref_norms: tuple[torch.Tensor, torch.Tensor] | None = None  # taken at the first forward, never saved
+        self.fs_reg = torch.zeros(())
+
+    def _ratio(self, value: float):
+        return nn.Parameter(torch.tensor(float(value))) if self.learn_ratios else float(value)
+
+    def get_extra_state(self) -> dict:
+        return {"text_ratio": float(self.text_ratio), "vis_ratio": float(self.vis_ratio)}
+
+    def set_extra_state(self, state: dict) -> None:
+        self._set_ratios(state["text_ratio"], state["vis_ratio"])
+
+    def _set_ratios(self, text: float, vis: float) -> None:
+        if self.learn_ratios:
+            with torch.no_grad():
+                self.text_ratio.fill_(text)
+                self.vis_ratio.fill_(vis)
+        else:
+            self.text_ratio, self.vis_ratio = float(text), float(vis)
+
+    @torch.no_grad()
+    def current_shift(self) -> tuple[float, float]:
+        """``(mean_i |T_i^T T_i|_F, mean_i |V_i^T V_i|_F)`` over the deep prompts (absolute, not relative)."""
+        _, deep, _, vs = self.prompts()
+        if not deep:
+            return 0.0, 0.0
+        return float(gram_norms(deep).mean()), float(gram_norms(vs).mean())
+
+    def raise_ratios(self, text_gain: float, vis_gain: float) -> None:
+        """``r += gain * shift`` for both ratios, rounded to float32 (the reference's one ratio update)."""
+        t, v = self.current_shift()
+        f32 = torch.float32
+        new_t = float(torch.tensor(float(self.text_ratio) + t * text_gain, dtype=f32))
+        new_v = float(torch.tensor(float(self.vis_ratio) + v * vis_gain, dtype=f32))
+        self._set_ratios(new_t, new_v)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        ctx, deep, v0, vs = self.prompts()
+        if self.ref_norms is None:
+            self.ref_norms = (gram_norms(deep).detach(), gram_norms(vs).detach())
+        if self.training:
+            self.fs_reg = feature_shift_loss(deep, vs, *(r.to(ctx.device) for r in self.ref_norms)).to(ctx.device)
+        g = self.text_calibrator.mix(self.text(ctx, deep), self.text_ratio)
+        f = encode_image(self.clip, images, v0, vs, round_prompts=self.round_prompts)
+        f = self.visual_calibrator.mix(f, self.vis_ratio)
+        return self.logits(f, g)
+
+
+@STRATEGIES.register("restore", config=RESTOREConfig)
+class RESTORE(MaPLe):
+    """RESTORE as an Avalanche strategy: MaPLe's prompts + calibrators, CE + feature-shift consistency; the ratio
+    update after epoch ``epochs // 3`` of each training experience."""
+
+    config_class = RESTOREConfig
+
+    @classmethod
+    def build_prompted(cls, clip_model, tokenizer, classnames, cfg: RESTOREConfig) -> RESTOREModel:
+        return RESTOREModel(clip_model, tokenizer, classnames, cfg, generator=init_generator(cfg))
+
+    def criterion(self) -> torch.Tensor:
+        ce = self._criterion(self.mb_output, self.mb_y)
+        if not self.is_training:
+            return ce
+        return ce + self.cfg.fs_loss_r * self.model.fs_reg.float()
+
+    def epoch_end(self) -> None:
+        done = self.scheduler.last_epoch if self.scheduler is not None else 0  # epochs finished in this experience
+        if self.cfg.ratio_update and done - 1 == self.train_epochs // 3:
+            self.model.raise_ratios(self.cfg.text_shift_gain, self.cfg.vis_shift_gain)
