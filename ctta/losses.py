@@ -32,6 +32,7 @@ __all__ = [
     "gather_views",
     "kl_to_teacher",
     "l1_feature_loss",
+    "cosine_consistency",
 ]
 
 
@@ -142,3 +143,13 @@ def kl_to_teacher(logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.T
     log_p = F.log_softmax(logits, dim=-1)
     log_q = F.log_softmax(teacher_logits, dim=-1)
     return F.kl_div(log_p, log_q, reduction="sum", log_target=True) / logits.numel()
+
+
+def cosine_consistency(features: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """``mean_rows (1 - cos(f, t))`` over the rows of ``(..., E)`` features: the cosine distillation of wave 2
+    (CoPrompt's text and image terms, HiCroPL's, MSGCoOp's score ``1 - mean cos``; ``teacher`` broadcasts).
+
+    References (behaviour read, re-implemented): ShuvenduRoy/CoPrompt@a2a6c12 ``trainers/coprompt.py``
+    (``1 - torch.mean(cos(...))``), Rain-Bus/MSGCoOp@a298669 ``MSGCoOp/trainers/msgcoop.py``.
+    """
+    return 1.0 - F.cosine_similarity(features, teacher.to(features.dtype), dim=-1).mean()

@@ -15,6 +15,10 @@
 * ``teacher``: a frozen-CLIP teacher (hand-crafted / template-ensemble text features, frozen image features); kept
   in the core because wave 2's CoPrompt, HiCroPL and MSGCoOp use it too (PromptSRC's Gaussian averaging, templates
   and consistency loss live in ``ctta.strategies.promptsrc``);
+* ``descriptions``: per-class LLM description files in the official formats (CoPrompt's / HiCroPL's ``gpt_file``
+  JSON, MSGCoOp's description JSON) and ``DescriptionBank``, the frozen-CLIP text classifier built from them (mean
+  and per-index banks); ``adapters``: CoPrompt's bottleneck adapters, RESTORE's FFN calibrators and ``ResidualMix``
+  (their mix ratio); wave 2 (CoPrompt, HiCroPL, MSGCoOp, RESTORE);
 * ``optim``: SGD and the warm-up + cosine per-epoch schedule of the Dassl-based references;
 * ``template``: ``PromptLearnerTemplate``, the Avalanche template of the family on ctta's ``EpochTemplate`` (schedule,
   precision switch, base/new and class-incremental text heads);
@@ -24,7 +28,9 @@ Methods (``ctta.strategies``): ``coop``, ``cocoop``, ``maple``, ``promptsrc``, `
 ``tpt``, ``difftpt``.
 """
 
+from ctta.clip_prompting.adapters import BottleneckAdapter, FeatureCalibrator, ResidualMix
 from ctta.clip_prompting.coupling import MaPLeCoupling, MetaNet
+from ctta.clip_prompting.descriptions import DescriptionBank, load_descriptions
 from ctta.clip_prompting.episode_model import load_prompts, save_prompts
 from ctta.clip_prompting.model import PromptedCLIP, clip_parts, save_text_context
 from ctta.clip_prompting.optim import epoch_lr, make_sgd, warmup_cosine
@@ -34,6 +40,11 @@ from ctta.clip_prompting.vision import encode_image, vision_width
 
 __all__ = [
     "HAND_CRAFTED",
+    "BottleneckAdapter",
+    "DescriptionBank",
+    "FeatureCalibrator",
+    "ResidualMix",
+    "load_descriptions",
     "FrozenCLIPTeacher",
     "MaPLeCoupling",
     "MetaNet",
