@@ -10,13 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ctta.runner.compose import DATASETS_KEY, default_out_dir
+from ctta.runner.compose import default_out_dir
 from ctta.runner.config import ConfigError, dump_config, load_config, read_yaml, to_dict
+from tests.helpers import ROOT, shipped_config_cases
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if "_base" not in p.parts)
-# every shipped config, once per dataset it lists under _datasets_ (None: it takes no dataset)
-CASES = [(p, d) for p in CONFIGS for d in (sorted(read_yaml(p).get(DATASETS_KEY) or {}) or [None])]
+CASES = shipped_config_cases()  # every shipped config, once per dataset it lists under _datasets_ (or None)
 
 
 @pytest.mark.parametrize(
