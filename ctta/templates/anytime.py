@@ -27,8 +27,8 @@ class AnytimeEvalPlugin(SupervisedPlugin, supports_distributed=True):
 
     Args:
         eval_dataset: test set with ``.targets`` (an Avalanche dataset); None: found when training starts (the
-            origin benchmark's ``test_dataset`` or ``test_stream``), else (with one warning) the ``eval_streams``
-            given to ``train()``, Avalanche's default being the training experiences seen so far.
+            origin benchmark record's ``test_dataset``, else its ``test_stream``), else (with one warning) the
+            ``eval_streams`` given to ``train()``, Avalanche's default being the training experiences seen so far.
         every: stream samples between periodic evaluations.
     """
 
