@@ -18,6 +18,7 @@ one folder per method+protocol file, dataset and seed, so that the runs of one f
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ def choose_dataset(data: dict[str, Any], overrides: Sequence[str], where: str = 
     Raises:
         ConfigError: ``_datasets_`` is not a mapping, or ``scenario.dataset`` is missing or not listed.
     """
-    from ctta.runner.config import ConfigError, _deepcopy, apply_overrides, merge
+    from ctta.runner.config import ConfigError, apply_overrides, merge
 
     per_dataset = data.pop(DATASETS_KEY, None)
     if per_dataset is None:
@@ -49,7 +50,7 @@ def choose_dataset(data: dict[str, Any], overrides: Sequence[str], where: str = 
     ):
         raise ConfigError(f"{where}: {DATASETS_KEY} must map each dataset name to its own settings ({{}} for none)")
     valid = ", ".join(sorted(per_dataset))
-    scenario = apply_overrides(_deepcopy(data), overrides).get("scenario")
+    scenario = apply_overrides(copy.deepcopy(data), overrides).get("scenario")
     dataset = scenario.get("dataset") if isinstance(scenario, Mapping) else None
     if dataset is None:
         raise ConfigError(f"{where} needs a dataset: add scenario.dataset=NAME to the command line; valid values: "
