@@ -83,3 +83,15 @@ def test_diffusion_extras_are_bounded_below_their_next_major_version():
         if _norm(req.name) in ("diffusers", "transformers"):
             major = int(md.version(req.name).split(".")[0])
             assert not req.specifier.contains(f"{major + 1}.0"), f"{req} admits the next major version"
+
+
+def test_no_module_takes_a_standard_library_name():
+    """A module named like the standard library's (the former ``ctta/logging.py``) shadows it for code run from its
+    folder and misleads readers; every module and package under ctta/, scenarios/, strategies/ has its own name."""
+    clashes = [
+        str(p.relative_to(ROOT))
+        for folder in CODE
+        for p in (ROOT / folder).rglob("*.py")
+        if (p.parent.name if p.stem == "__init__" else p.stem) in sys.stdlib_module_names
+    ]
+    assert not clashes, f"modules named like the standard library's: {clashes}"
