@@ -16,8 +16,8 @@ Official behaviour kept as the default (each with a switch, results with a switc
   training experience, after 0-based epoch ``epochs // 3``, each is raised by the current *absolute* prompt shift
   (``mean_i |T_i^T T_i|_F`` times ``text_shift_gain`` 0.02, ``mean_i |V_i^T V_i|_F`` times ``vis_shift_gain``
   0.005) and rounded to float32 (the reference replaces its float64 parameter by a float32 one).
-  ``learn_ratios=True`` makes both ratios trainable parameters that receive the loss's gradient (the scheduled raise
-  still applies); ``ratio_update=False`` keeps them at their start values;
+  ``learn_ratios=True`` makes both ratios trainable parameters (``learned_ratios``) that receive the loss's
+  gradient (the scheduled raise still applies); ``ratio_update=False`` keeps them at their start values;
 * the coupling's input map ``proj`` and both calibrators start from **fp16-rounded** values (the reference casts
   them ``.half()`` in every precision, which crashes fp32 runs there); ``fp16_init=False`` keeps fp32 values;
 * inserted prompts are fp16-rounded as in MaPLe (``round_prompts``).
@@ -26,9 +26,12 @@ Defaults: ``MaPLe_FSA/vit_b16_c2_ep5_batch4_2ctx.yaml`` (n_ctx 2, J = 9, SGD lr 
 file name says 5) with ``train.py``'s ratios (0.1, 0.1, fs 1.0: ``reset_cfg`` always overwrites the yaml's); the
 per-dataset ratios of ``run_maple_fsa.sh`` are in ``configs/fewshot/restore_b2n.yaml``. Selection: last epoch.
 
+Shared pieces: ``FeatureCalibrator`` and ``ResidualMix`` (``ctta.clip_prompting.adapters``, shared with CoPrompt).
+
 Deviations: the calibrators follow the run's dtype (fp16 on CUDA with ``prec: fp16``, else fp32) instead of fp16
-always; the shift of the ratio update is computed in fp32; the ratios are saved as the module's extra state (the
-reference saves them as parameters); text encoding as MaPLe's (exact truncation, shared prefix).
+always; the shift of the ratio update is computed in fp32; the ratios are float64 buffers of the ``ResidualMix``
+modules (the reference: parameters, float64 then float32, outside the optimiser); text encoding as MaPLe's (exact
+truncation, shared prefix).
 """
 
 from __future__ import annotations
@@ -39,13 +42,13 @@ import torch
 from ctta.strategies.maple import MaPLe, MaPLeConfig, MaPLeModel
 from torch import nn
 
-from ctta.clip_prompting.coupling import seeded_linear
+from ctta.clip_prompting.adapters import FeatureCalibrator, ResidualMix
 from ctta.clip_prompting.template import init_generator
 from ctta.clip_prompting.vision import encode_image
 from ctta.fields import ranged
 from ctta.registry import STRATEGIES
 
-__all__ = ["FeatureCalibrator", "RESTORE", "RESTOREConfig", "RESTOREModel", "feature_shift_loss", "gram_norms"]
+__all__ = ["RESTORE", "RESTOREConfig", "RESTOREModel", "feature_shift_loss", "gram_norms"]
 
 
 @dataclass(frozen=True)
@@ -59,31 +62,6 @@ class RESTOREConfig(MaPLeConfig):
     vis_shift_gain: float = 0.005
     learn_ratios: bool = False  # non-official: the ratios are trained through the loss
     fp16_init: bool = True  # official: proj and the calibrators start from fp16-rounded values
-
-
-class QuickGELU(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(1.702 * x)
-
-
-class FeatureCalibrator(nn.Module):
-    """``Cal(x) = x + FFN(LN(x))``, ``FFN = Linear(E -> 4E) -> QuickGELU -> Linear(4E -> E)`` (no final activation;
-    the reference names the LayerNorm ``post_ln`` though it runs first)."""
-
-    def __init__(self, dim: int, *, generator: torch.Generator | None = None) -> None:
-        super().__init__()
-        self.post_ln = nn.LayerNorm(dim)
-        self.FFN = nn.Sequential(
-            seeded_linear(dim, 4 * dim, generator), QuickGELU(), seeded_linear(4 * dim, dim, generator)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.FFN(self.post_ln(x))
-
-    def mix(self, x: torch.Tensor, ratio) -> torch.Tensor:
-        """``r * Cal(x) + (1 - r) * x`` (``ratio`` a Python float or a 0-d tensor)."""
-        ratio = ratio.to(x.dtype) if torch.is_tensor(ratio) else ratio
-        return ratio * self(x) + (1 - ratio) * x
 
 
 def gram_norms(prompts: list[torch.Tensor]) -> torch.Tensor:
@@ -109,40 +87,37 @@ def _round_fp16_(module: nn.Module) -> None:
 
 
 class RESTOREModel(MaPLeModel):
-    """``MaPLeModel`` + ``text_calibrator`` / ``visual_calibrator`` with mix ratios ``text_ratio`` / ``vis_ratio``
-    (Python floats, or parameters with ``learn_ratios``). In training mode ``forward`` leaves the feature-shift
-    regulariser in ``self.fs_reg``."""
+    """``MaPLeModel`` + ``text_adapter`` / ``visual_adapter`` (``ResidualMix`` over a ``FeatureCalibrator``, the
+    reference's attribute names) whose ratios are fixed floats (``learn_ratios``: the parameters ``learned_ratios``).
+    In training mode ``forward`` leaves the feature-shift regulariser in ``self.fs_reg``."""
 
     def __init__(self, clip_model, tokenizer, classnames, cfg: RESTOREConfig = RESTOREConfig(), *, generator=None):
         super().__init__(clip_model, tokenizer, classnames, cfg, generator=generator)
         dim = int(clip_model.text_projection.shape[-1])
-        self.text_calibrator = FeatureCalibrator(dim, generator=generator)
-        self.visual_calibrator = FeatureCalibrator(dim, generator=generator)
+        self.text_adapter = ResidualMix(FeatureCalibrator(dim, generator=generator), cfg.text_calib_r)
+        self.visual_adapter = ResidualMix(FeatureCalibrator(dim, generator=generator), cfg.vis_calib_r)
         if cfg.fp16_init:
-            for m in (self.coupling.proj, self.text_calibrator, self.visual_calibrator):
+            for m in (self.coupling.proj, self.text_adapter, self.visual_adapter):
                 _round_fp16_(m)
-        self.learn_ratios = cfg.learn_ratios
-        self.text_ratio = self._ratio(cfg.text_calib_r)
-        self.vis_ratio = self._ratio(cfg.vis_calib_r)
+        self.learned_ratios = None
+        if cfg.learn_ratios:
+            values = {"text": cfg.text_calib_r, "visual": cfg.vis_calib_r}
+            self.learned_ratios = nn.ParameterDict({k: nn.Parameter(torch.tensor(float(v))) for k, v in values.items()})
         self.ref_norms: tuple[torch.Tensor, torch.Tensor] | None = None  # taken at the first forward, never saved
         self.fs_reg = torch.zeros(())
 
-    def _ratio(self, value: float):
-        return nn.Parameter(torch.tensor(float(value))) if self.learn_ratios else float(value)
+    def ratios(self) -> tuple[float, float]:
+        """``(r_text, r_vis)`` now."""
+        if self.learned_ratios is not None:
+            return float(self.learned_ratios["text"].detach()), float(self.learned_ratios["visual"].detach())
+        return self.text_adapter.r, self.visual_adapter.r
 
-    def get_extra_state(self) -> dict:
-        return {"text_ratio": float(self.text_ratio), "vis_ratio": float(self.vis_ratio)}
-
-    def set_extra_state(self, state: dict) -> None:
-        self._set_ratios(state["text_ratio"], state["vis_ratio"])
-
-    def _set_ratios(self, text: float, vis: float) -> None:
-        if self.learn_ratios:
-            with torch.no_grad():
-                self.text_ratio.fill_(text)
-                self.vis_ratio.fill_(vis)
-        else:
-            self.text_ratio, self.vis_ratio = float(text), float(vis)
+    def _mix(self, which: str, x: torch.Tensor) -> torch.Tensor:
+        mix = self.text_adapter if which == "text" else self.visual_adapter
+        if self.learned_ratios is None:
+            return mix(x)
+        r = self.learned_ratios[which].to(x.dtype)
+        return r * mix.module(x) + (1 - r) * x
 
     @torch.no_grad()
     def current_shift(self) -> tuple[float, float]:
@@ -154,11 +129,13 @@ class RESTOREModel(MaPLeModel):
 
     def raise_ratios(self, text_gain: float, vis_gain: float) -> None:
         """``r += gain * shift`` for both ratios, rounded to float32 (the reference's one ratio update)."""
-        t, v = self.current_shift()
-        f32 = torch.float32
-        new_t = float(torch.tensor(float(self.text_ratio) + t * text_gain, dtype=f32))
-        new_v = float(torch.tensor(float(self.vis_ratio) + v * vis_gain, dtype=f32))
-        self._set_ratios(new_t, new_v)
+        (t, v), (rt, rv) = self.current_shift(), self.ratios()
+        self.text_adapter.set_ratio(rt + t * text_gain, dtype=torch.float32)
+        self.visual_adapter.set_ratio(rv + v * vis_gain, dtype=torch.float32)
+        if self.learned_ratios is not None:
+            with torch.no_grad():
+                self.learned_ratios["text"].fill_(self.text_adapter.r)
+                self.learned_ratios["visual"].fill_(self.visual_adapter.r)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         ctx, deep, v0, vs = self.prompts()
@@ -166,9 +143,8 @@ class RESTOREModel(MaPLeModel):
             self.ref_norms = (gram_norms(deep).detach(), gram_norms(vs).detach())
         if self.training:
             self.fs_reg = feature_shift_loss(deep, vs, *(r.to(ctx.device) for r in self.ref_norms)).to(ctx.device)
-        g = self.text_calibrator.mix(self.text(ctx, deep), self.text_ratio)
-        f = encode_image(self.clip, images, v0, vs, round_prompts=self.round_prompts)
-        f = self.visual_calibrator.mix(f, self.vis_ratio)
+        g = self._mix("text", self.text(ctx, deep))
+        f = self._mix("visual", encode_image(self.clip, images, v0, vs, round_prompts=self.round_prompts))
         return self.logits(f, g)
 
 
