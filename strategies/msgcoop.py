@@ -107,8 +107,7 @@ class MSGCoOpModel(PromptedCLIP):
     def set_classnames(self, classnames) -> None:
         if self.ctx.dim() == 4 and len(classnames) != self.ctx.shape[1]:
             raise ValueError(f"class-specific contexts for {self.ctx.shape[1]} classes, got {len(classnames)} names")
-        super().set_classnames(classnames)
-        self.teacher.set_classnames(classnames)
+        super().set_classnames(classnames)  # the teacher follows lazily (``teacher.features_for``)
 
     def prompt_features(self) -> torch.Tensor:
         """Un-normalised per-prompt text features ``(N, C, E)``."""
@@ -149,7 +148,8 @@ class MSGCoOp(PromptLearnerTemplate):
         ce = self._criterion(self.mb_output, self.mb_y)
         if not self.is_training:
             return ce
-        return ce + msgcoop_regularisers(self.model.features["text"], self.model.teacher.features, self.cfg)
+        m = self.model
+        return ce + msgcoop_regularisers(self.model.features["text"], m.teacher.features_for(m.classnames), self.cfg)
 
 
 def msgcoop_regularisers(text: torch.Tensor, teacher: torch.Tensor, cfg: MSGCoOpConfig) -> torch.Tensor:

@@ -20,7 +20,8 @@ Shared with wave 2: CoPrompt, MSGCoOp and HiCroPL. API (W2b's HiCroPL uses the `
   (CoPrompt; needs the same D for every class); ``reduce="mean"`` -> ``(C, E)`` mean of the normalised rows
   (MSGCoOp: not re-normalised, ``round_fp16``; HiCroPL: ``renormalize=True``). ``template`` formats ``{name}`` and
   ``{desc}`` (CoPrompt / HiCroPL ``"{desc}"``: verbatim; MSGCoOp ``"a photo of {name}, {desc}"``).
-  ``set_classnames(names)`` recomputes it (new classes). The frozen CLIP is shared, never a submodule.
+  ``set_classnames(names)`` recomputes it (new classes); ``features_for(names)`` recomputes only when the names
+  changed (call it where the loss needs the teacher). The frozen CLIP is shared, never a submodule.
 
 Licences: both repositories are MIT; ctta ships none of their files (large, per dataset); get them from the
 repositories named in the error messages and pass the file or folder (``descriptions:``).
@@ -202,6 +203,14 @@ class DescriptionBank(nn.Module):
                 feats = feats / feats.norm(dim=-1, keepdim=True)
         feats = feats.half().float() if self.round_fp16 else feats
         self.register_buffer("features", feats, persistent=False)
+        self.classnames = list(classnames)
+
+    def features_for(self, classnames: Sequence[str]) -> torch.Tensor:
+        """``features`` for ``classnames``, recomputed only when they changed (a lazy teacher: evaluation on classes
+        without descriptions never needs it)."""
+        if list(classnames) != self.classnames:
+            self.set_classnames(classnames)
+        return self.features
 
     @property
     def n_descriptions(self) -> int:
