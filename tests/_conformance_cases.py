@@ -228,6 +228,14 @@ SPECS: dict[str, Spec] = {
         misspelt="gpa_meen",
     ),
     "pre": Spec("epoch", clip=True, method_kwargs=dict(lr=0.01, prec="fp32"), misspelt="encodr"),
+    "coprompt": Spec(
+        "epoch", clip=True, method_kwargs=dict(depth=2, lr=0.01, prec="fp32", descriptions="builtin:digits"),
+        misspelt="image_mixx",
+    ),
+    "msgcoop": Spec(
+        "epoch", clip=True, method_kwargs=dict(n_prompts=2, lr=0.01, prec="fp32", descriptions="builtin:digits"),
+        misspelt="div_weigth",
+    ),
     "coop_atp": Spec(
         "epoch", clip=True, method_kwargs=dict(attributes=("shape",), lr=0.01, prec="fp32"), misspelt="n_attt"
     ),
