@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SET = [
     "backbone.embed_dim=192",
     "backbone.num_heads=3",
-    "scenario.batch_size=64",
+    "strategy.batch_size=64",
     "strategy.online_iters=3",
     "strategy.eval_every=600",
 ]

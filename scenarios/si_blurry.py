@@ -197,8 +197,9 @@ class SiBlurryConfig:
         disjoint_pct: N, percentage of disjoint classes.
         blurry_pct: M, percentage of blurred samples among the blurry-class samples.
         stream_mode: "stochastic" (published) | "fixed" (i-Blurry-like).
-        batch_size: size of an incoming stream batch (64).
-        online: split the train stream into online sub-experiences of ``batch_size`` samples, in order
+        online_experience_size: samples per online sub-experience with ``online=True`` (64; the stream's arrival
+            granularity; a strategy's incoming batch is its own ``batch_size``).
+        online: split the train stream into online sub-experiences of ``online_experience_size`` samples, in order
             (task boundaries kept in ``origin_experience``/``is_last_subexp``; an empty task yields no
             sub-experience); False = one experience per task (the online template slices it in order).
         img_size: model input size S (224; small for tiny models).
@@ -214,7 +215,7 @@ class SiBlurryConfig:
     disjoint_pct: int = 50
     blurry_pct: int = 10
     stream_mode: str = "stochastic"
-    batch_size: int = 64
+    online_experience_size: int = 64
     online: bool = False
     img_size: int = 224
     augment: bool = True
@@ -226,8 +227,8 @@ class SiBlurryConfig:
             raise ValueError(f"SiBlurryConfig.dataset={self.dataset!r}; valid: {_datasets()}")
         if self.stream_mode not in STREAM_MODES:
             raise ValueError(f"SiBlurryConfig.stream_mode={self.stream_mode!r}; valid: {list(STREAM_MODES)}")
-        if self.batch_size < 1 or self.img_size < 1 or self.n_tasks < 1:
-            raise ValueError("SiBlurryConfig: batch_size, img_size and n_tasks must be positive")
+        if self.online_experience_size < 1 or self.img_size < 1 or self.n_tasks < 1:
+            raise ValueError("SiBlurryConfig: online_experience_size, img_size and n_tasks must be positive")
 
 
 def _ordered_split(exp, size: int):
@@ -270,7 +271,7 @@ def si_blurry_benchmark(
     blurry_pct: int = 10,
     seed: int = 1,
     stochastic: bool = True,
-    batch_size: int = 64,
+    online_experience_size: int = 64,
     online: bool = False,
     n_classes: int | None = None,
     classnames: Sequence[str] | None = None,
@@ -280,14 +281,14 @@ def si_blurry_benchmark(
     """Turn a train/test dataset pair (with ``.targets``) into a Si-Blurry Avalanche benchmark.
 
     The train stream holds one ``DatasetExperience`` per task (indices from ``si_blurry_split``, in stream
-    order; a task may be empty), or with ``online=True`` ordered sub-experiences of ``batch_size`` samples. The
+    order; a task may be empty), or with ``online=True`` ordered sub-experiences of ``online_experience_size`` samples. The
     test stream is one experience with the full test set. Both are decorated with ``with_classes_timeline``.
 
     Args:
         train_ds: training set in native order, samples ``(x, y)``, with ``.targets``.
         test_ds: test set with ``.targets``.
         n_tasks, disjoint_pct, blurry_pct, seed, stochastic: see ``si_blurry_split``.
-        batch_size: incoming-batch size (recorded as ``bench.info.batch_size``; online sub-experience size).
+        online_experience_size: online sub-experience size (recorded as ``bench.info.online_experience_size``).
         online: split the train stream into online sub-experiences.
         n_classes: C (default: ``len(train_ds.classes)`` if present, else ``max(targets) + 1``).
         classnames: class names (default ``train_ds.classes`` when they are strings).
@@ -297,7 +298,7 @@ def si_blurry_benchmark(
     Returns:
         A ``CLScenario`` whose record ``bench.info`` (a ``BenchmarkInfo``) holds ``n_classes``, ``classnames``,
         ``test_dataset``, ``train_dataset`` (the full training set in native order, which ``task_indices`` index),
-        ``task_indices`` (and so ``task_sizes``), ``batch_size``, ``split_info``, ``train_augment`` and
+        ``task_indices`` (and so ``task_sizes``), ``online_experience_size``, ``split_info``, ``train_augment`` and
         ``dataset_stats``.
     """
     from ctta.benchmark_builders import make_benchmark
@@ -315,14 +316,14 @@ def si_blurry_benchmark(
     if online:
         from avalanche.benchmarks.scenarios import CLScenario
 
-        bench = CLScenario([_online_stream(bench.train_stream, batch_size), bench.test_stream])
+        bench = CLScenario([_online_stream(bench.train_stream, online_experience_size), bench.test_stream])
     record = BenchmarkInfo(
         n_classes=n_classes,
         classnames=classnames,
         test_dataset=test,
         train_dataset=full,
         task_indices=tasks,
-        batch_size=batch_size,
+        online_experience_size=online_experience_size,
         split_info=info,
         train_augment=train_augment,
         dataset_stats=dataset_stats,
@@ -375,7 +376,7 @@ def build_si_blurry(cfg: SiBlurryConfig, *, seed: int):
         blurry_pct=cfg.blurry_pct,
         seed=seed,
         stochastic=cfg.stream_mode == "stochastic",
-        batch_size=cfg.batch_size,
+        online_experience_size=cfg.online_experience_size,
         online=cfg.online,
         train_augment=augment,
         dataset_stats=stats,

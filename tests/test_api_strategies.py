@@ -137,7 +137,7 @@ def test_from_config_is_the_constructor_with_the_benchmarks_fields(tiny_vit, dig
     train, test = digits
     tr, te = as_avl_dataset(train), as_avl_dataset(test)
     bench = benchmark_from_datasets(train=[tr.subset(range(64))], test=[te])
-    with_info(bench, BenchmarkInfo(n_classes=10, test_dataset=te, batch_size=16))  # what ctta's scenarios attach
+    with_info(bench, BenchmarkInfo(n_classes=10, test_dataset=te))  # what ctta's scenarios attach
     cfg = VPTConfig(online_iters=1, eval_every=32, batch_size=16)  # the incoming batch is the strategy's own
     torch.manual_seed(0)
     a = VPT.from_config(cfg, backbone=tiny_vit, benchmark=bench, device="cpu", evaluator=make_evaluator())

@@ -212,7 +212,7 @@ def _tiny_stream(n_classes=10, per_class=12, batch_size=8):
     x = torch.rand(n_classes * per_class, 3, 32, 32, generator=g)
     y = [c for c in range(n_classes) for _ in range(per_class)]  # class-blocked
     test = TensorImageDataset(x[::4].clone(), y[::4])
-    return si_blurry_benchmark(TensorImageDataset(x, y), test, n_tasks=2, seed=1, batch_size=batch_size)
+    return si_blurry_benchmark(TensorImageDataset(x, y), test, n_tasks=2, seed=1, online_experience_size=batch_size)
 
 
 def _strategy(backbone, bench, **cfg):

@@ -175,11 +175,11 @@ def synthetic(n_classes=6, per_class=10, dim=8):
 def test_benchmark_streams_follow_the_split():
     train, test = synthetic()
     tasks = si_blurry_split(train.targets, n_tasks=3, seed=6)
-    bench = si_blurry_benchmark(train, test, n_tasks=3, seed=6, batch_size=8)
+    bench = si_blurry_benchmark(train, test, n_tasks=3, seed=6, online_experience_size=8)
     info = bench.info
     assert info.task_sizes == tuple(len(t) for t in tasks) and info.task_sizes[0] == 0
     assert info.n_classes == 6 and info.classnames is None and len(info.test_dataset) == len(test)
-    assert info.batch_size == 8 and info.task_indices == tuple(tuple(t) for t in tasks)
+    assert info.online_experience_size == 8 and info.task_indices == tuple(tuple(t) for t in tasks)
     exps = list(bench.train_stream)
     assert len(exps) == 3
     for exp, idx in zip(exps, tasks):
@@ -193,7 +193,7 @@ def test_benchmark_streams_follow_the_split():
 
 def test_online_split_keeps_order_and_task_boundaries():
     train, test = synthetic()
-    bench = si_blurry_benchmark(train, test, n_tasks=3, seed=6, batch_size=8, online=True)
+    bench = si_blurry_benchmark(train, test, n_tasks=3, seed=6, online_experience_size=8, online=True)
     tasks = si_blurry_split(train.targets, n_tasks=3, seed=6)
     exps = list(bench.train_stream)
     assert [len(e.dataset) for e in exps] == [8, 8, 8, 6, 8, 8, 8, 6]  # tasks of 0, 30, 30 samples
@@ -209,7 +209,7 @@ def test_online_split_flags_the_last_batch_when_the_size_divides_the_task():
     targets = blocked(4, 8)
     train = TensorDataset(torch.randn(32, 2), torch.tensor(targets))
     train.targets = targets
-    bench = si_blurry_benchmark(train, train, n_tasks=1, seed=0, batch_size=8, online=True)
+    bench = si_blurry_benchmark(train, train, n_tasks=1, seed=0, online_experience_size=8, online=True)
     flags = [(len(e.dataset), e.is_first_subexp, e.is_last_subexp) for e in bench.train_stream]
     assert flags == [(8, True, False), (8, False, False), (8, False, False), (8, False, True)]
 
@@ -222,7 +222,7 @@ def test_avalanche_strategies_run(strategy, online):
     from avalanche.training.plugins import EvaluationPlugin
 
     train, test = synthetic()
-    bench = si_blurry_benchmark(train, test, n_tasks=3, seed=6, batch_size=8, online=online)
+    bench = si_blurry_benchmark(train, test, n_tasks=3, seed=6, online_experience_size=8, online=online)
     model = torch.nn.Linear(8, 6)
     before = model.weight.detach().clone()
     extra = {"mem_size": 10} if strategy == "Replay" else {}
@@ -252,10 +252,10 @@ def test_registered_builder_on_digits():
 
     entry = SCENARIOS.get("si_blurry")
     assert entry.config is SiBlurryConfig
-    cfg = SiBlurryConfig(dataset="digits", img_size=16, batch_size=16)
+    cfg = SiBlurryConfig(dataset="digits", img_size=16, online_experience_size=16)
     bench = entry.builder(cfg, seed=1)
     info = bench.info
-    assert info.n_classes == 10 and info.classnames[0] == "zero" and info.batch_size == 16
+    assert info.n_classes == 10 and info.classnames[0] == "zero" and info.online_experience_size == 16
     n_train = len(info.train_dataset)
     assert sum(info.task_sizes) == n_train
     assert sorted(i for t in info.task_indices for i in t) == list(range(n_train))

@@ -143,10 +143,12 @@ class _Evaluator:
         }
 
 
-def naive_online(backbone, bench, online_iters: int, every: int, device="cpu", lr: float = NAIVE_LR) -> dict:
+def naive_online(
+    backbone, bench, online_iters: int, every: int, device="cpu", lr: float = NAIVE_LR, batch_size: int = 64
+) -> dict:
     """Naive online fine-tuning of ``backbone`` (unfrozen) + a linear head over the benchmark's stream.
 
-    Same incoming batches (``bench.info.batch_size``, stream order), augmentation (``bench.info.train_augment``)
+    Same incoming batches (``batch_size``: MVP's, stream order), augmentation (``bench.info.train_augment``)
     and number of updates per batch as the online strategies; cross-entropy over all classes, Adam, nothing against
     forgetting. Evaluated every ``every`` samples and at each task end like ``AnytimeEvalPlugin``.
 
@@ -158,8 +160,8 @@ def naive_online(backbone, bench, online_iters: int, every: int, device="cpu", l
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     ev, seen, n_seen, next_eval = _Evaluator(bench, device), set(), 0, every
     for task in bench.info.task_indices:
-        for s in range(0, len(task), bench.info.batch_size):
-            x, y = _stack(bench.info.train_dataset, task[s : s + bench.info.batch_size])
+        for s in range(0, len(task), batch_size):
+            x, y = _stack(bench.info.train_dataset, task[s : s + batch_size])
             seen.update(y.tolist())
             for _ in range(online_iters):
                 loss = F.cross_entropy(model(bench.info.train_augment(x).to(device)), y.to(device))
@@ -234,7 +236,7 @@ def _cl_demo(cfg) -> dict:
                          cfg.scenario.params.img_size, device)  # fmt: skip
     seed_everything(cfg.seed)
     naive = naive_online(BACKBONES.get(cfg.backbone.name).builder(cfg.backbone.params), ctx.bench,
-                         params.online_iters, params.eval_every, device)  # fmt: skip
+                         params.online_iters, params.eval_every, device, batch_size=params.batch_size)  # fmt: skip
     _plot_cl(ctx.out / "demo_accuracy.png", mvp, naive, probe, ctx.bench.info.n_classes)
     return {"out": ctx.out, "mvp": mvp, "naive": naive, "linear_probe": probe, "n_classes": ctx.bench.info.n_classes}
 

@@ -70,8 +70,8 @@ class BenchmarkInfo:
             test experience after task ``i``, not the first ``i + 1``).
         train_dataset: the full training set in native order, indexed by ``task_indices`` (Si-Blurry).
         task_indices: indices into ``train_dataset`` of each task, in stream order; a task may be empty (Si-Blurry).
-        batch_size: stream samples per incoming batch of the Si-Blurry protocol (``SiBlurryConfig.batch_size``: the
-            size of each online sub-experience with ``online=True``); a strategy's ``train_mb_size`` is its own.
+        online_experience_size: samples per online sub-experience of a Si-Blurry stream built with ``online=True``
+            (``SiBlurryConfig.online_experience_size``); a strategy's ``train_mb_size`` is its own.
         split_info: the intermediate values of the Si-Blurry split (``si_blurry_split(..., return_info=True)``).
         train_augment: batch augmentation a strategy applies to every training mini-batch at every update
             (Si-Blurry's ``ctta.data.siblurry_aug.SiBlurryTrainAugment``).
@@ -94,7 +94,7 @@ class BenchmarkInfo:
     cumulative_test: bool = False
     train_dataset: Any = None
     task_indices: tuple[tuple[int, ...], ...] | None = None
-    batch_size: int | None = None
+    online_experience_size: int | None = None
     split_info: Mapping[str, Any] | None = None
     train_augment: Callable[[torch.Tensor], torch.Tensor] | None = None
     dataset_stats: Any = None
