@@ -1,11 +1,12 @@
 """Every former per-dataset config resolves, through its method+protocol file and a dataset override, to the values
 it held before configs were composed (issue 19: "configs composed, not multiplied").
 
-The former leaves are resolved by the OLD code's own loader (``--baseline TREE``, a checkout before the change, run
-in a subprocess that imports that tree's ``ctta``), or by this tree's loader on the old files of a git revision
-(``--rev REV``). Each is matched with its new form, ``configs/<method file> scenario.dataset=<its dataset>``, or
-the same path when the file was kept, and the resolved configs are compared key by key, except ``log.out_dir``
-(now derived from the run unless set).
+The former leaves are resolved by this tree's loader, from an old checkout's ``configs/`` (``--baseline TREE``) or
+a git revision's (``--rev REV``), and each is matched with its new form, ``configs/<method file>
+scenario.dataset=<its dataset>`` (the same path when the file was kept); the resolved configs are compared key by
+key, except ``log.out_dir`` (now derived from the run unless set). With ``--baseline`` the old checkout's own
+loader (a subprocess importing that tree's ``ctta``) resolves them too, and where its values differ, the options
+the code added or changed since are listed (they differ between the two loaders on the same old file).
 
 Usage::
 
@@ -66,18 +67,22 @@ def leaves_of_tree(tree: Path) -> dict[str, dict]:
     return json.loads(res.stdout)
 
 
-def leaves_of_rev(rev: str) -> dict[str, dict]:
-    """Every leaf config of ``configs/`` at git revision ``rev``, resolved by this tree's loader."""
+def leaves_of_dir(configs: Path) -> dict[str, dict]:
+    """Every leaf config (not ``_base``, not ``smoke``) of an old ``configs/`` folder, resolved by this loader."""
     from ctta.runner.config import load_config, to_dict
 
+    paths = sorted(p for p in configs.rglob("*.yaml") if "_base" not in p.parts and "smoke" not in p.parts)
+    return {str(p.relative_to(configs)): to_dict(load_config(p)) for p in paths}
+
+
+def leaves_of_rev(rev: str) -> dict[str, dict]:
+    """Every leaf config of ``configs/`` at git revision ``rev``, resolved by this tree's loader."""
     with tempfile.TemporaryDirectory() as tmp:
         archive = subprocess.run(["git", "archive", rev, "configs"], cwd=ROOT, capture_output=True, check=True).stdout
         (Path(tmp) / "c.tar").write_bytes(archive)
         with tarfile.open(Path(tmp) / "c.tar") as tar:
             tar.extractall(tmp, filter="data")
-        configs = Path(tmp) / "configs"
-        paths = sorted(p for p in configs.rglob("*.yaml") if "_base" not in p.parts and "smoke" not in p.parts)
-        return {str(p.relative_to(configs)): to_dict(load_config(p)) for p in paths}
+        return leaves_of_dir(Path(tmp) / "configs")
 
 
 def new_form(rel: str, old: dict) -> tuple[str, list[str]]:
@@ -110,17 +115,45 @@ def compare(before: dict[str, dict]) -> list[str]:
     return differing
 
 
+def schema_changes(old_loader: dict[str, dict], this_loader: dict[str, dict]) -> list[str]:
+    """``section.key: old -> new`` where the old code's loader and this tree's resolve the same old file differently
+    (options added or changed by the code since, not by the config files)."""
+    changes = set()
+    for rel, a in old_loader.items():
+        b = json.loads(json.dumps(this_loader[rel]))
+        for sec in set(a) | set(b):
+            x, y = a.get(sec, {}), b.get(sec, {})
+            if isinstance(x, dict) and isinstance(y, dict):
+                changes |= {f"{sec}.{k}: {x.get(k, '(absent)')} -> {y.get(k, '(absent)')}" for k in set(x) | set(y)
+                            if x.get(k, "(absent)") != y.get(k, "(absent)")}  # fmt: skip
+            elif x != y:
+                changes.add(f"{sec}: {x} -> {y}")
+    return sorted(c for c in changes if not c.startswith("log.out_dir"))
+
+
+def _report(before: dict[str, dict], what: str) -> list[str]:
+    differing = compare(before)
+    new_files = sorted({new_form(rel, old)[0] for rel, old in before.items()})
+    print(f"{len(before) - len(differing)} of {len(before)} former leaf configs ({what}) resolve identically "
+          f"(log.out_dir aside) through {len(new_files)} files")  # fmt: skip
+    return differing
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--baseline", type=Path, help="an old checkout: its own loader resolves its configs")
     src.add_argument("--rev", help="a git revision: this tree's loader resolves its configs/")
     args = ap.parse_args(argv)
-    before = leaves_of_tree(args.baseline) if args.baseline else leaves_of_rev(args.rev)
-    differing = compare(before)
-    new_files = sorted({new_form(rel, old)[0] for rel, old in before.items()})
-    print(f"{len(before) - len(differing)} of {len(before)} former leaf configs resolve identically (log.out_dir "
-          f"aside) through {len(new_files)} files")  # fmt: skip
+    if args.rev:
+        differing = _report(leaves_of_rev(args.rev), "this loader")
+    else:  # the composition is judged with one loader; the old loader's view also shows what the code changed since
+        this_loader = leaves_of_dir(args.baseline / "configs")
+        differing = _report(this_loader, "this loader")
+        old_loader = leaves_of_tree(args.baseline)
+        if _report(old_loader, "the old checkout's loader"):
+            print("  they differ only where the code changed the resolved options since the old checkout:")
+            print("\n".join(f"    {c}" for c in schema_changes(old_loader, this_loader)))
     for line in differing:
         print("DIFFERS:", line)
     return 1 if differing else 0
