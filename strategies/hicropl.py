@@ -16,8 +16,10 @@ vision to text: ``T_k..T_{J-1}`` attend to the pooled ``V_k..V_{J-1}`` through `
 
 Teachers and loss: image ``f_zs`` = the unprompted frozen CLIP (normalised, no gradient); text ``g_LLM`` = the mean
 of the normalised frozen-CLIP features of each class's LLM descriptions, re-normalised (CoPrompt's ``gpt_file``
-JSON, ``DescriptionBank``). Fusion at train **and** test: ``f = n(n(f_p) + f_zs)``, ``g = n(n(g_p) + fp16(g_LLM))``.
-Loss: ``CE + lambd * ((1 - mean cos(g, g_LLM)) + (1 - mean cos(f, f_zs)))``, ``lambd`` 12.
+JSON, ``DescriptionBank``; ``descriptions`` lists the files of every dataset the run evaluates, e.g. ImageNet's and the
+ten targets' for cross-dataset transfer). Fusion at train **and** test: ``f = n(n(f_p) + f_zs)``,
+``g = n(n(g_p) + fp16(g_LLM))``. Loss: ``CE + lambd * ((1 - mean cos(g, g_LLM)) + (1 - mean cos(f, f_zs)))``,
+``lambd`` 12.
 
 Official behaviour kept as the default (switches give the paper's intent; results with them are non-official):
 
@@ -83,7 +85,9 @@ class HiCroPLConfig(PromptLearnerConfig):
     cross_layer: int = 6  # k: layers < k map text -> vision, layers >= k vision -> text
     heads: int = 8
     lambd: float = 12.0
-    descriptions: str = ""  # CoPrompt-format gpt_file JSON (or builtin:digits); required
+    # CoPrompt-format gpt_file JSON files (or builtin:digits), merged in order, the first file's entry winning for a
+    # class name two files share (list the training dataset's file first); required
+    descriptions: tuple[str, ...] = ()
     mapping: str = "official"  # official (.data.copy_ re-write, every forward) | functional (the paper's intent)
     selection: str = "best_val"  # best_val (validation stream; else last) | last
 
@@ -267,7 +271,11 @@ class HiCroPL(PromptLearnerTemplate):
                 "hicropl needs strategy.descriptions: a CoPrompt-format gpt_file JSON ({class name: [descriptions]}; "
                 "ShuvenduRoy/CoPrompt@a2a6c12 gpt_file/<dataset>_prompt.json) or builtin:digits"
             )
-        descriptions = load_descriptions(cfg.descriptions, "coprompt")
+        sources = (cfg.descriptions,) if isinstance(cfg.descriptions, str) else tuple(cfg.descriptions)
+        descriptions: dict[str, list[str]] = {}
+        for source in sources:
+            for name, texts in load_descriptions(source, "coprompt").items():
+                descriptions.setdefault(name, texts)
         return HiCroPLModel(clip_model, tokenizer, classnames, cfg, descriptions, generator=init_generator(cfg))
 
     def criterion(self) -> torch.Tensor:
