@@ -49,6 +49,7 @@ KINDS = {
     "transfer": "transfer ",
     "multilabel": "multi-label ",
     "few_shot": "few-shot ",
+    "ood": "OOD ",
 }
 _FIELD = re.compile(r"<([a-z]+)>")
 
@@ -218,6 +219,23 @@ def _imagenet(name, title, folder, how, coop_dir="") -> DatasetEntry:
     )  # fmt: skip
 
 
+_OOD = "ctta.data.ood_datasets:"
+_OPENOOD_HOW = (
+    "Download OpenOOD v1.5's benchmark image lists and images (https://github.com/Jingkang50/OpenOOD, "
+    "scripts/download/download.py) so that <folder>/benchmark_imglist/imagenet/test_<set>.txt and "
+    "<folder>/images_largescale/ exist (scenario.root = the folder holding openood/)."
+)
+#: OpenOOD v1.5's ImageNet-1k OOD sets: near (SSB-hard, NINCO), far (iNaturalist, Textures, OpenImage-O)
+_OPENOOD_SETS = (("ssb_hard", "SSB-hard"), ("ninco", "NINCO"), ("inaturalist", "iNaturalist (OOD subset)"),
+                 ("textures", "Textures (DTD)"), ("openimage_o", "OpenImage-O"))  # fmt: skip
+
+
+def _openood(name, title) -> DatasetEntry:
+    how = _OPENOOD_HOW.replace("<set>", name)
+    return DatasetEntry(name, f"{title} (OpenOOD)", ("openood", ""), how, {"ood": _OOD + "load_openood"},
+                        extra={"set": name, "benchmark": "imagenet"})  # fmt: skip
+
+
 def _transfer(name, title, folder, how, loader, **extra) -> DatasetEntry:
     return DatasetEntry(name, title, (folder,), how, {"transfer": _TR + loader}, extra=extra)
 
@@ -353,6 +371,18 @@ CATALOGUE: tuple[DatasetEntry, ...] = (
     DatasetEntry(
         "synthetic", "generated multi-label images", (), "Generated in memory (tests and smoke runs): nothing to get.",
         {"multilabel": _ML + "load_synthetic"},
+    ),
+    # ----------------------------------------------------------------------------- OOD test sets (scenarios/ood.py)
+    *(_openood(n, t) for n, t in _OPENOOD_SETS),
+    DatasetEntry(
+        "fashion_mnist", "Fashion-MNIST (test split)", (),
+        "Install Debian's dataset-fashion-mnist (apt install dataset-fashion-mnist) or put the IDX files of "
+        "https://github.com/zalandoresearch/fashion-mnist in a folder named by CTTA_FASHION_MNIST.",
+        {"ood": _OOD + "load_fashion_mnist_ood"},
+    ),
+    DatasetEntry(
+        "noise", "generated noise images", (), "Generated in memory (tests and smoke runs): nothing to get.",
+        {"ood": _OOD + "load_noise_ood"},
     ),
 )  # fmt: skip
 
