@@ -96,6 +96,9 @@ def make_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=_cmd_generate)
     ls = sub.add_parser("list", help="list strategies, scenarios, backbones, shipped backbones and datasets")
     ls.set_defaults(func=_cmd_list)
+    from ctta.runner.compare import add_compare_parser
+
+    add_compare_parser(sub)
     return p
 
 

@@ -1,0 +1,428 @@
+"""``ctta compare``: methods x datasets x seeds x ``key=values`` sweeps, each cell an ordinary ``ctta run``.
+
+Every cell of the grid is one run (``ctta.runner.run.run``) into its own folder
+``<out>/<method>/<dataset>/[<sweep values>/]seed<seed>`` (the layout of ``compose.default_out_dir`` under ``<out>``).
+A cell whose folder already holds a finished (or diverged) run with the same fingerprint (``run_fingerprint``: the
+resolved config minus output-only keys, the device type and the package versions) is skipped, so a killed
+comparison resumes where it stopped; any other cell runs with ``overwrite=true``. A cell that fails (its config
+does not load, its run raises) is recorded with status ``failed`` and its error (``error.txt`` in its folder holds
+the traceback); it stays in the CSV and in the table.
+
+Cells run in the current process (``jobs=1``), in ``jobs`` local worker processes (``jobs>1``; each worker's
+torch and OpenMP use ``threads`` threads, by default the CPUs divided by ``jobs``), or as Ray tasks
+(``backend="ray"``, the optional ``ctta[ray]`` extra; a local Ray instance, or ``ray_address`` of a cluster).
+The aggregate outputs (CSV, Markdown and LaTeX tables, plots) are written by ``ctta.runner.compare_tables`` and
+``ctta.runner.compare_plots`` into ``<out>``.
+
+A grid file (YAML) lists::
+
+    methods:                    # a config path, or {name, config, overrides}
+      - configs/smoke/vpt_digits.yaml
+      - {name: l2p_short, config: configs/smoke/l2p_digits.yaml, overrides: [strategy.online_iters=1]}
+    datasets: [digits]          # scenario.dataset of each cell (left out: each config's own)
+    seeds: [1, 2, 3]
+    overrides: [strategy.eval_batch_size=128]   # applied to every cell
+    sweep: {strategy.lr: [0.01, 0.001]}         # every combination becomes a variant of each method
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+import traceback
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+FINAL = ("finished", "diverged")  # statuses a rerun with the same fingerprint would reproduce
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the comparison: a config file with the overrides that make the method (``label`` names it)."""
+
+    label: str
+    config: str
+    overrides: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Methods x datasets x sweep variants x seeds; ``overrides`` apply to every cell.
+
+    Attributes:
+        methods: the rows.
+        datasets: ``scenario.dataset`` of each cell (``None``: the config's own dataset).
+        seeds: the seeds of each (method, dataset, variant).
+        overrides: ``key=value`` overrides of every cell (after each method's own).
+        sweep: ``(key, values)`` pairs; every combination of values is a variant of each method.
+    """
+
+    methods: tuple[Method, ...]
+    datasets: tuple[str | None, ...] = (None,)
+    seeds: tuple[int, ...] = (1,)
+    overrides: tuple[str, ...] = ()
+    sweep: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def variants(self) -> list[tuple[str, ...]]:
+        """The sweep's ``key=value`` combinations (one empty variant without a sweep)."""
+        keys, values = [k for k, _ in self.sweep], [v for _, v in self.sweep]
+        return [tuple(f"{k}={v}" for k, v in zip(keys, vals)) for vals in itertools.product(*values)]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the grid: its config, every override (without ``log.out_dir``) and its folder."""
+
+    method: str
+    config: str
+    dataset: str
+    variant: str
+    seed: int
+    overrides: tuple[str, ...]
+    out_dir: str
+    error: str = ""  # the config does not load: the cell fails without running
+
+
+@dataclass
+class CellResult:
+    """What a cell gave: ``status`` (finished, diverged, failed), ``action`` (ran, skipped) and its summary."""
+
+    cell: Cell
+    status: str
+    action: str
+    summary: dict[str, float] = field(default_factory=dict)
+    error: str = ""
+    seconds: float = 0.0
+
+
+def method(spec: str | Mapping[str, Any]) -> Method:
+    """A ``Method`` from a config path (labelled by its file stem) or a mapping ``{config, name?, overrides?}``."""
+    from ctta.runner.config import ConfigError
+
+    if isinstance(spec, str):
+        return Method(Path(spec).stem, spec)
+    if not isinstance(spec, Mapping) or "config" not in spec or set(spec) - {"name", "config", "overrides"}:
+        raise ConfigError(f"grid: a method is a config path or {{name, config, overrides}}, got {spec!r}")
+    return Method(str(spec.get("name") or Path(spec["config"]).stem), str(spec["config"]),
+                  tuple(str(o) for o in spec.get("overrides") or ()))  # fmt: skip
+
+
+def read_grid(path: str | Path) -> dict[str, Any]:
+    """The keys of a grid YAML file (``methods``, ``datasets``, ``seeds``, ``overrides``, ``sweep``)."""
+    import yaml
+
+    from ctta.runner.config import ConfigError
+
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    unknown = set(data) - {"methods", "datasets", "seeds", "overrides", "sweep"} if isinstance(data, dict) else {0}
+    if unknown:
+        raise ConfigError(f"{path}: a grid maps methods, datasets, seeds, overrides and sweep; unknown: {unknown}")
+    return data
+
+
+def make_grid(methods: Iterable, datasets: Iterable | None = None, seeds: Iterable[int] | None = None,
+              overrides: Iterable[str] = (), sweep: Mapping[str, Iterable] | None = None) -> Grid:  # fmt: skip
+    """A ``Grid`` from plain values (config paths or method mappings, dataset names, seeds, overrides, sweep)."""
+    from ctta.runner.config import ConfigError
+
+    ms = tuple(method(m) for m in methods)
+    if not ms:
+        raise ConfigError("ctta compare needs at least one method config")
+    labels = [m.label for m in ms]
+    if len(set(labels)) < len(labels):
+        raise ConfigError(f"two methods share a name ({labels}); name them: {{name: ..., config: ...}}")
+    sw = tuple((str(k), tuple(_yaml_str(v) for v in vs)) for k, vs in (sweep or {}).items())
+    return Grid(ms, tuple(datasets or (None,)), tuple(int(s) for s in seeds or (1,)), tuple(overrides), sw)
+
+
+def _yaml_str(v: Any) -> str:
+    """A sweep value as an override's right-hand side (lists and mappings in YAML flow style)."""
+    import yaml
+
+    return v if isinstance(v, str) else yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("\n...")
+
+
+def expand(grid: Grid, out: str | Path) -> list[Cell]:
+    """Every cell of ``grid`` with its folder under ``out`` (absolute paths; configs are loaded to validate them)."""
+    cells = []
+    for m, ds, var, seed in itertools.product(grid.methods, grid.datasets, grid.variants(), grid.seeds):
+        ovr = (*m.overrides, *grid.overrides, *([f"scenario.dataset={ds}"] if ds else []), *var, f"seed={seed}")
+        cells.append(_cell(m, ds, var, seed, ovr, Path(out).resolve()))
+    return cells
+
+
+def _cell(m: Method, ds: str | None, var: tuple[str, ...], seed: int, ovr: tuple[str, ...], out: Path) -> Cell:
+    from ctta.runner.compose import default_out_dir
+    from ctta.runner.config import load_config
+
+    variant = ",".join(var)
+    try:
+        cfg = load_config(m.config, ovr)
+        folder = Path(default_out_dir(cfg, m.label)).relative_to("runs")  # <label>/<dataset>/seed<seed>
+        ds, error = folder.parts[1], ""
+    except (ValueError, FileNotFoundError) as e:  # ConfigError among them: the cell fails, the grid goes on
+        folder, ds, error = Path(m.label, ds or "-", f"seed{seed}"), ds or "-", f"{type(e).__name__}: {e}"
+    if variant:
+        folder = folder.parent / variant.replace("/", "_") / folder.name
+    return Cell(m.label, str(Path(m.config).resolve()), ds, variant, seed, ovr, str(out / folder), error)
+
+
+def _run_overrides(cell: Cell) -> list[str]:
+    return [*cell.overrides, f"log.out_dir={cell.out_dir}", "overwrite=true", "log.progress=false"]
+
+
+def finished_summary(cell: Cell) -> tuple[str, dict[str, float]] | None:
+    """``(status, summary)`` of the run already in the cell's folder if it is final and its fingerprint matches."""
+    import json
+
+    from ctta.runner.checkpoint import OUTPUT_ONLY_KEYS, diff_fingerprints, run_fingerprint
+    from ctta.runner.config import load_config
+
+    path = Path(cell.out_dir) / "results.json"
+    if cell.error or not path.is_file():
+        return None
+    try:
+        done = json.loads(path.read_text())
+        cfg = load_config(cell.config, _run_overrides(cell))
+    except (ValueError, OSError):
+        return None
+    if done.get("status", "finished") not in FINAL or not isinstance(done.get("config"), dict):
+        return None
+    conf = {k: v for k, v in done["config"].items() if k not in OUTPUT_ONLY_KEYS}
+    recorded = _flat(conf) | {"device_type": str(done.get("device", "")).split(":")[0]}
+    recorded |= _flat(done.get("versions") or {}, "versions.")
+    if diff_fingerprints(recorded, run_fingerprint(cfg)):
+        return None
+    return done.get("status", "finished"), dict(done.get("summary") or {})
+
+
+def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    from ctta.runner.checkpoint import _flatten
+
+    return _flatten(d, prefix)
+
+
+def run_cell(config: str, overrides: Sequence[str], out_dir: str, threads: int | None = None) -> dict[str, Any]:
+    """Run one cell (in this process) as ``ctta run config overrides log.out_dir=out_dir overwrite=true``.
+
+    Returns:
+        ``{"status", "summary", "error", "seconds"}``; an exception becomes ``status="failed"`` (traceback in
+        ``out_dir/error.txt``), a diverged run ``status="diverged"`` with its results.json summary.
+    """
+    import json
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    t0 = time.perf_counter()
+    err = Path(out_dir) / "error.txt"
+    err.unlink(missing_ok=True)
+    try:
+        from ctta.runner.config import load_config
+        from ctta.runner.run import run
+
+        res = run(load_config(config, [*overrides, f"log.out_dir={out_dir}", "overwrite=true", "log.progress=false"]),
+                  verbose=False)  # fmt: skip
+        return {"status": "finished", "summary": dict(res["summary"]), "error": "",
+                "seconds": time.perf_counter() - t0}  # fmt: skip
+    except Exception as e:  # noqa: BLE001 - every failure is a result of the comparison
+        diverged = type(e).__name__ == "DivergenceError"
+        summary = json.loads((Path(out_dir) / "results.json").read_text())["summary"] if diverged else {}
+        if not diverged:
+            err.parent.mkdir(parents=True, exist_ok=True)
+            err.write_text(traceback.format_exc())
+        error = f"{type(e).__name__}: {' '.join(str(e).split())}"
+        return {"status": "diverged" if diverged else "failed", "summary": summary, "error": error,
+                "seconds": time.perf_counter() - t0}  # fmt: skip
+
+
+def _init_worker(threads: int) -> None:
+    """A local worker's thread budget: OpenMP / MKL before torch loads, then torch's intra-op threads."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _dispatch(cells: list[Cell], jobs: int, threads: int, backend: str, ray_address: str | None):
+    """Yield ``(cell, result dict)`` as cells finish, on the chosen backend."""
+    args = [(c.config, c.overrides, c.out_dir) for c in cells]
+    if backend == "ray":
+        yield from _ray_results(cells, args, jobs, threads, ray_address)
+        return
+    if jobs <= 1:
+        for c, a in zip(cells, args):
+            yield c, run_cell(*a, threads=threads)
+        return
+    import multiprocessing as mp
+
+    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                             initargs=(threads,)) as pool:  # fmt: skip
+        futures = {pool.submit(run_cell, *a): c for c, a in zip(cells, args)}
+        for f in as_completed(futures):
+            yield futures[f], f.result()
+
+
+def _ray_results(cells: list[Cell], args: list[tuple], jobs: int, threads: int, address: str | None):
+    """Yield ``(cell, result dict)`` from Ray tasks (each ``run_cell`` with ``threads`` CPUs).
+
+    Without ``address`` (and no Ray already initialised) a local instance with ``jobs * threads`` CPUs is started
+    and stopped; with ``address`` the cluster's resources decide how many cells run at once.
+    """
+    try:
+        import ray
+    except ImportError:
+        raise ImportError("backend 'ray' needs Ray: pip install 'ctta[ray]'") from None
+    started = not ray.is_initialized()
+    if started:
+        local = {"num_cpus": max(1, jobs) * threads} if address is None else {}
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, **local)
+    env = {"env_vars": {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}}
+    task = ray.remote(num_cpus=threads, runtime_env=env)(run_cell)
+    refs = {task.remote(*a, threads=threads): c for c, a in zip(cells, args)}
+    pending = list(refs)
+    try:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            yield refs[done[0]], ray.get(done[0])
+    finally:
+        if started:
+            ray.shutdown()
+
+
+@dataclass
+class Comparison:
+    """A finished comparison: every cell's result and the files written under ``out``."""
+
+    out: Path
+    results: list[CellResult]
+    files: dict[str, Path]
+    table: str  # the terminal table
+
+
+def compare(grid: Grid, out: str | Path = "runs/compare", jobs: int = 1, threads: int | None = None,
+            backend: str = "local", ray_address: str | None = None, verbose: bool = True) -> Comparison:  # fmt: skip
+    """Run every cell of ``grid`` not already finished in ``out``, then write the CSV, tables and plots.
+
+    Args:
+        grid: the comparison (``make_grid``).
+        out: the comparison's folder; cell ``<method>/<dataset>/[<variant>/]seed<seed>`` runs under it.
+        jobs: cells run at once (local worker processes; ``1``: in this process, one after the other).
+        threads: torch / OpenMP threads per cell (default: the CPUs divided by ``jobs``, at least 1).
+        backend: ``"local"`` or ``"ray"`` (the ``ctta[ray]`` extra).
+        ray_address: a Ray cluster's address (default: a local instance).
+        verbose: print one line per cell and the table.
+
+    Returns:
+        The ``Comparison`` (``results`` in grid order).
+    """
+    from ctta.runner.compare_tables import write_outputs
+
+    if backend not in ("local", "ray"):
+        from ctta.runner.config import ConfigError
+
+        raise ConfigError(f"backend must be 'local' or 'ray', got {backend!r}")
+    out = Path(out).resolve()
+    jobs = max(1, int(jobs))
+    threads = int(threads or max(1, (os.cpu_count() or 1) // jobs))
+    cells = expand(grid, out)
+    results = {c: _known(c) for c in cells}
+    todo = [c for c, r in results.items() if r is None]
+    say = print if verbose else (lambda *a, **k: None)
+    say(f"ctta compare: {len(cells)} cells, {len(cells) - len(todo)} already done; running {len(todo)} "
+        f"({jobs} at once, {threads} thread(s) each, {backend})")  # fmt: skip
+    for i, (cell, res) in enumerate(_dispatch(todo, jobs, threads, backend, ray_address), 1):
+        results[cell] = CellResult(cell, res["status"], "ran", res["summary"], res["error"], res["seconds"])
+        say(f"[{i}/{len(todo)}] {_describe(results[cell])}")
+    done = [results[c] for c in cells]
+    files, table = write_outputs(out, done)
+    say(table)
+    say("wrote " + ", ".join(str(p) for p in files.values()))
+    return Comparison(out, done, files, table)
+
+
+def _known(cell: Cell) -> CellResult | None:
+    """The cell's result without running it: failed (its config does not load) or finished earlier; else None."""
+    if cell.error:
+        return CellResult(cell, "failed", "skipped", error=cell.error)
+    found = finished_summary(cell)
+    return None if found is None else CellResult(cell, found[0], "skipped", found[1])
+
+
+def _describe(r: CellResult) -> str:
+    c = r.cell
+    name = " ".join(x for x in (c.method, c.dataset, c.variant, f"seed{c.seed}") if x)
+    if r.status == "failed":
+        return f"{name}: failed ({r.error})"
+    metrics = ", ".join(f"{k}={100 * v:.2f}" for k, v in r.summary.items() if v is not None)
+    return f"{name}: {r.status} {metrics} ({r.seconds:.1f}s)"
+
+
+def _split_values(raw: str) -> list[str]:
+    """``a,b,[c,d]`` -> ``["a", "b", "[c,d]"]`` (commas inside brackets or braces stay)."""
+    parts, depth, cur = [], 0, ""
+    for ch in raw:
+        depth += (ch in "[{") - (ch in "]}")
+        if ch == "," and depth == 0:
+            parts, cur = [*parts, cur], ""
+        else:
+            cur += ch
+    return [p.strip() for p in [*parts, cur] if p.strip()]
+
+
+def _csv(raw: str) -> list[str]:
+    return [x.strip() for x in raw.split(",") if x.strip()]
+
+
+def grid_from_args(args) -> Grid:
+    """The grid of ``ctta compare``'s arguments: the grid file's keys, then the command line's additions."""
+    from ctta.runner.config import ConfigError
+
+    data = read_grid(args.grid) if args.grid else {}
+    words = list(args.items)
+    configs = [w for w in words if "=" not in w]
+    sweep = dict(data.get("sweep") or {})
+    for s in args.sweep or ():
+        if "=" not in s:
+            raise ConfigError(f"--sweep {s!r} is not of the form key=value1,value2")
+        key, raw = s.split("=", 1)
+        sweep[key] = _split_values(raw)
+    return make_grid([*(data.get("methods") or []), *configs], args.datasets or data.get("datasets"),
+                     args.seeds or data.get("seeds"), [*(data.get("overrides") or []),
+                                                       *(w for w in words if "=" in w)], sweep)  # fmt: skip
+
+
+def cmd_compare(args) -> int:
+    """``ctta compare``: run the grid, print the table; exit code 1 when a cell failed."""
+    res = compare(grid_from_args(args), args.out, args.jobs, args.threads, args.backend, args.ray_address)
+    return 1 if any(r.status == "failed" for r in res.results) else 0
+
+
+def add_compare_parser(sub) -> None:
+    """Add the ``compare`` sub-command to ``ctta``'s sub-parsers."""
+    c = sub.add_parser(
+        "compare",
+        help="run methods x datasets x seeds (x key=values sweeps), each cell a `ctta run`, and tabulate and plot "
+        "mean +/- std over seeds",
+        description=__doc__.split("\n\n")[0] + " Example: ctta compare configs/smoke/vpt_digits.yaml "
+        "configs/smoke/l2p_digits.yaml strategy.online_iters=1 --seeds 1,2,3 --jobs 2 --out runs/cmp (options "
+        "before or after the configs and overrides, not between them)",
+    )
+    c.add_argument("items", nargs="*", metavar="CONFIG|key=value", help="method configs and overrides of every cell")
+    c.add_argument("--grid", help="a grid YAML file (methods, datasets, seeds, overrides, sweep)")
+    c.add_argument("--datasets", type=_csv, help="scenario.dataset of each cell, comma-separated (default: each "
+                   "config's own)")  # fmt: skip
+    c.add_argument("--seeds", type=lambda s: [int(x) for x in _csv(s)], help="seeds, comma-separated (default: 1)")
+    c.add_argument("--sweep", action="append", metavar="key=v1,v2", help="a key's values, every combination a variant")
+    c.add_argument("--out", default="runs/compare", help="the comparison's folder (default: runs/compare)")
+    c.add_argument("--jobs", type=int, default=1, help="cells at once (local worker processes; default 1)")
+    c.add_argument("--threads", type=int, help="torch/OpenMP threads per cell (default: CPUs / jobs)")
+    c.add_argument("--backend", choices=("local", "ray"), default="local", help="ray: the ctta[ray] extra")
+    c.add_argument("--ray-address", help="a Ray cluster's address (default: a local Ray instance)")
+    c.set_defaults(func=cmd_compare)
