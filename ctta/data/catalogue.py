@@ -20,6 +20,8 @@ Kinds and what their loaders return:
   ``images/{train,val}`` folders (val is the test set, no validation split), FGVC-Aircraft from its own
   ``images_variant_*.txt`` lists, and ImageNet-V2/-Sketch/-A/-R as test-only sets (empty train and val) through
   their test-time loaders: the domain-generalisation targets.
+- ``domain_adaptation`` (``domain_adaptation``): one domain (``domain=``) as ``{"train"|"test": [(image path or
+  tensor, label, classname), ...]}`` (``ctta.data.da_datasets``: Office-Home, Office-31, VisDA-2017, DomainNet).
 
 An entry may also accept other names (``aliases``: CoOp's ``oxford_pets`` for TPT's ``pets``). A name may have
 several kinds (``imagenet_r`` is a CL set and a test-time set in the same folder); the same name
@@ -50,6 +52,7 @@ KINDS = {
     "multilabel": "multi-label ",
     "few_shot": "few-shot ",
     "ood": "OOD ",
+    "domain_adaptation": "domain-adaptation ",
 }
 _FIELD = re.compile(r"<([a-z]+)>")
 
@@ -220,6 +223,7 @@ def _imagenet(name, title, folder, how, coop_dir="") -> DatasetEntry:
 
 
 _OOD = "ctta.data.ood_datasets:"
+_DA = "ctta.data.da_datasets:"
 _OPENOOD_HOW = (
     "Download OpenOOD v1.5's benchmark image lists and images (https://github.com/Jingkang50/OpenOOD, "
     "scripts/download/download.py) so that <folder>/benchmark_imglist/imagenet/test_<set>.txt and "
@@ -383,6 +387,38 @@ CATALOGUE: tuple[DatasetEntry, ...] = (
     DatasetEntry(
         "noise", "generated noise images", (), "Generated in memory (tests and smoke runs): nothing to get.",
         {"ood": _OOD + "load_noise_ood"},
+    ),
+    # ------------------------------------------------- domain adaptation (scenarios/domain_adaptation.py)
+    DatasetEntry(
+        "office_home", "Office-Home", ("office_home", "OfficeHome"),
+        "Download Office-Home (https://www.hemanthdv.org/officeHomeDataset.html) and put its four domains at "
+        "<folder>/{art,clipart,product,real_world}/<class>/ (Dassl's layout).",
+        {"domain_adaptation": _DA + "load_domain_folders"},
+        extra={"domains": ("art", "clipart", "product", "real_world")},
+    ),
+    DatasetEntry(
+        "office31", "Office-31", ("office31", "Office31"),
+        "Download Office-31 (https://faculty.cc.gatech.edu/~judy/domainadapt/) and put its domains at "
+        "<folder>/{amazon,dslr,webcam}/<class>/ (move the class folders out of each images/ folder; Dassl's layout).",
+        {"domain_adaptation": _DA + "load_domain_folders"}, extra={"domains": ("amazon", "dslr", "webcam")},
+    ),
+    DatasetEntry(
+        "visda17", "VisDA-2017", ("visda17", "VisDA17"),
+        "Download the VisDA-2017 classification train/ and validation/ sets (http://ai.bu.edu/visda-2017/) and "
+        "extract them to <folder>/{train,validation}/ with their image_list.txt files.",
+        {"domain_adaptation": _DA + "load_visda"}, extra={"domains": ("synthetic", "real")},
+    ),
+    DatasetEntry(
+        "domainnet", "DomainNet", ("domainnet", "DomainNet"),
+        "Download DomainNet (http://ai.bu.edu/M3SDA/: the six domain zips and the *_train.txt / *_test.txt split "
+        "files) so that <folder>/<domain>/<class>/ and <folder>/splits/<domain>_{train,test}.txt exist.",
+        {"domain_adaptation": _DA + "load_domainnet"},
+        extra={"domains": ("clipart", "infograph", "painting", "quickdraw", "real", "sketch")},
+    ),
+    DatasetEntry(
+        "digits_shift", "scikit-learn digits, clean or corrupted", (),
+        _DIGITS + " Domains: clean, or any corruption ctta generates on the fly (severity 5).",
+        {"domain_adaptation": _DA + "load_digits_shift"},
     ),
 )  # fmt: skip
 
