@@ -332,12 +332,17 @@ class HiCroPL(PromptLearnerTemplate):
             state = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
             self._best = (acc, state)
 
+    def restore_best(self) -> None:
+        """Load the best validation epoch's trainable state (no-op without validation passes)."""
+        if self._best is None:
+            return
+        with torch.no_grad():
+            params = dict(self.model.named_parameters())
+            for name, value in self._best[1].items():
+                params[name].copy_(value)
+        self.best_validation_accuracy = self._best[0]
+        self._best = None
+
     def _after_training_exp(self, **kwargs) -> None:
-        if self._best is not None:
-            with torch.no_grad():
-                params = dict(self.model.named_parameters())
-                for name, value in self._best[1].items():
-                    params[name].copy_(value)
-            self.best_validation_accuracy = self._best[0]
-            self._best = None
+        self.restore_best()  # before the text context is saved (context_out)
         super()._after_training_exp(**kwargs)
