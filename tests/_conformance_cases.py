@@ -245,6 +245,13 @@ SPECS: dict[str, Spec] = {
         method_kwargs=dict(attributes=("shape",), n_att=2, n_ctx=2, depth=2, lr=0.01, prec="fp32"),
         misspelt="n_attt",
     ),
+    "restore": Spec("epoch", clip=True, method_kwargs=dict(depth=2, lr=0.0035, prec="fp32"), misspelt="fs_loss_rr"),
+    "hicropl": Spec(
+        "epoch",
+        clip=True,
+        method_kwargs=dict(n_ctx=2, depth=2, cross_layer=1, descriptions=("builtin:digits",), lr=0.01, prec="fp32"),
+        misspelt="cross_layr",
+    ),
     "tpt": Spec("tta", clip=True, method_kwargs=dict(selection_p=0.25), misspelt="selection_pp", **TOP5),
     "difftpt": Spec(
         "tta",
