@@ -356,7 +356,7 @@ def summarise(
 
 
 def progress_rows(progress: ProgressPlugin) -> list[dict[str, Any]]:
-    return [{"kind": "sample", "samples": n, "accuracy": a} for n, a in getattr(progress, "curve", [])]
+    return [{"kind": "sample", "samples": n, "accuracy": a} for n, a in progress.curve]
 
 
 def format_summary(results: dict[str, Any], out: Path) -> str:
