@@ -3,7 +3,8 @@ for Vision-Language Prompt Learning", arXiv 2502.06390). Official code: Yaphabat
 ``trainers/maple_fsa.py`` (trainer ``MaPLe_FSA``), ``train.py``, ``run_maple_fsa.sh`` (MIT, (c) 2024 Yaphabates;
 behaviour read, re-implemented, no code copied). Spec: ``clip-prompt-learners.md`` sections 17 and 23.2.
 
-Model: MaPLe's coupled prompts (``MaPLeModel``, reused) plus a text and a visual **feature calibrator**
+Model: MaPLe's coupled prompts (the core's ``context_init`` and ``MaPLeCoupling``, as ``maple``'s model; methods do
+not import each other) plus a text and a visual **feature calibrator**
 ``Cal(x) = x + FFN(LN(x))`` (``FFN = Linear(E -> 4E) -> QuickGELU -> Linear(4E -> E)``), mixed as
 ``r * Cal(x) + (1 - r) * x`` before the cosine logits. Loss: ``CE + fs_loss_r * sum_i (|T_i^T T_i|_F / |T_i^T
 T_i|_F(init) - |V_i^T V_i|_F / |V_i^T V_i|_F(init))^2`` over the deep prompts ``T_i`` and their coupled vision
@@ -39,12 +40,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from ctta.strategies.maple import MaPLe, MaPLeConfig, MaPLeModel
 from torch import nn
 
 from ctta.clip_prompting.adapters import FeatureCalibrator, ResidualMix
-from ctta.clip_prompting.template import init_generator
-from ctta.clip_prompting.vision import encode_image
+from ctta.clip_prompting.coupling import MaPLeCoupling
+from ctta.clip_prompting.model import PromptedCLIP
+from ctta.clip_prompting.template import PromptLearnerConfig, PromptLearnerTemplate, init_generator
+from ctta.clip_prompting.text import context_init
+from ctta.clip_prompting.vision import encode_image, vision_width
 from ctta.fields import ranged
 from ctta.registry import STRATEGIES
 
@@ -52,8 +55,13 @@ __all__ = ["RESTORE", "RESTOREConfig", "RESTOREModel", "feature_shift_loss", "gr
 
 
 @dataclass(frozen=True)
-class RESTOREConfig(MaPLeConfig):
+class RESTOREConfig(PromptLearnerConfig):
     epochs: int = ranged(10, ge=1)
+    batch_size: int = ranged(4, ge=1)
+    lr: float = ranged(0.0035, gt=0)
+    n_ctx: int = 2
+    ctx_init: str = "a photo of a"
+    depth: int = 9  # J: the input layer plus J-1 deep layers (both towers)
     vis_calib_r: float = 0.1  # r_vis at the start (train.py's argparse default; per dataset in run_maple_fsa.sh)
     text_calib_r: float = 0.1  # r_text at the start
     fs_loss_r: float = 1.0  # weight of the feature-shift consistency loss
@@ -86,13 +94,28 @@ def _round_fp16_(module: nn.Module) -> None:
             p.copy_(p.half().to(p.dtype))
 
 
-class RESTOREModel(MaPLeModel):
-    """``MaPLeModel`` + ``text_adapter`` / ``visual_adapter`` (``ResidualMix`` over a ``FeatureCalibrator``, the
-    reference's attribute names) whose ratios are fixed floats (``learn_ratios``: the parameters ``learned_ratios``).
-    In training mode ``forward`` leaves the feature-shift regulariser in ``self.fs_reg``."""
+class RESTOREModel(PromptedCLIP):
+    """MaPLe's prompts (``ctx``, ``deep_text``, ``coupling``: the core's ``MaPLeCoupling``, as ``maple``'s model) +
+    ``text_adapter`` / ``visual_adapter`` (``ResidualMix`` over a ``FeatureCalibrator``, the reference's attribute
+    names) whose ratios are fixed floats (``learn_ratios``: the parameters ``learned_ratios``). In training mode
+    ``forward`` leaves the feature-shift regulariser in ``self.fs_reg``."""
+
+    context_is_the_prompt = False  # TPT tunes the deep and coupled prompts and the calibrators too
 
     def __init__(self, clip_model, tokenizer, classnames, cfg: RESTOREConfig = RESTOREConfig(), *, generator=None):
-        super().__init__(clip_model, tokenizer, classnames, cfg, generator=generator)
+        layout, ctx0 = context_init(clip_model, tokenizer, cfg.ctx_init, cfg.n_ctx, generator=generator)
+        super().__init__(
+            clip_model, tokenizer, classnames, layout, truncate=cfg.truncate, round_prompts=cfg.round_prompts
+        )
+        n_layers = min(len(clip_model.transformer.resblocks), len(clip_model.visual.transformer.resblocks))
+        if not 1 <= cfg.depth <= n_layers:
+            raise ValueError(f"depth must be in 1..{n_layers} (layers of the towers), got {cfg.depth}")
+        (n, d), dtype = ctx0.shape, self.text.cast_dtype
+        self.ctx = nn.Parameter(ctx0.to(dtype))
+        self.deep_text = nn.ParameterList(
+            nn.Parameter(torch.randn(n, d, generator=generator) * 0.02) for _ in range(cfg.depth - 1)
+        )
+        self.coupling = MaPLeCoupling(d, vision_width(clip_model), cfg.depth, generator=generator)
         dim = int(clip_model.text_projection.shape[-1])
         self.text_adapter = ResidualMix(FeatureCalibrator(dim, generator=generator), cfg.text_calib_r)
         self.visual_adapter = ResidualMix(FeatureCalibrator(dim, generator=generator), cfg.vis_calib_r)
@@ -118,6 +141,12 @@ class RESTOREModel(MaPLeModel):
             return mix(x)
         r = self.learned_ratios[which].to(x.dtype)
         return r * mix.module(x) + (1 - r) * x
+
+    def prompts(self):
+        """``(ctx, [T_i], V_0, [V_i])``: MaPLe's coupled prompts (``V_i`` before the fp16 rounding of insertion)."""
+        deep = list(self.deep_text)
+        v0, vs = self.coupling(self.ctx, deep)
+        return self.ctx, deep, v0, vs
 
     @torch.no_grad()
     def current_shift(self) -> tuple[float, float]:
@@ -149,9 +178,9 @@ class RESTOREModel(MaPLeModel):
 
 
 @STRATEGIES.register("restore", config=RESTOREConfig)
-class RESTORE(MaPLe):
-    """RESTORE as an Avalanche strategy: MaPLe's prompts + calibrators, CE + feature-shift consistency; the ratio
-    update after epoch ``epochs // 3`` of each training experience."""
+class RESTORE(PromptLearnerTemplate):
+    """RESTORE as an Avalanche strategy (SGD, the template's schedule): MaPLe's prompts + calibrators, CE +
+    feature-shift consistency; the ratio update after epoch ``epochs // 3`` of each training experience."""
 
     config_class = RESTOREConfig
 
