@@ -1,7 +1,8 @@
 """HiCroPL: hierarchical cross-modal prompt learning (Zheng et al., "Hierarchical Cross-modal Prompt Learning for
-Vision-Language Models", ICCV 2025). Official code: zzeoZheng/HiCroPL@2c2b2f2 ``trainers/hicropl.py`` and its
-vendored ``dassl/`` (behaviour read, re-implemented, no code copied; its LICENSE file holds an unresolved merge
-conflict, MIT vs Apache-2.0, so ctta ships none of its files). Spec: ``clip-prompt-learners.md`` sections 12, 23.4.
+Vision-Language Models", ICCV 2025, arXiv 2507.14976). Official code: zzeoZheng/HiCroPL@2c2b2f2
+``trainers/hicropl.py`` and its vendored ``dassl/`` (behaviour read, re-implemented, no code copied; its LICENSE file
+holds an unresolved merge conflict, MIT vs Apache-2.0, so ctta ships none of its files). Spec:
+``clip-prompt-learners.md`` sections 12, 23.4.
 
 Prompts (IVLP-style, both towers, depth J, ``n_ctx`` tokens): text ``T_0 = ctx`` (from ``ctx_init`` when
 ``n_ctx <= 4``, else N(0, 0.02^2) with "X" placeholders), ``T_1..T_{J-1}`` N(0, 0.02^2) replacing the context at

@@ -1,5 +1,5 @@
 """RESTORE: feature-shift consistency for multi-modal prompt learning (Yang et al., "RESTORE: Towards Feature Shift
-for Vision-Language Prompt Learning", arXiv 2502.06390). Official code: Yaphabates/RESTORE_@4c64a17
+for Vision-Language Prompt Learning", arXiv 2403.06136). Official code: Yaphabates/RESTORE_@4c64a17
 ``trainers/maple_fsa.py`` (trainer ``MaPLe_FSA``), ``train.py``, ``run_maple_fsa.sh`` (MIT, (c) 2024 Yaphabates;
 behaviour read, re-implemented, no code copied). Spec: ``clip-prompt-learners.md`` sections 17 and 23.2.
 
