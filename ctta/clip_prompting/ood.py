@@ -73,6 +73,13 @@ class OODPromptLearnerTemplate(PromptLearnerTemplate):
     def criterion(self) -> torch.Tensor:
         return ood_cross_entropy(self.mb_output, self.mb_y)
 
+    def make_optimizer(self, **kwargs) -> None:
+        """As the prompt learners; zero epochs (zero-shot) make no schedule (the cosine needs an epoch count)."""
+        if self.train_epochs == 0:
+            self.scheduler = None
+            return
+        super().make_optimizer(**kwargs)
+
     def forward_eval(self) -> torch.Tensor:
         """ID logits; sets ``mb_ood_score``."""
         x = self.mb_x
