@@ -20,18 +20,31 @@ memory), and the loss of the first step (the two paths must agree).
 Measured (ViT-B/16 random weights, 100 classes, batch 4, CPU, 1 thread, one step after one warm-up, shared
 2-core machine): CoOp 21.5 s -> 2.9 s CPU time (x7.4), saved activations 2,546 -> 195 MB (x13.0); MaPLe (J = 9)
 28.3 s -> 7.4 s (x3.8), 2,957 -> 606 MB (x4.9); first-step losses identical to 6 decimals.
+
+Wave 2 (``--methods coprompt msgcoop``): CoPrompt (ShuvenduRoy/CoPrompt@a2a6c12) is MaPLe's step plus the adapters and
+the loss CE + w * (text + image) consistency (description row fixed by seed, view 2 = the batch); MSGCoOp
+(Rain-Bus/MSGCoOp@a298669) encodes its N = 4 contexts at 77 tokens each in the reference path, one batched call of
+ctta's core in ours, loss CE + 8 * score + 1 * orthogonality. Both paths compute the same full loss. Measured in the
+smallest setting only (ctta-tiny-clip, 20 classes, batch 4, CPU, 1 thread, heavily loaded shared machine): CoPrompt
+x2.26 CPU time, x8.7 activation memory; MSGCoOp x6.8, x12.8; first-step losses identical (ViT-B/16 not run).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import random
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from ctta.strategies.coop import CoOpConfig, CoOpModel
+from ctta.strategies.coprompt import CoPromptConfig, CoPromptModel, coprompt_consistency
 from ctta.strategies.maple import MaPLeConfig, MaPLeModel
+from ctta.strategies.msgcoop import MSGCoOpConfig, MSGCoOpModel, msgcoop_regularisers
 
 from ctta.backbones.clip import create_clip
 from ctta.clip_prompting import PromptedText, encode_image
@@ -63,7 +76,56 @@ def reference_text(text: PromptedText, soft: torch.Tensor, deep: list[torch.Tens
     return x
 
 
+def wave2_logits(model, images: torch.Tensor, path: str) -> torch.Tensor:
+    """CoPrompt (MaPLe prompts + adapters) and MSGCoOp (N contexts; the reference encodes each at 77 tokens)
+    logits; the features the method's regularisers read are kept in ``model.features``."""
+    if isinstance(model, MSGCoOpModel):
+        ref = path != "ours"
+        g = torch.stack([reference_text(model.text, c, []) for c in model.ctx]) if ref else model.prompt_features()
+        model.features = {"text": g}
+        with torch.no_grad():
+            f = F.normalize(encode_image(model.clip, images), dim=-1)
+        return model.logit_scale * torch.einsum("be,nce->nbc", f, F.normalize(g, dim=-1)).mean(0)
+    ctx, deep, v0, vs = model.prompts()
+    g = model.text(ctx, deep) if path == "ours" else reference_text(model.text, ctx, deep)
+    g = F.normalize(model.adapter_text(g), dim=-1)
+    f = F.normalize(model.adapter_image(encode_image(model.clip, images, v0, vs)), dim=-1)
+    model.features = {"text": g, "image": f}
+    return model.logit_scale * f @ g.t()
+
+
+def wave2_loss(model, images: torch.Tensor) -> torch.Tensor | float:
+    """The method's loss beyond cross-entropy (the same in both paths; CoPrompt's description row fixed by seed)."""
+    if isinstance(model, CoPromptModel):
+        random.seed(0)
+        return 1.0 * coprompt_consistency(model, images)  # w 1.0 (coprompt.yaml); view 2 = the batch
+    if isinstance(model, MSGCoOpModel):
+        return msgcoop_regularisers(model.features["text"], model.teacher.features, MSGCoOpConfig())
+    return 0.0
+
+
+def build(method: str, clip, tok, names: list[str], depth: int, descriptions: str):
+    """The method's model at its defaults (fp32; CoPrompt and MaPLe at ``depth``)."""
+    if method == "coop":
+        return CoOpModel(clip, tok, names, CoOpConfig(prec="fp32"))
+    if method == "maple":
+        return MaPLeModel(clip, tok, names, MaPLeConfig(depth=depth, prec="fp32"))
+    if method == "coprompt":
+        return CoPromptModel(clip, tok, names, CoPromptConfig(depth=depth, prec="fp32", descriptions=descriptions))
+    return MSGCoOpModel(clip, tok, names, MSGCoOpConfig(prec="fp32", descriptions=descriptions))
+
+
+def description_file(names: list[str], folder: str) -> str:
+    """A description JSON (3 per class, both official formats) for the benchmark's class names."""
+    path = Path(folder) / "descriptions.json"
+    path.write_text(json.dumps({n: [f"a photo of a {n}.", f"a {n} in the wild.", f"a close-up of a {n}."]
+                                for n in names}))  # fmt: skip
+    return str(path)
+
+
 def logits_of(model, images: torch.Tensor, path: str) -> torch.Tensor:
+    if isinstance(model, (CoPromptModel, MSGCoOpModel)):
+        return wave2_logits(model, images, path)
     if isinstance(model, MaPLeModel):
         ctx, deep, v0, vs = model.prompts()
         g = model.text(ctx, deep) if path == "ours" else reference_text(model.text, ctx, deep)
@@ -104,7 +166,7 @@ def run(model, images, labels, path: str, steps: int, warmup: int, device) -> di
             torch.cuda.synchronize()
         t0, c0 = time.perf_counter(), time.process_time()
         logits, act = saved_bytes(lambda: logits_of(model, images, path), weights)
-        loss = F.cross_entropy(logits, labels)
+        loss = F.cross_entropy(logits, labels) + wave2_loss(model, images)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -131,7 +193,8 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--methods", nargs="+", default=["coop", "maple"], choices=["coop", "maple"])
+    methods = ["coop", "maple", "coprompt", "msgcoop"]
+    ap.add_argument("--methods", nargs="+", default=["coop", "maple"], choices=methods)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -146,10 +209,10 @@ def main(argv=None) -> None:
     names = classnames(args.classes)
     print(f"{args.model} (random weights), {args.classes} classes, batch {args.batch}, {args.device}, "
           f"{args.threads} thread(s), median of {args.steps} step(s) after {args.warmup} warm-up")  # fmt: skip
+    tmp = tempfile.TemporaryDirectory()
     for method in args.methods:
         depth = min(9, len(clip.transformer.resblocks))
-        model = (CoOpModel(clip, tok, names, CoOpConfig(prec="fp32")) if method == "coop"
-                 else MaPLeModel(clip, tok, names, MaPLeConfig(depth=depth, prec="fp32"))).to(device)  # fmt: skip
+        model = build(method, clip, tok, names, depth, description_file(names, tmp.name)).to(device)
         ref = run(model, images, labels, "reference", args.steps, args.warmup, device)
         ours = run(model, images, labels, "ours", args.steps, args.warmup, device)
         cuda = f" | CUDA peak {ref['peak_mb']:.0f} vs {ours['peak_mb']:.0f} MB" if ref["peak_mb"] else ""
