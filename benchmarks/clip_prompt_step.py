@@ -43,8 +43,10 @@ import torch
 import torch.nn.functional as F
 from ctta.strategies.coop import CoOpConfig, CoOpModel
 from ctta.strategies.coprompt import CoPromptConfig, CoPromptModel, coprompt_consistency
+from ctta.strategies.hicropl import HiCroPLConfig, HiCroPLModel, hicropl_loss
 from ctta.strategies.maple import MaPLeConfig, MaPLeModel
 from ctta.strategies.msgcoop import MSGCoOpConfig, MSGCoOpModel, msgcoop_regularisers
+from ctta.strategies.restore import RESTOREConfig, RESTOREModel
 
 from ctta.backbones.clip import create_clip
 from ctta.clip_prompting import PromptedText, encode_image
@@ -101,7 +103,35 @@ def wave2_loss(model, images: torch.Tensor) -> torch.Tensor | float:
         return 1.0 * coprompt_consistency(model, images)  # w 1.0 (coprompt.yaml); view 2 = the batch
     if isinstance(model, MSGCoOpModel):
         return msgcoop_regularisers(model.features["text"], model.teacher.features, MSGCoOpConfig())
+    if isinstance(model, RESTOREModel):
+        return model.fs_reg  # feature-shift consistency, fs_loss_r 1
+    if isinstance(model, HiCroPLModel):  # the two cosine distillations, lambda 12 (cross-entropy left out here)
+        feats = [model.features[k] for k in ("text", "text_llm", "image", "image_zs")]
+        return hicropl_loss(None, None, *feats, 12.0, criterion=lambda *_: 0.0)
     return 0.0
+
+
+class _ReferenceText(torch.nn.Module):
+    """The 77-token reference tower standing in for ``model.text`` (RESTORE's and HiCroPL's own forward runs)."""
+
+    def __init__(self, text: PromptedText) -> None:
+        super().__init__()
+        self.inner = [text]
+
+    def forward(self, soft: torch.Tensor, deep=()) -> torch.Tensor:
+        return reference_text(self.inner[0], soft, list(deep))
+
+
+def own_forward_logits(model, images: torch.Tensor, path: str) -> torch.Tensor:
+    """The model's own forward; the reference path swaps its text tower for the 77-token one."""
+    if path == "ours":
+        return model(images)
+    text = model.text
+    model.text = _ReferenceText(text)
+    try:
+        return model(images)
+    finally:
+        model.text = text
 
 
 def build(method: str, clip, tok, names: list[str], depth: int, descriptions: str):
@@ -110,6 +140,12 @@ def build(method: str, clip, tok, names: list[str], depth: int, descriptions: st
         return CoOpModel(clip, tok, names, CoOpConfig(prec="fp32"))
     if method == "maple":
         return MaPLeModel(clip, tok, names, MaPLeConfig(depth=depth, prec="fp32"))
+    if method == "restore":
+        return RESTOREModel(clip, tok, names, RESTOREConfig(depth=depth, prec="fp32"))
+    if method == "hicropl":  # the smallest official setting: cross-dataset n_ctx 2, J 6, cross layer 5
+        j = min(6, len(clip.transformer.resblocks))
+        cfg = HiCroPLConfig(n_ctx=2, depth=j, cross_layer=min(5, j - 1), prec="fp32")
+        return HiCroPLModel(clip, tok, names, cfg, json.loads(Path(descriptions).read_text()))
     if method == "coprompt":
         return CoPromptModel(clip, tok, names, CoPromptConfig(depth=depth, prec="fp32", descriptions=descriptions))
     return MSGCoOpModel(clip, tok, names, MSGCoOpConfig(prec="fp32", descriptions=descriptions))
@@ -126,6 +162,8 @@ def description_file(names: list[str], folder: str) -> str:
 def logits_of(model, images: torch.Tensor, path: str) -> torch.Tensor:
     if isinstance(model, (CoPromptModel, MSGCoOpModel)):
         return wave2_logits(model, images, path)
+    if isinstance(model, (RESTOREModel, HiCroPLModel)):
+        return own_forward_logits(model, images, path)
     if isinstance(model, MaPLeModel):
         ctx, deep, v0, vs = model.prompts()
         g = model.text(ctx, deep) if path == "ours" else reference_text(model.text, ctx, deep)
@@ -193,7 +231,7 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
-    methods = ["coop", "maple", "coprompt", "msgcoop"]
+    methods = ["coop", "maple", "coprompt", "msgcoop", "restore", "hicropl"]
     ap.add_argument("--methods", nargs="+", default=["coop", "maple"], choices=methods)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
