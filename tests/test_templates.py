@@ -153,3 +153,36 @@ def test_training_step_stack_is_short():
         frames = stack[start + 1 :]
         assert frames[0].name == "train" and len(frames) <= bound, [f.name for f in frames]
         assert not any("avalanche" in f.filename for f in frames), [f.filename for f in frames]
+
+
+# ---------------------------------------------------------------------- declared capabilities
+def test_runner_reads_declared_capabilities_not_duck_typing():
+    """The runner asks strategies what they can do through attributes declared on ``StrategyBase`` (and summary
+    metrics by their ``SummaryMetric`` type): no ``hasattr``, class-name or ``__module__`` tests."""
+    import re
+    from pathlib import Path
+
+    import ctta.runner.cli as cli
+    import ctta.runner.run as run
+    from ctta.registry import STRATEGIES
+    from ctta.templates import OnlineCLTemplate, StrategyBase
+
+    for module in (run, cli):
+        src = Path(module.__file__).read_text()
+        assert not re.search(r"hasattr\(|__module__|\)\.__name__ ==", src), module.__name__
+    for name in STRATEGIES:
+        cls = STRATEGIES.get(name).builder
+        assert issubclass(cls, StrategyBase), name
+        assert cls.resumable == issubclass(cls, OnlineCLTemplate), name
+        assert cls.adapts_in_eval == issubclass(cls, TestTimeTemplate), name
+        assert not (cls.resumable and cls.adapts_in_eval), name
+        assert cls.records_epochs == hasattr(cls, "build_prompted"), name  # the CLIP prompt learners
+    assert STRATEGIES.get("difftpt").builder.pregenerate is not StrategyBase.pregenerate
+
+
+def test_default_optional_steps():
+    """``pregenerate`` defaults to "nothing to pre-generate" (None); an online strategy whose anytime evaluation ran
+    inside ``train()`` adds no evaluation after the experience."""
+    s, _, _ = _strategy(_data(), test=_data(n=16, seed=1))
+    assert s.pregenerate([]) is None
+    assert s.eval_after_experience(None, 0) is None  # the benchmark is not even read

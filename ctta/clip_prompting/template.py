@@ -91,6 +91,7 @@ class PromptLearnerTemplate(EpochTemplate):
 
     distributed_ok = False  # the losses read un-sharded batch tensors (e.g. PromptSRC's teacher on mb_x)
     model_class = PromptedCLIP  # anything else is the CLIP the method's model is built around
+    records_epochs = True  # the runner records each epoch's training loss and top-1 (few-shot runs)
     constructor_arguments = ("config", "precision", "tokenizer", "classnames")
 
     def __init__(

@@ -105,7 +105,7 @@ def prepare(cfg: RunConfig, outputs: bool = True, label: str | None = None) -> R
 def _build(cfg: RunConfig, strategy_cls, out: Path, run_id: str, main: bool, is_main_rank: bool, t0: float, label=None):
     """Build evaluator, benchmark, backbone, plugins and strategy; resume if asked."""
     extra = strategy_cls.extra_metrics(cfg.strategy.params)
-    if hasattr(strategy_cls, "build_prompted"):  # CLIP prompt learners (few-shot epochs): loss and top-1 per epoch
+    if strategy_cls.records_epochs:  # CLIP prompt learners (few-shot epochs): loss and top-1 per epoch
         extra = (*extra, *epoch_metrics())
     evaluator = make_evaluator(out if main else None, cfg.log.interactive and main, extra, cfg.log.f_last_variant,
                                loggers=cfg.log.loggers if main else ())  # fmt: skip
