@@ -219,6 +219,12 @@ SPECS: dict[str, Spec] = {
         misspelt="pad_widht",
     ),
     "coop": Spec("epoch", clip=True, method_kwargs=dict(n_ctx=2, ctx_init="", lr=0.01, prec="fp32"), misspelt="n_ctxx"),
+    "mcm": Spec("epoch", clip=True, method_kwargs=dict(lr=0.01, prec="fp32"), misspelt="temperatur"),
+    "neglabel": Spec(
+        "epoch", clip=True, misspelt="n_negativs",
+        method_kwargs=dict(lr=0.01, prec="fp32", n_negatives=4, groups=2, nouns=("shirt", "coat", "bag", "tree"),
+                           adjectives=("red", "small")),
+    ),
     "cocoop": Spec("epoch", clip=True, method_kwargs=dict(lr=0.01, prec="fp32"), misspelt="meta_reductoin"),
     "maple": Spec("epoch", clip=True, method_kwargs=dict(depth=2, lr=0.01, prec="fp32"), misspelt="depht"),
     "promptsrc": Spec(

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctta.clip_prompting.context import ContextConfig, ContextModel
-from ctta.clip_prompting.template import PromptLearnerTemplate
+from ctta.clip_prompting.template import MASKED_LOGIT, PromptLearnerTemplate
 from ctta.clip_prompting.text import PromptedText
 from ctta.clip_prompting.vision import encode_image
 
@@ -88,7 +88,12 @@ class OODPromptLearnerTemplate(PromptLearnerTemplate):
         f = encode_image(self.model.clip, x).float()  # (B, E)
         g = self.model.text_features().float()  # (C, E)
         self.mb_ood_score = self.ood_score(f, g).detach()
-        return self.model.logits(f, g).float()
+        out = self.model.logits(f, g).float()
+        if self.seen is not None:  # class-incremental head: the classes seen so far, the others masked out
+            full = out.new_full((out.shape[0], len(self.all_classnames)), MASKED_LOGIT)
+            full[:, self.seen] = out
+            out = full
+        return out
 
     def _before_eval_exp(self, **kwargs) -> None:
         self.mb_ood_score = None
