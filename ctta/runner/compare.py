@@ -171,15 +171,16 @@ def _cell(m: Method, ds: str | None, var: tuple[str, ...], seed: int, ovr: tuple
     return Cell(m.label, str(Path(m.config).resolve()), ds, variant, seed, ovr, str(out / folder), error)
 
 
-def _run_overrides(cell: Cell) -> list[str]:
-    return [*cell.overrides, f"log.out_dir={cell.out_dir}", "overwrite=true", "log.progress=false"]
+def _run_overrides(overrides: Sequence[str], out_dir: str) -> list[str]:
+    """A cell's overrides as run: into its folder, replacing what is there, without a progress bar."""
+    return [*overrides, f"log.out_dir={out_dir}", "overwrite=true", "log.progress=false"]
 
 
 def finished_summary(cell: Cell) -> tuple[str, dict[str, float]] | None:
     """``(status, summary)`` of the run already in the cell's folder if it is final and its fingerprint matches."""
     import json
 
-    from ctta.runner.checkpoint import OUTPUT_ONLY_KEYS, diff_fingerprints, run_fingerprint
+    from ctta.runner.checkpoint import OUTPUT_ONLY_KEYS, _flatten, diff_fingerprints, run_fingerprint
     from ctta.runner.config import load_config
 
     path = Path(cell.out_dir) / "results.json"
@@ -187,23 +188,17 @@ def finished_summary(cell: Cell) -> tuple[str, dict[str, float]] | None:
         return None
     try:
         done = json.loads(path.read_text())
-        cfg = load_config(cell.config, _run_overrides(cell))
+        cfg = load_config(cell.config, _run_overrides(cell.overrides, cell.out_dir))
     except (ValueError, OSError):
         return None
     if done.get("status", "finished") not in FINAL or not isinstance(done.get("config"), dict):
         return None
     conf = {k: v for k, v in done["config"].items() if k not in OUTPUT_ONLY_KEYS}
-    recorded = _flat(conf) | {"device_type": str(done.get("device", "")).split(":")[0]}
-    recorded |= _flat(done.get("versions") or {}, "versions.")
+    recorded = _flatten(conf) | {"device_type": str(done.get("device", "")).split(":")[0]}
+    recorded |= _flatten(done.get("versions") or {}, "versions.")
     if diff_fingerprints(recorded, run_fingerprint(cfg)):
         return None
     return done.get("status", "finished"), dict(done.get("summary") or {})
-
-
-def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    from ctta.runner.checkpoint import _flatten
-
-    return _flatten(d, prefix)
 
 
 def run_cell(config: str, overrides: Sequence[str], out_dir: str, threads: int | None = None) -> dict[str, Any]:
@@ -215,10 +210,10 @@ def run_cell(config: str, overrides: Sequence[str], out_dir: str, threads: int |
     """
     import json
 
-    if threads:
-        import torch
+    import torch
 
-        torch.set_num_threads(int(threads))
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(threads or before))
     t0 = time.perf_counter()
     err = Path(out_dir) / "error.txt"
     err.unlink(missing_ok=True)
@@ -226,8 +221,7 @@ def run_cell(config: str, overrides: Sequence[str], out_dir: str, threads: int |
         from ctta.runner.config import load_config
         from ctta.runner.run import run
 
-        res = run(load_config(config, [*overrides, f"log.out_dir={out_dir}", "overwrite=true", "log.progress=false"]),
-                  verbose=False)  # fmt: skip
+        res = run(load_config(config, _run_overrides(overrides, out_dir)), verbose=False)
         return {"status": "finished", "summary": dict(res["summary"]), "error": "",
                 "seconds": time.perf_counter() - t0}  # fmt: skip
     except Exception as e:  # noqa: BLE001 - every failure is a result of the comparison
@@ -239,6 +233,8 @@ def run_cell(config: str, overrides: Sequence[str], out_dir: str, threads: int |
         error = f"{type(e).__name__}: {' '.join(str(e).split())}"
         return {"status": "diverged" if diverged else "failed", "summary": summary, "error": error,
                 "seconds": time.perf_counter() - t0}  # fmt: skip
+    finally:
+        torch.set_num_threads(before)
 
 
 def _init_worker(threads: int) -> None:
@@ -253,6 +249,8 @@ def _init_worker(threads: int) -> None:
 def _dispatch(cells: list[Cell], jobs: int, threads: int, backend: str, ray_address: str | None):
     """Yield ``(cell, result dict)`` as cells finish, on the chosen backend."""
     args = [(c.config, c.overrides, c.out_dir) for c in cells]
+    if not cells:
+        return
     if backend == "ray":
         yield from _ray_results(cells, args, jobs, threads, ray_address)
         return

@@ -1,9 +1,9 @@
 """The plots of ``ctta compare``, read from each finished cell's ``results.json``.
 
-* ``compare_stream.png`` (continual protocols): accuracy over the stream (the periodic evaluations of
-  ``results.json``'s ``history``; the task-end ones when there are none) per method, the mean over seeds with a band
-  of +/- one standard deviation; the seeds' curves are interpolated onto the evaluation points they share the range
-  of (the points of a Si-Blurry stream differ by seed). One panel per dataset.
+* ``compare_stream.png`` (continual protocols): accuracy over the stream (the periodic and task-end evaluations of
+  ``results.json``'s ``history``, by stream samples) per method, the mean over seeds with a band of +/- one sample
+  standard deviation; the seeds' curves are interpolated onto their evaluation points within the range they share
+  (Si-Blurry's task ends differ by seed). One panel per dataset.
 * ``compare_base_new.png`` (base-to-new few-shot protocols): base / new / HM accuracy bars per method, error bars
   over seeds.
 * ``compare_corruptions.png`` (test-time adaptation over a corruption sequence): top-1 per corruption (one
@@ -39,14 +39,12 @@ def _load(results: Sequence[Any]) -> dict[tuple[str, str], list[dict[str, Any]]]
 
 
 def _curve(res: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    hist = res.get("history") or []
-    for kind in ("periodic", "task_end"):
-        pts = sorted((r["samples"], r["accuracy"]) for r in hist
-                     if r.get("kind") == kind and r.get("accuracy") is not None)  # fmt: skip
-        if pts:
-            xs, ys = zip(*pts)
-            return np.asarray(xs, float), 100 * np.asarray(ys, float)
-    return np.empty(0), np.empty(0)
+    pts = sorted((r["samples"], r["accuracy"]) for r in res.get("history") or []
+                 if r.get("kind") in ("periodic", "task_end") and r.get("accuracy") is not None)  # fmt: skip
+    if not pts:
+        return np.empty(0), np.empty(0)
+    xs, ys = zip(*pts)
+    return np.asarray(xs, float), 100 * np.asarray(ys, float)
 
 
 def band(curves: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
