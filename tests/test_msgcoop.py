@@ -15,11 +15,25 @@ from ctta.clip_prompting.template import MASKED_LOGIT
 from ctta.data.digits import DIGIT_NAMES
 from ctta.registry import STRATEGIES
 from tests import _conformance_cases as cc
-from tests.test_clip_prompt_cl import _Logits
 
 ROOT = Path(__file__).resolve().parents[1]
 DESC = "builtin:digits"
 NAMES = list(DIGIT_NAMES[:4])
+
+
+class _Logits:
+    """Plugin keeping the eval logits."""
+
+    def __init__(self):
+        self.outputs = []
+
+    def __getattr__(self, name):
+        if name.startswith(("before_", "after_")):
+            return lambda strategy, **kw: None
+        raise AttributeError(name)
+
+    def after_eval_iteration(self, strategy, **kw):
+        self.outputs.append(strategy.mb_output.detach().clone())
 
 
 def _strategy(model, tok, plugins=(), **kw):
