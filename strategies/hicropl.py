@@ -40,8 +40,9 @@ Defaults: the official base-to-new config ``vit_b16_c2_ep50_batch32_16ctx`` (Ada
 cross-dataset ``n_ctx 2, depth 6, cross_layer 5, epochs 5``.
 
 Deviations: the image teacher is the run's frozen backbone (the reference loads a second CLIP of ``TEACHER_NAME``,
-ViT-B/16 in every config: same weights); the description teacher runs in the run's precision on any device (the
-reference crashes without a GPU); the mappers follow the run's dtype; ``fp32`` runs work (the reference's fp16 image
+ViT-B/16 in every config: same weights); the description teacher is encoded by the backbone when the model is built
+(fp32 before a CUDA ``prec: fp16`` cast) and its features stay fp32, on any device (the reference crashes without a
+GPU); the mappers follow the run's dtype; ``fp32`` runs work (the reference's fp16 image
 teacher breaks them); inserted prompts are fp16-rounded (``round_prompts``) as the reference's blocks do; text
 encoding is exact-truncated with the shared prefix.
 """
@@ -208,6 +209,13 @@ class HiCroPLModel(PromptedCLIP):
     def set_classnames(self, classnames) -> None:
         super().set_classnames(classnames)
         self.descriptions.set_classnames(classnames)
+
+    def _apply(self, fn, recurse=True):
+        feats = self.descriptions.features
+        out = super()._apply(fn, recurse)
+        dev = self.descriptions.features.device  # the description teacher stays fp32 (the reference's fp32 CLIP)
+        self.descriptions.features = feats.to(device=dev, dtype=torch.float32)
+        return out
 
     def raw_prompts(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """``([T_0..T_{J-1}], [V_0..V_{J-1}])``: the prompt parameters."""

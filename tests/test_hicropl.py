@@ -5,6 +5,7 @@ class-incremental stream; base-to-new end to end."""
 
 from __future__ import annotations
 
+import copy
 from types import SimpleNamespace
 
 import pytest
@@ -96,6 +97,16 @@ def test_fusion_closed_form_functional(tiny):
 def _descs():
     bank = load_descriptions("builtin:digits")
     return [bank[n] for n in NAMES]
+
+
+def test_description_teacher_stays_fp32_under_half(tiny):
+    model, tok = tiny
+    cfg = HiCroPLConfig(**TINY)
+    m = HiCroPLModel(copy.deepcopy(model), tok, NAMES, cfg, load_descriptions("builtin:digits"))
+    before = m.descriptions.features.clone()
+    m.half()  # the template's prec: fp16 on CUDA; the distillation target stays the fp32 teacher's
+    assert m.descriptions.features.dtype == torch.float32 and torch.equal(m.descriptions.features, before)
+    assert m.vpt.dtype == torch.float16
 
 
 def test_init_shared_values_separate_parameters(tiny):
