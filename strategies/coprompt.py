@@ -3,8 +3,8 @@ Vision-Language Models", ICLR 2024, arXiv 2306.01195). Official code: ShuvenduRo
 ``trainers/coprompt.py``, ``trainers/constants.py``, ``train.py`` (MIT; behaviour read, re-implemented on ctta's
 prompting core, no code copied; spec ``clip-prompt-learners.md`` sections 4, 23.1).
 
-Model: MaPLe's compound prompts (as ``ctta.strategies.maple``: context, J-1 deep text prompts, the core's linear
-couplings ``MaPLeCoupling`` to the vision tower) plus two bottleneck adapters on the joint embedding
+Model: MaPLe's compound prompts (``ctta.clip_prompting.compound``: context, J-1 deep text prompts, linear couplings
+to the vision tower) plus two bottleneck adapters on the joint embedding
 (``ctta.clip_prompting.adapters``), mixed as ``0.1 * A_img(f) + 0.9 * f`` and ``0.2 * A_txt(g) + 0.8 * g``, then
 normalised; logits ``scale * f @ g.T``. Each training image comes as two independently augmented views (``TwoViews``):
 view 1 feeds the prompted model, view 2 only the frozen CLIP image tower. Loss::
@@ -37,15 +37,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from avalanche.benchmarks.utils.transforms import MultiParamTransform
-from torch import nn
 
 from ctta.clip_prompting.adapters import BottleneckAdapter, ResidualMix
-from ctta.clip_prompting.coupling import MaPLeCoupling
+from ctta.clip_prompting.compound import CompoundPromptedCLIP
 from ctta.clip_prompting.descriptions import DescriptionBank, load_descriptions
-from ctta.clip_prompting.model import PromptedCLIP
 from ctta.clip_prompting.template import PromptLearnerConfig, PromptLearnerTemplate, init_generator
-from ctta.clip_prompting.text import context_init
-from ctta.clip_prompting.vision import encode_image, vision_width
+from ctta.clip_prompting.vision import encode_image
 from ctta.fields import ranged
 from ctta.losses import cosine_consistency
 from ctta.registry import STRATEGIES
@@ -92,12 +89,10 @@ def apply_dataset_table(cfg: CoPromptConfig) -> CoPromptConfig:
     return dataclasses.replace(cfg, **over)
 
 
-class CoPromptModel(PromptedCLIP):
+class CoPromptModel(CompoundPromptedCLIP):
     """MaPLe's prompts (``ctx``, ``deep_text``, ``coupling``) + ``adapter_image`` / ``adapter_text`` (``ResidualMix``
     of a ``BottleneckAdapter``) and the description ``teacher`` (per-index bank). Training forwards keep the
     normalised features in ``self.features``."""
-
-    context_is_the_prompt = False  # TPT tunes the deep and coupled prompts and the adapters too
 
     def __init__(self, clip_model, tokenizer, classnames, cfg: CoPromptConfig, *, generator=None) -> None:
         if cfg.distill not in ("cosine", "mse"):
@@ -107,18 +102,10 @@ class CoPromptModel(PromptedCLIP):
                              "ShuvenduRoy/CoPrompt gpt_file/<stem>_prompt.json) or builtin:digits")
         texts = load_descriptions(cfg.descriptions, "coprompt", cfg.dataset)
         init = cfg.ctx_init if cfg.n_ctx <= len(cfg.ctx_init.split()) else ""  # beyond the phrase: random
-        layout, ctx0 = context_init(clip_model, tokenizer, init, cfg.n_ctx, generator=generator)
-        super().__init__(clip_model, tokenizer, classnames, layout, truncate=cfg.truncate,
-                         round_prompts=cfg.round_prompts)  # fmt: skip
-        n_layers = min(len(clip_model.transformer.resblocks), len(clip_model.visual.transformer.resblocks))
-        if not 1 <= cfg.depth <= n_layers:
-            raise ValueError(f"depth must be in 1..{n_layers} (layers of the towers), got {cfg.depth}")
-        n, d = ctx0.shape
-        self.ctx = nn.Parameter(ctx0.to(self.text.cast_dtype))
-        self.deep_text = nn.ParameterList(
-            nn.Parameter(torch.randn(n, d, generator=generator) * 0.02) for _ in range(cfg.depth - 1)
-        )
-        self.coupling = MaPLeCoupling(d, vision_width(clip_model), cfg.depth, generator=generator)
+        super().__init__(
+            clip_model, tokenizer, classnames, n_ctx=cfg.n_ctx, ctx_init=init, depth=cfg.depth,
+            truncate=cfg.truncate, round_prompts=cfg.round_prompts, generator=generator,
+        )  # fmt: skip
         dim = clip_model.text_projection.shape[-1]
         self.adapter_image = ResidualMix(BottleneckAdapter(dim, cfg.adapter_reduction, generator=generator),
                                          cfg.image_mix)  # fmt: skip
@@ -126,12 +113,6 @@ class CoPromptModel(PromptedCLIP):
                                         cfg.text_mix)  # fmt: skip
         self.teacher = DescriptionBank(clip_model, tokenizer, texts, classnames, reduce="index")
         self.features: dict[str, torch.Tensor] = {}
-
-    def prompts(self):
-        """``(ctx, [P_i], V_0, [V_i])``: MaPLe's compound prompts."""
-        deep = list(self.deep_text)
-        v0, vs = self.coupling(self.ctx, deep)
-        return self.ctx, deep, v0, vs
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         ctx, deep, v0, vs = self.prompts()

@@ -60,6 +60,18 @@ def test_context_init_rule(tiny):
     assert rand.text.layout == [5] and float(rand.ctx.detach().std()) < 0.05  # N(0, 0.02^2) beyond the phrase
 
 
+def test_compound_prompts_start_where_maples_do(tiny):
+    from ctta.strategies.maple import MaPLeConfig, MaPLeModel
+
+    model, tok = tiny
+    gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    ours = CoPromptModel(model, tok, NAMES, CoPromptConfig(depth=2, descriptions=DESC), generator=gen())
+    maple = MaPLeModel(model, tok, NAMES, MaPLeConfig(depth=2), generator=gen())
+    for name, p in maple.named_parameters():
+        if p.requires_grad:
+            assert torch.equal(p, dict(ours.named_parameters())[name]), name
+
+
 def test_adapted_logits_closed_form(tiny):
     model, tok = tiny
     torch.manual_seed(0)

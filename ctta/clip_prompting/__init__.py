@@ -18,7 +18,8 @@
 * ``descriptions``: per-class LLM description files in the official formats (CoPrompt's / HiCroPL's ``gpt_file``
   JSON, MSGCoOp's description JSON) and ``DescriptionBank``, the frozen-CLIP text classifier built from them (mean
   and per-index banks); ``adapters``: CoPrompt's bottleneck adapters, RESTORE's FFN calibrators and ``ResidualMix``
-  (their mix ratio); wave 2 (CoPrompt, HiCroPL, MSGCoOp, RESTORE);
+  (their mix ratio); ``compound``: MaPLe's compound prompts on the prompted CLIP (CoPrompt; RESTORE and MaPLe
+  set up the same); wave 2 (CoPrompt, HiCroPL, MSGCoOp, RESTORE);
 * ``optim``: SGD and the warm-up + cosine per-epoch schedule of the Dassl-based references;
 * ``template``: ``PromptLearnerTemplate``, the Avalanche template of the family on ctta's ``EpochTemplate`` (schedule,
   precision switch, base/new and class-incremental text heads);

@@ -1,0 +1,64 @@
+"""MaPLe's compound prompts on the prompted CLIP: a text context, J-1 deep text prompts and the linear couplings that
+map them to the vision tower, the prompt set CoPrompt and RESTORE build on.
+
+Paper: MaPLe (Khattak et al., CVPR 2023, arXiv 2210.03117) eq. 5-6. Reference (behaviour read, re-implemented, no
+code copied): muzairkhattak/multimodal-prompt-learning@69bce21 ``trainers/maple.py:MultiModalPromptLearner``, and its
+copies in ShuvenduRoy/CoPrompt@a2a6c12 and Yaphabates/RESTORE_@4c64a17 (spec ``clip-prompt-learners.md`` 23.1-23.2).
+
+Shared with wave 2: CoPrompt uses it; RESTORE (and MaPLe itself, ``ctta.strategies.maple``, whose ``MaPLeModel`` sets
+up the same attributes) may move onto it. ``CompoundPromptedCLIP`` sets ``ctx`` ``(n, D)`` (the first ``n_ctx`` words
+of ``ctx_init``, the text keeping the whole phrase, or N(0, 0.02^2) without words), ``deep_text[i]`` ``(n, D)``
+(N(0, 0.02^2)) and ``coupling`` (``MaPLeCoupling``), the parameter names of ``MaPLeModel``; ``prompts()`` returns
+``(ctx, [P_i], V_0, [V_i])``. The depth J must fit both towers.
+
+Deviations: none beyond MaPLe's (see ``ctta.strategies.maple``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ctta.clip_prompting.coupling import MaPLeCoupling
+from ctta.clip_prompting.model import PromptedCLIP
+from ctta.clip_prompting.text import context_init
+from ctta.clip_prompting.vision import vision_width
+
+__all__ = ["CompoundPromptedCLIP"]
+
+
+class CompoundPromptedCLIP(PromptedCLIP):
+    """Frozen CLIP + MaPLe's compound prompts (``ctx``, ``deep_text``, ``coupling``).
+
+    Args:
+        clip_model, tokenizer, classnames: as ``PromptedCLIP``.
+        n_ctx: context tokens.
+        ctx_init: init words (``""``: random context).
+        depth: J, the input layer plus J-1 deep layers (both towers).
+        truncate, round_prompts: as ``PromptedCLIP``.
+        generator: RNG of the random initialisations (None: the global one).
+    """
+
+    context_is_the_prompt = False  # TPT tunes the deep and coupled prompts too
+
+    def __init__(
+        self, clip_model, tokenizer, classnames, *, n_ctx: int, ctx_init: str, depth: int, truncate: bool = True,
+        round_prompts: bool = True, generator: torch.Generator | None = None,
+    ) -> None:  # fmt: skip
+        layout, ctx0 = context_init(clip_model, tokenizer, ctx_init, n_ctx, generator=generator)
+        super().__init__(clip_model, tokenizer, classnames, layout, truncate=truncate, round_prompts=round_prompts)
+        n_layers = min(len(clip_model.transformer.resblocks), len(clip_model.visual.transformer.resblocks))
+        if not 1 <= depth <= n_layers:
+            raise ValueError(f"depth must be in 1..{n_layers} (layers of the towers), got {depth}")
+        n, d = ctx0.shape
+        self.ctx = nn.Parameter(ctx0.to(self.text.cast_dtype))
+        self.deep_text = nn.ParameterList(
+            nn.Parameter(torch.randn(n, d, generator=generator) * 0.02) for _ in range(depth - 1)
+        )
+        self.coupling = MaPLeCoupling(d, vision_width(clip_model), depth, generator=generator)
+
+    def prompts(self):
+        """``(ctx, [P_i], V_0, [V_i])``."""
+        deep = list(self.deep_text)
+        v0, vs = self.coupling(self.ctx, deep)
+        return self.ctx, deep, v0, vs
