@@ -20,10 +20,11 @@ independent N(0, 0.02^2) contexts of ``n_ctx`` tokens per prompt (class-specific
 
 Deviations: any ``ctx_init`` words are used (the reference hard-codes "a photo of a" for any true value; the default
 is that phrase); the teacher shares the frozen backbone and computes in the run's precision, then rounds to fp16
-(``teacher_fp16``; the reference runs a second CLIP in fp16); the built-but-never-trained modules (``meta_net``,
-``adapter``, ``bias_vectors``) are not built, so the RNG stream differs from the reference's; CPU works (the
-reference's ``.cuda()`` calls crash without a GPU) and ``amp`` works (the reference's crashes); text truncated at the
-longest EOT with the shared prefix encoded once (exact; ``truncate: false`` is the 77-token path).
+(``teacher_fp16``; the reference runs a second CLIP in fp16) and is computed lazily, when the loss first needs it for
+a class set (evaluation on classes without descriptions needs none); the built-but-never-trained modules
+(``meta_net``, ``adapter``, ``bias_vectors``) are not built, so the RNG stream differs from the reference's; CPU works
+(the reference's ``.cuda()`` calls crash without a GPU) and ``amp`` works (the reference's crashes); text truncated at
+the longest EOT with the shared prefix encoded once (exact; ``truncate: false`` is the 77-token path).
 """
 
 from __future__ import annotations
