@@ -205,7 +205,8 @@ class Recorder(SupervisedPlugin, supports_distributed=True):
 CONTRACT_OVERRIDES = ("log.progress=false", "device=cpu")
 # Per episodic test-time method, the overrides of its no-adaptation run (zero-shot): the contract checks that
 # adapting changes every sample's prediction, so a method that never takes a step fails it.
-NO_ADAPTATION = {"tpt": ("strategy.tta_steps=0",), "difftpt": ("strategy.tta_steps=0",)}
+NO_ADAPTATION = {"tpt": ("strategy.tta_steps=0",), "difftpt": ("strategy.tta_steps=0",),
+                 "tfup": ("strategy.alpha=0",), "tfup_t": ("strategy.epochs=0", "strategy.ratio_alpha=0")}
 
 
 @dataclass
@@ -264,7 +265,8 @@ def run_contract(path: Path, out: Path, overrides=()) -> ContractRun:
 def check_contract(run: ContractRun) -> None:
     """Trains (or adapts), loss finite, backbone bit-identical, only trainable parameters change, outputs written."""
     ctx, model = run.ctx, run.ctx.strategy.model
-    assert run.trainable, "strategy has no trainable parameters"
+    # a training-free method (TFUP: its cache is built, not trained) declares it; its predictions must still adapt
+    assert run.trainable or getattr(ctx.strategy, "training_free", False), "strategy has no trainable parameters"
     for k, v in _state(ctx.backbone).items():
         assert torch.equal(v, run.backbone_before[k]), f"backbone tensor {k} changed"
     before = run.params_before
