@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ctta.prompts import PromptPool
+from ctta.prompts import PromptPool, fit_prompt_layers
 from ctta.registry import STRATEGIES
 from ctta.templates.prompt_er import PromptERConfig, PromptERTemplate, cls_position, make_head
 
@@ -42,7 +42,8 @@ class DualPromptConfig(PromptERConfig):
         pool_size: E-prompt pool size.
         g_layers: layers receiving G-prompt tokens.
         g_length: G tokens per layer.
-        e_layers: layers receiving E-prompt tokens.
+        e_layers: layers receiving E-prompt tokens. The default layers (0, 1) and (2, 3, 4) are cut to a shallower
+            ViT's depth (``ctta.prompts.layers``: depth 4 gives E on (2, 3)).
         e_length: E tokens per layer.
         pull_weight: weight of the key pull loss mean(1 - cos(q, k_selected)).
     """
@@ -68,10 +69,9 @@ class DualPromptModel(nn.Module):
     def __init__(self, backbone, num_classes, pool_size=10, g_layers=(0, 1), g_length=5, e_layers=(2, 3, 4),
                  e_length=20, pull_weight=1.0) -> None:  # fmt: skip
         super().__init__()
-        layers = (*g_layers, *e_layers)
-        bad = [i for i in layers if not 0 <= i < backbone.depth]
-        if bad or len(set(g_layers)) != len(g_layers) or g_length < 1:
-            raise ValueError(f"DualPrompt layers must be distinct and in [0, {backbone.depth}); got {layers}")
+        g_layers, e_layers = fit_prompt_layers("DualPrompt", g_layers, e_layers, backbone.depth)  # paper layout cut
+        if len(set(g_layers)) != len(g_layers) or g_length < 1:
+            raise ValueError(f"DualPrompt: g_layers must be distinct and g_length >= 1; got {g_layers}, {g_length}")
         self.backbone = backbone.requires_grad_(False)
         d = backbone.embed_dim
         self.g_layers, self.g_length = tuple(g_layers), int(g_length)

@@ -25,6 +25,7 @@ Deviations from the reference code (results unchanged unless stated):
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -34,6 +35,7 @@ from torch import nn
 
 from ctta import distributed
 from ctta.fields import ranged
+from ctta.prompts.layers import fit_prompt_layers
 from ctta.prompts.pool import PoolSelection, PromptPool
 from ctta.registry import STRATEGIES
 from ctta.templates import OnlineCLTemplate
@@ -65,7 +67,8 @@ class MVPConfig:
         eval_batch_size: evaluation mini-batch size.
         pool_size: P, number of (key, E-prompt) pairs (10, not tied to the number of tasks).
         g_layers, g_length: layers and tokens per layer of the shared G prompt.
-        e_layers, e_length: layers and tokens per layer of the selected E prompt.
+        e_layers, e_length: layers and tokens per layer of the selected E prompt. The default layers (0, 1) and
+            (2, 3, 4) are cut to a shallower ViT's depth (``ctta.prompts.layers``: depth 4 gives E on (2, 3)).
         use_mask, use_contrastiv, use_afs, use_gsf: the four official loss/model flags.
         alpha, gamma: GSF weights; margin: AFS margin.
         query_use_last_layer: query from all blocks + final norm (default: 11 blocks, no norm).
@@ -223,9 +226,9 @@ class MVPModel(nn.Module):
     def __init__(self, backbone: nn.Module, num_classes: int, cfg: MVPConfig | None = None) -> None:
         super().__init__()
         cfg = cfg if cfg is not None else MVPConfig()
-        layers = (*cfg.g_layers, *cfg.e_layers)
-        if any(not 0 <= i < backbone.depth for i in layers):
-            raise ValueError(f"prompt layers {layers} must lie in [0, depth={backbone.depth})")
+        g, e = fit_prompt_layers("MVP", cfg.g_layers, cfg.e_layers, backbone.depth)  # paper layout cut to the depth
+        if (g, e) != (tuple(cfg.g_layers), tuple(cfg.e_layers)):
+            cfg = dataclasses.replace(cfg, g_layers=g, e_layers=e)
         self.backbone = backbone.requires_grad_(False)
         self.cfg = cfg
         self.mvp = MVPParameters(backbone.embed_dim, num_classes, cfg)

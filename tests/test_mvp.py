@@ -26,7 +26,7 @@ from ctta.data.digits import TensorImageDataset
 from ctta.data.replay import ReservoirMemory
 from ctta.evaluation import anytime_metric
 from ctta.prompts.pool import PromptPool
-from tests.conftest import TINY_VIT
+from tests.helpers import TINY_VIT
 
 TINY = {k: v for k, v in TINY_VIT.items() if k not in ("model", "pretrained")}
 
@@ -289,7 +289,7 @@ def test_bad_config_raises():
     with pytest.raises(ValueError, match="cvpt_negatives"):
         MVPConfig(cvpt_negatives="diagonal")
     with pytest.raises(ValueError, match="prompt layers"):
-        MVPModel(PromptedViT(create_vit("vit_tiny_patch16_224", pretrained=False, **{**TINY, "depth": 3})), 5)
+        MVPModel(PromptedViT(create_vit("vit_tiny_patch16_224", pretrained=False, **{**TINY, "depth": 2})), 5)
 
 
 def test_mvp_step_depth_is_pinned(backbone, monkeypatch):

@@ -24,6 +24,7 @@ from ctta.templates.exposure import LabelExposure
 from ctta.templates.replay import ReplayComposition
 from ctta.templates.sharding import ShardedTraining
 from ctta.templates.state import ResumableState
+from ctta.templates.stream_order import StreamOrder
 from ctta.utils import autocast, resolve_device, trainable_parameters
 
 __all__ = ["OnlineConfig", "OnlineCLTemplate", "as_prompted_vit"]
@@ -65,7 +66,8 @@ def as_prompted_vit(model: nn.Module) -> nn.Module:
 
 
 class OnlineCLTemplate(
-    StrategyBase, LabelExposure, ReplayComposition, ResumableState, ShardedTraining, AvalancheSupervised
+    StrategyBase, LabelExposure, StreamOrder, ReplayComposition, ResumableState, ShardedTraining,
+    AvalancheSupervised,
 ):
     """Online class-incremental template: ``online_iters`` updates per incoming batch, in stream order.
 
