@@ -20,6 +20,11 @@ as ``train.py`` merges it after everything else, the per-dataset table of ``trai
 (non-official). Context init: the first ``n_ctx`` words of "a photo of a" when ``n_ctx`` <= its word count (the text
 keeps the whole phrase), else N(0, 0.02^2).
 
+Trainable parameters on ViT-B/16 (``tests/test_coprompt.py``): 3,817,216 at the yaml defaults (MaPLe's published
+3.55M = 3,555,072, plus 2 x 131,072 adapter weights); with the table: 5,014,528 (J 12, n_ctx 4: ImageNet, Caltech101,
+Cars, SUN397, UCF101), 5,002,240 (J 12, n_ctx 2: Pets, DTD, EuroSAT), 3,826,432 (J 9, n_ctx 4: Flowers, Food101,
+Aircraft). No count is published with the paper or the official code.
+
 Deviations: the reference's random crop-free RandAugment train transform is the scenario's (two views of whatever
 train transform the benchmark has); the teacher shares the frozen backbone (the reference builds a second CLIP:
 same weights) and the description bank is computed lazily, when the loss first needs it for a class set; J larger
