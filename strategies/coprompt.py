@@ -23,7 +23,7 @@ keeps the whole phrase), else N(0, 0.02^2).
 Trainable parameters on ViT-B/16 (``tests/test_coprompt.py``): 3,817,216 at the yaml defaults (MaPLe's published
 3.55M = 3,555,072, plus 2 x 131,072 adapter weights); with the table: 5,014,528 (J 12, n_ctx 4: ImageNet, Caltech101,
 Cars, SUN397, UCF101), 5,002,240 (J 12, n_ctx 2: Pets, DTD, EuroSAT), 3,826,432 (J 9, n_ctx 4: Flowers, Food101,
-Aircraft). No count is published with the paper or the official code.
+Aircraft). No published count was found to compare with (spec section 4 lists none).
 
 Deviations: the reference's random crop-free RandAugment train transform is the scenario's (two views of whatever
 train transform the benchmark has); the teacher shares the frozen backbone (the reference builds a second CLIP:

@@ -18,7 +18,8 @@ get identical gradients and stay identical, so the ensemble is one CoOp prompt a
 its maximum 1 with zero gradient. ``ctx_init: ""`` is the official ``CTX_INIT False`` path, the paper's intent:
 independent N(0, 0.02^2) contexts of ``n_ctx`` tokens per prompt (class-specific with ``csc``); non-official results.
 
-Trainable parameters on ViT-B/16: 8,192 (4 contexts x 4 tokens x 512; ``tests/test_coprompt.py``); none published.
+Trainable parameters on ViT-B/16: 8,192 (4 contexts x 4 tokens x 512; ``tests/test_coprompt.py``); no published
+count was found.
 
 Deviations: any ``ctx_init`` words are used (the reference hard-codes "a photo of a" for any true value; the default
 is that phrase); the teacher shares the frozen backbone and computes in the run's precision, then rounds to fp16
