@@ -27,6 +27,13 @@ the loss CE + w * (text + image) consistency (description row fixed by seed, vie
 ctta's core in ours, loss CE + 8 * score + 1 * orthogonality. Both paths compute the same full loss. Measured in the
 smallest setting only (ctta-tiny-clip, 20 classes, batch 4, CPU, 1 thread, heavily loaded shared machine): CoPrompt
 x2.26 CPU time, x8.7 activation memory; MSGCoOp x6.8, x12.8; first-step losses identical (ViT-B/16 not run).
+
+``--methods restore hicropl``: RESTORE (Yaphabates/RESTORE_@4c64a17; MaPLe J = 9 + calibrators, loss CE +
+feature-shift consistency) and HiCroPL (zzeoZheng/HiCroPL@2c2b2f2 at its smallest official setting, cross-dataset
+n_ctx 2, J 6, k 5; CE + 12 * the two cosine distillations) run their own forward, the reference path with the 77-token
+text tower swapped in. ViT-B/16 random weights, 100 classes, batch 4, CPU, 1 thread, one step after one warm-up,
+loaded shared machine: RESTORE 23.8 s -> 6.2 s CPU time (x3.85), 3,002 -> 651 MB (x4.61); HiCroPL 24.7 s -> 7.5 s
+(x3.29), 2,944 -> 593 MB (x4.97); tiny CLIP (20 classes): x2.44 / x8.1 and x2.18 / x8.9; first-step losses identical.
 """
 
 from __future__ import annotations
