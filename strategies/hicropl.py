@@ -39,6 +39,11 @@ Defaults: the official base-to-new config ``vit_b16_c2_ep50_batch32_16ctx`` (Ada
 5e-4 coupled, batch 32, 50 epochs, n_ctx 16, J 12, k 6, lambd 12, test batch 500, fp16); ImageNet ``ep40_batch128``;
 cross-dataset ``n_ctx 2, depth 6, cross_layer 5, epochs 5``.
 
+Trainable parameters on ViT-B/16 (the reference's 11J + 36 tensors, every one flagged trainable): base-to-new (n_ctx
+16, J 12, k 6) 168 tensors, 33,431,040 values, of which the 2J prompts (245,760) receive gradients in the official
+mapping (the mappers 12.7M, pooling nets 20.5M and proxies never change); cross-dataset (n_ctx 2, J 6, k 5) 102
+tensors, 20,316,416 values, 15,360 with gradients. No published count found to compare with.
+
 Deviations: the image teacher is the run's frozen backbone (the reference loads a second CLIP of ``TEACHER_NAME``,
 ViT-B/16 in every config: same weights); the description teacher is encoded by the backbone when the model is built
 (fp32 before a CUDA ``prec: fp16`` cast) and its features stay fp32, on any device (the reference crashes without a

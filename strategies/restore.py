@@ -27,6 +27,9 @@ Defaults: ``MaPLe_FSA/vit_b16_c2_ep5_batch4_2ctx.yaml`` (n_ctx 2, J = 9, SGD lr 
 file name says 5) with ``train.py``'s ratios (0.1, 0.1, fs 1.0: ``reset_cfg`` always overwrites the yaml's); the
 per-dataset ratios of ``run_maple_fsa.sh`` are in ``configs/fewshot/restore_b2n.yaml``. Selection: last epoch.
 
+Trainable parameters on ViT-B/16 (J = 9, n_ctx 2): 39 tensors (3J + 12, as the reference's), 7,756,544 values:
+MaPLe's 3,555,072 (MaPLe's published 3.55M) + the two calibrators' 4,201,472 (no published RESTORE count found).
+
 Shared pieces: ``FeatureCalibrator`` and ``ResidualMix`` (``ctta.clip_prompting.adapters``, shared with CoPrompt).
 
 Deviations: the calibrators follow the run's dtype (fp16 on CUDA with ``prec: fp16``, else fp32) instead of fp16
