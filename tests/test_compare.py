@@ -162,3 +162,13 @@ def test_ray_backend_on_a_local_instance(tmp_path):
     res = compare(grid, tmp_path, jobs=1, threads=1, backend="ray", verbose=False).results
     assert [(r.status, r.action) for r in res] == [("finished", "ran")]
     assert (Path(res[0].cell.out_dir) / "results.json").is_file() and (tmp_path / "table.md").is_file()
+
+
+def test_a_cell_whose_config_does_not_load_fails_without_running(tmp_path):
+    grid = make_grid([{"name": "typo", "config": VPT, "overrides": ["strategy.no_such_key=1"]}])
+    res = compare(grid, tmp_path, verbose=False)
+    [r] = res.results
+    assert (r.status, r.action) == ("failed", "skipped") and "no_such_key" in r.error
+    assert not Path(r.cell.out_dir).exists()  # nothing ran
+    assert "no cell finished" in res.table and "typo - seed1" in res.table
+    assert "failed" in (tmp_path / "cells.csv").read_text().splitlines()[1]

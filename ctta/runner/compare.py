@@ -333,8 +333,11 @@ def compare(grid: Grid, out: str | Path = "runs/compare", jobs: int = 1, threads
     results = {c: _known(c) for c in cells}
     todo = [c for c, r in results.items() if r is None]
     say = print if verbose else (lambda *a, **k: None)
-    say(f"ctta compare: {len(cells)} cells, {len(cells) - len(todo)} already done; running {len(todo)} "
-        f"({jobs} at once, {threads} thread(s) each, {backend})")  # fmt: skip
+    bad = sum(bool(c.error) for c in cells)
+    say(f"ctta compare: {len(cells)} cells, {len(cells) - len(todo) - bad} finished earlier, {bad} with config errors; "
+        f"running {len(todo)} ({jobs} at once, {threads} thread(s) each, {backend})")  # fmt: skip
+    for c in (c for c in cells if c.error):
+        say(f"  {_describe(results[c])}")
     for i, (cell, res) in enumerate(_dispatch(todo, jobs, threads, backend, ray_address), 1):
         results[cell] = CellResult(cell, res["status"], "ran", res["summary"], res["error"], res["seconds"])
         say(f"[{i}/{len(todo)}] {_describe(results[cell])}")
