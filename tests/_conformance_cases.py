@@ -220,6 +220,11 @@ SPECS: dict[str, Spec] = {
     ),
     "coop": Spec("epoch", clip=True, method_kwargs=dict(n_ctx=2, ctx_init="", lr=0.01, prec="fp32"), misspelt="n_ctxx"),
     "mcm": Spec("epoch", clip=True, method_kwargs=dict(lr=0.01, prec="fp32"), misspelt="temperatur"),
+    "lapt": Spec(
+        "epoch", clip=True, misspelt="n_negativs",
+        method_kwargs=dict(lr=0.01, prec="fp32", n_negatives=4, n_negatives_train=3, groups=2,
+                           nouns=("shirt", "coat", "bag", "tree"), adjectives=("red", "small")),
+    ),
     "neglabel": Spec(
         "epoch", clip=True, misspelt="n_negativs",
         method_kwargs=dict(lr=0.01, prec="fp32", n_negatives=4, groups=2, nouns=("shirt", "coat", "bag", "tree"),
