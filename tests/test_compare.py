@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from ctta.runner.cli import make_parser
-from ctta.runner.compare import compare, expand, grid_from_args, make_grid
-from ctta.runner.compare_plots import band, corruption_accuracies
+from ctta.runner.compare import Cell, CellResult, compare, expand, grid_from_args, make_grid
+from ctta.runner.compare_plots import band, corruption_accuracies, write_plots
 from ctta.runner.compare_tables import aggregate, latex, markdown, mean_std, terminal
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke"
@@ -172,3 +172,23 @@ def test_a_cell_whose_config_does_not_load_fails_without_running(tmp_path):
     assert not Path(r.cell.out_dir).exists()  # nothing ran
     assert "no cell finished" in res.table and "typo - seed1" in res.table
     assert "failed" in (tmp_path / "cells.csv").read_text().splitlines()[1]
+
+
+def _fake(tmp_path, method, seed, results):
+    folder = tmp_path / method / f"seed{seed}"
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps(results))
+    return CellResult(Cell(method, "c.yaml", "digits", "", seed, (), str(folder)), "finished", "ran")
+
+
+def test_each_protocol_gets_its_plot(tmp_path):
+    stream = {"history": [{"kind": "periodic", "samples": 10, "accuracy": 0.5},
+                          {"kind": "task_end", "samples": 20, "accuracy": 0.6}]}  # fmt: skip
+    b2n = {"summary": {"base_acc": 0.8, "new_acc": 0.6, "hm": 0.69}, "history": [{"kind": "train_epoch"}]}
+    tta = {"config": {"scenario": {"corruptions": ["fog"], "severities": [5]}},
+           "last_metrics": {"Top1_Acc_Exp/eval_phase/test_stream/Exp000": 0.4}, "history": [{"kind": "sample"}]}
+    made = write_plots(tmp_path, [_fake(tmp_path, "vpt", 1, stream), _fake(tmp_path, "vpt", 2, stream)])
+    assert set(made) == {"stream plot"} and (tmp_path / "compare_stream.png").is_file()
+    made = write_plots(tmp_path, [_fake(tmp_path, "coop", 1, b2n), _fake(tmp_path, "tpt", 1, tta)])
+    assert set(made) == {"base/new plot", "corruption plot"}
+    assert all(p.stat().st_size > 0 for p in made.values())
