@@ -263,8 +263,12 @@ def _dispatch(cells: list[Cell], jobs: int, threads: int, backend: str, ray_addr
     with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_init_worker,
                              initargs=(threads,)) as pool:  # fmt: skip
         futures = {pool.submit(run_cell, *a): c for c, a in zip(cells, args)}
-        for f in as_completed(futures):
-            yield futures[f], f.result()
+        try:
+            for f in as_completed(futures):
+                yield futures[f], f.result()
+        except BaseException:  # interrupted: start no further cell (the unfinished ones rerun next time)
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
 
 
 def _ray_results(cells: list[Cell], args: list[tuple], jobs: int, threads: int, address: str | None):
