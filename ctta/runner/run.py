@@ -122,6 +122,8 @@ def _build(cfg: RunConfig, strategy_cls, out: Path, run_id: str, main: bool, is_
         plugins.append(CheckpointPlugin(out / "checkpoints", cfg.log.checkpoint_every, run_id=run_id,
                                         fingerprint=fingerprint))  # fmt: skip
     strategy = build_strategy(cfg, bench, backbone, evaluator, plugins)
+    if not is_tta:  # epoch templates pass over the stream train_epochs times (online ones once)
+        progress.bar.total = _stream_size(stream) * max(1, int(strategy.train_epochs))
     if not is_tta and is_main_rank:
         warn_batch_exceeds_experiences(strategy, stream)
     ctx = RunContext(cfg, out, bench, backbone, strategy, evaluator, progress, is_tta, t0, outputs=main)
