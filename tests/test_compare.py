@@ -170,7 +170,7 @@ def test_a_cell_whose_config_does_not_load_fails_without_running(tmp_path):
     [r] = res.results
     assert (r.status, r.action) == ("failed", "skipped") and "no_such_key" in r.error
     assert not Path(r.cell.out_dir).exists()  # nothing ran
-    assert "no cell finished" in res.table and "typo - seed1" in res.table
+    assert "no cell finished" in res.table and "typo digits seed1" in res.table  # the file's dataset
     assert "failed" in (tmp_path / "cells.csv").read_text().splitlines()[1]
 
 

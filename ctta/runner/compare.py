@@ -165,10 +165,22 @@ def _cell(m: Method, ds: str | None, var: tuple[str, ...], seed: int, ovr: tuple
         folder = Path(default_out_dir(cfg, m.label)).relative_to("runs")  # <label>/<dataset>/seed<seed>
         ds, error = folder.parts[1], ""
     except (ValueError, FileNotFoundError) as e:  # ConfigError among them: the cell fails, the grid goes on
-        folder, ds, error = Path(m.label, ds or "-", f"seed{seed}"), ds or "-", f"{type(e).__name__}: {e}"
+        ds, error = ds or _file_dataset(m.config), f"{type(e).__name__}: {e}"
+        folder = Path(m.label, ds, f"seed{seed}")
     if variant:
         folder = folder.parent / variant.replace("/", "_") / folder.name
     return Cell(m.label, str(Path(m.config).resolve()), ds, variant, seed, ovr, str(out / folder), error)
+
+
+def _file_dataset(path: str) -> str:
+    """The ``scenario.dataset`` a config file names (read without validation), ``-`` if none can be read."""
+    from ctta.runner.config import read_yaml
+
+    try:
+        scenario = read_yaml(path).get("scenario")
+    except (ValueError, OSError):
+        return "-"
+    return str(scenario.get("dataset") or "-") if isinstance(scenario, Mapping) else "-"
 
 
 def _run_overrides(overrides: Sequence[str], out_dir: str) -> list[str]:
