@@ -93,7 +93,7 @@ class OGENModel(ContextModel):
 
     def set_statistics(self, feats: torch.Tensor, labels: torch.Tensor, k: int) -> None:
         """Per-class mean / std of ``feats`` (N, E) and each class's ``k`` nearest classes (cosine of the means)."""
-        for c in range(len(self.mean)):
+        for c in labels.unique().tolist():  # classes without images (class-incremental streams) keep their values
             fc = feats[labels == c]
             self.mean[c], self.std[c] = fc.mean(0), (fc.std(0) if len(fc) > 1 else torch.zeros_like(fc[0]))
         sim = cosine(self.mean, self.mean).fill_diagonal_(-2.0)
@@ -136,6 +136,8 @@ class OGEN(OODPromptLearnerTemplate):
     def build_model(self, backbone, experience):
         from ctta.clip_prompting.model import clip_parts
 
+        if not self._classnames:
+            return super().build_model(backbone, experience)  # the error naming classnames
         clip_model, tokenizer = clip_parts(backbone, self._tokenizer, require_tokenizer="OGEN")
         return self.build_prompted(clip_model, tokenizer, list(self._classnames), self.cfg, self._new)
 

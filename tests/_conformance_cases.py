@@ -225,6 +225,10 @@ SPECS: dict[str, Spec] = {
         method_kwargs=dict(lr=0.01, prec="fp32", n_negatives=4, n_negatives_train=3, groups=2,
                            nouns=("shirt", "coat", "bag", "tree"), adjectives=("red", "small")),
     ),
+    "ogen": Spec(
+        "epoch", clip=True, misspelt="neighbors",
+        method_kwargs=dict(lr=0.01, prec="fp32", new_classnames=("shirt", "coat", "bag", "boot")),
+    ),
     "neglabel": Spec(
         "epoch", clip=True, misspelt="n_negativs",
         method_kwargs=dict(lr=0.01, prec="fp32", n_negatives=4, groups=2, nouns=("shirt", "coat", "bag", "tree"),
