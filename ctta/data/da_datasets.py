@@ -25,20 +25,23 @@ VISDA_CLASSES = ("aeroplane", "bicycle", "bus", "car", "horse", "knife", "motorc
 SHIFT_SEVERITY = 5  # severity of the generated digits shift
 
 
-def _check_domain(entry, domain: str) -> None:
+def _check_domain(entry, domain: str) -> str:
+    """``domain`` if the entry lists it (``""``: the first listed domain), else ``ValueError`` naming the valid ones."""
     domains = entry.extra.get("domains", ())
+    domain = domain or (domains[0] if domains else "")
     if domains and domain not in domains:
         raise ValueError(f"{entry.title}: unknown domain {domain!r}; valid: {list(domains)}")
+    return domain
 
 
 def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
-def load_domain_folders(entry, root, domain: str, **_) -> dict[str, list[tuple]]:
+def load_domain_folders(entry, root, domain: str = "", **_) -> dict[str, list[tuple]]:
     """Office-Home / Office-31: ``<folder>/<domain>/<class>/<image>``; train = test = the whole domain."""
-    _check_domain(entry, domain)
-    base = entry.require(entry.locate(root) / domain, f"domain {domain!r}")
+    domain = _check_domain(entry, domain)
+    base = entry.require(entry.require(entry.locate(root)) / domain, f"domain {domain!r}")
     classes = sorted(d.name for d in base.iterdir() if d.is_dir() and not d.name.startswith("."))
     items = [(str(f), y, c.lower().replace("_", " ")) for y, c in enumerate(classes) for f in _files(base / c)]
     return {"train": items, "test": items}
@@ -57,17 +60,18 @@ def _read_list(path: Path, base: Path, names=None) -> list[tuple]:
     return items
 
 
-def load_visda(entry, root, domain: str, **_) -> dict[str, list[tuple]]:
+def load_visda(entry, root, domain: str = "", **_) -> dict[str, list[tuple]]:
     """VisDA-2017: ``synthetic`` = ``train/image_list.txt``, ``real`` = ``validation/image_list.txt``."""
-    _check_domain(entry, domain)
-    sub = entry.require(entry.locate(root) / ("train" if domain == "synthetic" else "validation"), domain)
+    domain = _check_domain(entry, domain)
+    base = entry.require(entry.locate(root))
+    sub = entry.require(base / ("train" if domain == "synthetic" else "validation"), domain)
     items = _read_list(sub / "image_list.txt", sub, VISDA_CLASSES)
     return {"train": items, "test": items}
 
 
-def load_domainnet(entry, root, domain: str, **_) -> dict[str, list[tuple]]:
+def load_domainnet(entry, root, domain: str = "", **_) -> dict[str, list[tuple]]:
     """DomainNet: the official ``splits/<domain>_{train,test}.txt`` lists under the dataset folder."""
-    _check_domain(entry, domain)
+    domain = _check_domain(entry, domain)
     base = entry.require(entry.locate(root), "")
     out = {}
     for split in ("train", "test"):
