@@ -64,8 +64,11 @@ def test_installed_versions_fit_the_declared_ranges(req):
 def test_every_imported_distribution_is_declared_and_every_declared_one_imported():
     declared = {_norm(r.name) for r in _requirements(("diffusion",))}
     by_module = _distributions_of(_imported_top_level_modules())
-    unknown = sorted(m for m, d in by_module.items() if not d)
-    assert not unknown, f"imported but not installed by any distribution: {unknown}"
+    optional = {_norm(r.name) for extra in _project()["optional-dependencies"] for r in _requirements((extra,))}
+    missing = {m for m, d in by_module.items() if not d}
+    unknown = sorted(m for m in missing if _norm(m) not in optional)  # e.g. ray: its own extra, not installed by CI
+    assert not unknown, f"imported but neither installed nor declared in an extra: {unknown}"
+    by_module = {m: d for m, d in by_module.items() if m not in missing}
     undeclared = sorted(m for m, d in by_module.items() if not d & declared)
     assert not undeclared, f"imported directly but not in pyproject's dependencies: {undeclared}"
     used = set().union(*by_module.values())
