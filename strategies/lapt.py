@@ -30,13 +30,13 @@ import torch
 import torch.nn.functional as F
 
 from ctta.clip_prompting.context import ContextConfig
-from ctta.clip_prompting.ood import NegPromptModel, OODPromptLearnerTemplate
+from ctta.clip_prompting.ood import NegPromptModel, OODPromptLearnerTemplate, mine_for
 from ctta.clip_prompting.teacher import FrozenCLIPTeacher
 from ctta.clip_prompting.template import init_generator
 from ctta.clip_prompting.text import PromptedText
 from ctta.clip_prompting.vision import encode_image
+from ctta.data.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from ctta.fields import ranged
-from ctta.ood_scores import load_wordnet_words, mine_negative_labels, neglabel_score
 from ctta.registry import STRATEGIES
 
 __all__ = ["LAPT", "LAPTConfig", "LAPTModel", "TIP_TEMPLATES", "negative_image_items", "wccm_logits", "wccm_loss"]
@@ -100,16 +100,6 @@ class LAPTModel(NegPromptModel):
         return torch.cat([self.text_features(), self.train_text(self.ood_ctx)])
 
 
-def _mine(clip_model, tokenizer, classnames, cfg: LAPTConfig, n: int) -> list[str]:
-    nouns, adjs = (list(cfg.nouns), list(cfg.adjectives)) if cfg.nouns or cfg.adjectives else load_wordnet_words(
-        cfg.wordnet)
-
-    def encode(texts):
-        return FrozenCLIPTeacher(clip_model, tokenizer, texts, ("{}",), round_embeddings=False).text_features
-
-    return mine_negative_labels(encode, classnames, nouns, adjs, n, cfg.percentile)
-
-
 def negative_image_items(folder: str | Path, labels: list[str], offset: int) -> list[tuple[str, int]]:
     """``(path, offset + j)`` for the images in ``<folder>/<labels[j]>/`` (sorted; missing folders give none)."""
     root = Path(folder).expanduser()
@@ -131,8 +121,7 @@ def _negative_dataset(items: list[tuple[str, int]], img_size: int):
     from torchvision import transforms as T
 
     tf = T.Compose([T.RandomResizedCrop(img_size, scale=(0.08, 1.0), interpolation=T.InterpolationMode.BICUBIC),
-                    T.RandomHorizontalFlip(), T.ToTensor(),
-                    T.Normalize((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))])
+                    T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)])
 
     class Images(torch.utils.data.Dataset):
         targets = [y for _, y in items]
@@ -156,8 +145,8 @@ class LAPT(OODPromptLearnerTemplate):
 
     @classmethod
     def build_prompted(cls, clip_model, tokenizer, classnames, cfg: LAPTConfig) -> LAPTModel:
-        negatives = _mine(clip_model, tokenizer, classnames, cfg, cfg.n_negatives)
-        train_negatives = _mine(clip_model, tokenizer, classnames, cfg, cfg.n_negatives_train)
+        negatives = mine_for(clip_model, tokenizer, classnames, cfg, cfg.n_negatives)
+        train_negatives = mine_for(clip_model, tokenizer, classnames, cfg, cfg.n_negatives_train)
         return LAPTModel(clip_model, tokenizer, classnames, cfg, negatives, train_negatives,
                          generator=init_generator(cfg))  # fmt: skip
 
@@ -186,6 +175,4 @@ class LAPT(OODPromptLearnerTemplate):
         return super().criterion()
 
     def ood_score(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
-        neg = self.model.negative_features().float()
-        return neglabel_score(self.model.logits(image_features, text_features),
-                              self.model.logits(image_features, neg), self.cfg.groups, self.cfg.group_seed)
+        return self.model.negative_score(image_features, text_features, self.cfg.groups, self.cfg.group_seed)

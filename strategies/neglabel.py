@@ -22,14 +22,12 @@ from dataclasses import dataclass
 import torch
 
 from ctta.clip_prompting.context import ContextConfig
-from ctta.clip_prompting.ood import NegPromptModel, OODPromptLearnerTemplate
-from ctta.clip_prompting.teacher import FrozenCLIPTeacher
+from ctta.clip_prompting.ood import NegPromptModel, OODPromptLearnerTemplate, mine_for
 from ctta.clip_prompting.template import init_generator
 from ctta.fields import ranged
-from ctta.ood_scores import load_wordnet_words, mine_negative_labels, neglabel_score
 from ctta.registry import STRATEGIES
 
-__all__ = ["NegLabel", "NegLabelConfig", "mine_for"]
+__all__ = ["NegLabel", "NegLabelConfig"]
 
 
 @dataclass(frozen=True)
@@ -46,17 +44,6 @@ class NegLabelConfig(ContextConfig):
     adjectives: tuple[str, ...] = ()
 
 
-def mine_for(clip_model, tokenizer, classnames, cfg) -> list[str]:
-    """The negative labels of ``cfg`` (inline lists or WordNet) for ``classnames`` with ``clip_model``'s text tower."""
-    nouns, adjs = (list(cfg.nouns), list(cfg.adjectives)) if cfg.nouns or cfg.adjectives else load_wordnet_words(
-        cfg.wordnet)
-
-    def encode(texts):
-        return FrozenCLIPTeacher(clip_model, tokenizer, texts, ("{}",), round_embeddings=False).text_features
-
-    return mine_negative_labels(encode, classnames, nouns, adjs, cfg.n_negatives, cfg.percentile)
-
-
 @STRATEGIES.register("neglabel", config=NegLabelConfig)
 class NegLabel(OODPromptLearnerTemplate):
     """NegLabel as an Avalanche strategy: grouped negative-label score over mined WordNet labels."""
@@ -65,10 +52,8 @@ class NegLabel(OODPromptLearnerTemplate):
 
     @classmethod
     def build_prompted(cls, clip_model, tokenizer, classnames, cfg: NegLabelConfig) -> NegPromptModel:
-        negatives = mine_for(clip_model, tokenizer, classnames, cfg)
+        negatives = mine_for(clip_model, tokenizer, classnames, cfg, cfg.n_negatives)
         return NegPromptModel(clip_model, tokenizer, classnames, cfg, negatives, generator=init_generator(cfg))
 
     def ood_score(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
-        neg = self.model.negative_features().float()
-        return neglabel_score(self.model.logits(image_features, text_features),
-                              self.model.logits(image_features, neg), self.cfg.groups, self.cfg.group_seed)
+        return self.model.negative_score(image_features, text_features, self.cfg.groups, self.cfg.group_seed)

@@ -21,17 +21,31 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctta.clip_prompting.context import ContextConfig, ContextModel
+from ctta.clip_prompting.teacher import FrozenCLIPTeacher
 from ctta.clip_prompting.template import MASKED_LOGIT, PromptLearnerTemplate
 from ctta.clip_prompting.text import PromptedText
 from ctta.clip_prompting.vision import encode_image
+from ctta.ood_scores import load_wordnet_words, mine_negative_labels, neglabel_score
 
-__all__ = ["NegPromptModel", "OODPromptLearnerTemplate", "ood_cross_entropy"]
+__all__ = ["NegPromptModel", "OODPromptLearnerTemplate", "mine_for", "ood_cross_entropy"]
 
 
 def ood_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Cross-entropy over the samples with an ID label (``y >= 0``); 0 (with a graph) when there is none."""
     keep = y >= 0
     return F.cross_entropy(logits[keep], y[keep]) if keep.any() else logits.sum() * 0.0
+
+
+def mine_for(clip_model, tokenizer, classnames, cfg, n: int) -> list[str]:
+    """``n`` negative labels for ``classnames`` with ``clip_model``'s text tower, from ``cfg``'s inline ``nouns`` /
+    ``adjectives`` or its ``wordnet`` folder (``ctta.ood_scores.mine_negative_labels`` at ``cfg.percentile``)."""
+    inline = cfg.nouns or cfg.adjectives
+    nouns, adjs = (list(cfg.nouns), list(cfg.adjectives)) if inline else load_wordnet_words(cfg.wordnet)
+
+    def encode(texts):
+        return FrozenCLIPTeacher(clip_model, tokenizer, texts, ("{}",), round_embeddings=False).text_features
+
+    return mine_negative_labels(encode, classnames, nouns, adjs, n, cfg.percentile)
 
 
 class NegPromptModel(ContextModel):
@@ -55,6 +69,12 @@ class NegPromptModel(ContextModel):
     def negative_features(self) -> torch.Tensor:
         """Text features of the negative labels ``(M, E)``."""
         return self.neg_text(self.ood_ctx if self.ood_ctx is not None else self.ctx)
+
+    def negative_score(self, image_features: torch.Tensor, text_features: torch.Tensor, groups: int, seed: int):
+        """NegLabel's grouped score ``(B,)`` of image features against the ID and the negative-label prompts."""
+        neg = self.negative_features().float()
+        return neglabel_score(self.logits(image_features, text_features), self.logits(image_features, neg), groups,
+                              seed)  # fmt: skip
 
 
 class OODPromptLearnerTemplate(PromptLearnerTemplate):
