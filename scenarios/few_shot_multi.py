@@ -36,11 +36,11 @@ from dataclasses import dataclass
 
 from avalanche.benchmarks.scenarios import CLScenario, DatasetExperience
 from avalanche.benchmarks.scenarios.generic_scenario import EagerCLStream
+from ctta.scenarios.few_shot import _avl, _transforms, classnames_of, generate_fewshot
 
 from ctta.data import catalogue
 from ctta.registry import SCENARIOS
 from ctta.templates.benchmark_info import BenchmarkInfo, with_info
-from ctta.scenarios.few_shot import _avl, _transforms, classnames_of, generate_fewshot
 
 __all__ = ["COOP_DATASETS", "FewShotMultiConfig", "build_few_shot_multi", "load_splits", "offset_items"]
 
