@@ -155,6 +155,7 @@ class Spec:
         ctta_metrics: the ctta metrics a user adds to an ``EvaluationPlugin`` (a factory; None: none).
         metric_names: names (prefixes before the first ``/``) those metrics log under.
         multilabel: the user-evaluator case runs on multi-label data.
+        sizes: the config fields mirroring ``avalanche_kwargs`` when the family's defaults do not name them.
     """
 
     family: str
@@ -164,10 +165,13 @@ class Spec:
     ctta_metrics: Callable[[], list] | None = None
     metric_names: tuple[str, ...] = ()
     multilabel: bool = False
+    sizes: dict[str, Any] | None = None  # the method's own config_sizes (its size fields have other names)
 
     @property
     def config_sizes(self) -> dict[str, Any]:
         """The config fields that mirror ``avalanche_kwargs`` (sizes, epochs), for ``config=`` construction."""
+        if self.sizes is not None:
+            return dict(self.sizes)
         if self.family == "tta":
             return dict(episode_batch=5)
         sizes = dict(batch_size=32, eval_batch_size=64)
@@ -235,6 +239,8 @@ SPECS: dict[str, Spec] = {
                            adjectives=("red", "small")),
     ),
     "cocoop": Spec("epoch", clip=True, method_kwargs=dict(lr=0.01, prec="fp32"), misspelt="meta_reductoin"),
+    "adclip": Spec("epoch", clip=True, method_kwargs=dict(lr=0.01, prec="fp32", n_img_ctx=1, domain_hidden=8,
+                                                          style_hidden=8), misspelt="n_img_ctxx"),
     "maple": Spec("epoch", clip=True, method_kwargs=dict(depth=2, lr=0.01, prec="fp32"), misspelt="depht"),
     "promptsrc": Spec(
         "epoch",
@@ -251,8 +257,13 @@ SPECS: dict[str, Spec] = {
         "epoch", clip=True, method_kwargs=dict(n_prompts=2, lr=0.01, prec="fp32", descriptions="builtin:digits"),
         misspelt="div_weigth",
     ),
+    "glad": Spec("epoch", clip=True, method_kwargs=dict(lr=0.01, prec="fp32"), misspelt="rhoo"),
     "coop_atp": Spec(
         "epoch", clip=True, method_kwargs=dict(attributes=("shape",), lr=0.01, prec="fp32"), misspelt="n_attt"
+    ),
+    "mocoop": Spec(
+        "epoch", clip=True, method_kwargs=dict(groups=("a photo of a {}.", "a blurry photo of a {}."), lr=0.01,
+                                               prec="fp32"), misspelt="gate_weigth",
     ),
     "maple_atp": Spec(
         "epoch",
@@ -261,6 +272,7 @@ SPECS: dict[str, Spec] = {
         misspelt="n_attt",
     ),
     "restore": Spec("epoch", clip=True, method_kwargs=dict(depth=2, lr=0.0035, prec="fp32"), misspelt="fs_loss_rr"),
+    "mvlpt": Spec("epoch", clip=True, method_kwargs=dict(n_ctx=2, lr=0.01, prec="fp32"), misspelt="token_mixng"),
     "hicropl": Spec(
         "epoch",
         clip=True,
@@ -268,6 +280,9 @@ SPECS: dict[str, Spec] = {
         misspelt="cross_layr",
     ),
     "tpt": Spec("tta", clip=True, method_kwargs=dict(selection_p=0.25), misspelt="selection_pp", **TOP5),
+    "tfup": Spec("tta", clip=True, misspelt="alpah", sizes=dict(batch_size=5)),
+    "tfup_t": Spec("tta", clip=True, method_kwargs=dict(epochs=2, warmup_epochs=1), misspelt="epoch",
+                   sizes=dict(batch_size=5)),
     "difftpt": Spec(
         "tta",
         clip=True,
