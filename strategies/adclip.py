@@ -22,7 +22,10 @@ probabilities, each class column L2-normalised over the batch first, as the refe
 text features || log-softmax of the source ones, both over the *class* axis, ``batchmean``). Adam lr 0.01 (wd 5e-4),
 batch 16 source + 16 target, 50 epochs, cosine after one warm-up epoch at 1e-5; an epoch is one pass over the source.
 
-Inference is source-free: the source domain tokens of a test image come from the style-mapping network applied to
+The target images are the benchmark's ``target`` stream (``scenarios/domain_adaptation``), else, on a plain Avalanche
+benchmark, its test stream's images, else the training experience's own (always read through ``UnlabelledImages``:
+never a label). Inference is source-free: the
+source domain tokens of a test image come from the style-mapping network applied to
 the image itself (``source_tokens: style``; ``self``: its own domain tokens).
 
 Deviations: the reference computes its loss only under ``amp`` (fp16 / fp32 leave it undefined) and its test path
@@ -42,13 +45,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctta.clip_prompting.model import PromptedCLIP
-from ctta.clip_prompting.template import PromptLearnerConfig, PromptLearnerTemplate
+from ctta.clip_prompting.template import MASKED_LOGIT, PromptLearnerConfig, PromptLearnerTemplate
 from ctta.clip_prompting.text import context_init
 from ctta.clip_prompting.vision import vision_width
 from ctta.fields import ranged
 from ctta.registry import STRATEGIES
 from ctta.templates.benchmark_info import _attr, origin_benchmark, stream_dataset
-from ctta.templates.transductive import TARGET_STREAM
+from ctta.templates.transductive import TARGET_STREAM, UnlabelledImages
 
 __all__ = ["ADCLIP", "ADCLIPConfig", "ADCLIPModel", "adain_stats", "adclip_entropy", "text_kl"]
 
@@ -222,10 +225,11 @@ class ADCLIP(PromptLearnerTemplate):
             super().make_optimizer(**kwargs)
 
     def _before_training_exp(self, **kwargs: Any) -> None:
-        streams = _attr(origin_benchmark(self.experience), "streams") or {}
-        if TARGET_STREAM not in streams:
-            raise ValueError("AD-CLIP needs an unlabelled target stream: use the domain_adaptation scenario")
-        target = stream_dataset(streams[TARGET_STREAM]).train()
+        bench = origin_benchmark(self.experience)
+        streams = _attr(bench, "streams") or {}
+        stream = streams[TARGET_STREAM] if TARGET_STREAM in streams else _attr(bench, "test_stream")
+        ds = stream_dataset(stream) if stream is not None else self.experience.dataset
+        target = UnlabelledImages(ds.train() if hasattr(ds, "train") else ds)  # (image, index): labels never read
         drop = len(target) >= self.train_mb_size
         self._target_loader = torch.utils.data.DataLoader(target, batch_size=self.train_mb_size, shuffle=True,
                                                           drop_last=drop)  # fmt: skip
@@ -233,7 +237,7 @@ class ADCLIP(PromptLearnerTemplate):
         super()._before_training_exp(**kwargs)
 
     def _next_target(self) -> torch.Tensor:
-        """The next target batch (images only; the -1 labels are dropped), cycling over the target set."""
+        """The next batch of target images, cycling over the target set."""
         try:
             batch = next(self._target_iter)
         except StopIteration:
@@ -243,11 +247,19 @@ class ADCLIP(PromptLearnerTemplate):
 
     def forward_train(self) -> torch.Tensor:
         if not self.is_training:
-            return self.model(self.mb_x).float()
+            return self._full_head(self.model(self.mb_x).float())
         target = self._next_target()
         n = min(len(self.mb_x), len(target))
         self._out = self.model.forward_pair(self.mb_x[:n], target[:n])
-        return self._out["source_logits"].float()
+        return self._full_head(self._out["source_logits"].float())
+
+    def _full_head(self, out: torch.Tensor) -> torch.Tensor:
+        """On a class-incremental stream, the logits of the classes seen so far; the others ``MASKED_LOGIT``."""
+        if self.seen is None:
+            return out
+        full = out.new_full((out.shape[0], len(self.all_classnames)), MASKED_LOGIT)
+        full[:, self.seen] = out
+        return full
 
     forward_eval = forward_train
 

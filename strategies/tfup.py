@@ -21,7 +21,8 @@ Transductive (``ctta.templates.transductive``): the whole unlabelled target set 
   probability > 0.9) supervise the strong (augmented) view by cross-entropy, plus 0.3 x the negative entropy of the
   batch-mean prediction. TFUP-T predicts ``100 cos(f', W')`` (no cache; ``predict_cache`` adds it).
 
-Deviations: fp32 everywhere (the reference is fp16 on ``cuda:0``); the KL matrices are computed at once (the
+On a test-time stream of views (``scenarios/test_time``) view 0, the original image, is used. Deviations: fp32
+everywhere (the reference is fp16 on ``cuda:0``); the KL matrices are computed at once (the
 reference loops over rows; same values); ``softmax`` over classes where the reference omits ``dim``. **Model
 selection:** the reference keeps the epoch with the best *test* accuracy; ctta never selects on the test set and
 reports the last epoch (published TFUP-T numbers are therefore optimistic relative to ctta's).
@@ -183,6 +184,11 @@ def _text_weights(clip, tokenizer, classnames: list[str], cfg: TFUPConfig) -> to
     return torch.stack([clip.encode_text(tokenizer(list(t)).to(dev)).float().mean(0) for t in per_class])
 
 
+def _first_view(x: torch.Tensor) -> torch.Tensor:
+    """Images ``(B, 3, H, W)``; a test-time stream's views ``(B, N, 3, H, W)`` give view 0 (the original image)."""
+    return x[:, 0] if x.dim() == 5 else x
+
+
 class _Pseudo(torch.utils.data.Dataset):
     """``(strong view, pseudo-label)`` of the selected target images (re-augmented at every access)."""
 
@@ -237,7 +243,7 @@ class TFUP(TransductiveTemplate):
 
     def encode_all(self, images: UnlabelledImages) -> torch.Tensor:
         """Raw CLIP features of every target image (centre views), in dataset order."""
-        feats = [self.model.encode(x.to(self.device)) for x, _ in images.loader(self.cfg.batch_size)]
+        feats = [self.model.encode(_first_view(x).to(self.device)) for x, _ in images.loader(self.cfg.batch_size)]
         return torch.cat(feats)
 
     def fit_target(self, images: UnlabelledImages) -> None:
@@ -251,7 +257,7 @@ class TFUP(TransductiveTemplate):
         m.values = F.one_hot(labels, len(m.classnames)).float()
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        return self.model(_first_view(x))
 
     def load_reset_state(self, state) -> None:
         super().load_reset_state(state)
@@ -333,11 +339,12 @@ class TFUPT(TFUP):
         return 100.0 * f @ w.t()
 
     def _warmup_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(self._adapted_logits(self.model.encode(x.to(self.device))), y.to(self.device))
+        feats = self.model.encode(_first_view(x).to(self.device))
+        return F.cross_entropy(self._adapted_logits(feats), y.to(self.device))
 
     def _main_loss(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         cfg, m = self.cfg, self.model
-        strong = self._adapted_logits(m.encode(x.to(self.device)))
+        strong = self._adapted_logits(m.encode(_first_view(x).to(self.device)))
         with torch.no_grad():
             fw, w = m.adapted(self.target_features[index.to(self.target_features.device)], cfg.ratio_alpha,
                               cfg.ratio_beta)  # fmt: skip
@@ -348,5 +355,5 @@ class TFUPT(TFUP):
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         cfg, m = self.cfg, self.model
-        f, w = m.adapted(m.encode(x), cfg.ratio_alpha, cfg.ratio_beta)
+        f, w = m.adapted(m.encode(_first_view(x)), cfg.ratio_alpha, cfg.ratio_beta)
         return m.cached(f, w, cfg.alpha, cfg.beta) if cfg.predict_cache else 100.0 * f @ w.t()

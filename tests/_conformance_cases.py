@@ -222,6 +222,7 @@ SPECS: dict[str, Spec] = {
         method_kwargs=dict(tau=0.7, lr=1000.0, pad_width=4, n_noise=32, test_every_epochs=0),
         misspelt="pad_widht",
     ),
+    "promptcam": Spec("epoch", method_kwargs=dict(lr=0.01, warmup_epochs=0, vpt_dropout=0.0), misspelt="vpt_dropuot"),
     "coop": Spec("epoch", clip=True, method_kwargs=dict(n_ctx=2, ctx_init="", lr=0.01, prec="fp32"), misspelt="n_ctxx"),
     "mcm": Spec("epoch", clip=True, method_kwargs=dict(lr=0.01, prec="fp32"), misspelt="temperatur"),
     "lapt": Spec(
@@ -261,6 +262,7 @@ SPECS: dict[str, Spec] = {
     "coop_atp": Spec(
         "epoch", clip=True, method_kwargs=dict(attributes=("shape",), lr=0.01, prec="fp32"), misspelt="n_attt"
     ),
+    "apt": Spec("epoch", clip=True, method_kwargs=dict(memory=8, rank=2, lr=0.01, prec="fp32"), misspelt="memroy"),
     "mocoop": Spec(
         "epoch", clip=True, method_kwargs=dict(groups=("a photo of a {}.", "a blurry photo of a {}."), lr=0.01,
                                                prec="fp32"), misspelt="gate_weigth",
