@@ -30,6 +30,7 @@ from ctta.backbones.vit_attention import class_token_forward
 from ctta.fields import ranged
 from ctta.registry import STRATEGIES
 from ctta.templates import EpochTemplate
+from ctta.templates.benchmark_info import benchmark_info
 
 __all__ = ["PromptCAMConfig", "PromptCAMModel", "PromptCAM", "cosine_warmup_lr"]
 
@@ -93,6 +94,11 @@ class PromptCAM(EpochTemplate):
     model_class = PromptCAMModel
     optimizer_refusal = "Prompt-CAM builds SGD over its prompts and head with a per-epoch cosine schedule; set lr"
     criterion_refusal = "Prompt-CAM's loss is cross-entropy over the class-prompt logits"
+
+    @classmethod
+    def benchmark_kwargs(cls, cfg: PromptCAMConfig, benchmark) -> dict[str, Any]:
+        """The class count (one prompt per class), so the model is built before the first experience."""
+        return {"num_classes": benchmark_info(benchmark).n_classes}
 
     def prepare_backbone(self, model: nn.Module) -> nn.Module:
         return model if isinstance(model, PromptedViT) else PromptedViT(model)

@@ -1,4 +1,5 @@
-"""Command line: ``ctta run CONFIG [key=value ...]``, ``ctta demo``, ``ctta generate CONFIG``, ``ctta list``."""
+"""Command line: ``ctta run CONFIG [key=value ...]``, ``ctta demo``, ``ctta generate CONFIG``, ``ctta list``,
+``ctta explain CONFIG`` (Prompt-CAM trait maps)."""
 
 from __future__ import annotations
 
@@ -56,6 +57,16 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_explain(args: argparse.Namespace) -> int:
+    """Prompt-CAM trait maps of a config's test images (``ctta.runner.explain``)."""
+    cfg = _load(args.config, args.overrides)
+    from ctta.runner.explain import explain_run
+
+    recs = explain_run(cfg, args.checkpoint, args.images, args.out, args.top_traits)
+    print("\n".join(f"{r['file']}: class {r['target']} (p={r['prob']:.2f}), heads {r['heads']}" for r in recs))
+    return 0
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     """Components, datasets and shipped backbones, one line each, read without importing torch (``ctta.listing``)."""
     from ctta.runner.listing import listing
@@ -94,6 +105,15 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("config")
     g.add_argument("overrides", nargs="*", metavar="key=value")
     g.set_defaults(func=_cmd_generate)
+    e = sub.add_parser("explain", help="Prompt-CAM trait maps (PNGs + contact sheet) of a config's test images; "
+                       "trains the config first unless --checkpoint is given")
+    e.add_argument("config")
+    e.add_argument("overrides", nargs="*", metavar="key=value")
+    e.add_argument("--checkpoint", default=None, help="a ctta checkpoint (ckpt-*.pt) or state dict of the prompts")
+    e.add_argument("--images", type=int, default=4, help="number of test images (default 4)")
+    e.add_argument("--top-traits", type=int, default=4, help="ranked heads drawn per image (default 4)")
+    e.add_argument("--out", default=None, help="output folder (default <log.out_dir>/explain)")
+    e.set_defaults(func=_cmd_explain)
     ls = sub.add_parser("list", help="list strategies, scenarios, backbones, shipped backbones and datasets")
     ls.set_defaults(func=_cmd_list)
     from ctta.runner.compare import add_compare_parser
