@@ -73,13 +73,17 @@ def text_kl(source_text: torch.Tensor, target_text: torch.Tensor) -> torch.Tenso
     return F.kl_div(F.log_softmax(source_text, dim=1), F.softmax(target_text, dim=1), reduction="batchmean")
 
 
-class DomainProjector(nn.Module):
-    """Per layer ``Linear(hidden -> D)(Linear(W -> hidden)((mu + sigma) / 2))`` -> ``(B, J, D)``."""
+class _TwoLayerPerLayer(nn.Module):
+    """One ``Linear(W -> hidden)`` (``down``) and one ``Linear(hidden -> D)`` (``up``) per vision layer."""
 
     def __init__(self, layers: int, width: int, hidden: int, dim: int) -> None:
         super().__init__()
         self.down = nn.ModuleList(nn.Linear(width, hidden) for _ in range(layers))
         self.up = nn.ModuleList(nn.Linear(hidden, dim) for _ in range(layers))
+
+
+class DomainProjector(_TwoLayerPerLayer):
+    """Per layer ``Linear(hidden -> D)(Linear(W -> hidden)((mu + sigma) / 2))`` -> ``(B, J, D)``."""
 
     def forward(self, tokens: list[torch.Tensor]) -> torch.Tensor:
         out = []
@@ -104,14 +108,9 @@ class ImageProjector(nn.Module):
         return torch.stack([h(feat).squeeze(-1) for h in heads], 1)
 
 
-class StyleMappingProjector(nn.Module):
+class StyleMappingProjector(_TwoLayerPerLayer):
     """Per layer ``[mu; sigma]`` averaged in adjacent pairs -> ``Linear(W -> hidden)`` -> ReLU -> ``Linear(hidden
     -> D)`` -> ``(B, J, D)``."""
-
-    def __init__(self, layers: int, width: int, hidden: int, dim: int) -> None:
-        super().__init__()
-        self.down = nn.ModuleList(nn.Linear(width, hidden) for _ in range(layers))
-        self.up = nn.ModuleList(nn.Linear(hidden, dim) for _ in range(layers))
 
     def forward(self, tokens: list[torch.Tensor]) -> torch.Tensor:
         out = []

@@ -149,3 +149,15 @@ def test_tfup_t_trains_its_adapters_only(tiny):
     s.adapt(UnlabelledImages(_Hostile(24)))
     assert not torch.equal(s.model.text_res, res_before)
     assert all(torch.equal(v, clip_before[k]) for k, v in s.model.clip.state_dict().items())
+
+
+def test_episodic_reset_restores_the_adapters_and_empties_the_cache(tiny):
+    """Each target domain starts from the same state: after an experience, episodic mode resets what was adapted."""
+    s = TFUPT(model=tiny, classnames=["a", "b"], device="cpu", epochs=2, warmup_epochs=1, batch_size=8)
+    s.snapshot()
+    before = {n: p.detach().clone() for n, p in s.model.named_parameters() if p.requires_grad}
+    s.adapt(UnlabelledImages(_Hostile(24)))
+    assert len(s.model.keys) and not torch.equal(s.model.text_res, before["text_res"])
+    s.reset()
+    assert len(s.model.keys) == 0 and len(s.model.values) == 0
+    assert all(torch.equal(p, before[n]) for n, p in s.model.named_parameters() if p.requires_grad)
