@@ -22,6 +22,10 @@ multiplies the other datasets' logits by 0 rather than excluding them (needs the
 ``prec`` fp16). The protocol's source -> target steps: ``prompts_out`` saves the prompt learner after training,
 ``init_from`` starts from one or several such files averaged (``scripts/avg_ckpt.py``, the average over seeds).
 
+Trainable parameters, ViT-B/16 (D 512, W 768, 12 layers): UPT n_ctx 4: 566,400 (ctx 2,048; visual prompts 36,864;
+coupling 527,488: maps 329,216 + transformer block 198,272); VPT: 36,864 (n_ctx 4) / 147,456 (16); CoOp: 2,048 (4) /
+8,192 (16). The paper and repository publish no parameter count.
+
 Deviations: training keeps the last epoch's prompts (the scripts select ``TEST.FINAL_MODEL best_val``); soft
 (multi-label) targets of ELEVATER sets and the CoCoOp variant are not implemented; ``prec: fp16`` applies on CUDA only;
 ``CUT_CONTEXTLEN`` is the exact truncation of the text (``truncate``).
