@@ -223,6 +223,10 @@ SPECS: dict[str, Spec] = {
         misspelt="pad_widht",
     ),
     "promptcam": Spec("epoch", method_kwargs=dict(lr=0.01, warmup_epochs=0, vpt_dropout=0.0), misspelt="vpt_dropuot"),
+    "tcpa": Spec(
+        "epoch", method_kwargs=dict(pool_size_cls=3, pool_size_image=3, top_k=2, random_epochs=0, prompt_dropout=0.0,
+                                    lr=0.01), misspelt="pool_size_clss",
+    ),
     "coop": Spec("epoch", clip=True, method_kwargs=dict(n_ctx=2, ctx_init="", lr=0.01, prec="fp32"), misspelt="n_ctxx"),
     "mcm": Spec("epoch", clip=True, method_kwargs=dict(lr=0.01, prec="fp32"), misspelt="temperatur"),
     "lapt": Spec(
@@ -259,6 +263,7 @@ SPECS: dict[str, Spec] = {
         misspelt="div_weigth",
     ),
     "glad": Spec("epoch", clip=True, method_kwargs=dict(lr=0.01, prec="fp32"), misspelt="rhoo"),
+    "dpl": Spec("epoch", clip=True, method_kwargs=dict(n_vis=2, depth=2, lr=0.01, prec="fp32"), misspelt="n_viss"),
     "coop_atp": Spec(
         "epoch", clip=True, method_kwargs=dict(attributes=("shape",), lr=0.01, prec="fp32"), misspelt="n_attt"
     ),

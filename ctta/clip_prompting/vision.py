@@ -44,6 +44,7 @@ def encode_image(
     *,
     normalize: bool = False,
     round_prompts: bool = True,
+    block=None,
 ) -> torch.Tensor:
     """Image features with vision prompts.
 
@@ -54,6 +55,8 @@ def encode_image(
         deep: ``V_1..V_{J-1}``, each ``(n, W)``, replacing the last ``n`` tokens at layers 1..J-1.
         normalize: L2-normalise the features.
         round_prompts: round every inserted prompt to fp16 (the official code's ``.half()``).
+        block: ``block(blk, x, n) -> x`` run in place of each residual block ``blk(x)`` (``n``: prompt tokens at
+            the end of ``x``), e.g. DPL's decoupled attention; None: the block itself.
     """
     visual = clip_model.visual
     if prompts is None and not len(deep):
@@ -78,7 +81,7 @@ def encode_image(
     for i, blk in enumerate(blocks):
         if 1 <= i <= len(deep):  # V_i replaces the last n tokens
             x = torch.cat([x[:, :-n], _insert(deep[i - 1].expand(x.shape[0], -1, -1), x.dtype, round_prompts)], dim=1)
-        x = blk(x)
+        x = blk(x) if block is None else block(blk, x, n)
     pooled, _ = visual._pool(x)
     if visual.proj is not None:
         pooled = pooled @ visual.proj
