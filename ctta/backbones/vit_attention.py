@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ctta.backbones.vit import _check_block, block_forward
+from ctta.backbones.vit import _check_block, _heads, _prompt_kv, block_forward
 
 __all__ = ["explicit_attention", "explicit_block", "class_token_forward"]
 
@@ -59,12 +59,14 @@ def explicit_attention(
 
 
 def explicit_block(
-    block: nn.Module, x: torch.Tensor, blur: Blur | None = None, post_mask: torch.Tensor | None = None
+    block: nn.Module, x: torch.Tensor, blur: Blur | None = None, post_mask: torch.Tensor | None = None,
+    prompt: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One timm pre-norm ViT block on ``x`` (B, N, D) with explicit attention; returns ``(out, probs)``.
 
     With no hooks ``out`` equals ``block(x)`` (up to float rounding) and ``probs`` is the block's attention
-    ``(B, H, N, N)``.
+    ``(B, H, N, N)``. ``prompt`` tokens ``(B or 1, L, D)``/``(L, D)`` act as keys/values only (appended after the
+    ``N`` keys, no outputs): ``probs`` is then ``(B, H, N, N+L)`` and ``post_mask`` covers those ``N+L`` keys.
     """
     _check_block(block)
     attn = block.attn
@@ -72,6 +74,10 @@ def explicit_block(
     h = block.norm1(x)
     q, k, v = attn.qkv(h).reshape(b, n, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
+    if prompt is not None:
+        pk, pv = _prompt_kv(block, prompt)
+        k = torch.cat([k, _heads(pk, b, attn.num_heads)], dim=2)
+        v = torch.cat([v, _heads(pv, b, attn.num_heads)], dim=2)
     o, probs = explicit_attention(q, k, v, attn.scale, blur, post_mask)
     o = attn.norm(o.transpose(1, 2).reshape(b, n, -1))
     gate = getattr(attn, "gate", None)
