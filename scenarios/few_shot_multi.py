@@ -42,7 +42,7 @@ from ctta.data import catalogue
 from ctta.registry import SCENARIOS
 from ctta.templates.benchmark_info import BenchmarkInfo, with_info
 
-__all__ = ["COOP_DATASETS", "FewShotMultiConfig", "build_few_shot_multi", "load_splits", "offset_items"]
+__all__ = ["COOP_DATASETS", "FewShotMultiConfig", "build_few_shot_multi", "load_splits", "offset_items", "stream_key"]
 
 #: MVLPT's multitask source set of the CoOp datasets (``scripts/mvlpt/main_mt_coopdata_cut.sh``)
 COOP_DATASETS = ("imagenet", "caltech101", "food101", "stanford_cars", "oxford_pets", "oxford_flowers",
@@ -78,7 +78,8 @@ def offset_items(items: list[tuple], offset: int) -> list[tuple]:
     return [(it[0], int(it[1]) + offset, *it[2:]) for it in items]
 
 
-def _stream_key(name: str) -> str:
+def stream_key(name: str) -> str:
+    """The name of dataset ``name``'s test stream: ``test_<name>`` (non-alphanumerics as ``_``)."""
     return "test_" + re.sub(r"[^A-Za-z0-9]", "_", name)
 
 
@@ -118,7 +119,7 @@ def build_few_shot_multi(cfg: FewShotMultiConfig, *, seed: int = 1) -> CLScenari
         merged["valid"] += offset_items(p["val"], offset)
         merged["test"] += offset_items(p["test"], offset)
         groups.append(tuple(range(offset, offset + len(p["names"]))))
-        key = _stream_key(p["name"])
+        key = stream_key(p["name"])
         local = cfg.eval_label_space == "dataset"
         per_dataset[key] = (p["test"] if local else offset_items(p["test"], offset), p["tf"])
         if local:

@@ -37,6 +37,9 @@ import math
 from dataclasses import dataclass
 
 import torch
+from avalanche.evaluation import PluginMetric
+from avalanche.evaluation.metric_results import MetricValue
+from ctta.scenarios.few_shot_multi import stream_key
 from open_clip.transformer import QuickGELU, Transformer
 from torch import nn
 
@@ -46,10 +49,11 @@ from ctta.clip_prompting.template import PromptLearnerConfig, PromptLearnerTempl
 from ctta.clip_prompting.text import context_init
 from ctta.clip_prompting.vision import vision_width
 from ctta.fields import ranged
+from ctta.metrics import SummaryMetric
 from ctta.registry import STRATEGIES
-from ctta.templates.benchmark_info import origin_info, warn_once
+from ctta.templates.benchmark_info import attached_info, origin_info, warn_once
 
-__all__ = ["MVLPT", "MVLPTConfig", "MVLPTModel", "UPTCoupling", "encode_image_vpt", "vpt_init_bound"]
+__all__ = ["MVLPT", "DatasetAccuracy", "MVLPTConfig", "MVLPTModel", "UPTCoupling", "encode_image_vpt", "vpt_init_bound"]
 
 VARIANTS = ("upt", "vpt", "coop")
 
@@ -217,6 +221,53 @@ def prompt_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().float().cpu() for k, v in model.named_parameters() if v.requires_grad}
 
 
+class DatasetAccuracy(SummaryMetric, PluginMetric):
+    """Top-1 accuracy on each dataset's test stream of a multi-dataset benchmark (``few_shot_multi``: streams
+    ``test_<dataset>`` of its record's ``dataset_names``) and their mean (the reference's ``MULTITASK_EVALKEY:
+    average``). ``result()`` -> ``{"acc_<stream>": a, ..., "mean_dataset_acc": m}``; nothing on other benchmarks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last: dict[str, float] = {}
+        self._counts: dict[str, list[int]] = {}
+
+    def reset(self) -> None:
+        self.last, self._counts = {}, {}
+
+    def result(self) -> dict[str, float]:
+        out = {f"acc_{k}": v for k, v in self.last.items()}
+        if self.last:
+            out["mean_dataset_acc"] = sum(self.last.values()) / len(self.last)
+        return out
+
+    def _key(self, strategy) -> str | None:
+        try:
+            stream = strategy.experience.origin_stream
+            info = attached_info(getattr(stream, "benchmark", None))
+        except Exception:
+            return None
+        names = info.dataset_names if info is not None else None
+        return stream.name if names and stream.name in {stream_key(n) for n in names} else None
+
+    def before_eval(self, strategy) -> None:
+        self._counts = {}
+
+    def after_eval_iteration(self, strategy) -> None:
+        key = self._key(strategy)
+        if key is not None:
+            c = self._counts.setdefault(key, [0, 0])
+            c[0] += int((strategy.mb_output.argmax(dim=-1) == strategy.mb_y).sum())
+            c[1] += int(strategy.mb_y.numel())
+
+    def after_eval(self, strategy):
+        self.last.update({k: c / n for k, (c, n) in self._counts.items() if n})
+        step = strategy.clock.train_iterations
+        return [MetricValue(self, f"Top1_Acc_Dataset/eval_phase/{k}", v, step) for k, v in self.result().items()]
+
+    def __str__(self) -> str:
+        return "DatasetAccuracy"
+
+
 @STRATEGIES.register("mvlpt", config=MVLPTConfig)
 class MVLPT(PromptLearnerTemplate):
     """MVLPT as an Avalanche strategy: ``model`` is an ``MVLPTModel``; SGD over its prompts and coupling; multitask
@@ -235,6 +286,10 @@ class MVLPT(PromptLearnerTemplate):
                 for k, v in state.items():
                     own[k].copy_(v.to(own[k].dtype))
         return model
+
+    @classmethod
+    def extra_metrics(cls, cfg) -> tuple:
+        return (*super().extra_metrics(cfg), DatasetAccuracy())
 
     def _task_of(self, n_logits: int) -> torch.Tensor | None:
         """Dataset index of every label (the record's ``task_classes``), None when the head is not the union's."""

@@ -89,4 +89,8 @@ def test_multitask_run_reports_every_dataset(tmp_path):
     last = result["last_metrics"]
     for name in ("test_digits_0_2", "test_digits_1_2", "test"):
         assert 0 <= last[f"Top1_Acc_Stream/eval_phase/{name}_stream"] <= 1
-    assert "top1" in result["summary"]
+    summary = result["summary"]
+    per = [summary[f"acc_test_digits_{k}_2"] for k in (0, 1)]  # DatasetAccuracy: per dataset and their mean
+    for k, acc in zip((0, 1), per):
+        assert acc == pytest.approx(last[f"Top1_Acc_Stream/eval_phase/test_digits_{k}_2_stream"])
+    assert summary["mean_dataset_acc"] == pytest.approx(sum(per) / 2) and "top1" in summary
