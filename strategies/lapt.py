@@ -12,19 +12,33 @@ of the 7-template bank, ``m = norm(lam * norm(f) + (1 - lam) * norm(t))`` with `
 batch; loss = CE of ``logit_scale * cos(m, g)`` over the C + M learned prompts (``multice``). Evaluation: ID logits
 (accuracy) and NegLabel's grouped score over ``n_negatives`` labels with the learned ``ood_ctx``.
 
+Cross-sample mixing (``mix``, the official trainer's ablations; ``wccm`` stays the default, the released run):
+``mixup`` mixes images ``lam x + (1 - lam) x[i]``, ``manimix`` normalised image features (``norm(lam f + (1 - lam)
+f[i])``), ``geomix`` slerps them on the sphere with the official weighting (``(sin(lam theta) a + sin((1 - lam) theta)
+b) / sin(theta)``); partners ``i`` are the reversed batch re-paired until no pair shares a label, so ID images mix with
+negative-label images (cross-distribution) when both are in the batch. Loss = CE of the clean logits + soft CE of
+the mixed logits against ``lam onehot(y) + (1 - lam) onehot(y[i])`` (the official target with ``beta = 0``).
+
 Training images: the ID train experience, plus images of the negative labels retrieved from a user folder
 (``negative_images``: ``<folder>/<label>/*.{jpg,png,...}``, one folder per label; labels without a folder get no
 images). Deviations: the paper's label-driven ID images (text-to-image synthesis / retrieval by class name) are
 replaced by the scenario's real few-shot ID images; diffusion generation of negative-label images is not provided
-(it needs DiffTPT's pipeline in the core); the cross-distribution mixing ablations (mixup, manimix, geomix) and the
-other losses of the official trainer are not provided; ``lam`` and the templates come from the run's global RNG
-seeded by the runner, the grouped score from its own seeded generator.
+(it needs a text-to-image pipeline in the core; DiffTPT's is an image-variation pipeline); for the cross-sample
+mixes the official trainer's ``multice`` loss (read at 4d888ff) reads ``logits_all``, set only by its ``wccm``
+branches, so we use its (commented-out) sum of soft CEs over the clean and mixed logits with weights 1; ``beta``
+(mixed samples pushed towards an OOD label) is fixed at the released 0; the pairing gives up after 100 rounds (a
+single-label batch keeps same-label pairs, where the official loop never ends) and ``geomix`` falls back to
+``manimix`` for pairs at angle ~0 (the official code divides by zero there); the other mixes (cutmix, cross_dis,
+manimixrev, the ``*_wccm`` and ``*_cccm`` combinations) and losses (binaryce, entropy, textentropy, textmultice,
+abscos) are not provided; ``lam``, the templates and the pairing come from the run's global RNG seeded by the
+runner, the grouped score from its own seeded generator.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +53,8 @@ from ctta.data.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from ctta.fields import ranged
 from ctta.registry import STRATEGIES
 
-__all__ = ["LAPT", "LAPTConfig", "LAPTModel", "TIP_TEMPLATES", "negative_image_items", "wccm_logits", "wccm_loss"]
+__all__ = ["LAPT", "LAPTConfig", "LAPTModel", "TIP_TEMPLATES", "geomix", "manimix", "mixed_soft_labels", "mixup_pairs",
+           "negative_image_items", "wccm_logits", "wccm_loss"]
 
 #: the frozen template bank of the ``wccm`` mixing (the official "tip" templates)
 TIP_TEMPLATES = ("a bad photo of the {}.", "a {} in a video game.", "a origami {}.", "a photo of the small {}.",
@@ -66,6 +81,7 @@ class LAPTConfig(ContextConfig):
     nouns: tuple[str, ...] = ()
     adjectives: tuple[str, ...] = ()
     negative_images: str = ""  # <folder>/<negative label>/*.jpg: retrieved images of the training negatives
+    mix: Literal["wccm", "mixup", "manimix", "geomix"] = "wccm"  # wccm: the released run; others: the ablations
 
 
 def wccm_logits(f: torch.Tensor, t: torch.Tensor, g: torch.Tensor, lam: float, scale) -> torch.Tensor:
@@ -78,6 +94,42 @@ def wccm_logits(f: torch.Tensor, t: torch.Tensor, g: torch.Tensor, lam: float, s
 def wccm_loss(f: torch.Tensor, t: torch.Tensor, g: torch.Tensor, y: torch.Tensor, lam: float, scale) -> torch.Tensor:
     """LAPT's training loss (``wccm`` + ``multice``): CE of ``wccm_logits`` against labels ``y`` (B,) in 0..K-1."""
     return F.cross_entropy(wccm_logits(f, t, g, lam, scale), y)
+
+
+def mixup_pairs(y: torch.Tensor, max_rounds: int = 100) -> torch.Tensor:
+    """Partner index of each sample for the cross-sample mixes: the reversed batch, then samples paired with their
+    own label are re-paired with the partner of a random other position until no pair shares a label (at most
+    ``max_rounds`` rounds: a batch of a single label keeps same-label pairs; the official loop never ends there)."""
+    index = torch.arange(len(y) - 1, -1, -1, device=y.device)
+    for _ in range(max_rounds):
+        same = y == y[index]
+        if not same.any():
+            break
+        index[same] = index[torch.randperm(len(y), device=y.device)[same]]
+    return index
+
+
+def manimix(f: torch.Tensor, index: torch.Tensor, lam: float) -> torch.Tensor:
+    """Manifold mixup of normalised features: ``norm(lam f + (1 - lam) f[index])``."""
+    return F.normalize(lam * f + (1 - lam) * f[index], dim=-1)
+
+
+def geomix(f: torch.Tensor, index: torch.Tensor, lam: float) -> torch.Tensor:
+    """Geodesic mixing on the sphere (slerp) of normalised features ``a = f``, ``b = f[index]`` at angle ``theta``:
+    ``(sin(lam theta) a + sin((1 - lam) theta) b) / sin(theta)``, the official weighting (``lam = 1`` gives ``a``);
+    pairs at angle ~0 (where the official code divides by zero) fall back to ``manimix``."""
+    a, b = f, f[index]
+    theta = torch.acos((a * b).sum(-1, keepdim=True).clamp(-1 + 1e-7, 1 - 1e-7))
+    sin = torch.sin(theta)
+    out = (torch.sin(lam * theta) * a + torch.sin((1 - lam) * theta) * b) / sin
+    return torch.where(sin > 1e-6, out, manimix(f, index, lam))
+
+
+def mixed_soft_labels(y: torch.Tensor, index: torch.Tensor, lam: float, n_classes: int) -> torch.Tensor:
+    """The official mixed target with ``beta = 0`` (the released run): ``lam onehot(y) + (1 - lam)
+    onehot(y[index])`` over ``n_classes`` (ID classes + training negatives)."""
+    onehot = F.one_hot(y, n_classes).float()
+    return lam * onehot + (1 - lam) * onehot[index]
 
 
 class LAPTModel(NegPromptModel):
@@ -160,8 +212,13 @@ class LAPT(OODPromptLearnerTemplate):
                 self.adapted_dataset = self.adapted_dataset.concat(_negative_dataset(items, size))
 
     def forward_train(self) -> torch.Tensor:
-        """``wccm`` logits over the ID and training-negative prompts (labels of the mini-batch pick the templates)."""
+        """Training logits over the ID and training-negative prompts: ``wccm`` mixed logits (labels of the mini-batch
+        pick the templates); for the cross-sample mixes the clean logits (their mixed logits and soft labels are kept
+        for ``criterion``)."""
+        self._mixed = None
         x = self.mb_x.half() if self.prec == "fp16" and self.device.type == "cuda" else self.mb_x
+        if self.cfg.mix != "wccm":
+            return self._forward_cross_sample(x)
         f = encode_image(self.model.clip, x).float()  # (B, E)
         pick = torch.randint(len(TIP_TEMPLATES), (len(self.mb_y),)).to(self.mb_y.device)
         t = self.model.bank[pick, self.mb_y].float()  # (B, E) a random template of each sample's own label
@@ -169,10 +226,30 @@ class LAPT(OODPromptLearnerTemplate):
         g = self.model.training_text_features().float()  # (C + M, E)
         return wccm_logits(f, t, g, lam, self.model.logit_scale.float())
 
+    def _forward_cross_sample(self, x: torch.Tensor) -> torch.Tensor:
+        """``mixup`` (images), ``manimix`` / ``geomix`` (normalised image features) between samples of different
+        labels (ID x negative-label pairs included); returns the clean logits, keeps ``(mixed logits, soft labels)``."""
+        y, n = self.mb_y, len(self.mb_y)
+        lam = float(torch.distributions.Beta(self.cfg.alpha, self.cfg.alpha).sample())
+        index = mixup_pairs(y)
+        if self.cfg.mix == "mixup":
+            both = encode_image(self.model.clip, torch.cat([x, lam * x + (1 - lam) * x[index]])).float()
+            f, mixed = F.normalize(both, dim=-1).split(n)
+        else:
+            f = F.normalize(encode_image(self.model.clip, x).float(), dim=-1)
+            mixed = (manimix if self.cfg.mix == "manimix" else geomix)(f, index, lam)
+        g = F.normalize(self.model.training_text_features().float(), dim=-1)  # (C + M, E)
+        scale = self.model.logit_scale.float()
+        self._mixed = (scale * mixed @ g.t(), mixed_soft_labels(y, index, lam, len(g)))
+        return scale * f @ g.t()
+
     def criterion(self) -> torch.Tensor:
-        if self.is_training:
-            return F.cross_entropy(self.mb_output, self.mb_y)
-        return super().criterion()
+        if not self.is_training:
+            return super().criterion()
+        loss = F.cross_entropy(self.mb_output, self.mb_y)
+        if getattr(self, "_mixed", None) is not None:  # cross-sample mixes: + soft CE of the mixed samples
+            loss = loss + F.cross_entropy(*self._mixed)
+        return loss
 
     def ood_score(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         return self.model.negative_score(image_features, text_features, self.cfg.groups, self.cfg.group_seed)
