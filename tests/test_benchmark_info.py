@@ -70,6 +70,7 @@ def test_record_validates_its_class_information():
 SCENARIO_CASES = {
     "class_incremental": {"dataset": "digits", "n_experiences": 2},
     "few_shot": {"dataset": "digits", "shots": 1, "img_size": 16},
+    "few_shot_multi": {"datasets": ("digits/0/2", "digits/1/2"), "shots": 1, "img_size": 16, "max_test": 4},
     "multilabel": {"dataset": "synthetic", "increment": 4, "img_size": 8, "synthetic_train": 24, "synthetic_test": 12},
     "multilane_cil": {"dataset": "digits", "n_experiences": 2, "img_size": 8},
     "si_blurry": {"dataset": "digits", "img_size": 8, "n_tasks": 2},
