@@ -1,6 +1,6 @@
 """CasPL: cascade prompt learning (Wu et al., "Cascade Prompt Learning for Vision-Language Model Adaptation",
 ECCV 2024). Unofficial, from the paper: megvii-research/CasPL@8854e48 (Apache-2.0) holds a README and figures only,
-the code is not released (spec ``clip-prompt-learners.md`` section 11). Built on ctta's PromptSRC (``promptsrc``).
+the code is not released (spec ``clip-prompt-learners.md`` section 11).
 
 Prompts: a cascade of **boosting** prompts and **adapting** prompts in both towers (IVLP layout): the text context is
 ``[boost_text (b), adapt ctx (n)]`` before the class name and the deep text prompts at layers 1..J_t-1 are the
@@ -16,12 +16,14 @@ Training of an experience, two phases:
        KL(softmax(z_teacher / T) || softmax(z_student / T)) * T^2, summed and divided by z_student.numel()
 
 2. adapting (the ``epochs`` of the experience): the boosting prompts are frozen and the adapting prompts train with
-   PromptSRC's loss and Gaussian prompt aggregation unchanged (the paper's "base method's loss").
+   the base method's loss, cross-entropy.
 
 Choices the paper leaves open, with the value taken and why:
 
-- base method: PromptSRC (the README's ``train_script/caspl_promptsrc``); its defaults (lr 0.0025, batch 4, 20
-  epochs, 4+4 adapting tokens, J = 9) for phase 2;
+- base method: IVLP, the independent vision-language prompts PromptSRC trains (the README's
+  ``train_script/caspl_promptsrc``), with cross-entropy only: PromptSRC's self-regulating losses and Gaussian prompt
+  aggregation live in ``strategies/promptsrc`` and methods do not import each other; PromptSRC's B2N schedule (lr
+  0.0025, batch 4, 20 epochs, 4+4 adapting tokens from "a photo of a" / N(0, 0.02^2), J = 9) for phase 2;
 - boosting prompts: ``n_boost`` = 4 tokens per tower at every prompted layer, N(0, 0.02^2) (PromptKD's IVLP
   student), in front of the adapting ones; phase 1 sees the adapting prompts at their initial values (one layout);
 - unlabeled domain data: the experience's own training images (the standard few-shot protocol has no other
@@ -31,7 +33,7 @@ Choices the paper leaves open, with the value taken and why:
 - phase 1 runs without autocast and with a constant learning rate (PromptKD's schedule was not read).
 
 Trainable parameters on ViT-B/16: phase 1 the boosting prompts, 9 x 4 x 512 + 9 x 4 x 768 = 46,080; phase 2
-PromptSRC's 46,080 adapting parameters (``tests/test_caspl.py``); no published count was found.
+the 46,080 adapting parameters (PromptSRC's count) (``tests/test_caspl.py``); no published count was found.
 """
 
 from __future__ import annotations
@@ -40,11 +42,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from ctta.strategies.promptsrc.strategy import PromptSRC, PromptSRCConfig, PromptSRCModel, _normal
 from torch import nn
 
-from ctta.clip_prompting.template import init_generator
-from ctta.clip_prompting.text import PromptedText
+from ctta.clip_prompting.model import PromptedCLIP
+from ctta.clip_prompting.template import PromptLearnerConfig, PromptLearnerTemplate, init_generator
+from ctta.clip_prompting.text import context_init
 from ctta.clip_prompting.vision import encode_image, vision_width
 from ctta.fields import ranged
 from ctta.registry import STRATEGIES
@@ -53,9 +55,17 @@ __all__ = ["CasPL", "CasPLConfig", "CasPLModel", "kd_loss"]
 
 
 @dataclass(frozen=True)
-class CasPLConfig(PromptSRCConfig):
-    """PromptSRC's settings (phase 2) + the boosting phase."""
+class CasPLConfig(PromptLearnerConfig):
+    """IVLP adapting prompts at PromptSRC's B2N settings (phase 2) + the boosting phase."""
 
+    epochs: int = ranged(20, ge=1)
+    batch_size: int = ranged(4, ge=1)
+    lr: float = ranged(0.0025, gt=0)
+    ctx_init: str = "a photo of a"
+    n_ctx_text: int = ranged(4, ge=1)
+    n_ctx_vision: int = ranged(4, ge=1)
+    depth_text: int = ranged(9, ge=1)  # J_t (input layer + J_t - 1 deep layers)
+    depth_vision: int = ranged(9, ge=1)  # J_v
     n_boost: int = ranged(4, ge=1)  # boosting tokens per prompted layer, each tower
     boost_epochs: int = ranged(20, ge=0)  # phase-1 passes over the training images (0: no boosting)
     boost_lr: float = ranged(0.005, gt=0)
@@ -73,15 +83,31 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1
     return F.kl_div(log_p, q, reduction="sum") * t * t / student.numel()
 
 
-class CasPLModel(PromptSRCModel):
-    """PromptSRC's model with boosting prompts cascaded in front of its (adapting) prompts in both towers."""
+def _normal(n: int, d: int, generator: torch.Generator | None = None) -> nn.Parameter:
+    return nn.Parameter(torch.randn(n, d, generator=generator) * 0.02)
+
+
+class CasPLModel(PromptedCLIP):
+    """Frozen CLIP + adapting IVLP prompts (``ctx``, ``deep_text``, ``vpt``, ``deep_vision``) with boosting prompts
+    (``boost_text``, ``boost_vision``: input layer + deep layers) cascaded in front of them in both towers."""
+
+    context_is_the_prompt = False
 
     def __init__(self, clip_model, tokenizer, classnames, cfg: CasPLConfig, *, generator=None, teacher=None) -> None:
-        super().__init__(clip_model, tokenizer, classnames, cfg, generator=generator)
-        layout = [self.text.layout[0] + cfg.n_boost, *self.text.layout[1:]]  # [boost + adapt, hard words]
-        self.text = PromptedText(clip_model, tokenizer, classnames, layout, truncate=cfg.truncate,
-                                 round_prompts=cfg.round_prompts)  # fmt: skip
-        d, w = self.ctx.shape[-1], vision_width(clip_model)
+        layout, ctx0 = context_init(clip_model, tokenizer, cfg.ctx_init, cfg.n_ctx_text, generator=generator)
+        layout = [layout[0] + cfg.n_boost, *layout[1:]]  # [boost + adapt, hard words]
+        super().__init__(clip_model, tokenizer, classnames, layout, truncate=cfg.truncate,
+                         round_prompts=cfg.round_prompts)  # fmt: skip
+        n_text, n_vis = len(clip_model.transformer.resblocks), len(clip_model.visual.transformer.resblocks)
+        if not (cfg.depth_text <= n_text and cfg.depth_vision <= n_vis):
+            raise ValueError(f"depth_text must be in 1..{n_text} and depth_vision in 1..{n_vis}")
+        d, w, n = ctx0.shape[-1], vision_width(clip_model), ctx0.shape[0]
+        self.ctx = nn.Parameter(ctx0.to(self.text.cast_dtype))
+        self.deep_text = nn.ParameterList(_normal(n, d, generator) for _ in range(cfg.depth_text - 1))
+        self.vpt = _normal(cfg.n_ctx_vision, w, generator)
+        self.deep_vision = nn.ParameterList(
+            _normal(cfg.n_ctx_vision, w, generator) for _ in range(cfg.depth_vision - 1)
+        )
         self.boost_text = nn.ParameterList(_normal(cfg.n_boost, d, generator) for _ in range(cfg.depth_text))
         self.boost_vision = nn.ParameterList(_normal(cfg.n_boost, w, generator) for _ in range(cfg.depth_vision))
         self.kd_teacher = [teacher]  # (clip, tokenizer) or None; not a submodule
@@ -95,8 +121,6 @@ class CasPLModel(PromptSRCModel):
         deep_v = [torch.cat([b, p]) for b, p in zip(bv[1:], self.deep_vision)]
         g = F.normalize(self.text(ctx, deep_t), dim=-1)
         f = F.normalize(encode_image(self.clip, images, vpt, deep_v, round_prompts=self.round_prompts), dim=-1)
-        if self.training:
-            self.features = {"text": g, "image": f}
         return self.logit_scale * f @ g.t()
 
     @torch.no_grad()
@@ -110,9 +134,9 @@ class CasPLModel(PromptSRCModel):
 
 
 @STRATEGIES.register("caspl", config=CasPLConfig)
-class CasPL(PromptSRC):
-    """CasPL as an Avalanche strategy: the boosting phase before the first experience's optimiser, then PromptSRC's
-    training of the adapting prompts with the boosting prompts frozen."""
+class CasPL(PromptLearnerTemplate):
+    """CasPL as an Avalanche strategy: the boosting phase before the first experience's optimiser, then
+    cross-entropy training of the adapting prompts with the boosting prompts frozen."""
 
     config_class = CasPLConfig
 

@@ -272,8 +272,7 @@ SPECS: dict[str, Spec] = {
     "caspl": Spec(
         "epoch", clip=True, misspelt="n_bost",
         method_kwargs=dict(n_boost=2, n_ctx_text=2, n_ctx_vision=2, depth_text=2, depth_vision=2, boost_epochs=1,
-                           teacher_model="ctta-tiny-clip", teacher_pretrained="", teacher_templates="hand",
-                           gpa_mean=1.0, lr=0.01, prec="fp32"),
+                           teacher_model="ctta-tiny-clip", teacher_pretrained="", lr=0.01, prec="fp32"),
     ),  # fmt: skip
     "mocoop": Spec(
         "epoch", clip=True, method_kwargs=dict(groups=("a photo of a {}.", "a blurry photo of a {}."), lr=0.01,

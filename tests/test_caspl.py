@@ -1,5 +1,5 @@
 """CasPL (unofficial, from the paper): PromptKD's distillation loss in closed form, the boosting + adapting cascade in
-both towers, the two phases (boosting prompts alone train in phase 1, then stay frozen while PromptSRC trains the
+both towers, the two phases (boosting prompts alone train in phase 1, then stay frozen while cross-entropy trains the
 adapting prompts), base-to-new, the ViT-B/16 parameter counts."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from tests import _conformance_cases as cc
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = list(DIGIT_NAMES[:4])
-SMALL = dict(n_boost=2, n_ctx_text=2, n_ctx_vision=2, depth_text=2, depth_vision=2, teacher_templates="hand")
+SMALL = dict(n_boost=2, n_ctx_text=2, n_ctx_vision=2, depth_text=2, depth_vision=2)
 
 
 def test_kd_loss_closed_form():
@@ -71,7 +71,7 @@ def test_two_phases(tiny):
     strategy = STRATEGIES.get("caspl").builder(
         model=model, tokenizer=tok, classnames=list(DIGIT_NAMES), epochs=1, batch_size=8, prec="fp32",
         warmup_epochs=0, lr=0.05, boost_lr=0.5, boost_epochs=2, teacher_model="ctta-tiny-clip",
-        teacher_pretrained="", gpa_mean=1.0, evaluator=EvaluationPlugin(loggers=[]), plugins=[snap], **SMALL,
+        teacher_pretrained="", evaluator=EvaluationPlugin(loggers=[]), plugins=[snap], **SMALL,
     )  # fmt: skip
     init = {n: p.detach().clone() for n, p in strategy.model.named_parameters() if p.requires_grad}
     strategy.train(cc.class_incremental(train, test).train_stream[0])
@@ -100,12 +100,12 @@ def test_base_to_new_end_to_end(tmp_path):
 
 
 def test_trainable_parameter_counts_vitb16():
-    """Boosting prompts 9 x 4 x 512 + 9 x 4 x 768 = PromptSRC's 46,080 adapting parameters (no published count)."""
+    """Boosting prompts 9 x 4 x 512 + 9 x 4 x 768 = the 46,080 adapting (IVLP) parameters (no published count)."""
     from ctta.backbones.clip import create_clip
 
     torch.manual_seed(0)
     model, _, tok = create_clip("ViT-B-16", "", quick_gelu=True)
-    m = CasPLModel(model, tok, ["cat", "dog"], CasPLConfig(teacher_templates="hand"))
+    m = CasPLModel(model, tok, ["cat", "dog"], CasPLConfig())
     boost = sum(p.numel() for p in [*m.boost_text, *m.boost_vision])
     assert boost == 46_080
     assert sum(p.numel() for p in m.parameters() if p.requires_grad) == 2 * 46_080
