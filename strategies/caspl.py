@@ -128,7 +128,11 @@ class CasPLModel(PromptedCLIP):
         """Zero-shot logits of the KD teacher over the current class names (fp32)."""
         clip, tok = self.kd_teacher[0]
         clip.to(images.device).float()
-        t = clip.encode_text(tok([template.format(c.replace("_", " ")) for c in self.classnames]).to(images.device))
+        key = (template, tuple(self.classnames), images.device)
+        if getattr(self, "_kd_text", (None,))[0] != key:  # the classifier is encoded once per class set
+            names = [template.format(c.replace("_", " ")) for c in self.classnames]
+            self._kd_text = (key, clip.encode_text(tok(names).to(images.device)))
+        t = self._kd_text[1]
         f = clip.encode_image(images.float())
         return clip.logit_scale.exp() * F.normalize(f, dim=-1) @ F.normalize(t, dim=-1).t()
 
