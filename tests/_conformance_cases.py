@@ -227,6 +227,7 @@ SPECS: dict[str, Spec] = {
         "epoch", method_kwargs=dict(pool_size_cls=3, pool_size_image=3, top_k=2, random_epochs=0, prompt_dropout=0.0,
                                     lr=0.01), misspelt="pool_size_clss",
     ),
+    "pvp": Spec("epoch", method_kwargs=dict(n_prompts=2, lr=0.01), misspelt="n_promts"),
     "coop": Spec("epoch", clip=True, method_kwargs=dict(n_ctx=2, ctx_init="", lr=0.01, prec="fp32"), misspelt="n_ctxx"),
     "mcm": Spec("epoch", clip=True, method_kwargs=dict(lr=0.01, prec="fp32"), misspelt="temperatur"),
     "lapt": Spec(
