@@ -22,16 +22,16 @@ the mixed logits against ``lam onehot(y) + (1 - lam) onehot(y[i])`` (the officia
 Training images: the ID train experience, plus images of the negative labels retrieved from a user folder
 (``negative_images``: ``<folder>/<label>/*.{jpg,png,...}``, one folder per label; labels without a folder get no
 images). Deviations: the paper's label-driven ID images (text-to-image synthesis / retrieval by class name) are
-replaced by the scenario's real few-shot ID images; diffusion generation of negative-label images is not provided
-(it needs a text-to-image pipeline in the core; DiffTPT's is an image-variation pipeline); for the cross-sample
-mixes the official trainer's ``multice`` loss (read at 4d888ff) reads ``logits_all``, set only by its ``wccm``
-branches, so we use its (commented-out) sum of soft CEs over the clean and mixed logits with weights 1; ``beta``
-(mixed samples pushed towards an OOD label) is fixed at the released 0; the pairing gives up after 100 rounds (a
-single-label batch keeps same-label pairs, where the official loop never ends) and ``geomix`` falls back to
-``manimix`` for pairs at angle ~0 (the official code divides by zero there); the other mixes (cutmix, cross_dis,
-manimixrev, the ``*_wccm`` and ``*_cccm`` combinations) and losses (binaryce, entropy, textentropy, textmultice,
-abscos) are not provided; ``lam``, the templates and the pairing come from the run's global RNG seeded by the
-runner, the grouped score from its own seeded generator.
+replaced by the scenario's real few-shot ID images; negative-label images may also be generated
+(``negative_generate`` per label, ``ctta.diffusion``'s cached text-to-image pipeline, prompt "a photo of a {}.": the
+paper's synthesis settings are not released); for the cross-sample mixes the official trainer's ``multice`` loss
+(read at 4d888ff) reads ``logits_all``, set only by its ``wccm`` branches, so we use its (commented-out) sum of soft
+CEs over the clean and mixed logits with weights 1; ``beta`` (mixed samples pushed towards an OOD label) is fixed at
+the released 0; the pairing gives up after 100 rounds (a single-label batch keeps same-label pairs, where the
+official loop never ends) and ``geomix`` falls back to ``manimix`` for pairs at angle ~0 (the official code divides
+by zero there); the other mixes (cutmix, cross_dis, manimixrev, the ``*_wccm`` and ``*_cccm`` combinations) and
+losses (binaryce, entropy, textentropy, textmultice, abscos) are not provided; ``lam``, the templates and the
+pairing come from the run's global RNG seeded by the runner, the grouped score from its own seeded generator.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ from ctta.clip_prompting.template import init_generator
 from ctta.clip_prompting.text import PromptedText
 from ctta.clip_prompting.vision import encode_image
 from ctta.data.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from ctta.diffusion import TextToImageConfig, generate_label_images
 from ctta.fields import ranged
 from ctta.registry import STRATEGIES
 
@@ -82,6 +83,10 @@ class LAPTConfig(ContextConfig):
     adjectives: tuple[str, ...] = ()
     negative_images: str = ""  # <folder>/<negative label>/*.jpg: retrieved images of the training negatives
     mix: Literal["wccm", "mixup", "manimix", "geomix"] = "wccm"  # wccm: the released run; others: the ablations
+    negative_generate: int = ranged(0, ge=0)  # images generated per training negative (text-to-image, cached)
+    generate_model: str = TextToImageConfig.model  # a StableDiffusionPipeline hub id, or "tiny-random"
+    generate_steps: int = ranged(50, ge=1)
+    generate_cache_dir: str = TextToImageConfig.cache_dir
 
 
 def wccm_logits(f: torch.Tensor, t: torch.Tensor, g: torch.Tensor, lam: float, scale) -> torch.Tensor:
@@ -204,12 +209,19 @@ class LAPT(OODPromptLearnerTemplate):
 
     def train_dataset_adaptation(self, **kwargs) -> None:
         super().train_dataset_adaptation(**kwargs)
-        if self.cfg.negative_images:
-            items = negative_image_items(self.cfg.negative_images, self.model.train_negatives,
-                                         len(self.model.classnames))  # fmt: skip
-            if items:
-                size = int(self.model.clip.visual.image_size[0])
-                self.adapted_dataset = self.adapted_dataset.concat(_negative_dataset(items, size))
+        negatives, offset = self.model.train_negatives, len(self.model.classnames)
+        items = negative_image_items(self.cfg.negative_images, negatives, offset) if self.cfg.negative_images else []
+        if self.cfg.negative_generate:
+            items += negative_image_items(self._generated_negatives(), negatives, offset)
+        if items:
+            size = int(self.model.clip.visual.image_size[0])
+            self.adapted_dataset = self.adapted_dataset.concat(_negative_dataset(items, size))
+
+    def _generated_negatives(self) -> Path:
+        """The cache folder of ``negative_generate`` text-to-image images per training negative (generated once)."""
+        cfg = TextToImageConfig(model=self.cfg.generate_model, images_per_label=self.cfg.negative_generate,
+                                num_inference_steps=self.cfg.generate_steps, cache_dir=self.cfg.generate_cache_dir)
+        return generate_label_images(self.model.train_negatives, cfg, self.device)
 
     def forward_train(self) -> torch.Tensor:
         """Training logits over the ID and training-negative prompts: ``wccm`` mixed logits (labels of the mini-batch

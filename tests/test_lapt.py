@@ -1,5 +1,6 @@
-"""LAPT: the wccm mixing and loss on hand-made features, retrieval of negative-label images from a folder, and a
-training run whose retrieved negative images enter the batches with the negative labels."""
+"""LAPT: the wccm mixing and loss on hand-made features, retrieval of negative-label images from a folder, and
+training runs whose retrieved or generated (tiny random text-to-image pipeline) negative images enter the batches
+with the negative labels."""
 
 from __future__ import annotations
 
@@ -71,3 +72,24 @@ def test_lapt_trains_on_retrieved_negative_images(tmp_path):
     assert (labels >= n_id).any() and (labels < n_id).any()  # both ID and retrieved negative images were trained on
     summary = json.loads((tmp_path / "run" / "results.json").read_text())["summary"]
     assert 0 <= summary["auroc_far"] <= 1 and 0 <= summary["id_acc"] <= 1
+
+
+def test_lapt_trains_on_generated_negative_images(tmp_path):
+    pytest.importorskip("diffusers")
+    from ctta.runner.config import load_config
+    from ctta.runner.run import execute, prepare
+
+    cache = tmp_path / "t2i"
+    overrides = [f"log.out_dir={tmp_path / 'run'}", "log.progress=false", "device=cpu", "strategy.epochs=1",
+                 "strategy.negative_generate=1", "strategy.generate_model=tiny-random", "strategy.generate_steps=2",
+                 f"strategy.generate_cache_dir={cache}"]  # fmt: skip
+    cfg = load_config(SMOKE / "lapt_digits_ood.yaml", overrides)
+    ctx = prepare(cfg)
+    spy = _Labels()
+    ctx.strategy.plugins.append(spy)
+    execute(ctx, verbose=False)
+    negatives = ctx.strategy.model.train_negatives
+    assert sorted(p.parent.name for p in cache.glob("*/*/0.png")) == sorted(negatives)  # one image per negative
+    labels = torch.cat(spy.seen)
+    n_id = len(ctx.strategy.model.classnames)
+    assert set(labels[labels >= n_id].tolist()) == set(range(n_id, n_id + len(negatives)))
