@@ -96,7 +96,7 @@ def _sample(cfg: FewShotMultiConfig, seed: int) -> list[dict]:
         test = splits["test"][: cfg.max_test] if cfg.max_test > 0 else splits["test"]
         names = classnames_of(splits["test"] + train)
         out.append({"name": name, "train": train, "val": val, "test": test, "names": names,
-                    "tf": _transforms(cfg.img_size, bundled)})  # fmt: skip
+                    "bundled": bundled, "tf": _transforms(cfg.img_size, bundled)})  # fmt: skip
     return out
 
 
@@ -128,7 +128,9 @@ def build_few_shot_multi(cfg: FewShotMultiConfig, *, seed: int = 1) -> CLScenari
     if len(per_dataset) != len(parts):
         raise ValueError(f"few_shot_multi: datasets {list(cfg.datasets)} repeat a stream name")
     names = [n for p in parts for n in p["names"]]
-    tf = parts[0]["tf"]  # the union streams: the first dataset's transforms (one image size for all)
+    if len({p["bundled"] for p in parts}) > 1:  # the union streams share one transform
+        raise ValueError("few_shot_multi: generated (tensor) and image-file datasets cannot be mixed")
+    tf = parts[0]["tf"]
     streams = [_stream(k, v, tf) for k, v in merged.items()]
     streams += [_stream(k, items, t) for k, (items, t) in per_dataset.items()]
     bench = CLScenario(streams)

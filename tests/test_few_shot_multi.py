@@ -4,6 +4,7 @@ run that reports every dataset's accuracy."""
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -72,11 +73,21 @@ def test_per_dataset_streams_union_and_dataset_label_spaces():
     assert set(_targets(local.streams["test"])) <= set(range(10))
 
 
-def test_bad_settings_raise():
+def test_bad_settings_raise(tmp_path):
     with pytest.raises(ValueError, match="eval_label_space"):
         _bench(eval_label_space="both")
     with pytest.raises(ValueError, match="distinct"):
         _bench(datasets=("digits/0/3", "digits/0/3"))
+    rows = [["a.jpg", 0, "cat"], ["b.jpg", 1, "dog"]]  # a split file and empty image files (read lazily)
+    (tmp_path / "oxford_pets").mkdir()
+    (tmp_path / "oxford_pets" / "split_zhou_OxfordPets.json").write_text(
+        json.dumps({"train": rows, "val": rows, "test": rows})
+    )
+    (tmp_path / "oxford_pets" / "images").mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        (tmp_path / "oxford_pets" / "images" / name).write_bytes(b"")  # never opened
+    with pytest.raises(ValueError, match="cannot be mixed"):
+        _bench(datasets=("digits/0/3", "oxford_pets"), root=str(tmp_path))
 
 
 def test_multitask_run_reports_every_dataset(tmp_path):
