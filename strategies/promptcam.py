@@ -22,15 +22,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ctta.backbones.vit import PromptedViT
 from ctta.backbones.vit_attention import class_token_forward
 from ctta.fields import ranged
 from ctta.registry import STRATEGIES
-from ctta.templates import EpochTemplate
-from ctta.templates.benchmark_info import benchmark_info
+from ctta.templates.vit_epoch import PromptedViTEpochTemplate
 
 __all__ = ["PromptCAMConfig", "PromptCAMModel", "PromptCAM", "cosine_warmup_lr"]
 
@@ -83,7 +81,7 @@ class PromptCAMModel(nn.Module):
 
 
 @STRATEGIES.register("promptcam", config=PromptCAMConfig)
-class PromptCAM(EpochTemplate):
+class PromptCAM(PromptedViTEpochTemplate):
     """Prompt-CAM on a frozen ViT, trained in epochs (full training set per experience).
 
     ``model``: a timm ViT (``num_classes=0``), a ``PromptedViT`` or a ``PromptCAMModel``; the optimiser is the
@@ -94,14 +92,6 @@ class PromptCAM(EpochTemplate):
     model_class = PromptCAMModel
     optimizer_refusal = "Prompt-CAM builds SGD over its prompts and head with a per-epoch cosine schedule; set lr"
     criterion_refusal = "Prompt-CAM's loss is cross-entropy over the class-prompt logits"
-
-    @classmethod
-    def benchmark_kwargs(cls, cfg: PromptCAMConfig, benchmark) -> dict[str, Any]:
-        """The class count (one prompt per class), so the model is built before the first experience."""
-        return {"num_classes": benchmark_info(benchmark).n_classes}
-
-    def prepare_backbone(self, model: nn.Module) -> nn.Module:
-        return model if isinstance(model, PromptedViT) else PromptedViT(model)
 
     def build_model(self, backbone: nn.Module, experience) -> PromptCAMModel:
         return PromptCAMModel(backbone, self.class_count(), self.cfg.vpt_dropout)
@@ -118,11 +108,3 @@ class PromptCAM(EpochTemplate):
         self._epoch += 1
         super()._before_training_epoch(**kwargs)
 
-    def forward_train(self) -> torch.Tensor:
-        return self.model(self.mb_x)
-
-    def forward_eval(self) -> torch.Tensor:
-        return self.model(self.mb_x)
-
-    def criterion(self) -> torch.Tensor:
-        return F.cross_entropy(self.mb_output, self.mb_y)

@@ -22,14 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ctta.backbones.vit import PromptedViT
 from ctta.fields import ranged
 from ctta.registry import STRATEGIES
-from ctta.templates import EpochTemplate
-from ctta.templates.benchmark_info import benchmark_info
+from ctta.templates.vit_epoch import PromptedViTEpochTemplate
 
 __all__ = ["PVPConfig", "DeepVPTClassifier", "PVP"]
 
@@ -74,20 +72,13 @@ class DeepVPTClassifier(nn.Module):
 
 
 @STRATEGIES.register("pvp", config=PVPConfig)
-class PVP(EpochTemplate):
+class PVP(PromptedViTEpochTemplate):
     """PVP (unofficial): deep VPT pre-trained on a source (``stage: pretrain``), then tuned few-shot (``finetune``)."""
 
     config_class = PVPConfig
     model_class = DeepVPTClassifier
     optimizer_refusal = "PVP builds SGD over its prompts and head with a per-epoch cosine schedule; set lr"
     criterion_refusal = "PVP's loss is cross-entropy"
-
-    @classmethod
-    def benchmark_kwargs(cls, cfg: PVPConfig, benchmark) -> dict[str, Any]:
-        return {"num_classes": benchmark_info(benchmark).n_classes}
-
-    def prepare_backbone(self, model: nn.Module) -> nn.Module:
-        return model if isinstance(model, PromptedViT) else PromptedViT(model)
 
     def build_model(self, backbone: nn.Module, experience) -> DeepVPTClassifier:
         model = DeepVPTClassifier(backbone, self.class_count(), self.cfg.n_prompts)
@@ -120,11 +111,3 @@ class PVP(EpochTemplate):
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"prompts": self.model.prompts.detach().cpu()}, path)
 
-    def forward_train(self) -> torch.Tensor:
-        return self.model(self.mb_x)
-
-    def forward_eval(self) -> torch.Tensor:
-        return self.model(self.mb_x)
-
-    def criterion(self) -> torch.Tensor:
-        return F.cross_entropy(self.mb_output, self.mb_y)

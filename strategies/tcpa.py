@@ -30,8 +30,7 @@ from ctta.backbones.vit_attention import explicit_block
 from ctta.fields import ranged
 from ctta.prompts.pool import PromptPool
 from ctta.registry import STRATEGIES
-from ctta.templates import EpochTemplate
-from ctta.templates.benchmark_info import benchmark_info
+from ctta.templates.vit_epoch import PromptedViTEpochTemplate
 
 __all__ = ["TCPAConfig", "TCPAModel", "TCPA", "token_select", "group_mask", "fourier_prompts"]
 
@@ -118,20 +117,13 @@ class TCPAModel(nn.Module):
 
 
 @STRATEGIES.register("tcpa", config=TCPAConfig)
-class TCPA(EpochTemplate):
+class TCPA(PromptedViTEpochTemplate):
     """TCPA on a frozen ViT, trained in epochs (AdamW, warm-up + cosine per step, CE + key loss)."""
 
     config_class = TCPAConfig
     model_class = TCPAModel
     optimizer_refusal = "TCPA builds AdamW over its pools and head with a per-step warm-up + cosine schedule; set lr"
     criterion_refusal = "TCPA's loss is cross-entropy plus its key-matching loss"
-
-    @classmethod
-    def benchmark_kwargs(cls, cfg: TCPAConfig, benchmark) -> dict[str, Any]:
-        return {"num_classes": benchmark_info(benchmark).n_classes}
-
-    def prepare_backbone(self, model: nn.Module) -> nn.Module:
-        return model if isinstance(model, PromptedViT) else PromptedViT(model)
 
     def build_model(self, backbone: nn.Module, experience) -> TCPAModel:
         return TCPAModel(backbone, self.class_count(), self.cfg)
@@ -156,11 +148,6 @@ class TCPA(EpochTemplate):
         self._step += 1
         super()._before_training_iteration(**kwargs)
 
-    def forward_train(self) -> torch.Tensor:
-        return self.model(self.mb_x)
-
-    def forward_eval(self) -> torch.Tensor:
-        return self.model(self.mb_x)
 
     def criterion(self) -> torch.Tensor:
         ce = F.cross_entropy(self.mb_output, self.mb_y)
