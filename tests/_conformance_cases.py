@@ -266,6 +266,9 @@ SPECS: dict[str, Spec] = {
     "glad": Spec("epoch", clip=True, method_kwargs=dict(lr=0.01, prec="fp32"), misspelt="rhoo"),
     "dpl": Spec("epoch", clip=True, method_kwargs=dict(n_vis=2, depth=2, lr=0.01, prec="fp32"), misspelt="n_viss"),
     "tmml": Spec("epoch", clip=True, method_kwargs=dict(lr=0.01, prec="fp32"), misspelt="meta_reductoin"),
+    "kapt": Spec(
+        "epoch", clip=True, method_kwargs=dict(lr=0.01, prec="fp32", descriptions="builtin:digits"), misspelt="n_keyword"
+    ),
     "coop_atp": Spec(
         "epoch", clip=True, method_kwargs=dict(attributes=("shape",), lr=0.01, prec="fp32"), misspelt="n_attt"
     ),
