@@ -20,7 +20,9 @@ evaluators of ``MVLPT.test``.
   label ids of each dataset (what per-task logit masking needs), ``experience_classnames`` each dataset's names.
 * Datasets: any ``few_shot`` name of ``ctta.data.catalogue``, or a ``transfer`` one (e.g. the generated
   ``digits/<k>/<n>``: part ``k`` of the 10 digit classes, tinted; its train / val / test splits are read as they are).
-  Tests use ``[digits/0/2, digits/1/2]``.
+  Tests use ``[digits/0/2, digits/1/2]``. Generated (tensor) and image-file datasets are not mixed (the union
+  streams share one transform).
+* MVLPT's ``DatasetAccuracy`` metric reports each ``test_<name>`` accuracy and their mean (``mean_dataset_acc``).
 
 Deviations: the reference evaluates the union test loader once and splits the predictions per task; the per-dataset
 streams here score the same predictions (``test`` adds the union's pooled accuracy). The reference's few-shot
