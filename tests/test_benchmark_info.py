@@ -69,10 +69,14 @@ def test_record_validates_its_class_information():
 # ---------------------------------------------------------------------------------------------- scenarios
 SCENARIO_CASES = {
     "class_incremental": {"dataset": "digits", "n_experiences": 2},
+    "domain_adaptation": {"dataset": "digits_shift", "source": "clean", "target": "pixelate", "img_size": 16,
+                          "max_items": 20},
     "few_shot": {"dataset": "digits", "shots": 1, "img_size": 16},
     "few_shot_multi": {"datasets": ("digits/0/2", "digits/1/2"), "shots": 1, "img_size": 16, "max_test": 4},
     "multilabel": {"dataset": "synthetic", "increment": 4, "img_size": 8, "synthetic_train": 24, "synthetic_test": 12},
     "multilane_cil": {"dataset": "digits", "n_experiences": 2, "img_size": 8},
+    "ood": {"dataset": "digits", "shots": 1, "id_classes": 5, "held_out_near": True, "near": [], "far": ["noise"],
+            "img_size": 16, "max_test": 6},
     "si_blurry": {"dataset": "digits", "img_size": 8, "n_tasks": 2},
     "test_time": {"dataset": "digits", "n_views": 2, "resolution": 16, "max_samples": 2},
     "transfer": {"datasets": ("digits/0/2", "digits/1/2"), "img_size": 8, "max_per_split": 4},
