@@ -28,9 +28,12 @@ from ctta.backbones.vit import PromptedViT
 from ctta.backbones.vit_attention import class_token_forward
 from ctta.fields import ranged
 from ctta.registry import STRATEGIES
+from ctta.templates import OnlineCLTemplate
 from ctta.templates.vit_epoch import PromptedViTEpochTemplate
 
-__all__ = ["PromptCAMConfig", "PromptCAMModel", "PromptCAM", "cosine_warmup_lr"]
+__all__ = [
+    "PromptCAMConfig", "PromptCAMOnlineConfig", "PromptCAMModel", "PromptCAM", "PromptCAMOnline", "cosine_warmup_lr",
+]
 
 
 @dataclass(frozen=True)
@@ -108,3 +111,36 @@ class PromptCAM(PromptedViTEpochTemplate):
         self._epoch += 1
         super()._before_training_epoch(**kwargs)
 
+
+
+@dataclass(frozen=True)
+class PromptCAMOnlineConfig:
+    lr: float = ranged(0.005, gt=0)  # SGD momentum 0.9, as the epoch recipe (constant lr online)
+    weight_decay: float = ranged(1e-3, ge=0)
+    vpt_dropout: float = ranged(0.0, ge=0, lt=1)
+    online_iters: int = ranged(3, ge=1)
+    batch_size: int = 16  # incoming stream batch
+    eval_every: int = 1000  # samples between anytime evaluations (<= 0: task ends only)
+    eval_batch_size: int = 64
+
+
+@STRATEGIES.register("promptcam_online", config=PromptCAMOnlineConfig)
+class PromptCAMOnline(OnlineCLTemplate):
+    """Prompt-CAM trained online (ctta's extension, not in the paper): any class-incremental or Si-Blurry stream.
+
+    One class prompt per label position; ``OnlineCLTemplate`` masks the logits of classes not seen yet, so a class's
+    prompt starts training when the class appears. Checkpoints (``log.checkpoint_every``) hold the prompts and head,
+    which ``ctta explain --checkpoint`` reads.
+    """
+
+    config_class = PromptCAMOnlineConfig
+    model_class = PromptCAMModel
+
+    def build_model(self, backbone: nn.Module, num_classes: int) -> PromptCAMModel:
+        return PromptCAMModel(backbone, num_classes, self.cfg.vpt_dropout)
+
+    def reference_optimizer(self, params) -> torch.optim.Optimizer:
+        return torch.optim.SGD(params, lr=self.cfg.lr, momentum=0.9, weight_decay=self.cfg.weight_decay)
+
+    def forward_logits(self) -> torch.Tensor:
+        return self.model(self.mb_x)

@@ -200,6 +200,7 @@ ONLINE = dict(family="online", ctta_metrics=_anytime_metrics, metric_names=("A_a
 TOP5 = dict(ctta_metrics=_top5, metric_names=("Top5_Acc_Stream",))
 SPECS: dict[str, Spec] = {
     "vpt": Spec(**ONLINE, method_kwargs=dict(n_prompts=2, lr=0.01, online_iters=1), misspelt="n_promts"),
+    "promptcam_online": Spec(**ONLINE, method_kwargs=dict(lr=0.01, online_iters=1), misspelt="online_iter"),
     "mvp": Spec(**ONLINE, method_kwargs=dict(online_iters=1), misspelt="online_iter"),
     "l2p": Spec(
         **ONLINE, method_kwargs=dict(pool_size=4, top_k=2, prompt_length=2, online_iters=1), misspelt="pool_sise"

@@ -80,3 +80,15 @@ def test_cli_explains_a_checkpoint_of_the_smoke_config(tmp_path, monkeypatch):
     assert names == ["contact_sheet.png", "explain_0.png", "explain_1.png"]
     torch.save({"model": {"bogus": torch.zeros(1)}}, ckpt)
     assert main(["explain", str(cfg), f"log.out_dir={tmp_path / 'run'}", "--checkpoint", str(ckpt)]) == 2
+
+
+def test_cli_explains_a_ctta_checkpoint_of_an_online_run(tmp_path):
+    from ctta.runner.cli import main
+
+    cfg = ROOT / "configs/smoke/promptcam_siblurry_digits.yaml"
+    run = tmp_path / "run"
+    assert main(["run", str(cfg), f"log.out_dir={run}", "log.checkpoint_every=1000", "log.progress=false"]) == 0
+    ckpt = sorted((run / "checkpoints").glob("ckpt-*.pt"))[-1]  # verified through its JSON sidecar
+    rc = main(["explain", str(cfg), f"log.out_dir={tmp_path / 'x'}", "--checkpoint", str(ckpt), "--images", "1",
+               "--top-traits", "1", "--out", str(tmp_path / "maps")])  # fmt: skip
+    assert rc == 0 and (tmp_path / "maps" / "contact_sheet.png").is_file()

@@ -147,6 +147,18 @@ def _sheet(panels: list[list[np.ndarray]], titles: list[list[str]], path: Path) 
     plt.close(fig)
 
 
+def _read_checkpoint(path: Path) -> dict:
+    """Model tensors of a ctta checkpoint (its JSON sidecar's SHA-256 checked) or of a plain state dict file."""
+    from ctta.runner import checkpoint as ck
+
+    meta = ck.meta_path(path)
+    if meta.is_file():  # a ctta checkpoint: verified, then read like resume reads it
+        state = ck._load(path, ck._read_meta(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    return state.get("model", state)
+
+
 def _built_model(ctx):
     """The strategy's model, built from the first training experience if it waits for the benchmark."""
     s = ctx.strategy
@@ -169,8 +181,7 @@ def explain_run(cfg, checkpoint: str | None, n_images: int, out_dir: str | None,
         model = ctx.strategy.model
     else:
         model = _built_model(ctx)
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        state = state.get("model", state)
+        state = _read_checkpoint(Path(checkpoint))
         missing = [k for k in state if k not in dict(model.named_parameters()) | dict(model.named_buffers())]
         if missing:
             raise ValueError(f"checkpoint {checkpoint} has parameters the model lacks: {missing[:5]}")
