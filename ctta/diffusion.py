@@ -30,7 +30,7 @@ import torch
 from ctta.extras import require
 
 __all__ = ["TINY_RANDOM", "TextToImageConfig", "generate_label_images", "load_text_to_image", "settings_key",
-           "tiny_text_to_image_pipeline"]  # fmt: skip
+           "tiny_text_to_image_pipeline", "tiny_unet_and_vae"]  # fmt: skip
 
 TINY_RANDOM = "tiny-random"
 #: settings that do not change the pixels (left out of the cache key)
@@ -164,27 +164,36 @@ def _tiny_tokenizer():
         return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=32)
 
 
+def tiny_unet_and_vae(sample_size: int = 8):
+    """A tiny randomly initialised UNet (2 blocks, 8/16 channels, cross-attention dim 16) and VAE (2 blocks, scale
+    factor 2), built from configs in this order from the global RNG (tiny pipelines of tests and smoke runs)."""
+    require("diffusers", "diffusion", "tiny diffusion pipelines")
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    unet = UNet2DConditionModel(
+        sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(8, 16), norm_num_groups=4, cross_attention_dim=16, attention_head_dim=2,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    )  # fmt: skip
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16), norm_num_groups=4,
+        layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+    )  # fmt: skip
+    return unet, vae
+
+
 def tiny_text_to_image_pipeline(seed: int = 0, sample_size: int = 8):
     """A tiny randomly initialised ``StableDiffusionPipeline`` built from configs (no download): a 2-block UNet and
     VAE (``2 * sample_size`` px output), a 2-layer CLIP text model (width 16), a character-level tokenizer and a PNDM
     scheduler. Initialisation does not touch the global RNG state."""
     require("diffusers", "diffusion", "text-to-image generation")
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
     from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = _tiny_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(
-            sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=1,
-            block_out_channels=(8, 16), norm_num_groups=4, cross_attention_dim=16, attention_head_dim=2,
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        )  # fmt: skip
-        vae = AutoencoderKL(
-            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16), norm_num_groups=4,
-            layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        )  # fmt: skip
+        unet, vae = tiny_unet_and_vae(sample_size)
         text = CLIPTextModel(CLIPTextConfig(
             vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
             max_position_embeddings=32, bos_token_id=len(tokenizer) - 2, eos_token_id=len(tokenizer) - 1,

@@ -1,7 +1,8 @@
 """Optional dependencies ("extras"): import them with an error that names the ``pip install`` command.
 
 Core dependencies (always installed): torch, torchvision, timm, avalanche-lib, open_clip_torch, scikit-learn.
-Extras: ``diffusion`` (diffusers + transformers; DiffTPT's Stable Diffusion views) and ``dev`` (tests, lint).
+Extras: ``diffusion`` (diffusers + transformers; DiffTPT's Stable Diffusion views, ``ctta.diffusion``'s
+text-to-image images for LAPT) and ``dev`` (tests, lint).
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from ctta.data.tta_views import CLIP_MEAN, CLIP_STD, TPTViews
+from ctta.diffusion import tiny_unet_and_vae
 
 SD_IMAGE_VARIATIONS = "lambdalabs/sd-image-variations-diffusers"
 TINY_RANDOM = "tiny-random"
@@ -129,26 +130,12 @@ def tiny_image_variation_pipeline(seed: int = 0, sample_size: int = 8, image_siz
     ``2 * sample_size`` px images. Initialisation does not touch the global RNG state.
     """
     _diffusers()
-    from diffusers import (
-        AutoencoderKL,
-        PNDMScheduler,
-        StableDiffusionImageVariationPipeline,
-        UNet2DConditionModel,
-    )
+    from diffusers import PNDMScheduler, StableDiffusionImageVariationPipeline
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(
-            sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=1,
-            block_out_channels=(8, 16), norm_num_groups=4, cross_attention_dim=16, attention_head_dim=2,
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        )  # fmt: skip
-        vae = AutoencoderKL(
-            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16), norm_num_groups=4,
-            layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        )  # fmt: skip
+        unet, vae = tiny_unet_and_vae(sample_size)
         vision = CLIPVisionConfig(
             hidden_size=16, intermediate_size=32, projection_dim=16, num_hidden_layers=2, num_attention_heads=2,
             image_size=image_size, patch_size=8,
