@@ -268,7 +268,12 @@ SPECS: dict[str, Spec] = {
     "dpl": Spec("epoch", clip=True, method_kwargs=dict(n_vis=2, depth=2, lr=0.01, prec="fp32"), misspelt="n_viss"),
     "tmml": Spec("epoch", clip=True, method_kwargs=dict(lr=0.01, prec="fp32"), misspelt="meta_reductoin"),
     "kapt": Spec(
-        "epoch", clip=True, method_kwargs=dict(lr=0.01, prec="fp32", descriptions="builtin:digits"), misspelt="n_keyword"
+        "epoch", clip=True, method_kwargs=dict(lr=0.01, prec="fp32", descriptions="builtin:digits"),
+        misspelt="n_keyword",
+    ),
+    "disa": Spec(
+        "epoch", clip=True, method_kwargs=dict(depth_text=2, depth_vision=2, teacher_templates="hand", gpa_mean=1.0,
+                                               lr=0.01, prec="fp32"), misspelt="keep_ratoi",
     ),
     "coop_atp": Spec(
         "epoch", clip=True, method_kwargs=dict(attributes=("shape",), lr=0.01, prec="fp32"), misspelt="n_attt"
