@@ -281,8 +281,9 @@ def si_blurry_benchmark(
     """Turn a train/test dataset pair (with ``.targets``) into a Si-Blurry Avalanche benchmark.
 
     The train stream holds one ``DatasetExperience`` per task (indices from ``si_blurry_split``, in stream
-    order; a task may be empty), or with ``online=True`` ordered sub-experiences of ``online_experience_size`` samples. The
-    test stream is one experience with the full test set. Both are decorated with ``with_classes_timeline``.
+    order; a task may be empty), or with ``online=True`` ordered sub-experiences of ``online_experience_size``
+    samples. The test stream is one experience with the full test set. Both are decorated with
+    ``with_classes_timeline``.
 
     Args:
         train_ds: training set in native order, samples ``(x, y)``, with ``.targets``.

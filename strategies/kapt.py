@@ -44,11 +44,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from ctta.strategies.tmml import frozen_image_tokens, text_guided_pooling
 from torch import nn
 
 from ctta.clip_prompting.descriptions import DescriptionBank, load_descriptions, match_classnames
 from ctta.clip_prompting.model import PromptedCLIP
+from ctta.clip_prompting.patch_tokens import frozen_image_tokens, text_guided_pooling
 from ctta.clip_prompting.template import PromptLearnerConfig, PromptLearnerTemplate, init_generator
 from ctta.clip_prompting.text import context_init
 from ctta.fields import ranged

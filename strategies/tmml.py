@@ -41,6 +41,7 @@ from torch import nn
 
 from ctta.clip_prompting.coupling import MetaNet
 from ctta.clip_prompting.model import PromptedCLIP
+from ctta.clip_prompting.patch_tokens import frozen_image_tokens, text_guided_pooling
 from ctta.clip_prompting.teacher import FrozenCLIPTeacher
 from ctta.clip_prompting.template import PromptLearnerConfig, PromptLearnerTemplate, init_generator
 from ctta.clip_prompting.text import context_init
@@ -66,26 +67,6 @@ class TMMLConfig(PromptLearnerConfig):
 def class_aware_input(f: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """CTP's meta-net input ``norm(norm(f_b) * norm(t_c))``: ``(B, E)`` x ``(C, E)`` -> ``(B, C, E)``."""
     return F.normalize(F.normalize(f, dim=-1)[:, None] * F.normalize(t, dim=-1)[None], dim=-1)
-
-
-def text_guided_pooling(patches: torch.Tensor, t: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
-    """TFT's ``sum_p softmax_p(scale <P^_{b,p}, t^_c>) P_{b,p}``: ``(B, N, E)`` x ``(C, E)`` -> ``(B, C, E)``."""
-    s = scale * torch.einsum("bne,ce->bcn", F.normalize(patches, dim=-1), F.normalize(t, dim=-1))
-    return torch.einsum("bcn,bne->bce", torch.softmax(s, dim=-1), patches)
-
-
-@torch.no_grad()
-def frozen_image_tokens(clip_model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The frozen image feature ``(B, E)`` and patch features ``(B, N, E)`` (open_clip's pooled and token outputs,
-    both through the image projection)."""
-    visual = clip_model.visual
-    if not hasattr(visual, "_embeds") or getattr(visual, "attn_pool", None) is not None:
-        raise TypeError("TFT needs an open_clip VisionTransformer with token pooling")
-    x = visual.transformer(visual._embeds(images.to(visual.conv1.weight.dtype)))
-    pooled, tokens = visual._pool(x)
-    if visual.proj is not None:
-        pooled, tokens = pooled @ visual.proj, tokens @ visual.proj
-    return pooled, tokens
 
 
 class TMMLModel(PromptedCLIP):

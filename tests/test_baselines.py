@@ -27,7 +27,8 @@ def tiny_bench(n_classes=4, per_class=6, size=32, batch=8, seed=0, online=False)
     test = TensorDataset(x[::2], torch.tensor(targets[::2]))
     test.targets = targets[::2]
     aug = SiBlurryTrainAugment(MEAN, STD, "cifar10", img_size=size)
-    return si_blurry_benchmark(train, test, n_tasks=2, seed=1, online_experience_size=batch, online=online, train_augment=aug)
+    return si_blurry_benchmark(train, test, n_tasks=2, seed=1, online_experience_size=batch, online=online,
+                               train_augment=aug)
 
 
 def build(cls, cfg, backbone, bench, batch=8):

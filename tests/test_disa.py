@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from avalanche.training.plugins import EvaluationPlugin
-from ctta.strategies.disa import DiSaConfig, DiSaModel, directional_loss, saliency_mask
 from ctta.strategies.promptsrc import PromptSRC
+from ctta.strategies.promptsrc.disa import DiSaConfig, DiSaModel, directional_loss, saliency_mask
 
 from ctta.data.digits import DIGIT_NAMES
 from ctta.registry import STRATEGIES

@@ -7,7 +7,8 @@ sections 4, 12, 14, 23.1, 23.3, 23.4, 23.5): ShuvenduRoy/CoPrompt@a2a6c12 ``trai
 (``gpt_file/<stem>_prompt.json``), zzeoZheng/HiCroPL@2c2b2f2 (the same files), Rain-Bus/MSGCoOp@a298669
 ``MSGCoOp/trainers/msgcoop.py`` (``desc/gpt-4.1/descriptions_top4/<Name>.json``).
 
-Shared with wave 2: CoPrompt, MSGCoOp and HiCroPL. API (W2b's HiCroPL uses the ``coprompt`` format and ``DescriptionBank(reduce="mean", renormalize=True)``):
+Shared with wave 2: CoPrompt, MSGCoOp and HiCroPL. API (HiCroPL uses the ``coprompt`` format and
+``DescriptionBank(reduce="mean", renormalize=True)``):
 
 * ``load_descriptions(source, fmt, dataset="")`` -> ``{class name: [descriptions]}``. ``source`` is a JSON file, a
   folder holding the official layout (``gpt_file/<stem>_prompt.json`` or ``<stem>_prompt.json`` for ``coprompt``;

@@ -14,8 +14,8 @@ feature of the saliency-masked image and ``mu_c`` the class prototype.
 Choices the paper (as available: summary pages) leaves open, with the value taken and why:
 
 - Saliency: of patch ``p`` of image ``b``, ``cos(P_{b,p}, t_zs[y_b])`` between the frozen patch feature (projected
-  to the joint space, ``ctta.strategies.tmml.frozen_image_tokens``) and the frozen text feature of the label; the
-  ``keep_ratio`` = 0.5 most salient patches are kept, the others zeroed in pixel space (``saliency_mask``).
+  to the joint space, ``ctta.clip_prompting.patch_tokens.frozen_image_tokens``) and the frozen text feature of the
+  label; the ``keep_ratio`` = 0.5 most salient patches are kept, the others zeroed in pixel space (``saliency_mask``).
 - Prototypes: the running mean of the frozen image features of each class over the batches seen so far in the
   experience (the class mean of frozen features, without an extra pass over the data); orientation only (cosine).
 - Weights: ``cir_weight`` 1.0 and ``dir_weight`` 1.0 (no values available); PromptSRC's settings otherwise
@@ -33,9 +33,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from ctta.strategies.promptsrc import PromptSRC, PromptSRCConfig, PromptSRCModel
-from ctta.strategies.tmml import frozen_image_tokens
+from ctta.strategies.promptsrc.strategy import PromptSRC, PromptSRCConfig, PromptSRCModel
 
+from ctta.clip_prompting.patch_tokens import frozen_image_tokens
 from ctta.clip_prompting.template import init_generator
 from ctta.clip_prompting.vision import encode_image
 from ctta.fields import ranged
