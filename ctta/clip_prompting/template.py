@@ -150,7 +150,10 @@ class PromptLearnerTemplate(EpochTemplate):
     def benchmark_kwargs(cls, cfg, benchmark) -> dict[str, Any]:
         """The training classes' names: the benchmark record's ``stream_classnames["train"]``, else its
         ``classnames``."""
-        names = benchmark_info(benchmark).names_of_stream("train")
+        try:
+            names = benchmark_info(benchmark).names_of_stream("train")
+        except ValueError as e:  # not a benchmark ctta can read: say what the learner needs
+            raise ValueError(f"{cls.__name__} needs class names: pass classnames=[...] ({e})") from e
         if not names:
             raise ValueError(f"{cls.__name__} needs class names: the benchmark has no classnames")
         return {"classnames": list(names)}
