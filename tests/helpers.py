@@ -310,3 +310,21 @@ def check_adapts(run: ContractRun) -> None:
     strict = torch.device(run.ctx.strategy.device).type == "cpu"
     failed = same.any() if strict else same.all()
     assert not failed, f"{int(same.sum())} of {len(same)} predictions equal the unadapted ones: no step taken"
+
+
+# ------------------------------------------------------------------------------------- base-to-new end to end
+def run_smoke(config_name: str, out: Path) -> dict[str, Any]:
+    """Run ``configs/smoke/<config_name>.yaml`` on the CPU into ``out`` (no plot); its results' summary."""
+    from ctta.runner.config import load_config
+    from ctta.runner.run import run
+
+    cfg = load_config(ROOT / "configs" / "smoke" / f"{config_name}.yaml",
+                      [f"log.out_dir={out}", "log.plot=false", "device=cpu"])  # fmt: skip
+    return run(cfg, verbose=False)["summary"]
+
+
+def assert_base_new_hm(summary: dict[str, Any]) -> None:
+    """A base-to-new summary has base/new accuracies and their harmonic mean."""
+    assert {"base_acc", "new_acc", "hm"} <= set(summary)
+    b, n = summary["base_acc"], summary["new_acc"]
+    assert abs(summary["hm"] - (2 * b * n / (b + n) if b + n else 0.0)) < 1e-9

@@ -15,6 +15,7 @@ from ctta.clip_prompting.vision import encode_image
 from ctta.data.digits import DIGIT_NAMES
 from ctta.registry import STRATEGIES
 from tests import _conformance_cases as cc
+from tests.helpers import assert_base_new_hm, run_smoke
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = list(DIGIT_NAMES[:4])
@@ -88,15 +89,7 @@ def test_two_phases(tiny):
 
 
 def test_base_to_new_end_to_end(tmp_path):
-    from ctta.runner.config import load_config
-    from ctta.runner.run import run
-
-    cfg = load_config(ROOT / "configs" / "smoke" / "caspl_digits.yaml",
-                      [f"log.out_dir={tmp_path}", "log.plot=false", "device=cpu"])  # fmt: skip
-    summary = run(cfg, verbose=False)["summary"]
-    assert {"base_acc", "new_acc", "hm"} <= set(summary)
-    b, n = summary["base_acc"], summary["new_acc"]
-    assert abs(summary["hm"] - (2 * b * n / (b + n) if b + n else 0.0)) < 1e-9
+    assert_base_new_hm(run_smoke("caspl_digits", tmp_path))
 
 
 def test_trainable_parameter_counts_vitb16():

@@ -17,6 +17,7 @@ from ctta.strategies.mvlpt import MVLPTConfig, MVLPTModel, UPTCoupling, encode_i
 from ctta.data.digits import DIGIT_NAMES
 from ctta.registry import STRATEGIES
 from tests import _conformance_cases as cc
+from tests.helpers import assert_base_new_hm
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = list(DIGIT_NAMES[:4])
@@ -170,10 +171,7 @@ def test_base_to_new_end_to_end(tmp_path):
     (tmp_path / "b2n.yaml").write_text(text)
     cfg = load_config(tmp_path / "b2n.yaml", [f"log.out_dir={tmp_path / 'run'}", "log.plot=false", "device=cpu",
                                                f"strategy.prompts_out={tmp_path / 'prompts.pt'}"])  # fmt: skip
-    summary = run(cfg, verbose=False)["summary"]
-    assert {"base_acc", "new_acc", "hm"} <= set(summary)
-    b, n = summary["base_acc"], summary["new_acc"]
-    assert abs(summary["hm"] - (2 * b * n / (b + n) if b + n else 0.0)) < 1e-9
+    assert_base_new_hm(run(cfg, verbose=False)["summary"])
     saved = torch.load(tmp_path / "prompts.pt", weights_only=True)["state_dict"]
     assert {"ctx", "vpt", "vpt_deep"} <= set(saved)
 
