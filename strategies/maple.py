@@ -20,13 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
-from ctta.clip_prompting.coupling import MaPLeCoupling
-from ctta.clip_prompting.model import PromptedCLIP
+from ctta.clip_prompting.compound import CompoundPromptedCLIP
 from ctta.clip_prompting.template import PromptLearnerConfig, PromptLearnerTemplate, init_generator
-from ctta.clip_prompting.text import context_init
-from ctta.clip_prompting.vision import encode_image, vision_width
+from ctta.clip_prompting.vision import encode_image
 from ctta.fields import ranged
 from ctta.registry import STRATEGIES
 
@@ -43,31 +40,13 @@ class MaPLeConfig(PromptLearnerConfig):
     depth: int = 9  # J: the input layer plus J-1 deep layers (both towers)
 
 
-class MaPLeModel(PromptedCLIP):
-    """Frozen CLIP + ``ctx`` ``(n, D)``, deep text prompts ``deep_text[i]`` ``(n, D)`` and ``coupling``."""
-
-    context_is_the_prompt = False  # TPT tunes the deep and coupled prompts too
+class MaPLeModel(CompoundPromptedCLIP):
+    """Frozen CLIP + ``ctx`` ``(n, D)``, deep text prompts ``deep_text[i]`` ``(n, D)`` and ``coupling`` (the core's
+    ``CompoundPromptedCLIP``, configured from ``MaPLeConfig``); logits of the prompted image and text towers."""
 
     def __init__(self, clip_model, tokenizer, classnames, cfg: MaPLeConfig = MaPLeConfig(), *, generator=None) -> None:
-        layout, ctx0 = context_init(clip_model, tokenizer, cfg.ctx_init, cfg.n_ctx, generator=generator)
-        super().__init__(
-            clip_model, tokenizer, classnames, layout, truncate=cfg.truncate, round_prompts=cfg.round_prompts
-        )
-        n_layers = min(len(clip_model.transformer.resblocks), len(clip_model.visual.transformer.resblocks))
-        if not 1 <= cfg.depth <= n_layers:
-            raise ValueError(f"depth must be in 1..{n_layers} (layers of the towers), got {cfg.depth}")
-        dtype, (n, d) = self.text.cast_dtype, ctx0.shape
-        self.ctx = nn.Parameter(ctx0.to(dtype))
-        self.deep_text = nn.ParameterList(
-            nn.Parameter(torch.randn(n, d, generator=generator) * 0.02) for _ in range(cfg.depth - 1)
-        )
-        self.coupling = MaPLeCoupling(d, vision_width(clip_model), cfg.depth, generator=generator)
-
-    def prompts(self):
-        """``(ctx, [P_i], V_0, [V_i])``."""
-        deep = list(self.deep_text)
-        v0, vs = self.coupling(self.ctx, deep)
-        return self.ctx, deep, v0, vs
+        super().__init__(clip_model, tokenizer, classnames, n_ctx=cfg.n_ctx, ctx_init=cfg.ctx_init, depth=cfg.depth,
+                         truncate=cfg.truncate, round_prompts=cfg.round_prompts, generator=generator)  # fmt: skip
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         ctx, deep, v0, vs = self.prompts()
