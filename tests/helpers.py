@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import shutil
 import socket
 from dataclasses import dataclass
@@ -328,3 +329,17 @@ def assert_base_new_hm(summary: dict[str, Any]) -> None:
     assert {"base_acc", "new_acc", "hm"} <= set(summary)
     b, n = summary["base_acc"], summary["new_acc"]
     assert abs(summary["hm"] - (2 * b * n / (b + n) if b + n else 0.0)) < 1e-9
+
+
+# ------------------------------------------------------------------------------------------------- README
+def readme_section(title: str) -> str:
+    """The text of the README section ``## <title>`` (up to the next ``## `` heading)."""
+    return (ROOT / "README.md").read_text().split(f"## {title}", 1)[-1].split("\n## ", 1)[0]
+
+
+#: the Avalanche-script example (run and checked by tests/test_script_numbers.py, so test_readme skips it)
+SCRIPT_SECTION = "Using a strategy from an Avalanche script"
+
+
+def python_blocks(text: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
