@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+
+from ctta.clip_prompting.search_ops import fitness_scores
 
 __all__ = ["PromptOptimizer", "Scored", "fill_slot", "texts_for_prompt", "template_scorer"]
 
@@ -79,19 +80,16 @@ def template_scorer(
 
     Returns:
         ``evaluate(prompt) -> (acc, ce)``: logits = logit_scale * image @ text.T over the classes, acc = 100 * top-1
-        accuracy, ce = mean cross-entropy of those logits (IPO's loss; the black-box optimizer's accuracy).
+        accuracy, ce = mean cross-entropy of those logits (IPO's score and loss; the black-box optimizer's accuracy),
+        through ``search_ops.fitness_scores``.
     """
     names = list(classnames)
 
     def evaluate(prompt: str) -> tuple[float, float]:
         with torch.no_grad():
             text = encode([fill_slot(prompt, name, class_slot) for name in names])  # (C, E)
-            image = feats.features.to(device=text.device, dtype=text.dtype)  # (N, E)
-            labels = feats.labels.to(text.device)
-            logits = float(feats.logit_scale) * image @ text.t()  # (N, C)
-            acc = (logits.argmax(dim=1) == labels).float().mean().item() * 100.0
-            ce = F.cross_entropy(logits, labels).item()
-        return acc, ce
+        scores = fitness_scores(feats, text)
+        return scores["top1"] * 100.0, scores["ce"]
 
     return evaluate
 
