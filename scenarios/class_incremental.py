@@ -10,6 +10,16 @@ Datasets: every ``cl`` name of ``ctta.data.catalogue`` (``cifar100``, ``tinyimag
 ``folder``) and the train/test splits of every ``transfer`` name (``cub200``, ``food101``, ``vtab-<task>``,
 ``imagefolder:<dir>``, ...). Images read from files are fed through ``default_transform(img_size)`` (resize,
 centre crop, to tensor); the bundled digits are tensors at ``img_size`` already.
+
+Input pipeline options (defaults keep the images as before: [0, 1] tensors, no normalisation):
+
+* ``normalize``: ``none`` (default), ``imagenet``, ``inception`` (mean/std 0.5, what Prompt-CAM's official code
+  uses for every backbone, and ``ctta-tiny-vit``'s statistics) or ``clip`` (OpenAI CLIP); a choice other than
+  ``none`` is recorded as ``benchmark.info.normalization``.
+* ``transform``: ``default`` (above; the digits untouched) or ``promptcam`` (Prompt-CAM's official pipeline,
+  ``data/dataset/utils.py:get_transformation`` of Imageomics/Prompt_CAM @ 7722fc2, scaled to ``img_size`` S):
+  train ``Resize((240 S / 224,) * 2)`` -> ``RandomCrop(S)`` -> ``RandomHorizontalFlip``, test ``Resize((S, S))``;
+  applied to the digits tensors too.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ from ctta.benchmark_builders import make_benchmark
 from ctta.data import catalogue
 from ctta.data.avl import as_avl_dataset
 from ctta.data.folder import default_transform
+from ctta.data.transfer_datasets import NORMALIZATION
 from ctta.fields import ranged
 from ctta.registry import SCENARIOS
 from ctta.templates.benchmark_info import BenchmarkInfo, with_info
@@ -39,6 +50,14 @@ class ClassIncrementalConfig:
     shuffle_classes: bool = True
     img_size: int = 32  # image side: digits are rendered at it, file images resized and centre-cropped to it
     skip_bad_images: bool = False  # folder datasets: leave unreadable images out (one warning) instead of stopping
+    normalize: str = "none"  # none | imagenet | inception (mean/std 0.5) | clip (module docstring)
+    transform: str = "default"  # default (resize + centre crop) | promptcam (Prompt-CAM's official pipeline)
+
+
+#: ``normalize`` choices: (mean, std), or None for images left in [0, 1]
+NORMALIZE = {"none": None, "imagenet": NORMALIZATION["imagenet"], "inception": NORMALIZATION["half"],
+             "clip": NORMALIZATION["clip"]}  # fmt: skip
+TRANSFORMS = ("default", "promptcam")
 
 
 def split_classes(
@@ -73,8 +92,10 @@ def split_classes(
     return [order[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
 
 
-def class_incremental_benchmark(train_ds, test_ds, groups: Sequence[Sequence[int]], classnames=None):
-    """Avalanche benchmark with one train and one test experience per class group (native sample order)."""
+def class_incremental_benchmark(train_ds, test_ds, groups: Sequence[Sequence[int]], classnames=None,
+                                normalization=None):  # fmt: skip
+    """Avalanche benchmark with one train and one test experience per class group (native sample order);
+    ``normalization``: the ``(mean, std)`` the images carry (recorded in ``benchmark.info``), None if unknown."""
     tr, te = as_avl_dataset(train_ds), as_avl_dataset(test_ds)
     ytr, yte = torch.as_tensor(list(train_ds.targets)), torch.as_tensor(list(test_ds.targets))
 
@@ -89,7 +110,8 @@ def class_incremental_benchmark(train_ds, test_ds, groups: Sequence[Sequence[int
 
     n_classes = sum(len(g) for g in groups)
     bench = make_benchmark(parts(tr, ytr), parts(te, yte))
-    info = BenchmarkInfo(n_classes=n_classes, classnames=classnames, test_dataset=te, task_classes=groups)
+    info = BenchmarkInfo(n_classes=n_classes, classnames=classnames, test_dataset=te, task_classes=groups,
+                         normalization=normalization)  # fmt: skip
     return with_info(bench, info)
 
 
@@ -111,31 +133,57 @@ class _Transformed(Dataset):
         return self.transform(x), y
 
 
-def load_labelled(name: str, root: str, img_size: int, skip_bad_images: bool = False):
-    """``(train, test, classnames)`` of catalogue dataset ``name`` (kinds ``KINDS``) with tensor images."""
+def image_transforms(img_size: int, normalize: str = "none", transform: str = "default", bundled: bool = False):
+    """``(train, test)`` transforms of the scenario's pipeline (module docstring); ``None`` leaves a split as it is
+    (bundled tensors with ``transform=default`` and ``normalize=none``). File images come in as PIL images, bundled
+    ones as tensors at ``img_size``."""
+    from torchvision import transforms as T
+
+    if normalize not in NORMALIZE:
+        raise ValueError(f"scenario.normalize={normalize!r}; valid: {sorted(NORMALIZE)}")
+    if transform not in TRANSFORMS:
+        raise ValueError(f"scenario.transform={transform!r}; valid: {list(TRANSFORMS)}")
+    to_tensor = [] if bundled else [T.ToTensor()]
+    norm = [] if NORMALIZE[normalize] is None else [T.Normalize(*NORMALIZE[normalize])]
+    if transform == "promptcam":
+        big = round(img_size * 240 / 224)
+        train = [T.Resize((big, big)), T.RandomCrop(img_size), T.RandomHorizontalFlip(), *to_tensor]
+        test = [T.Resize((img_size, img_size)), *to_tensor]
+    elif bundled:
+        train, test = [], []
+    else:
+        return (T.Compose([default_transform(img_size), *norm]),) * 2
+    mk = lambda steps: T.Compose(steps + norm) if steps + norm else None  # noqa: E731
+    return mk(train), mk(test)
+
+
+def load_labelled(name: str, root: str, img_size: int, skip_bad_images: bool = False, normalize: str = "none",
+                  transform: str = "default"):  # fmt: skip
+    """``(train, test, classnames)`` of catalogue dataset ``name`` (kinds ``KINDS``) with tensor images, through
+    ``image_transforms(img_size, normalize, transform)``."""
     entry = catalogue.entry(name, KINDS)
     extra = {"skip_bad_images": True} if skip_bad_images else {}  # ctta.data.folder.load_folder's option
     if extra and entry.loaders.get("cl") != "ctta.data.folder:load_folder":
         raise ValueError(f"scenario.skip_bad_images=true applies to folder datasets, not {name!r}")
+    tr_tf, te_tf = image_transforms(img_size, normalize, transform, entry.bundled)
     if "cl" in entry.loaders:
         if entry.bundled:
-            train, test = entry.load("cl", root, img_size=img_size)
+            train, test = entry.load("cl", root, img_size=img_size, train_transform=tr_tf, test_transform=te_tf)
         else:
-            tf = default_transform(img_size)
-            train, test = entry.load("cl", root, train_transform=tf, test_transform=tf, **extra)
+            train, test = entry.load("cl", root, train_transform=tr_tf, test_transform=te_tf, **extra)
         return train, test, list(train.classes)
     data = entry.load("transfer", root, img_size=img_size)
-    if entry.bundled:
-        return data.train, data.test, list(data.classnames)
-    tf = default_transform(img_size)
-    return _Transformed(data.train, tf), _Transformed(data.test, tf), list(data.classnames)
+    wrap = lambda ds, tf: ds if tf is None else _Transformed(ds, tf)  # noqa: E731
+    return wrap(data.train, tr_tf), wrap(data.test, te_tf), list(data.classnames)
 
 
 @SCENARIOS.register("class_incremental", config=ClassIncrementalConfig)
 def build_class_incremental(cfg: ClassIncrementalConfig, *, seed: int = 0):
     """Class-incremental stream (one experience per class group) over a named catalogue dataset."""
-    train, test, names = load_labelled(cfg.dataset, cfg.root, cfg.img_size, cfg.skip_bad_images)
+    train, test, names = load_labelled(
+        cfg.dataset, cfg.root, cfg.img_size, cfg.skip_bad_images, cfg.normalize, cfg.transform
+    )
     groups = split_classes(
         len(names), cfg.n_experiences, cfg.classes_per_exp, cfg.class_order, cfg.shuffle_classes, seed
     )
-    return class_incremental_benchmark(train, test, groups, names)
+    return class_incremental_benchmark(train, test, groups, names, NORMALIZE[cfg.normalize])
