@@ -45,6 +45,7 @@ import torch.nn.functional as F
 
 from ctta.clip_prompting.context import ContextConfig
 from ctta.clip_prompting.ood import NegPromptModel, OODPromptLearnerTemplate, mine_for
+from ctta.clip_prompting.prompt_templates import TIP_TEMPLATES  # the ``wccm`` mixing's frozen template bank
 from ctta.clip_prompting.teacher import FrozenCLIPTeacher
 from ctta.clip_prompting.template import init_generator
 from ctta.clip_prompting.text import PromptedText
@@ -57,9 +58,6 @@ from ctta.registry import STRATEGIES
 __all__ = ["LAPT", "LAPTConfig", "LAPTModel", "TIP_TEMPLATES", "geomix", "manimix", "mixed_soft_labels", "mixup_pairs",
            "negative_image_items", "wccm_logits", "wccm_loss"]
 
-#: the frozen template bank of the ``wccm`` mixing (the official "tip" templates)
-TIP_TEMPLATES = ("a bad photo of the {}.", "a {} in a video game.", "a origami {}.", "a photo of the small {}.",
-                 "art of the {}.", "a photo of the large {}.", "itap of a {}.")  # fmt: skip
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 

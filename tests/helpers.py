@@ -273,7 +273,9 @@ def check_contract(run: ContractRun) -> None:
     before = run.params_before
     changed = {n for n, p in model.named_parameters() if n in before and not torch.equal(p, before[n])}
     assert changed <= run.trainable, f"frozen parameters changed: {sorted(changed - run.trainable)[:5]}"
-    if ctx.is_tta and getattr(ctx.strategy, "episodic", True):
+    if ctx.strategy.zero_shot:  # a classifier built from texts: nothing to train, nothing may change
+        assert not run.trainable and not changed, f"zero-shot strategy with trainable parameters: {sorted(changed)}"
+    elif ctx.is_tta and getattr(ctx.strategy, "episodic", True):
         check_adapts(run)  # episodic: parameters are reset after every episode, so compare predictions
     else:
         assert changed, "no trainable parameter changed"

@@ -111,7 +111,8 @@ def _build(cfg: RunConfig, strategy_cls, out: Path, run_id: str, main: bool, is_
                                loggers=cfg.log.loggers if main else ())  # fmt: skip
     bench = SCENARIOS.get(cfg.scenario.name).builder(cfg.scenario.params, seed=cfg.seed)
     backbone = BACKBONES.get(cfg.backbone.name).builder(cfg.backbone.params)
-    is_tta = strategy_cls.adapts_in_eval
+    # test-time adaptation, or a zero-shot method on a benchmark without train stream: evaluate the test stream
+    is_tta = strategy_cls.adapts_in_eval or (strategy_cls.zero_shot and not len(bench.train_stream))
     stream = bench.test_stream if is_tta else bench.train_stream
     progress = ProgressPlugin(_stream_size(stream), label or cfg.strategy.name, train=not is_tta,
                               enabled=cfg.log.progress and is_main_rank)  # fmt: skip

@@ -108,9 +108,9 @@ class StrategyBase:
 
     Class attributes:
         config_class: the method's config dataclass (its fields are the method's keyword arguments).
-        distributed_ok, resumable, adapts_in_eval, records_epochs: the optional capabilities the runner relies on
-            (declared, never guessed); ``eval_after_experience`` and ``pregenerate`` are the optional steps, with
-            defaults.
+        distributed_ok, resumable, adapts_in_eval, records_epochs, zero_shot: the optional capabilities the runner
+            relies on (declared, never guessed); ``eval_after_experience`` and ``pregenerate`` are the optional
+            steps, with defaults.
         optimizer_refusal: why a user ``optimizer`` cannot be used (None: it is used, re-pointed at the trainable
             parameters; ``optimizer=None`` = the method's reference optimiser from its config).
         criterion_refusal: why a user ``criterion`` cannot be used (None: it is used).
@@ -126,6 +126,7 @@ class StrategyBase:
     resumable: ClassVar[bool] = False  #: ``checkpoint_state`` / ``load_checkpoint_state`` resume mid-stream
     adapts_in_eval: ClassVar[bool] = False  #: test-time adaptation: a run evaluates the test stream, no training
     records_epochs: ClassVar[bool] = False  #: a run records the per-epoch training loss and top-1 (few-shot epochs)
+    zero_shot: ClassVar[bool] = False  #: needs no training: a benchmark without train stream is evaluated directly
 
     def __init__(
         self,
