@@ -51,15 +51,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from ctta.strategies.gram.meta import caption_set_loss, meta_loss, regulate, split_task
+from ctta.strategies.gram.tasks import (
+    cluster_tasks,
+    generated_pairs,
+    pair_features,
+    read_pairs,
+    require_pairs_file,
+)
 
 from ctta.clip_prompting.context import ContextConfig, ContextModel
 from ctta.clip_prompting.template import PromptLearnerTemplate, init_generator
 from ctta.fields import ranged
 from ctta.registry import STRATEGIES
-from ctta.strategies.gram.meta import caption_set_loss, meta_loss, regulate, split_task
-from ctta.strategies.gram.tasks import cluster_tasks, generated_pairs, pair_features, read_pairs
 
-__all__ = ["GRAM", "GRAMConfig", "GRAMModel", "meta_train"]
+__all__ = ["GRAM", "GRAMConfig", "GRAMModel", "meta_plan", "meta_train"]
 
 META_FIELDS = ("meta_image_clusters", "meta_text_clusters", "meta_iters", "meta_batch", "inner_steps", "inner_lr",
                "meta_lr", "task_size", "meta_seed")  # fmt: skip
@@ -134,6 +140,21 @@ def meta_train(model: GRAMModel, pairs, cfg: GRAMConfig, device) -> dict:
             "source": pairs.source, "settings": settings}  # fmt: skip
 
 
+def meta_plan(cfg: GRAMConfig) -> str:
+    """What stage 1 does: ``"load"`` (``meta_init`` exists), ``"train"`` (from ``meta_data``) or ``""`` (no stage
+    1); a missing file raises ``FileNotFoundError`` naming its setting (checked when the strategy is built)."""
+    if cfg.meta_init and Path(cfg.meta_init).expanduser().is_file():
+        return "load"
+    if cfg.meta_data:
+        if cfg.meta_data != "generated":
+            require_pairs_file(cfg.meta_data)
+        return "train"
+    if cfg.meta_init:
+        raise FileNotFoundError(f"meta_init: no such file {cfg.meta_init!r} (set meta_data to the image-text pairs "
+                                "to run GRAM's meta-training once and write it there)")  # fmt: skip
+    return ""
+
+
 @STRATEGIES.register("gram", config=GRAMConfig)
 class GRAM(PromptLearnerTemplate):
     """GRAM as an Avalanche strategy: stage 1 (load, or run and cache) before the first experience's optimiser, then
@@ -143,6 +164,7 @@ class GRAM(PromptLearnerTemplate):
 
     @classmethod
     def build_prompted(cls, clip_model, tokenizer, classnames, cfg: GRAMConfig) -> GRAMModel:
+        meta_plan(cfg)  # a missing stage-1 file fails here, before any training
         return GRAMModel(clip_model, tokenizer, classnames, cfg, generator=init_generator(cfg))
 
     def make_optimizer(self, **kwargs) -> None:
@@ -152,21 +174,19 @@ class GRAM(PromptLearnerTemplate):
 
     def meta_stage(self) -> dict | None:
         """Stage 1: load ``meta_init``, or run it on ``meta_data`` (and write ``meta_init``); None: no stage 1."""
-        cfg, path = self.cfg, Path(self.cfg.meta_init).expanduser() if self.cfg.meta_init else None
+        cfg, plan = self.cfg, meta_plan(self.cfg)
         state = None
-        if path is not None and path.is_file():
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        elif cfg.meta_data:
+        if plan == "load":
+            state = torch.load(Path(cfg.meta_init).expanduser(), map_location="cpu", weights_only=True)
+        elif plan == "train":
             size = self.model.clip.visual.image_size
             pairs = (generated_pairs(img_size=int(size[0] if isinstance(size, (tuple, list)) else size))
                      if cfg.meta_data == "generated" else read_pairs(cfg.meta_data))  # fmt: skip
             state = meta_train(self.model, pairs, cfg, self.device)
-            if path is not None:
+            if cfg.meta_init:
+                path = Path(cfg.meta_init).expanduser()
                 path.parent.mkdir(parents=True, exist_ok=True)
                 torch.save(state, path)
-        elif path is not None:
-            raise FileNotFoundError(f"meta_init: no such file {str(path)!r} (set meta_data to the image-text pairs "
-                                    "to run GRAM's meta-training once and write it there)")  # fmt: skip
         if state is not None:
             self.model.load_meta(state)
         self.meta_done = True

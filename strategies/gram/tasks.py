@@ -26,7 +26,15 @@ import torch.nn.functional as F
 
 from ctta.data.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-__all__ = ["GENERATED_WORDS", "ImageTextPairs", "cluster_tasks", "generated_pairs", "pair_features", "read_pairs"]
+__all__ = [
+    "GENERATED_WORDS",
+    "ImageTextPairs",
+    "cluster_tasks",
+    "generated_pairs",
+    "pair_features",
+    "read_pairs",
+    "require_pairs_file",
+]
 
 #: caption words of the generated pairs, one per generated label
 GENERATED_WORDS = ("red", "green", "blue", "stripes", "dots", "waves", "grass", "sky", "sand", "stone", "wood", "fire")
@@ -68,14 +76,20 @@ def generated_pairs(n: int = 240, img_size: int = 32, seed: int = 0) -> ImageTex
     return ImageTextPairs(images, captions, "generated")
 
 
-def read_pairs(path: str) -> ImageTextPairs:
-    """Pairs from a JSONL (``{"image", "caption"}`` per line) or CSV (``image``, ``caption`` columns) file."""
+def require_pairs_file(path: str) -> Path:
+    """``path`` as a ``Path``; ``FileNotFoundError`` naming the ``meta_data`` setting when there is no such file."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise FileNotFoundError(
             f"meta_data: no such file {str(p)!r} (GRAM's meta-training pairs: a .jsonl of {{'image': path, "
-            "'caption': text}} lines or a .csv with image,caption columns; 'generated' for the generated set)"
+            "'caption': text} lines or a .csv with image,caption columns; 'generated' for the generated set)"
         )
+    return p
+
+
+def read_pairs(path: str) -> ImageTextPairs:
+    """Pairs from a JSONL (``{"image", "caption"}`` per line) or CSV (``image``, ``caption`` columns) file."""
+    p = require_pairs_file(path)
     if p.suffix.lower() == ".csv":
         with open(p, newline="") as fh:
             rows = list(csv.DictReader(fh))
