@@ -11,8 +11,18 @@ softmax a 0/1 mask (no renormalisation) keeps, for the CLS row, only its chosen 
 only its chosen image prompts (``ctta.backbones.vit_attention.explicit_block``). Key loss: ``key_weight`` times the
 sum over layers and pools of the mean ``1 - cos`` of the chosen keys. A linear head reads the CLS token.
 
-Deviations: cross-entropy without mixup / label smoothing; no pixel prompter (``--IPrompt``), ADVP or simam; fp32;
-the reference's best-test-epoch selection is not offered (ctta reports the last epoch).
+Training loss, as the official scripts (``train/utils.py:get_mixup_fn``, ``train/trainer.py``): timm's ``Mixup``
+(``mixup_alpha`` 0.8, ``cutmix_alpha`` 0, ``mixup_prob`` 0.5, ``mixup_switch_prob`` 0.5, ``label_smoothing`` 0.1) on
+every training batch with timm's ``SoftTargetCrossEntropy``, plus the key loss; an odd batch drops its last sample
+(timm's ``Mixup`` needs an even batch; a batch of one is kept, with label-smoothed targets). ``mixup: false`` trains
+with cross-entropy (label-smoothed by ``label_smoothing``, timm's ``train.py`` convention; ``label_smoothing: 0``
+gives plain cross-entropy). Evaluation: plain cross-entropy. ``iprompt: true`` (the official CUB scripts'
+``--IPrompt``) adds the trainable pixel prompter ``x + Conv(3->9, 11x11) -> PReLU -> Conv(9->3, 11x11)(x)`` before the
+patch embedding (``PixelPrompter``).
+
+Deviations: no ADVP or simam (off in the official scripts); fp32 (the reference uses fp16 autocast on GPU); the pixel
+prompter's convolutions keep the image size ("same" padding 5, PyTorch's default initialisation; assumed); the
+reference's best-test-epoch selection is not offered (ctta reports the last epoch).
 """
 
 from __future__ import annotations
@@ -32,7 +42,10 @@ from ctta.prompts.pool import PromptPool
 from ctta.registry import STRATEGIES
 from ctta.templates.vit_epoch import PromptedViTEpochTemplate
 
-__all__ = ["TCPAConfig", "TCPAModel", "TCPA", "token_select", "group_mask", "fourier_prompts"]
+__all__ = [
+    "TCPAConfig", "TCPAModel", "TCPA", "PixelPrompter", "token_select", "group_mask", "fourier_prompts", "mix_batch",
+    "make_mixup",
+]
 
 
 @dataclass(frozen=True)
@@ -50,6 +63,13 @@ class TCPAConfig:
     epochs: int = ranged(100, ge=1)
     batch_size: int = 128
     eval_batch_size: int = 128
+    mixup: bool = True  # timm Mixup + soft-target cross-entropy (official); false: cross-entropy
+    mixup_alpha: float = ranged(0.8, ge=0)
+    cutmix_alpha: float = ranged(0.0, ge=0)
+    mixup_prob: float = ranged(0.5, ge=0, le=1)  # probability of mixing a batch
+    mixup_switch_prob: float = ranged(0.5, ge=0, le=1)  # mixup vs cutmix when both alphas are > 0
+    label_smoothing: float = ranged(0.1, ge=0, lt=1)
+    iprompt: bool = False  # pixel prompter before the ViT (the official CUB scripts' --IPrompt)
 
 
 def token_select(pool: PromptPool, tokens: torch.Tensor, top_k: int, random: bool = False):
@@ -79,6 +99,46 @@ def fourier_prompts(p: torch.Tensor) -> torch.Tensor:
     return torch.fft.fft(torch.fft.fft(p.float(), dim=-1), dim=-2).real.to(p.dtype)
 
 
+class PixelPrompter(nn.Module):
+    """Pixel-space prompter ``x + Conv(3->hidden, k) -> PReLU -> Conv(hidden->3, k)(x)`` (image size kept)."""
+
+    def __init__(self, channels: int = 3, hidden: int = 9, kernel: int = 11) -> None:
+        super().__init__()
+        pad = kernel // 2
+        conv_in = nn.Conv2d(channels, hidden, kernel, padding=pad)
+        self.net = nn.Sequential(conv_in, nn.PReLU(), nn.Conv2d(hidden, channels, kernel, padding=pad))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.net(x)  # (B, C, H, W)
+
+
+def make_mixup(cfg: TCPAConfig, num_classes: int):
+    """timm's ``Mixup`` with the config's settings (None when ``mixup`` is off)."""
+    if not cfg.mixup:
+        return None
+    from timm.data import Mixup
+
+    return Mixup(
+        mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha, prob=cfg.mixup_prob,
+        switch_prob=cfg.mixup_switch_prob, label_smoothing=cfg.label_smoothing, num_classes=num_classes,
+    )  # fmt: skip
+
+
+def mix_batch(mixup, mbatch: list) -> tuple[list, torch.Tensor]:
+    """``(mini-batch with mixed images, soft targets (B, K))``: an odd batch drops its last sample first (every
+    tensor of ``mbatch``); a batch of one is kept unmixed with ``mixup``'s label-smoothed targets."""
+    from timm.data.mixup import mixup_target
+
+    x, y = mbatch[0], mbatch[1]
+    if len(x) == 1:
+        return list(mbatch), mixup_target(y, mixup.num_classes, 1.0, mixup.label_smoothing)
+    if len(x) % 2:
+        mbatch = [t[:-1] for t in mbatch]
+        x, y = mbatch[0], mbatch[1]
+    x, soft = mixup(x.clone(), y)  # timm mixes in place
+    return [x, *mbatch[1:]], soft
+
+
 class TCPAModel(nn.Module):
     """Frozen ``PromptedViT`` + per-layer CLS / image prompt pools + linear head on the CLS token."""
 
@@ -92,6 +152,7 @@ class TCPAModel(nn.Module):
         self.img_pools = nn.ModuleList(mk(cfg.pool_size_image) for _ in range(depth))
         self.dropout = nn.Dropout(cfg.prompt_dropout)
         self.head = nn.Linear(d, num_classes)
+        self.prompter = PixelPrompter() if cfg.iprompt else None
         self.random_picks = False
         self.key_loss = torch.zeros(())
 
@@ -102,6 +163,8 @@ class TCPAModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cfg, rnd = self.cfg, self.random_picks and self.training
+        if self.prompter is not None:
+            x = self.prompter(x)
         t, loss = self.backbone.embed(x), x.new_zeros(())
         for blk, cp, ip in zip(self.backbone.vit.blocks, self.cls_pools, self.img_pools):
             k_c, k_i = min(cfg.top_k, cp.pool_size), min(cfg.top_k, ip.pool_size)
@@ -118,12 +181,13 @@ class TCPAModel(nn.Module):
 
 @STRATEGIES.register("tcpa", config=TCPAConfig)
 class TCPA(PromptedViTEpochTemplate):
-    """TCPA on a frozen ViT, trained in epochs (AdamW, warm-up + cosine per step, CE + key loss)."""
+    """TCPA on a frozen ViT, trained in epochs (AdamW, warm-up + cosine per step, mixup + soft-target CE + key
+    loss)."""
 
     config_class = TCPAConfig
     model_class = TCPAModel
     optimizer_refusal = "TCPA builds AdamW over its pools and head with a per-step warm-up + cosine schedule; set lr"
-    criterion_refusal = "TCPA's loss is cross-entropy plus its key-matching loss"
+    criterion_refusal = "TCPA's loss is (mixup soft-target) cross-entropy plus its key-matching loss"
 
     def build_model(self, backbone: nn.Module, experience) -> TCPAModel:
         return TCPAModel(backbone, self.class_count(), self.cfg)
@@ -133,6 +197,7 @@ class TCPA(PromptedViTEpochTemplate):
         self.optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         self._step, self._epoch = 0, 0
         self._total = max(1, len(self.dataloader) * self.train_epochs) if hasattr(self, "dataloader") else 1
+        self._mixup, self._soft_targets = make_mixup(self.cfg, self.class_count()), None
 
     def _before_training_epoch(self, **kwargs: Any) -> None:
         self.model.random_picks = self._epoch < self.cfg.random_epochs
@@ -146,9 +211,17 @@ class TCPA(PromptedViTEpochTemplate):
         for g in self.optimizer.param_groups:
             g["lr"] = self.cfg.lr * f
         self._step += 1
+        if self._mixup is not None:
+            self.mbatch, self._soft_targets = mix_batch(self._mixup, self.mbatch)
         super()._before_training_iteration(**kwargs)
 
-
     def criterion(self) -> torch.Tensor:
-        ce = F.cross_entropy(self.mb_output, self.mb_y)
-        return ce + self.model.key_loss if self.is_training else ce
+        if not self.is_training:
+            return F.cross_entropy(self.mb_output, self.mb_y)
+        if self._mixup is not None:
+            from timm.loss import SoftTargetCrossEntropy
+
+            loss = SoftTargetCrossEntropy()(self.mb_output, self._soft_targets.to(self.mb_output))
+        else:
+            loss = F.cross_entropy(self.mb_output, self.mb_y, label_smoothing=self.cfg.label_smoothing)
+        return loss + self.model.key_loss
