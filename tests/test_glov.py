@@ -1,0 +1,182 @@
+"""GLOV (strategies/glov): the safe reader of discovered_prompts.py, the fill rule and template ensemble, the
+meta-prompt, the hidden-state steering hook on a tiny random causal LM, and the recorded guided search."""
+
+import json
+
+import pytest
+import torch
+from ctta.strategies.glov.discovered import fill_template, glov_dataset_key, load_templates, read_prompt_dicts
+from ctta.strategies.glov.evaluate import ensemble_texts_for
+from ctta.strategies.glov.meta_prompt import MetaPrompt, parse_answer, top_bottom
+from ctta.strategies.glov.steering import layer_mean_hidden, steering_hook, steering_vector, vector_digest
+
+from tests.helpers import ROOT
+
+SMOKE_PROMPTS = ROOT / "configs/smoke/data/glov_discovered_prompts.py"
+
+GLOV_LIKE = '''
+# a comment
+"""a docstring"""
+lov_templates_clip = {
+    'EuroSAT': ['"A Sentinel-2 view of {}, as \\'seen\\' from orbit"', 'a {} with <texture> and {shape}'],
+}
+lov_guidance_templates_clip = {"EuroSAT": ["a satellite image of {}. Please replace {} with the class"]}
+other = ('x', 1)
+'''
+
+
+def _write(tmp_path, text, name="discovered_prompts.py"):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_parser_keeps_strings_verbatim_and_picks_the_list(tmp_path):
+    path = _write(tmp_path, GLOV_LIKE)
+    values = read_prompt_dicts(path)
+    assert values["other"] == ("x", 1)
+    assert load_templates(path, "eurosat", guidance=False) == [
+        "\"A Sentinel-2 view of {}, as 'seen' from orbit\"", "a {} with <texture> and {shape}"]
+    guided = load_templates(path, "EuroSAT", guidance=True)
+    assert guided == ["a satellite image of {}. Please replace {} with the class"]
+
+
+@pytest.mark.parametrize("code", ["import os\nx = {}", "x = __import__('os').getcwd()", "x = [f'{1}']",
+                                  "def f():\n    pass", "x = {'a': [str(1)]}", "x = y = 1", "x = [i for i in 'ab']"])
+def test_parser_refuses_code(tmp_path, code):
+    with pytest.raises(ValueError, match=r"discovered_prompts\.py:\d"):
+        read_prompt_dicts(_write(tmp_path, code))
+
+
+def test_parser_never_executes(tmp_path):
+    marker = tmp_path / "ran"
+    with pytest.raises(ValueError):
+        read_prompt_dicts(_write(tmp_path, f"open({str(marker)!r}, 'w').write('x')\n"))
+    assert not marker.exists()
+
+
+def test_missing_file_names_where_it_lives(tmp_path):
+    with pytest.raises(FileNotFoundError, match="utils/discovered_prompts.py of https://github.com/jmiemirza/GLOV"):
+        load_templates(tmp_path / "nope.py", "eurosat")
+
+
+def test_json_list_and_dataset_names(tmp_path):
+    path = _write(tmp_path, json.dumps(["a {}.", "the {}"]), "t.json")
+    assert load_templates(path) == ["a {}.", "the {}"]
+    assert [glov_dataset_key(n) for n in ("fgvc_aircraft", "oxford_flowers", "pets", "imagenet_r", "FGVCAircraft")] \
+        == ["FGVCAircraft", "OxfordFlowers", "OxfordPets", "ImageNetR", "FGVCAircraft"]
+    with pytest.raises(KeyError, match="GLOV's datasets"):
+        glov_dataset_key("digits")
+
+
+def test_fill_rule_is_glovs():
+    assert fill_template("a {} photo", "cat") == "a cat photo"
+    assert fill_template("a {} and {}", "cat") == "a cat and cat"  # every slot filled
+    assert fill_template("no slot", "cat") is None
+    assert fill_template("a {} with {shape}", "cat") is None  # str.format refuses it: dropped
+    assert fill_template("a { } here", "cat") == "a { } here"  # GLOV keeps it unfilled
+    texts = ensemble_texts_for(["a {}.", "nothing", "the {} {}"])(["big_cat"])
+    assert texts == [["a big cat.", "the big cat big cat"]]
+
+
+def test_ensemble_equals_recomputation(tiny):
+    from ctta.strategies.glov.evaluate import GLOV, GLOVConfig
+
+    model, tok = tiny
+    cfg = GLOVConfig(prompts=str(SMOKE_PROMPTS), dataset="digits", guidance=True)
+    head = GLOV.build_prompted(model, tok, ["zero", "one", "two"], cfg).text_features()
+    templates = load_templates(SMOKE_PROMPTS, "digits", True)
+    assert len(templates) == 3  # the third has no slot: dropped
+    rows = []
+    with torch.no_grad():
+        for name in ["zero", "one", "two"]:
+            e = model.encode_text(tok([t.format(name) for t in templates[:2]])).float()
+            e = e / e.norm(dim=-1, keepdim=True)
+            rows.append(e.mean(0) / e.mean(0).norm())
+    torch.testing.assert_close(head, torch.stack(rows), rtol=0, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------- meta-prompt
+def test_meta_prompt_first_and_later_steps():
+    mp = MetaPrompt("EuroSAT", "satellite images of land use", top_bottom=2)
+    first = mp.messages([("a photo of a {}.", 40.0)], 0)
+    assert [m["role"] for m in first] == ["system", "user"]
+    assert "Prompt: a photo of a <category>.\nAccuracy: 40.0" in first[1]["content"]
+    history = [("a {}", 10.0), ("b {}", 50.0), ("c {}", 30.0), ("d {}", 70.5), ("e {}", 20.0)]
+    user = mp.messages(history, 3)[1]["content"]
+    assert "Best Templates:\n1: b <category> --- Accuracy: 50\n2: d <category> --- Accuracy: 70\n" in user
+    assert "Worst Templates:\n1: a <category> --- Accuracy: 10\n2: e <category> --- Accuracy: 20\n" in user
+    assert "from the last 4 runs" in user
+    assert top_bottom(history[:3], 5) == ([("b {}", 50.0)], [("a {}", 10.0)])  # k = min(5, 3 // 2)
+
+
+def test_parse_answer():
+    text = 'Here is a new prompt template: "a photo of a <category> in the wild"\n\nnothing\nA <category>, seen'
+    assert parse_answer(text) == ['"a photo of a {} in the wild"', "A {}, seen"]
+
+
+# ----------------------------------------------------------------------------------------------- steering
+WORDS = ["<unk>", "<s>", "</s>", "a", "photo", "of", "the", "<category>", ".", ":", "digit", "number", "image",
+         "handwritten", "blurry", "scan", "tiny", "picture", "drawn", "by", "hand", "\n"]
+
+
+def tiny_causal_lm(seed=0, layers=3):
+    """ctta.llm's local backend on a tiny random Llama and a word-level tokenizer (offline, built from configs)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from ctta.llm.hf import HFCausalLM
+
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    core.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    config = LlamaConfig(vocab_size=len(WORDS), hidden_size=16, intermediate_size=32, num_hidden_layers=layers,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    torch.manual_seed(seed)
+    return HFCausalLM("tiny-llama", model=LlamaForCausalLM(config).eval(), tokenizer=tok)
+
+
+def _layer_inputs(lm, ids, layer):
+    """The input of decoder layer ``layer`` (= output of ``layer - 1``), captured by a pre-hook."""
+    seen = []
+    hook = lm.decoder_layers()[layer].register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append((args[0] if args else kwargs["hidden_states"]).clone()), with_kwargs=True)
+    try:
+        with torch.no_grad():
+            lm.model(input_ids=ids, use_cache=False)
+    finally:
+        hook.remove()
+    return seen[0]
+
+
+@pytest.mark.parametrize("layer,alpha", [(0, 1.0), (1, 0.25)])
+def test_steering_hook_adds_alpha_delta_at_the_layer(layer, alpha):
+    lm = tiny_causal_lm()
+    ids = lm.tokenizer("a photo of the digit .", return_tensors="pt")["input_ids"]
+    delta = steering_vector(lm, "a photo of a <category> .", "the digit", layer)
+    plain = _layer_inputs(lm, ids, layer + 1)
+    with steering_hook(lm, layer, delta, alpha):
+        steered = _layer_inputs(lm, ids, layer + 1)
+        assert lm.model.generation_config.use_cache is False
+    assert lm.model.generation_config.use_cache is not False  # restored
+    torch.testing.assert_close(steered[0, -1] - plain[0, -1], alpha * delta, rtol=0, atol=1e-6)
+    assert torch.equal(steered[:, :-1], plain[:, :-1])  # earlier positions untouched
+    assert torch.equal(_layer_inputs(lm, ids, layer), _layer_inputs(lm, ids, layer))  # layers before: untouched
+    after = _layer_inputs(lm, ids, layer + 1)
+    assert torch.equal(after, plain)  # the hook is gone
+
+
+def test_steering_vector_is_the_padded_mean_difference():
+    lm = tiny_causal_lm()
+    delta = steering_vector(lm, "a photo of a <category> .", "the digit", 1)
+    ids = lm.tokenizer("a photo of a <category> .", return_tensors="pt")["input_ids"]  # <s> + 6 words
+    short = lm.tokenizer("the digit", return_tensors="pt")["input_ids"]  # <s> + 2 words, padded with 4 </s>
+    padded = torch.cat([short, torch.full((1, 4), lm.tokenizer.eos_token_id)], dim=1)
+    assert padded.shape == ids.shape
+    best, worst = _layer_inputs(lm, ids, 2), _layer_inputs(lm, padded, 2)
+    torch.testing.assert_close(delta, best[0].mean(0) - worst[0].mean(0), rtol=0, atol=1e-6)
+    torch.testing.assert_close(layer_mean_hidden(lm, "the digit", 1), _layer_inputs(
+        lm, lm.tokenizer("the digit", return_tensors="pt")["input_ids"], 2)[0].mean(0), rtol=0, atol=0)
+    assert vector_digest(delta) == vector_digest(delta.clone()) != vector_digest(delta * 2)
