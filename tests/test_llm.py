@@ -4,6 +4,7 @@ backends (tiny offline model, local stub server) and the text scorers against di
 from __future__ import annotations
 
 import http.server
+import itertools
 import json
 import math
 import sys
@@ -257,9 +258,18 @@ def test_unigram_prior_closed_forms():
     counts = UnigramPrior(lambda s: [int(c) for c in s], vocab_size=4, counts={0: 3, 1: 1}, smoothing=1.0)
     # p(0) = 4/8, p(1) = 2/8, p(2) = p(3) = 1/8
     assert counts.log_prob("0123") == pytest.approx(math.log(4 / 8 * 2 / 8 * 1 / 8 * 1 / 8), rel=1e-12)
+    bounded = UnigramPrior(lambda s: [int(c) for c in s], vocab_size=4, max_length=3)  # lengths 0..3 uniform
+    assert bounded.log_prob("01") == pytest.approx(-math.log(4) - 2 * math.log(4), rel=1e-12)
+    assert bounded.log_prob("0123") == -math.inf
+    total = sum(math.exp(bounded.log_prob("".join(map(str, s)))) for k in range(4) for s in _sequences(4, k))
+    assert total == pytest.approx(1.0, rel=1e-12)  # one distribution over every sequence up to 3 tokens
     corpus = UnigramPrior.from_corpus(clip_tokenizer, ["a photo", "a cat"], smoothing=0.5)
     a_id = tokenize_fn(clip_tokenizer)("a")[0]
     assert corpus.token_log_prob(a_id) == pytest.approx(math.log(2.5 / (4 + 0.5 * 49408)), rel=1e-12)
+
+
+def _sequences(vocab: int, length: int) -> list[tuple[int, ...]]:
+    return list(itertools.product(range(vocab), repeat=length))
 
 
 def test_causal_lm_scorer_is_the_chain_rule_product():

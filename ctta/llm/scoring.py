@@ -5,9 +5,14 @@ the prior over prompts is a language model's likelihood of the prompt's tokens; 
 vocabulary at every one of its 77 positions is the paper's baseline. Unofficial (the paper ships no code).
 
 * ``UnigramPrior``: independent tokens, uniform over a vocabulary of V (log P = -len * ln V) or from counts with
-  add-alpha smoothing. A distribution over token sequences *of the given length* (length itself is not modelled).
+  add-alpha smoothing. Without ``max_length`` it is a distribution over the token sequences of each given length
+  (as the paper's uniform baseline, whose length is always 77); with ``max_length`` = L a uniform length prior over
+  0..L is added (-ln(L + 1)), which makes it one distribution over all sequences up to L tokens (a valid PAC-Bayes
+  prior for prompts of varying length).
 * ``CausalLMScorer``: sum of a transformers causal LM's token log-probabilities given its BOS token (GPT-2 has none
-  and uses its end-of-text token, as in its own training); ``add_eos`` also scores the end of the text.
+  and uses its end-of-text token, as in its own training); ``add_eos`` also scores the end of the text, which makes
+  it one distribution over all texts (without it, a text and its continuations share probability mass, so the
+  probabilities of all prompts can sum to more than 1: use ``add_eos=True`` for a valid bound).
 """
 
 from __future__ import annotations
@@ -43,10 +48,11 @@ class UnigramPrior:
         counts: token id -> count; ``None`` = uniform p = 1/V.
         smoothing: alpha of p(t) = (count_t + alpha) / (total + alpha V) (used with counts; > 0 keeps every
             token possible, so every prompt has a finite bound).
+        max_length: L: add the uniform length prior -ln(L + 1) (longer texts get -inf); None: no length term.
     """
 
     def __init__(self, tokenize: Callable[[str], Sequence[int]], vocab_size: int,
-                 counts: Mapping[int, float] | None = None, smoothing: float = 1.0):
+                 counts: Mapping[int, float] | None = None, smoothing: float = 1.0, max_length: int | None = None):
         if vocab_size < 1:
             raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
         if counts is not None and smoothing <= 0 and any(c <= 0 for c in counts.values()):
@@ -54,19 +60,22 @@ class UnigramPrior:
         self.tokenize, self.vocab_size, self.smoothing = tokenize, int(vocab_size), float(smoothing)
         self.counts = dict(counts) if counts is not None else None
         self._total = sum(self.counts.values()) if self.counts is not None else 0.0
+        self.max_length = max_length
 
     @classmethod
-    def from_tokenizer(cls, tokenizer, counts: Mapping[int, float] | None = None, smoothing: float = 1.0):
+    def from_tokenizer(cls, tokenizer, counts: Mapping[int, float] | None = None, smoothing: float = 1.0,
+                       max_length: int | None = None):
         """Over a tokenizer's whole vocabulary (CLIP's: V = 49408)."""
         vocab = getattr(tokenizer, "vocab_size", None) or len(tokenizer)
-        return cls(tokenize_fn(tokenizer), vocab, counts, smoothing)
+        return cls(tokenize_fn(tokenizer), vocab, counts, smoothing, max_length)
 
     @classmethod
-    def from_corpus(cls, tokenizer, texts: Iterable[str], smoothing: float = 1.0):
+    def from_corpus(cls, tokenizer, texts: Iterable[str], smoothing: float = 1.0, max_length: int | None = None):
         """Token frequencies of ``texts`` (add-``smoothing``) over the tokenizer's vocabulary."""
         tokenize = tokenize_fn(tokenizer)
         counts = Counter(t for text in texts for t in tokenize(text))
-        return cls(tokenize, getattr(tokenizer, "vocab_size", None) or len(tokenizer), counts, smoothing)
+        vocab = getattr(tokenizer, "vocab_size", None) or len(tokenizer)
+        return cls(tokenize, vocab, counts, smoothing, max_length)
 
     def token_log_prob(self, token: int) -> float:
         """log p(token)."""
@@ -76,8 +85,14 @@ class UnigramPrior:
         return math.log(num) - math.log(self._total + self.smoothing * self.vocab_size) if num > 0 else -math.inf
 
     def log_prob(self, text: str) -> float:
-        """Sum of the tokens' log-probabilities (0 for the empty text)."""
-        return float(sum(self.token_log_prob(t) for t in self.tokenize(text)))
+        """Sum of the tokens' log-probabilities (+ the length prior when ``max_length`` is set)."""
+        tokens = self.tokenize(text)
+        length = 0.0
+        if self.max_length is not None:
+            if len(tokens) > self.max_length:
+                return -math.inf
+            length = -math.log(self.max_length + 1)
+        return float(length + sum(self.token_log_prob(t) for t in tokens))
 
 
 class CausalLMScorer:
