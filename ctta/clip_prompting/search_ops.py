@@ -63,25 +63,28 @@ class FewShotFeatures:
     @classmethod
     @torch.no_grad()
     def from_dataset(cls, clip_model, dataset, batch_size: int, device, transform=None) -> FewShotFeatures:
-        """Encode every image of ``dataset`` (items ``(x, y, ...)``) with ``clip_model.encode_image``.
+        """Encode every image of ``dataset`` (items ``(x, y, ...)``).
 
         Args:
-            clip_model: an open_clip ``CLIP`` (``encode_image``, ``logit_scale``).
+            clip_model: an open_clip ``CLIP`` (``encode_image``; ``logit_scale`` its log) or a model with
+                ``image_features(x)`` (normalised) and ``logit_scale`` (the scale itself), e.g. ``TextHeadModel``.
             dataset: an Avalanche dataset (its eval transform group is used) or any indexable dataset.
             batch_size: images per forward pass.
-            device: where the CLIP runs.
-            transform: optional callable applied to each image tensor batch before encoding.
+            device: where the model runs.
+            transform: optional callable applied to each image batch before encoding (e.g. a dtype cast).
         """
-        if hasattr(dataset, "eval"):
+        if hasattr(dataset, "eval") and not isinstance(dataset, torch.nn.Module):
             dataset = dataset.eval()  # Avalanche: the eval transform group (no augmentation)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+        own = hasattr(clip_model, "image_features")
         feats, labels = [], []
-        for batch in loader:
+        for batch in torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False):
             x = batch[0].to(device)
             x = transform(x) if transform is not None else x
-            feats.append(F.normalize(clip_model.encode_image(x).float(), dim=-1))
+            f = clip_model.image_features(x) if own else clip_model.encode_image(x)
+            feats.append(F.normalize(f.float(), dim=-1))
             labels.append(torch.as_tensor(batch[1]).long().to(device))
-        scale = float(clip_model.logit_scale.exp())
+        scale = clip_model.logit_scale
+        scale = float(scale.exp()) if isinstance(scale, torch.nn.Parameter) else float(scale)
         return cls(torch.cat(feats), torch.cat(labels), scale)
 
     def subset(self, classes: Sequence[int]) -> FewShotFeatures:
