@@ -2,7 +2,9 @@
 
 Every run writes, in ``out_dir``: ``config.yaml`` (resolved), ``results.json`` (final metrics, the evaluation
 history, the resolved config, package versions, weight tags, seed, timings), ``metrics.csv`` (one row per
-evaluation) and ``accuracy.png`` (accuracy over the stream), plus Avalanche's ``log.txt``.
+evaluation) and ``accuracy.png`` (accuracy over the stream), plus Avalanche's ``log.txt``. A strategy with run
+artifacts (``run_artifacts()``, e.g. a discrete search's history) adds ``<name>.json`` / ``<name>.png`` files, listed
+under ``"artifacts"`` in results.json (``write_artifacts``).
 
 Few-shot (epoch-trained) CLIP prompt learners have no stream curve: their rows are the training loss and top-1 of
 every epoch (``kind=train_epoch``, from Avalanche's epoch metrics that ``epoch_metrics`` adds to their evaluator) and
@@ -186,6 +188,28 @@ def write_results(out_dir: str | Path, results: Mapping[str, Any], rows: Sequenc
     write_metrics_csv(out / "metrics.csv", rows)
     if plot:
         plot_accuracy(out / "accuracy.png", rows, title=str(results.get("title", "")))
+
+
+_RESERVED = {"results", "metrics", "config", "accuracy", "log"}
+
+
+def write_artifacts(out_dir: str | Path, strategy, plot: bool = True) -> list[str]:
+    """Write the strategy's ``run_artifacts()`` as ``<name>.json`` (and ``<name>.png`` when ``plot`` and the
+    strategy draws it, ``plot_artifact``) into ``out_dir``; returns the file names written (results.json lists them).
+
+    Raises:
+        ValueError: an artifact name that is not a plain file stem or clashes with a run output.
+    """
+    out, names = Path(out_dir), []
+    out.mkdir(parents=True, exist_ok=True)
+    for name, data in strategy.run_artifacts().items():
+        if not name or Path(name).name != name or name.startswith(".") or name in _RESERVED:
+            raise ValueError(f"artifact name {name!r}: a plain file stem other than {sorted(_RESERVED)}")
+        atomic_write_text(out / f"{name}.json", json.dumps(json_safe(data), indent=1, allow_nan=False) + "\n")
+        names.append(f"{name}.json")
+        if plot and strategy.plot_artifact(name, out / f"{name}.png"):
+            names.append(f"{name}.png")
+    return names
 
 
 def json_safe(o: Any) -> Any:

@@ -25,7 +25,7 @@ from ctta.runner.checkpoint import CheckpointPlugin, run_fingerprint, scan_check
 from ctta.runner.config import RunConfig, to_dict
 from ctta.runner.guards import DivergenceError, DivergenceGuard, check_class_count, warn_batch_exceeds_experiences
 from ctta.runner.outdir import RunError, abandon, begin, check_out_dir, finish
-from ctta.runner.results import epoch_metrics, fewshot_rows, package_versions, write_results
+from ctta.runner.results import epoch_metrics, fewshot_rows, package_versions, write_artifacts, write_results
 from ctta.utils import resolve_device, seed_everything
 
 
@@ -260,6 +260,9 @@ def execute(ctx: RunContext, verbose: bool = True) -> dict[str, Any]:
         results["divergence"] = diverged.as_dict()
     rows = results.pop("_rows")
     if distributed.is_main() and ctx.outputs:
+        artifacts = write_artifacts(ctx.out, ctx.strategy, plot=ctx.cfg.log.plot)
+        if artifacts:  # a strategy without artifacts leaves results.json as it was
+            results["artifacts"] = artifacts
         write_results(ctx.out, results, rows, plot=ctx.cfg.log.plot)
         finish(ctx.out)
         if verbose and not diverged:

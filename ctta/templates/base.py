@@ -289,6 +289,15 @@ class StrategyBase:
         the number generated, or None when the strategy has nothing to pre-generate (the default)."""
         return None
 
+    def run_artifacts(self) -> dict[str, Any]:
+        """Extra run outputs ``{name: JSON-able data}`` the runner writes as ``<out_dir>/<name>.json`` after the run
+        (e.g. a search history) and lists under ``"artifacts"`` in results.json; default: none."""
+        return {}
+
+    def plot_artifact(self, name: str, path) -> bool:
+        """Draw artifact ``name`` as a PNG at ``path`` (with ``log.plot``); True when drawn. Default: no plot."""
+        return False
+
     # ------------------------------------------------------------------ runner entry
     @classmethod
     def benchmark_kwargs(cls, cfg, benchmark) -> dict[str, Any]:
