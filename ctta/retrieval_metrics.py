@@ -7,16 +7,25 @@ samples of its class, ``AP@R = (1/R) * sum_{i<=R} P@i * rel(i)`` over its R near
 L2-normalised embeddings (cosine similarity); the reference computes them with faiss, here exact in torch.
 Ties between equal similarities are broken by sample index (``torch.topk`` order); queries without another sample of
 their class are left out of MAP@R.
+NMI as the reference computes it (k-means with one cluster per class, 20 iterations, L2, then scikit-learn's
+``normalized_mutual_info_score``), with scikit-learn's ``KMeans`` (one seeded init) instead of faiss.
+``RetrievalMetrics`` is the Avalanche plugin metric that reports all of them for an evaluated experience.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from avalanche.evaluation import PluginMetric
+from avalanche.evaluation.metric_results import MetricValue
+from avalanche.evaluation.metric_utils import get_metric_name
 
-__all__ = ["neighbours", "recall_at_k", "map_at_r"]
+from ctta.metrics import SummaryMetric
+
+__all__ = ["neighbours", "recall_at_k", "map_at_r", "nmi", "retrieval_scores", "RetrievalMetrics"]
 
 
 def neighbours(emb: torch.Tensor, k: int) -> torch.Tensor:
@@ -46,3 +55,66 @@ def map_at_r(emb: torch.Tensor, labels: torch.Tensor) -> float:
     prec = rel.cumsum(1) / pos  # P@i
     ap = (prec * rel * within).sum(1) / r.clamp_min(1)
     return float(ap[r > 0].mean())
+
+
+def nmi(emb: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> float:
+    """NMI between ``labels`` and a k-means clustering of ``emb`` (one cluster per label, 20 iterations)."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import normalized_mutual_info_score
+
+    n_clusters = int(labels.unique().numel())
+    km = KMeans(n_clusters=n_clusters, n_init=1, max_iter=20, random_state=seed).fit(emb.float().cpu().numpy())
+    return float(normalized_mutual_info_score(labels.cpu().numpy(), km.labels_))
+
+
+def retrieval_scores(emb: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 2, 4, 8)) -> dict[str, float]:
+    """``recall_at_<k>`` for each k, ``map_at_r`` and ``nmi`` of embeddings ``(N, E)`` with labels ``(N,)``."""
+    out = {f"recall_at_{k}": v for k, v in recall_at_k(emb, labels, ks).items()}
+    return out | {"map_at_r": map_at_r(emb, labels), "nmi": nmi(emb, labels)}
+
+
+_NAMES = {"map_at_r": "MAP_at_R", "nmi": "NMI"}
+
+
+class RetrievalMetrics(SummaryMetric, PluginMetric[dict]):
+    """Recall@K, MAP@R and NMI of the outputs (embeddings) of every evaluated experience, queries = gallery = the
+    experience (a query never retrieves itself). Logged as ``Recall_at_1/eval_phase/test_stream/Exp000``,
+    ``MAP_at_R/...``, ``NMI/...``; ``result()`` is the last evaluated experience's (the run's summary)."""
+
+    def __init__(self, ks: Sequence[int] = (1, 2, 4, 8)) -> None:
+        super().__init__()
+        self.ks = tuple(int(k) for k in ks)
+        self.last: dict[str, float] = {}
+        self._emb: list[torch.Tensor] = []
+        self._labels: list[torch.Tensor] = []
+
+    def reset(self) -> None:
+        self._emb, self._labels = [], []
+
+    def result(self) -> dict[str, float]:
+        return dict(self.last)
+
+    def before_eval_exp(self, strategy: Any) -> None:
+        self.reset()
+
+    def after_eval_iteration(self, strategy: Any) -> None:
+        self._emb.append(strategy.mb_output.detach().float().cpu())
+        self._labels.append(strategy.mb_y.detach().cpu())
+
+    def after_eval_exp(self, strategy: Any) -> list[MetricValue]:
+        if not self._emb:
+            return []
+        emb, labels = torch.cat(self._emb), torch.cat(self._labels)
+        if len(labels) < 2 or int((labels.unsqueeze(1) == labels.unsqueeze(0)).sum()) == len(labels):
+            return []  # no query has another sample of its class
+        self.last = retrieval_scores(emb, labels, self.ks)
+        x = strategy.clock.train_iterations
+        return [MetricValue(self, get_metric_name(self._name(k), strategy, add_experience=True, add_task=False), v, x)
+                for k, v in self.last.items()]  # fmt: skip
+
+    @staticmethod
+    def _name(key: str) -> str:
+        return _NAMES.get(key) or key.replace("recall", "Recall")
+
+    def __str__(self) -> str:
+        return "RetrievalMetrics"

@@ -77,6 +77,7 @@ SCENARIO_CASES = {
     "multilane_cil": {"dataset": "digits", "n_experiences": 2, "img_size": 8},
     "ood": {"dataset": "digits", "shots": 1, "id_classes": 5, "held_out_near": True, "near": [], "far": ["noise"],
             "img_size": 16, "max_test": 6},
+    "retrieval": {"dataset": "digits", "img_size": 8},
     "si_blurry": {"dataset": "digits", "img_size": 8, "n_tasks": 2},
     "test_time": {"dataset": "digits", "n_views": 2, "resolution": 16, "max_samples": 2},
     "transfer": {"datasets": ("digits/0/2", "digits/1/2"), "img_size": 8, "max_per_split": 4},

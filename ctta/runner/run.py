@@ -341,7 +341,8 @@ def summarise(
                 summary[metric.summary_name()] = float(res)
     last = _scalar_metrics(evaluator.get_last_metrics())
     top1 = [v for k, v in last.items() if k.startswith("Top1_Acc_Stream/eval_phase/test_stream")]
-    if top1 and "mAP" not in summary:  # argmax top-1 is meaningless for multi-hot targets
+    if top1 and "mAP" not in summary and "map_at_r" not in summary:  # argmax top-1: meaningless for multi-hot
+        # targets and for retrieval embeddings of unseen classes
         summary.setdefault("top1", top1[-1])
     if test_sizes is not None and len(test_sizes) > 1:  # one eval call per experience: pool them, not the last
         summary |= _pooled_stream_metrics(evaluator, summary, test_sizes)
