@@ -267,6 +267,11 @@ SPECS: dict[str, Spec] = {
     ),
     "glad": Spec("epoch", clip=True, method_kwargs=dict(lr=0.01, prec="fp32"), misspelt="rhoo"),
     "dpl": Spec("epoch", clip=True, method_kwargs=dict(n_vis=2, depth=2, lr=0.01, prec="fp32"), misspelt="n_viss"),
+    "gram": Spec(
+        "epoch", clip=True, misspelt="meta_iter",
+        method_kwargs=dict(meta_data="generated", meta_image_clusters=2, meta_text_clusters=2, meta_iters=1,
+                           meta_batch=1, lr=0.01, prec="fp32"),
+    ),  # fmt: skip
     "tmml": Spec("epoch", clip=True, method_kwargs=dict(lr=0.01, prec="fp32"), misspelt="meta_reductoin"),
     "kapt": Spec(
         "epoch", clip=True, method_kwargs=dict(lr=0.01, prec="fp32", descriptions="builtin:digits"),
