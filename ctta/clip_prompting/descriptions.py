@@ -24,12 +24,30 @@ Shared with wave 2: CoPrompt, MSGCoOp and HiCroPL. API (HiCroPL uses the ``copro
   ``set_classnames(names)`` recomputes it (new classes); ``features_for(names)`` recomputes only when the names
   changed (call it where the loss needs the teacher). The frozen CLIP is shared, never a submodule.
 
-Licences: both repositories are MIT; ctta ships none of their files (large, per dataset); get them from the
-repositories named in the error messages and pass the file or folder (``descriptions:``).
+Issue 23 (block R2 of ``remaining-seed-systems.md`` §19; CuPL, FuDD, ProAPO, GLOV, TFUP):
+
+* formats ``cupl`` (sarahpratt/CuPL@719619c: ``all_prompts/full_prompts/<stem>_prompts_full.json``, ImageNet's
+  ``imagenet_prompts/CuPL_image_prompts.json``; ``source`` = the file or the repository folder) and ``json`` (any
+  ``{class: [texts]}`` file: CuPL's ``base`` files, ProAPO's ``category_description/<source>.json``);
+  ``builtin:digits_cupl`` (ctta's own CuPL-style sentences, a different count per class).
+* class-name alignment: ``align_classnames(keys, classnames, table)`` / ``match_classnames(..., table)`` with a
+  table ``{ctta class name: bank key}`` (``load_alignment``: a mapping or a JSON file); every class without a key is
+  named in one ``KeyError``.
+* ``load_templates(source)``: a JSON list of templates with ``{}`` (FuDD's ``clip_templates.json``), or
+  ``builtin:clip_imagenet`` / ``builtin:tip``.
+* ``load_pairwise(source, dataset)`` -> ``PairwiseBank`` (FuDD, BatsResearch/fudd@3226423
+  ``differential_descriptions/<stem>_prompt_pairs.json`` + ``<stem>_class_names.json``): ``pair_texts(a, b)`` (a
+  missing pair gives "a photo of a {name}."), ``pooled(c)`` (every pair of ``c``: FuDD's K = |C| classifier);
+  ``builtin:digits`` is ctta's own tiny pairwise bank.
+
+Licences: CoPrompt and MSGCoOp are MIT; CuPL and FuDD have no licence, so their files are user-supplied (the errors
+name the official location); ctta ships only its own ``builtin:`` banks. Get the files from the repositories named
+in the error messages and pass the file or folder (``descriptions:``).
 
 Deviations: the frozen text tower is the run's shared CLIP in the run's precision (the references build a second
 CLIP: same weights; MSGCoOp's is fp16 in every precision, reproduced by ``round_fp16`` on the stored mean); a class
-name is matched exactly (``_`` -> space), then case-insensitively when that is unique; no cache file is written.
+name is matched exactly (``_`` -> space), then case-insensitively when that is unique (or through an alignment
+table); ``DescriptionBank`` writes no cache file (the zero-shot classifiers use ``ctta.clip_prompting.text_cache``).
 """
 
 from __future__ import annotations
@@ -41,7 +59,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["FORMATS", "DescriptionBank", "description_file", "load_descriptions", "match_classnames"]
+__all__ = ["FORMATS", "PAIR_DEFAULT", "DescriptionBank", "PairwiseBank", "align_classnames", "description_file",
+           "load_alignment", "load_descriptions", "load_pairwise", "load_templates", "match_classnames",
+           "pairwise_files"]
 
 #: official file location per format: (repository@commit, folder in it, file-name pattern, dataset -> stem)
 _COPROMPT_STEMS = {
@@ -57,9 +77,22 @@ _MSGCOOP_NAMES = {
     "imagenet_a": "ImageNetA", "imagenet_r": "ImageNetR", "imagenet_sketch": "ImageNetSketch",
     "imagenet_v2": "ImageNetV2",
 }  # fmt: skip
+_CUPL_FILES = {  # CuPL's GPT-3 banks ("full" variant; ImageNet's lives in imagenet_prompts/)
+    "aircraft": "airplane", "fgvc_aircraft": "airplane", "caltech101": "cal", "cars": "cars", "stanford_cars": "cars",
+    "cifar10": "cifar10", "cifar100": "cifar100", "cub200": "bird", "dtd": "texture", "flower102": "flower",
+    "oxford_flowers": "flower", "food101": "food", "pets": "pets", "oxford_pets": "pets", "sun397": "sun",
+    "ucf101": "ucf", "imagenet": "imagenet", "imagenet_a": "imagenet", "imagenet_r": "imagenet",
+    "imagenet_sketch": "imagenet", "imagenet_v2": "imagenet",
+}  # fmt: skip
+_CUPL_STEMS = {k: ("imagenet_prompts/CuPL_image_prompts.json" if v == "imagenet"
+                   else f"all_prompts/full_prompts/{v}_prompts_full.json") for k, v in _CUPL_FILES.items()}  # fmt: skip
 FORMATS = {
     "coprompt": ("ShuvenduRoy/CoPrompt@a2a6c12 (MIT)", "gpt_file", "{}_prompt.json", _COPROMPT_STEMS),
     "msgcoop": ("Rain-Bus/MSGCoOp@a298669 (MIT)", "MSGCoOp/desc/gpt-4.1/descriptions_top4", "{}.json", _MSGCOOP_NAMES),
+    "cupl": ("sarahpratt/CuPL@719619c (no licence: user-supplied)", "", "{}", _CUPL_STEMS),  # repository root
+    # any {class: [texts]} file, e.g. CuPL's all_prompts/*/<ds>_prompts_*.json or ProAPO's
+    # (MorningStarOvO/ProAPO@fefdf18, MIT) data/dataset/<ds>/category_description/<source>.json: pass the file itself
+    "json": ("a {class name: [texts]} JSON file", "", "<file>.json", {}),
 }
 
 _DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -69,6 +102,35 @@ _BUILTIN = {
         for name in _DIGITS
     }
 }  # ctta's own text (not from the references), same D for every class
+_BUILTIN["digits_cupl"] = {  # ctta's own CuPL-style sentences (not GPT-3's), a different count per class
+    "zero": ["A handwritten zero is a closed oval loop.", "The digit zero looks like a ring.",
+             "A zero written by hand is round and empty in the middle."],
+    "one": ["A handwritten one is a single vertical stroke.", "The digit one looks like a short straight line."],
+    "two": ["A handwritten two has a curved top and a flat base.", "The digit two looks like a swan.",
+            "A two written by hand ends in a horizontal stroke.", "A caption of an image of a two: a curvy digit."],
+    "three": ["A handwritten three has two bumps open to the left.", "The digit three looks like half of an eight."],
+    "four": ["A handwritten four has a crossing bar and an open top.", "The digit four looks like a chair upside down.",
+             "A four written by hand has three straight strokes."],
+    "five": ["A handwritten five has a flat bar on top and a round belly.", "The digit five looks like a hook."],
+    "six": ["A handwritten six has a closed loop at the bottom.", "The digit six looks like a curl.",
+            "A six written by hand starts with a long curve."],
+    "seven": ["A handwritten seven has a bar on top of a slanted stroke.", "The digit seven looks like a cliff edge."],
+    "eight": ["A handwritten eight is two loops stacked.", "The digit eight looks like a snowman.",
+              "An eight written by hand crosses itself in the middle.",
+              "A caption of an image of an eight: two rings."],
+    "nine": ["A handwritten nine has a closed loop on top of a stem.",
+             "The digit nine looks like a balloon on a string."],
+}  # fmt: skip
+_DIGIT_PAIRS = {  # ctta's own differential descriptions of confusable digit pairs (bank ids = DIGIT_NAMES order)
+    (1, 7): [("a photo of a one, a single vertical stroke.", "a photo of a seven, a bar on top of a slanted stroke."),
+             ("a photo of a one, with no bar on top.", "a photo of a seven, with a horizontal bar on top.")],
+    (3, 8): [("a photo of a three, open on the left.", "a photo of an eight, closed on both sides.")],
+    (4, 9): [("a photo of a four, with an open top.", "a photo of a nine, with a closed loop on top."),
+             ("a photo of a four, with a crossing bar.", "a photo of a nine, with a curved stem.")],
+    (5, 6): [("a photo of a five, with a flat bar on top.", "a photo of a six, with a loop at the bottom.")],
+    (0, 6): [("a photo of a zero, an empty oval.", "a photo of a six, with a tail above the loop.")],
+    (2, 7): [("a photo of a two, with a flat base.", "a photo of a seven, with no base.")],
+}  # fmt: skip
 
 
 def _format(fmt: str) -> tuple:
@@ -88,17 +150,19 @@ def description_file(source: str | Path, fmt: str, dataset: str = "") -> Path:
     path = Path(source)
     if path.is_file():
         return path
+    if not stems:  # a format without official layout: the file itself
+        raise FileNotFoundError(f"description file {path} not found; expected {repo} (pass its path)")
     if path.is_dir() or not path.suffix:
         if dataset not in stems:
             raise ValueError(f"{fmt} descriptions: dataset {dataset!r} has no official file; valid: {sorted(stems)}")
         name = pattern.format(stems[dataset])
-        tried = [path / Path(folder).name / name, path / name, path / folder / name]
+        tried = [path / Path(folder).name / name, path / name, path / folder / name, path / Path(name).name]
         found = next((p for p in tried if p.is_file()), None)
         if found is not None:
             return found
         path = tried[0]
     name = pattern.format(stems[dataset] if dataset in stems else "<dataset>")
-    where = f"{repo}: {folder}/{name}"
+    where = f"{repo}: {'/'.join(p for p in (folder, name) if p)}"
     raise FileNotFoundError(f"description file {path} not found; the official one is in {where} (pass its path)")
 
 
@@ -128,25 +192,63 @@ def load_descriptions(source: str | Path, fmt: str = "coprompt", dataset: str = 
     return _validate(data, path)
 
 
-def match_classnames(descriptions: Mapping[str, Sequence[str]], classnames: Sequence[str]) -> list[list[str]]:
-    """The descriptions of each class of ``classnames`` (``_`` -> space; exact, else unique case-insensitive match).
+def load_alignment(table: str | Path | Mapping[str, str] | None) -> dict[str, str]:
+    """A class-name alignment table ``{ctta class name: bank key}``: a mapping, a JSON file holding one, or None/""
+    (empty).
 
     Raises:
-        KeyError: a class has no descriptions (names the class and a few available keys).
+        FileNotFoundError: no such file. ValueError: not a ``{string: string}`` object.
     """
+    if not table:
+        return {}
+    data = table
+    if not isinstance(table, Mapping):
+        path = Path(table)
+        if not path.is_file():
+            raise FileNotFoundError(f"class-name alignment table {path} not found")
+        data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise ValueError(f"class-name alignment table {table}: expected a JSON object {{ctta class name: bank key}}")
+    return dict(data)
+
+
+def align_classnames(keys: Sequence[str], classnames: Sequence[str], table: Mapping[str, str] | None = None,
+                     what: str = "descriptions") -> list[str]:  # fmt: skip
+    """The bank key of each class of ``classnames``: ``table[name]`` (the alignment table, by the ctta name or its
+    ``_`` -> space form), else the exact name (``_`` -> space), else its unique case-insensitive match.
+
+    Raises:
+        KeyError: classes without a key, all listed in one message (with a few available keys).
+    """
+    table, known = dict(table or {}), set(keys)
     lower: dict[str, list[str]] = {}
-    for k in descriptions:
+    for k in keys:
         lower.setdefault(k.lower(), []).append(k)
-    out = []
+    out, missing = [], []
     for c in classnames:
         name = c.replace("_", " ")
-        key = name if name in descriptions else (lower.get(name.lower()) or [None, None])
-        if isinstance(key, list):
-            if len(key) != 1:
-                raise KeyError(f"no descriptions for class {name!r} (keys such as {sorted(descriptions)[:5]})")
-            key = key[0]
-        out.append(list(descriptions[key]))
+        key = table.get(c, table.get(name, name))
+        if key not in known:
+            found = lower.get(key.lower(), [])
+            key = found[0] if len(found) == 1 else None
+        if key is None:
+            missing.append(name)
+        out.append(key)
+    if missing:
+        raise KeyError(f"no {what} for classes {missing} (keys such as {sorted(keys)[:5]}); map them with a "
+                       f"class-name alignment table {{ctta class name: bank key}}")  # fmt: skip
     return out
+
+
+def match_classnames(descriptions: Mapping[str, Sequence[str]], classnames: Sequence[str],
+                     table: Mapping[str, str] | None = None) -> list[list[str]]:  # fmt: skip
+    """The descriptions of each class of ``classnames`` (``align_classnames``: alignment ``table``, exact name with
+    ``_`` -> space, else unique case-insensitive match).
+
+    Raises:
+        KeyError: classes without descriptions (all named in one message).
+    """
+    return [list(descriptions[k]) for k in align_classnames(list(descriptions), classnames, table)]
 
 
 class DescriptionBank(nn.Module):
@@ -217,3 +319,130 @@ class DescriptionBank(nn.Module):
     def n_descriptions(self) -> int:
         """D of the per-index bank (1 for a mean bank)."""
         return self.features.shape[0] if self.reduce == "index" else 1
+
+
+# ------------------------------------------------------------------------------------- template lists
+def load_templates(source: str | Path) -> list[str]:
+    """A template list: a JSON list of strings, each with one ``{}`` for the class name (FuDD's
+    ``differential_descriptions/clip_templates.json``, GLOV's and ProAPO's template pools), or
+    ``builtin:clip_imagenet`` (CLIP's 80 ImageNet templates) / ``builtin:tip`` (the 7 "tip" templates).
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: not a non-empty list of strings holding ``{}``.
+    """
+    from ctta.clip_prompting.prompt_templates import CLIP_IMAGENET_TEMPLATES, TIP_TEMPLATES
+
+    builtin = {"builtin:clip_imagenet": CLIP_IMAGENET_TEMPLATES, "builtin:tip": TIP_TEMPLATES}
+    if str(source) in builtin:
+        return list(builtin[str(source)])
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"template list {path} not found (or one of {sorted(builtin)})")
+    data = _read_json(path, "a JSON list of templates")
+    if not isinstance(data, list) or not data or not all(isinstance(t, str) and "{}" in t for t in data):
+        raise ValueError(f"{path}: expected a JSON list of template strings, each with {{}} for the class name")
+    return list(data)
+
+
+def _read_json(path: Path, expected: str):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err}); expected {expected}") from err
+
+
+# ------------------------------------------------------------------------------------- pairwise banks (FuDD)
+FUDD_REPO = "BatsResearch/fudd@3226423 (no licence: user-supplied)"
+FUDD_FOLDER = "differential_descriptions"
+_FUDD_STEMS = {
+    "cub200": "cub", "dtd": "dtd", "eurosat": "eurosat", "aircraft": "fgvc_aircraft", "fgvc_aircraft": "fgvc_aircraft",
+    "flower102": "flowers", "oxford_flowers": "flowers", "food101": "food101", "imagenet": "imagenet",
+    "imagenet_v2": "imagenet", "pets": "pets", "oxford_pets": "pets", "places365": "places365",
+    "cars": "stanford_cars", "stanford_cars": "stanford_cars", "stanford_dogs": "stanford_dogs",
+}  # fmt: skip
+PAIR_DEFAULT = "a photo of a {}."  # FuDD's text of a class in a pair without descriptions
+
+
+class PairwiseBank:
+    """FuDD's differential descriptions: per class pair, descriptions of each side that tell the two apart.
+
+    Args:
+        classnames: the bank's class names, index = bank class id (``_`` -> space, as the reference).
+        entries: ``{key: ((i, j), [(text for i, text for j), ...])}`` in file order (the key of a pair is looked up
+            as ``"<min>_<max>"``, as the reference does; every entry counts for ``pooled``).
+    """
+
+    def __init__(self, classnames: Sequence[str], entries: Mapping[str, tuple[tuple[int, int], list]]) -> None:
+        self.classnames = [c.replace("_", " ") for c in classnames]
+        self.entries = dict(entries)
+
+    def pair_texts(self, a: int, b: int) -> tuple[list[str], list[str]]:
+        """Texts of bank classes ``a`` and ``b`` from pair ``"<min>_<max>"`` (each side in the file's order); a pair
+        the bank lacks gives each side ``"a photo of a {name}."``."""
+        entry = self.entries.get(f"{min(a, b)}_{max(a, b)}")
+        if entry is None:
+            return [PAIR_DEFAULT.format(self.classnames[a])], [PAIR_DEFAULT.format(self.classnames[b])]
+        (i, j), pairs = entry
+        side = {i: [p[0] for p in pairs], j: [p[1] for p in pairs]}
+        return list(side.get(a, [])), list(side.get(b, []))
+
+    def pooled(self, c: int) -> list[str]:
+        """Every text of bank class ``c`` over all the bank's pairs, in file order (``"a photo of a {name}."`` when
+        there is none): FuDD's "gpt" classifier (K = |C|), before de-duplication."""
+        out: list[str] = []
+        for (i, j), pairs in self.entries.values():
+            if c in (i, j):
+                out += [p[0] if c == i else p[1] for p in pairs]
+        return out or [PAIR_DEFAULT.format(self.classnames[c])]
+
+
+def pairwise_files(source: str | Path, dataset: str = "") -> tuple[Path, Path]:
+    """``(<ds>_prompt_pairs.json, <ds>_class_names.json)``: ``source`` is the pairs file (class names next to it) or
+    a folder holding FuDD's ``differential_descriptions/`` layout for ctta dataset ``dataset``.
+
+    Raises:
+        FileNotFoundError: a file is missing; the message names it and FuDD's official location.
+    """
+    path = Path(source)
+    if path.is_file():
+        pairs = path
+        names = path.with_name(path.name.replace("_prompt_pairs.json", "_class_names.json"))
+    else:
+        stem = _FUDD_STEMS.get(dataset, dataset or "<dataset>")
+        base = path / FUDD_FOLDER if (path / FUDD_FOLDER).is_dir() else path
+        pairs, names = base / f"{stem}_prompt_pairs.json", base / f"{stem}_class_names.json"
+    for f in (pairs, names):
+        if not f.is_file():
+            raise FileNotFoundError(f"FuDD description file {f} not found; the official one is in {FUDD_REPO}: "
+                                    f"{FUDD_FOLDER}/{f.name} (pass the folder or the pairs file)")  # fmt: skip
+    return pairs, names
+
+
+def _pair_entry(key, value, n: int, path) -> tuple[tuple[int, int], list[tuple[str, str]]]:
+    bad = ValueError(f"{path}: pair {key!r}: expected {{'classes': [i, j], 'prompt_pairs': [{{'prompt_pair': "
+                     f"[text, text]}}, ...]}} with class ids below {n}")  # fmt: skip
+    if not isinstance(value, dict):
+        raise bad
+    ids, rows = value.get("classes"), value.get("prompt_pairs")
+    if not (isinstance(ids, list) and len(ids) == 2 and all(isinstance(i, int) and 0 <= i < n for i in ids)):
+        raise bad
+    if not isinstance(rows, list):
+        raise bad
+    pairs = [r.get("prompt_pair") if isinstance(r, dict) else None for r in rows]
+    if not all(isinstance(p, list) and len(p) == 2 and all(isinstance(t, str) and t for t in p) for p in pairs):
+        raise bad
+    return (ids[0], ids[1]), [(p[0], p[1]) for p in pairs]
+
+
+def load_pairwise(source: str | Path, dataset: str = "") -> PairwiseBank:
+    """FuDD's pairwise bank from its files (``pairwise_files``) or ``builtin:digits`` (ctta's own tiny bank)."""
+    if str(source) == "builtin:digits":
+        return PairwiseBank(_DIGITS, {f"{i}_{j}": ((i, j), list(p)) for (i, j), p in _DIGIT_PAIRS.items()})
+    pairs_path, names_path = pairwise_files(source, dataset)
+    names = _read_json(names_path, "a JSON list of class names")
+    if not isinstance(names, list) or not names or not all(isinstance(c, str) for c in names):
+        raise ValueError(f"{names_path}: expected a JSON list of class names (index = class id)")
+    data = _read_json(pairs_path, "a JSON object {'<i>_<j>': {...}}")
+    if not isinstance(data, dict):
+        raise ValueError(f"{pairs_path}: expected a JSON object {{'<i>_<j>': {{'classes': ..., 'prompt_pairs': ...}}}}")
+    return PairwiseBank(names, {k: _pair_entry(k, v, len(names), pairs_path) for k, v in data.items()})
