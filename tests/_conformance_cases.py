@@ -232,6 +232,9 @@ SPECS: dict[str, Spec] = {
     "vptspg": Spec("epoch", method_kwargs=dict(embed_dim=16, n_prompts=2, n_class_prompts=1), misspelt="n_class_promts"),
     "coop": Spec("epoch", clip=True, method_kwargs=dict(n_ctx=2, ctx_init="", lr=0.01, prec="fp32"), misspelt="n_ctxx"),
     "mcm": Spec("epoch", clip=True, method_kwargs=dict(lr=0.01, prec="fp32"), misspelt="temperatur"),
+    "proapo": Spec("epoch", clip=True, misspelt="num_topp", sizes=dict(eval_batch_size=64),
+                   method_kwargs=dict(templates="tiny_digits", epochs=1, num_top=2, num_add=1, num_remove=1,
+                                      num_replace=1, num_mutation=1, num_crossover=1, epochs_outer=0)),
     "lapt": Spec(
         "epoch", clip=True, misspelt="n_negativs",
         method_kwargs=dict(lr=0.01, prec="fp32", n_negatives=4, n_negatives_train=3, groups=2,
