@@ -9,6 +9,7 @@
 
 from ctta.strategies.glov.discovered import GLOV_DATASETS, fill_template, load_templates, read_prompt_dicts
 from ctta.strategies.glov.evaluate import GLOV, GLOVConfig, ensemble_texts_for
+from ctta.strategies.glov.search import GLOVSearch, GLOVSearchConfig
 
-__all__ = ["GLOV", "GLOVConfig", "GLOV_DATASETS", "ensemble_texts_for", "fill_template", "load_templates",
-           "read_prompt_dicts"]
+__all__ = ["GLOV", "GLOVConfig", "GLOVSearch", "GLOVSearchConfig", "GLOV_DATASETS", "ensemble_texts_for",
+           "fill_template", "load_templates", "read_prompt_dicts"]

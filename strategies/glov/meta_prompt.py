@@ -12,7 +12,8 @@ Reference (structure read, wording re-written; no prompt text copied): jmiemirza
 
 Deviations: the wording is ctta's own (GLOV's text has no licence); a user can pass the exact wording in a YAML/JSON
 file (``meta_prompt_file`` with ``system``, ``first`` and ``later`` strings using the fields below); parsed lines are
-stripped and kept only when they hold a class slot (GLOV keeps every line, and an empty line breaks its scorer).
+stripped and kept only when they hold a class slot (GLOV keeps every line, and an empty line breaks its scorer); the
+first step's accuracy is rounded to 2 decimals (GLOV prints the raw float: float noise would change replay keys).
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ class MetaPrompt:
         common = dict(dataset=self.dataset, description=self.description, slot=SLOT)
         if step == 0:
             prompt, accuracy = history[0]
-            user = self.first.format(prompt=to_category(prompt), accuracy=accuracy, **common)
+            user = self.first.format(prompt=to_category(prompt), accuracy=round(accuracy, 2), **common)
         else:
             best, worst = top_bottom(history, self.top_bottom)
             user = self.later.format(k=len(best), runs=step + 1, best=_lines(best), worst=_lines(worst), **common)
