@@ -349,6 +349,10 @@ CATALOGUE: tuple[DatasetEntry, ...] = (
     _transfer("oxford-flowers", "Oxford Flowers", "FGVC/OxfordFlower", _FGVC_JSON, "load_fgvc_json", images=""),
     _transfer("stanford-dogs", "Stanford Dogs", "FGVC/Stanford-dogs", _FGVC_JSON, "load_fgvc_json", images="Images"),
     _transfer("stanford-cars", "Stanford Cars", "FGVC/Stanford-cars", _FGVC_JSON, "load_fgvc_json", images=""),
+    _transfer("birds525", "Birds-525 (BIRDS 525 SPECIES)", "birds525",
+              "Download the Kaggle set 'BIRDS 525 SPECIES - IMAGE CLASSIFICATION' (gpiosenka/100-bird-species) and "
+              "extract it so that <folder>/{train,valid,test}/<SPECIES>/*.jpg exist.", "load_imagefolder",
+              splits=("train", "valid", "test")),
     _transfer("fgvc-aircraft", "FGVC-Aircraft", "FGVC/fgvc-aircraft-2013b/data",
               "Download FGVC-Aircraft 2013b (https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/) and extract it so "
               "that <folder>/{variants.txt,images} exist.", "load_aircraft"),

@@ -347,13 +347,13 @@ def load_vtab(entry: DatasetEntry, root: str | Path, **_) -> TransferData:
 
 
 def load_imagefolder(entry: DatasetEntry, root: str | Path, **_) -> TransferData:
-    """``<root>/<dir>/{train,val,test}/<class>/<image>`` (classes of the train split)."""
+    """``<root>/<dir>/{train,val,test}/<class>/<image>`` (classes of the train split; the entry's ``splits`` extra
+    names the three folders when they differ, e.g. Birds-525's ``valid``)."""
     name, how = entry.name, entry.how_to_get()
     base = entry.require(entry.path(root))
-    tr = ImageFolderDataset(base / "train", dataset_name=f"{name} train", how_to_get=how)
-    va, te = (
-        ImageFolderDataset(base / s, tr.classes, dataset_name=f"{name} {s}", how_to_get=how) for s in ("val", "test")
-    )
+    train, *evals = entry.extra.get("splits", ("train", "val", "test"))
+    tr = ImageFolderDataset(base / train, dataset_name=f"{name} {train}", how_to_get=how)
+    va, te = (ImageFolderDataset(base / s, tr.classes, dataset_name=f"{name} {s}", how_to_get=how) for s in evals)
     return _three(name, tr.samples, va.samples, te.samples, tr.classes)
 
 

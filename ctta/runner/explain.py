@@ -86,7 +86,7 @@ def _norm_stats(model) -> tuple[tuple, tuple]:
 
 
 def explain_images(model, images: torch.Tensor, out_dir, targets=None, top_traits: int = 4,
-                   class_names=None) -> list[dict]:  # fmt: skip
+                   class_names=None, stats=None) -> list[dict]:  # fmt: skip
     """Trait maps of ``images`` (B, C, H, W; the model's input normalisation) as PNGs and a contact sheet.
 
     Args:
@@ -96,6 +96,8 @@ def explain_images(model, images: torch.Tensor, out_dir, targets=None, top_trait
         targets: class per image (None: the predicted class).
         top_traits: how many ranked heads to draw.
         class_names: names for the titles (None: class ids).
+        stats: ``(mean, std)`` the images are normalised with, to draw them (None: the backbone's timm
+            ``pretrained_cfg`` statistics).
 
     Returns:
         One record per image: ``{"file", "target", "pred", "prob", "heads" (ranked), "maps" (H, gh, gw)}``.
@@ -106,7 +108,7 @@ def explain_images(model, images: torch.Tensor, out_dir, targets=None, top_trait
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dev = next(model.parameters()).device
-    mean, std = _norm_stats(model)
+    mean, std = stats if stats is not None else _norm_stats(model)
     records, rows = [], []
     for i in range(len(images)):
         x = images[i : i + 1].to(dev)
@@ -192,4 +194,6 @@ def explain_run(cfg, checkpoint: str | None, n_images: int, out_dir: str | None,
     n = min(n_images, len(ds))
     images = torch.stack([ds[i][0] for i in range(n)])
     targets = [int(ds[i][1]) for i in range(n)]
-    return explain_images(model, images, out_dir or Path(cfg.log.out_dir) / "explain", targets, top_traits)
+    stats = getattr(getattr(ctx.bench, "info", None), "normalization", None)  # what the scenario normalised with
+    return explain_images(model, images, out_dir or Path(cfg.log.out_dir) / "explain", targets, top_traits,
+                          stats=stats)  # fmt: skip
