@@ -196,6 +196,7 @@ def _multilabel_metrics() -> list:
     return list(multilane_metrics())
 
 
+_LLM_LOGS = Path(__file__).resolve().parents[1] / "configs" / "smoke" / "llm_logs"  # canned LLM answers (ipo, ...)
 ONLINE = dict(family="online", ctta_metrics=_anytime_metrics, metric_names=("A_auc", "A_last"))
 TOP5 = dict(ctta_metrics=_top5, metric_names=("Top5_Acc_Stream",))
 SPECS: dict[str, Spec] = {
@@ -232,9 +233,21 @@ SPECS: dict[str, Spec] = {
     "vptspg": Spec("epoch", method_kwargs=dict(embed_dim=16, n_prompts=2, n_class_prompts=1), misspelt="n_class_promts"),
     "coop": Spec("epoch", clip=True, method_kwargs=dict(n_ctx=2, ctx_init="", lr=0.01, prec="fp32"), misspelt="n_ctxx"),
     "mcm": Spec("epoch", clip=True, method_kwargs=dict(lr=0.01, prec="fp32"), misspelt="temperatur"),
+    "cupl": Spec("epoch", clip=True, method_kwargs=dict(variant="both", descriptions="builtin:digits_cupl"),
+                 misspelt="variantt", sizes=dict(eval_batch_size=64), **TOP5),
+    "ipo": Spec("epoch", clip=True, misspelt="per_stepp", sizes=dict(eval_batch_size=64), method_kwargs=dict(
+        steps=1, per_step=1, llm=f"scripted:{_LLM_LOGS / 'ipo_digits_script.json'}")),
+    "llm_optimizer": Spec("epoch", clip=True, misspelt="top_kk", sizes=dict(eval_batch_size=64), method_kwargs=dict(
+        steps=1, llm=f"scripted:{_LLM_LOGS / 'llm_optimizer_digits_script.json'}")),
+    "glov": Spec("epoch", clip=True, misspelt="guidanse", sizes=dict(eval_batch_size=64), method_kwargs=dict(
+        prompts=str(_LLM_LOGS.parent / "data" / "glov_discovered_prompts.py"), dataset="digits")),
+    "glov_search": Spec("epoch", clip=True, misspelt="alpah", sizes=dict(eval_batch_size=64), method_kwargs=dict(
+        steps=1, per_step=1, llm=f"scripted:{_LLM_LOGS / 'glov_digits_script.json'}")),
     "proapo": Spec("epoch", clip=True, misspelt="num_topp", sizes=dict(eval_batch_size=64),
                    method_kwargs=dict(templates="tiny_digits", epochs=1, num_top=2, num_add=1, num_remove=1,
                                       num_replace=1, num_mutation=1, num_crossover=1, epochs_outer=0)),
+    "pacbayes": Spec("epoch", clip=True, misspelt="max_wordss", sizes=dict(eval_batch_size=64),
+                     method_kwargs=dict(words=("small", "digit"), max_words=1)),
     "lapt": Spec(
         "epoch", clip=True, misspelt="n_negativs",
         method_kwargs=dict(lr=0.01, prec="fp32", n_negatives=4, n_negatives_train=3, groups=2,
