@@ -41,12 +41,27 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from ctta.clip_prompting.llm_search import Scored
+from ctta.clip_prompting.llm_search import (
+    LLMSearchConfig,
+    PromptOptimizer,
+    Scored,
+    fill_slot,
+    search_llm,
+    template_scorer,
+    texts_for_prompt,
+)
+from ctta.clip_prompting.search import FewShotFeatures, SearchHistory, SearchTemplate
+from ctta.clip_prompting.text_cache import encode_texts
+from ctta.clip_prompting.zero_shot import TextHeadModel, text_cache_of
+from ctta.fields import ranged
+from ctta.registry import STRATEGIES
 
-__all__ = ["CLASS_SLOT", "IPO_HEADER", "IPO_INSTRUCTION", "IPO_INITIAL", "ipo_meta_prompt", "ipo_shown",
-           "load_image_descriptions", "parse_ipo", "ipo_valid"]
+__all__ = ["CLASS_SLOT", "IPO", "IPOConfig", "IPO_HEADER", "IPO_INSTRUCTION", "IPO_INITIAL", "ipo_meta_prompt",
+           "ipo_shown", "load_image_descriptions", "parse_ipo", "ipo_valid"]
 
 CLASS_SLOT = "<CLASS>"
 IPO_INITIAL = "a photo of a <CLASS>."
@@ -151,3 +166,87 @@ def load_image_descriptions(source: str | Path, dataset: str = "") -> str:
         warnings.warn(f"{path.name}: the file {IPO_REPO} ships for EuroSAT describes cars (a copy of Stanford Cars); "
                       "check your copy", stacklevel=2)
     return path.read_text(encoding="utf-8").strip()
+
+
+def clip_token_count(tokenizer) -> Callable[[str], int] | None:
+    """Tokens of a text with CLIP's start and end tokens (``None`` when the tokenizer cannot tell)."""
+    encode = getattr(tokenizer, "encode", None)
+    return None if encode is None else (lambda text: len(encode(text)) + 2)
+
+
+@dataclass(frozen=True)
+class IPOConfig(LLMSearchConfig):
+    """IPO settings at the reference's defaults (``train.py``: gpt-3.5-turbo, 100 steps, 8 per step, ...)."""
+
+    steps: int = ranged(100, ge=0)  # search steps after scoring the initial prompt
+    per_step: int = ranged(8, ge=1)  # completions (candidate prompts) per step
+    n_per_call: int = ranged(1, ge=1)  # completions per request (the reference: 1, eight calls per step)
+    temperature: float = ranged(1.0, ge=0)
+    max_tokens: int = ranged(40, ge=1)  # the reference's max_decode_steps
+    max_retries: int = ranged(0, ge=0)  # completions per step that may replace ones without a prompt
+    score_threshold: float = 20.0  # prompts scoring below it are not shown
+    max_shown: int = ranged(30, ge=0)  # prompts shown in the meta-prompt
+    score_buckets: int = ranged(100, ge=0)  # shown score = round(score * buckets / 100); 0: the raw percentage
+    initial: str = IPO_INITIAL
+    image_descriptions: str = ""  # the user's desc/<dataset>_1_shot_image.txt (or its folder; "": none)
+    dataset: str = ""  # picks the descriptions file in a folder
+    header: str = IPO_HEADER
+    instruction: str = IPO_INSTRUCTION
+    require_class_slot: bool = False  # skip candidates without <CLASS> (the reference scores them)
+    feature_memory: bool = True  # class-incremental: score on every seen experience's cached features
+
+
+@STRATEGIES.register("ipo", config=IPOConfig)
+class IPO(SearchTemplate):
+    """IPO as an Avalanche strategy: an LLM-in-the-loop search of one prompt per train experience (module notes)."""
+
+    config_class = IPOConfig
+
+    @classmethod
+    def build_prompted(cls, clip_model, tokenizer, classnames: list[str], cfg: IPOConfig) -> TextHeadModel:
+        return TextHeadModel(clip_model, tokenizer, classnames, texts_for_prompt(cfg.initial, CLASS_SLOT),
+                             cache=text_cache_of(cfg))  # fmt: skip
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        cfg = self.cfg
+        described = cfg.image_descriptions
+        self.descriptions = load_image_descriptions(described, cfg.dataset) if described else ""
+        self.llm = search_llm(cfg)
+        self.history = SearchHistory(key="score")
+        self.best_prompt = cfg.initial
+        self.events: list[dict[str, Any]] = []
+        self._searches = 0
+
+    def messages(self, scored: list[Scored], step: int) -> list[dict[str, str]]:
+        """The one user message of a step (``ipo_meta_prompt`` with the config's settings)."""
+        cfg = self.cfg
+        text = ipo_meta_prompt(scored, score_threshold=cfg.score_threshold, max_shown=cfg.max_shown,
+                               score_buckets=cfg.score_buckets, descriptions=self.descriptions, header=cfg.header,
+                               instruction=cfg.instruction)  # fmt: skip
+        return [{"role": "user", "content": text}]
+
+    def search(self, feats: FewShotFeatures, classnames: list[str]) -> list[list[str]]:
+        cfg, tokenizer = self.cfg, self.model.tokenizer
+        encode = lambda texts: encode_texts(self.model.clip, tokenizer, texts, self.model.cache)  # noqa: E731
+        optimizer = PromptOptimizer(
+            self.llm, self.messages, parse_ipo, template_scorer(feats, classnames, encode, CLASS_SLOT),
+            steps=cfg.steps, per_step=cfg.per_step, max_retries=cfg.max_retries, history=self.history,
+            sampling={"n": cfg.n_per_call, "temperature": cfg.temperature, "max_tokens": cfg.max_tokens},
+            class_slot=CLASS_SLOT if cfg.require_class_slot else None,
+            valid=ipo_valid(clip_token_count(tokenizer), getattr(tokenizer, "context_length", 77)),
+            history_extra={"experience": self._searches},
+        )
+        optimizer.run(list(dict.fromkeys([cfg.initial, self.best_prompt])))
+        self.events += [{"experience": self._searches, **e} for e in optimizer.events]
+        self._searches += 1
+        self.best_prompt = optimizer.best().prompt  # chosen on the training features only
+        return texts_for_prompt(self.best_prompt, CLASS_SLOT)(classnames)
+
+    def fallback_texts(self, name: str) -> list[str]:
+        """Classes never searched (base-to-new: the new ones) use the best prompt too."""
+        return [fill_slot(self.best_prompt, name, CLASS_SLOT)]
+
+    def run_artifacts(self) -> dict[str, Any]:
+        """The search history, every language-model completion with what it gave, and the best prompt."""
+        return {**super().run_artifacts(), "llm_events": list(self.events), "best_prompt": self.best_prompt}

@@ -34,12 +34,28 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from ctta.clip_prompting.llm_search import Scored
+from ctta.clip_prompting.llm_search import (
+    LLMSearchConfig,
+    PromptOptimizer,
+    Scored,
+    fill_slot,
+    search_llm,
+    template_scorer,
+    texts_for_prompt,
+)
+from ctta.clip_prompting.prompt_templates import CLIP_IMAGENET_TEMPLATES
+from ctta.clip_prompting.search import FewShotFeatures, SearchHistory, SearchTemplate
+from ctta.clip_prompting.text_cache import encode_texts
+from ctta.clip_prompting.zero_shot import TextHeadModel, text_cache_of
+from ctta.fields import ranged
+from ctta.registry import STRATEGIES
 
-__all__ = ["BLACKBOX_MESSAGE", "best5_average", "blackbox_message", "load_template_file", "parse_templates",
-           "top_bottom"]
+__all__ = ["BLACKBOX_MESSAGE", "LLMOptimizer", "LLMOptimizerConfig", "best5_average", "blackbox_message",
+           "load_template_file", "parse_templates", "top_bottom"]
 
 BLACKBOX_REPO = "shihongl1998/LLM-as-a-blackbox-optimizer@6612c84"
 BLACKBOX_MESSAGE = (
@@ -114,3 +130,92 @@ def load_template_file(path: str | Path, sample_size: int = 0, seed: int = 0) ->
     if sample_size:
         templates = random.Random(seed).sample(templates, min(sample_size, len(templates)))
     return [t for t in templates if t]
+
+
+@dataclass(frozen=True)
+class LLMOptimizerConfig(LLMSearchConfig):
+    """Settings at the reference's defaults (``auto_prompt_image_classification.py``'s arguments)."""
+
+    steps: int = ranged(10, ge=0)  # num_iters
+    top_k: int = ranged(3, ge=1)  # template_pool_size: best and worst templates shown
+    n_templates: int = ranged(1, ge=1)  # num_templates_from_gpt: templates asked for
+    max_tries: int = ranged(15, ge=1)  # calls per iteration until a valid response
+    temperature: float = ranged(1.0, ge=0)
+    max_tokens: int = ranged(256, ge=1)  # the reference sets none (the API's default)
+    init_templates: str = "clip80"  # clip80 (CLIP's 80 ImageNet templates) | a file of templates, one per line
+    laion_sample_size: int = ranged(0, ge=0)  # > 0: draw that many templates from the file (LAION-COCO: 80)
+    laion_seed: int = 0  # the draw's seed
+    message: str = BLACKBOX_MESSAGE  # the request ({n}, {good}, {bad} are filled)
+    feature_memory: bool = True  # class-incremental: score on every seen experience's cached features
+
+
+def format_check(template: str) -> str | None:
+    """Skip a template ``str.format`` refuses (the reference drops such initial templates when scoring fails)."""
+    try:
+        template.format("test")
+    except (IndexError, KeyError, ValueError):
+        return "str.format refuses it"
+    return None
+
+
+def initial_templates(cfg: LLMOptimizerConfig) -> list[str]:
+    """The initial pool the config names."""
+    if cfg.init_templates == "clip80":
+        return list(CLIP_IMAGENET_TEMPLATES)
+    return load_template_file(cfg.init_templates, cfg.laion_sample_size, cfg.laion_seed)
+
+
+@STRATEGIES.register("llm_optimizer", config=LLMOptimizerConfig)
+class LLMOptimizer(SearchTemplate):
+    """The LLM black-box optimizer as an Avalanche strategy: one template search per train experience."""
+
+    config_class = LLMOptimizerConfig
+
+    @classmethod
+    def build_prompted(cls, clip_model, tokenizer, classnames: list[str], cfg: LLMOptimizerConfig) -> TextHeadModel:
+        first = initial_templates(cfg)[0]  # the head before any search: the pool's first template
+        return TextHeadModel(clip_model, tokenizer, classnames, texts_for_prompt(first), cache=text_cache_of(cfg))
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.pool = initial_templates(self.cfg)
+        self.llm = search_llm(self.cfg)
+        self.history = SearchHistory(key="score")
+        self.best_template = self.pool[0]
+        self.best5: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
+        self._searches = 0
+
+    def messages(self, scored: list[Scored], step: int) -> list[dict[str, str]]:
+        """The iteration's request; logs the best-5 average first, as the reference does."""
+        avg = best5_average(scored)
+        if avg is not None:
+            self.best5.append({"experience": self._searches, "step": step, "best5": avg})
+        text = blackbox_message(scored, self.cfg.top_k, self.cfg.n_templates, self.cfg.message)
+        return [{"role": "user", "content": text}]
+
+    def search(self, feats: FewShotFeatures, classnames: list[str]) -> list[list[str]]:
+        cfg = self.cfg
+        encode = lambda texts: encode_texts(self.model.clip, self.model.tokenizer, texts, self.model.cache)  # noqa: E731
+        optimizer = PromptOptimizer(
+            self.llm, self.messages, parse_templates, template_scorer(feats, classnames, encode),
+            steps=cfg.steps, per_step=1, max_retries=cfg.max_tries - 1, history=self.history,
+            sampling={"temperature": cfg.temperature, "max_tokens": cfg.max_tokens},
+            valid=format_check, history_extra={"experience": self._searches},
+        )
+        scored = optimizer.run(self.pool)
+        self.events += [{"experience": self._searches, **e} for e in optimizer.events]
+        self.best5.append({"experience": self._searches, "step": cfg.steps, "best5": best5_average(scored)})
+        self._searches += 1
+        self.pool = list(dict.fromkeys([*self.pool, *(s.prompt for s in scored)]))  # found templates stay
+        self.best_template = ranked(scored)[0].prompt  # training accuracy only
+        return texts_for_prompt(self.best_template)(classnames)
+
+    def fallback_texts(self, name: str) -> list[str]:
+        """Classes never searched (base-to-new: the new ones) use the best template too."""
+        return [fill_slot(self.best_template, name)]
+
+    def run_artifacts(self) -> dict[str, Any]:
+        """The search history, the best-5 averages, every completion with what it gave, and the best template."""
+        return {**super().run_artifacts(), "best5": list(self.best5), "llm_events": list(self.events),
+                "best_template": self.best_template}

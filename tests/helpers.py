@@ -316,13 +316,14 @@ def check_adapts(run: ContractRun) -> None:
 
 
 # ------------------------------------------------------------------------------------- base-to-new end to end
-def run_smoke(config_name: str, out: Path) -> dict[str, Any]:
-    """Run ``configs/smoke/<config_name>.yaml`` on the CPU into ``out`` (no plot); its results' summary."""
+def run_smoke(config_name: str, out: Path, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Run ``configs/smoke/<config_name>.yaml`` on the CPU into ``out`` (no plot; ``overrides``: more
+    ``key=value`` settings); its results' summary."""
     from ctta.runner.config import load_config
     from ctta.runner.run import run
 
     cfg = load_config(ROOT / "configs" / "smoke" / f"{config_name}.yaml",
-                      [f"log.out_dir={out}", "log.plot=false", "device=cpu"])  # fmt: skip
+                      [f"log.out_dir={out}", "log.plot=false", "device=cpu", *overrides])  # fmt: skip
     return run(cfg, verbose=False)["summary"]
 
 

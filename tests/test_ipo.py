@@ -1,5 +1,8 @@
 """IPO (strategies/ipo.py): the meta-prompt against hand-written texts, the parser on tricky completions, the
-reference's candidate checks, the image-description files."""
+reference's candidate checks, the image-description files, and the recorded smoke search (replay without a call,
+the committed log is the record of the current requests, a missing entry's message)."""
+
+import json
 
 import pytest
 from ctta.strategies.ipo import (
@@ -13,6 +16,7 @@ from ctta.strategies.ipo import (
 )
 
 from ctta.clip_prompting.llm_search import Scored
+from tests.helpers import ROOT, assert_base_new_hm, run_smoke
 
 HISTORY = [
     Scored("a photo of a <CLASS>.", 50.0, 1.25, -1),
@@ -95,3 +99,65 @@ def test_eurosat_descriptions_warn_of_the_known_bug(tmp_path):
     path.write_text("a red sedan")
     with pytest.warns(UserWarning, match="describes cars"):
         assert load_image_descriptions(path) == "a red sedan"
+
+
+# ------------------------------------------------------------------------------------- recorded search (smoke)
+LOG = ROOT / "configs" / "smoke" / "llm_logs" / "ipo_digits.jsonl"
+SCRIPT = ROOT / "configs" / "smoke" / "llm_logs" / "ipo_digits_script.json"
+#: the prompts of the recorded smoke search, in order: the initial one, then the parsed answers (the fourth answer
+#: repeats the first and is skipped)
+SMOKE_PROMPTS = ["a photo of a <CLASS>.", "A blurry photo of the digit <CLASS>.", "A handwritten <CLASS>, a digit.",
+                 "A photo of the number <CLASS> written by hand."]
+
+
+class RaisingLM:
+    """A live backend that must never be reached."""
+
+    name = "scripted:ipo_digits_script.json"  # the recorded model name
+
+    def generate(self, messages, **sampling):
+        raise AssertionError("the recorded search made a language-model call")
+
+
+def test_recorded_smoke_search_replays_identically_and_makes_no_call(tmp_path, monkeypatch):
+    import ctta.strategies.ipo as ipo
+
+    from ctta.llm import ReplayingLM, ReplayLog
+
+    log = tmp_path / "log.jsonl"
+    log.write_bytes(LOG.read_bytes())
+    monkeypatch.setattr(ipo, "search_llm", lambda cfg: ReplayingLM(RaisingLM(), ReplayLog(cfg.llm_log)))
+    summary = run_smoke("ipo_digits", tmp_path / "run", (f"strategy.llm_log={log}",))
+    assert_base_new_hm(summary)
+    rows = json.loads((tmp_path / "run" / "search_history.json").read_text())
+    assert [r["candidate"] for r in rows] == SMOKE_PROMPTS
+    assert [r["step"] for r in rows] == [-1, 0, 0, 1]
+    events = json.loads((tmp_path / "run" / "llm_events.json").read_text())
+    skipped = {"experience": 0, "step": 1, "skipped": "A blurry photo of the digit <CLASS>.", "reason": "duplicate"}
+    assert skipped in events
+    best = max(rows, key=lambda r: (r["score"], -r["loss"]))["candidate"]  # training score, then lower loss
+    assert json.loads((tmp_path / "run" / "best_prompt.json").read_text()) == best
+    assert log.read_bytes() == LOG.read_bytes()  # nothing appended
+
+
+def test_committed_log_is_the_record_of_the_current_requests(tmp_path):
+    """Recording again with the canned answers gives the committed log's requests and answers (re-record the log
+    with the command in configs/smoke/ipo_digits.yaml when the meta-prompt changes)."""
+    log = tmp_path / "log.jsonl"
+    run_smoke("ipo_digits", tmp_path / "run", (f"strategy.llm=scripted:{SCRIPT}", f"strategy.llm_log={log}"))
+
+    def records(path):
+        return [{k: r[k] for k in ("key", "occurrence", "messages", "sampling", "responses")}
+                for r in map(json.loads, path.read_text().splitlines())]
+
+    assert records(log) == records(LOG)
+
+
+def test_missing_replay_entry_fails_with_one_message_naming_the_request(tmp_path):
+    from ctta.llm import LLMReplayMissing
+
+    with pytest.raises(LLMReplayMissing) as err:  # a third step was never recorded
+        run_smoke("ipo_digits", tmp_path / "run", (f"strategy.llm_log={LOG}", "strategy.steps=3"))
+    message = str(err.value)
+    assert "\n" not in message and str(LOG) in message and "occurrence 0" in message
+    assert "starts 'Your task is to write an instruction <INS>" in message

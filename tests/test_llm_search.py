@@ -136,8 +136,8 @@ def test_template_scorer_equals_direct_computation():
     acc, ce = template_scorer(feats, names, encode, class_slot="<CLASS>")("a <CLASS> x")
     assert seen == [["a cat x", "a sea lion x", "a dog x"]]
     logits = 10.0 * feats.features @ torch.stack(list(table.values())).t()
-    expected_acc = sum(int(logits[i].argmax() == feats.labels[i]) for i in range(6)) / 6 * 100
-    assert acc == pytest.approx(expected_acc)
+    expected_acc = 100 * sum(int(logits[i].argmax() == feats.labels[i]) for i in range(6)) / 6
+    assert acc == expected_acc
     assert ce == pytest.approx(F.cross_entropy(logits, feats.labels).item())
 
 

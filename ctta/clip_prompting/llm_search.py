@@ -32,8 +32,10 @@ from typing import Any
 import torch
 
 from ctta.clip_prompting.search_ops import fitness_scores
+from ctta.clip_prompting.zero_shot import ZeroShotConfig
 
-__all__ = ["PromptOptimizer", "Scored", "fill_slot", "texts_for_prompt", "template_scorer"]
+__all__ = ["LLMSearchConfig", "PromptOptimizer", "Scored", "fill_slot", "search_llm", "texts_for_prompt",
+           "template_scorer"]
 
 
 @dataclass
@@ -51,6 +53,29 @@ class Scored:
     score: float
     loss: float | None
     step: int
+
+
+@dataclass(frozen=True)
+class LLMSearchConfig(ZeroShotConfig):
+    """The language model of a search strategy (``ctta.llm.make_llm``); a method's config adds its own fields."""
+
+    llm: str = "replay"  # replay (the log only) | scripted:<file.json> | hf:<hub id or folder> | openai:<model>
+    llm_log: str = ""  # the JSONL replay log: requests found in it are answered from it, live answers appended
+    llm_name: str = ""  # the model name in the request keys ("": the backend's; pure replay: the log's only model)
+    llm_base_url: str = ""  # openai: the server's base URL ("": the backend's default)
+    llm_api_key_env: str = "OPENAI_API_KEY"  # openai: NAME of the environment variable holding the key
+
+
+def search_llm(cfg: LLMSearchConfig) -> Any:
+    """The recorded / replayed language model ``cfg`` names (``ctta.llm.make_llm``); the key is never stored."""
+    from ctta.llm import make_llm
+
+    options: dict[str, Any] = {"name": cfg.llm_name} if cfg.llm_name else {}
+    if cfg.llm.startswith("openai:"):
+        options["api_key_env"] = cfg.llm_api_key_env
+        if cfg.llm_base_url:
+            options["base_url"] = cfg.llm_base_url
+    return make_llm(cfg.llm, cfg.llm_log or None, **options)
 
 
 def fill_slot(prompt: str, name: str, class_slot: str = "{}") -> str:
@@ -89,7 +114,8 @@ def template_scorer(
         with torch.no_grad():
             text = encode([fill_slot(prompt, name, class_slot) for name in names])  # (C, E)
         scores = fitness_scores(feats, text)
-        return scores["top1"] * 100.0, scores["ce"]
+        n = len(feats.labels)
+        return 100.0 * round(scores["top1"] * n) / n, scores["ce"]  # exact percentage (top1 is a float32 mean)
 
     return evaluate
 
@@ -109,6 +135,7 @@ class PromptOptimizer:
         history: a ``SearchHistory`` receiving every scored prompt (optional).
         class_slot: candidates without it are skipped (``None``: no such check).
         valid: extra check, prompt -> reason to skip it or ``None`` (e.g. too many tokens).
+        history_extra: extra fields of every history row (e.g. ``{"experience": 2}``).
     """
 
     def __init__(
@@ -124,6 +151,7 @@ class PromptOptimizer:
         history: Any | None = None,
         class_slot: str | None = "{}",
         valid: Callable[[str], str | None] | None = None,
+        history_extra: dict[str, Any] | None = None,
     ) -> None:
         if steps < 0 or per_step < 1 or max_retries < 0:
             raise ValueError(
@@ -133,6 +161,7 @@ class PromptOptimizer:
         self.steps, self.per_step, self.max_retries = steps, per_step, max_retries
         self.sampling = dict(sampling)
         self.history, self.class_slot, self.valid = history, class_slot, valid
+        self.history_extra = dict(history_extra or {})
         self.scored: list[Scored] = []
         self.events: list[dict[str, Any]] = []
         self._seen: set[str] = set()
@@ -189,4 +218,4 @@ class PromptOptimizer:
             row = Scored(prompt, float(score), None if loss is None else float(loss), step)
             self.scored.append(row)
             if self.history is not None:
-                self.history.append(step, prompt, {"score": row.score, "loss": row.loss})
+                self.history.append(step, prompt, {"score": row.score, "loss": row.loss}, **self.history_extra)
