@@ -10,6 +10,10 @@ SGD (momentum 0.9, weight decay ``weight_decay``) over prompts and head; learnin
 ``CosineLRScheduler(t_initial=epochs, warmup_t=warmup_epochs, warmup_lr_init, lr_min)`` (so with the official
 ``warmup_lr_init=0`` the first epoch runs at lr 0). ``ctta explain`` (``ctta.runner.explain``) draws the trait maps.
 
+Data: the official pipeline (train ``Resize(240, 240)`` -> ``RandomCrop(224)`` -> ``HFlip``, test ``Resize(224,
+224)``, Inception mean/std 0.5 for every backbone) is the class-incremental scenario's ``transform: promptcam`` and
+``normalize: inception``, set in ``configs/promptcam.yaml``.
+
 Deviations: trained with ``EpochTemplate`` (one experience = the full training set; in a class-incremental stream
 every experience trains the same ``num_classes`` prompts); prompt dropout is applied to the prompt parameters
 (``vpt_dropout``), as the reference; the reference's per-update scheduler calls are not reproduced (per epoch only).
