@@ -1,0 +1,60 @@
+"""The retrieval scenario (scenarios/retrieval.py): every image of a dataset split by class, the first half of the
+classes trains and the unseen second half is the test set (CUB-200 / Cars-196 protocol); digits and an FGVC folder."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+from sklearn.datasets import load_digits
+
+from ctta.registry import SCENARIOS
+from ctta.templates.benchmark_info import benchmark_info
+from tests.helpers import make_fgvc_cub
+
+
+def _build(**kw):
+    entry = SCENARIOS.get("retrieval")
+    return entry.builder(entry.config(**kw), seed=0)
+
+
+def _labels(exp) -> list[int]:
+    return [int(y) for y in exp.dataset.targets]
+
+
+def test_digits_first_half_trains_and_the_second_half_is_tested():
+    bench = _build(dataset="digits", img_size=16)
+    assert len(bench.train_stream) == len(bench.test_stream) == 1
+    train, test = _labels(bench.train_stream[0]), _labels(bench.test_stream[0])
+    counts = Counter(int(y) for y in load_digits().target)  # every image, official splits pooled
+    assert Counter(train) == {c: counts[c] for c in range(5)}
+    assert Counter(test) == {c: counts[c] for c in range(5, 10)}
+    info = benchmark_info(bench)
+    assert info.n_classes == 10 and info.task_classes == (tuple(range(5)),)
+    assert info.stream_classnames["test"] == ("five", "six", "seven", "eight", "nine")
+    assert info.test_dataset is bench.test_stream[0].dataset
+    x, y, *_ = bench.test_stream[0].dataset[0]
+    assert tuple(x.shape) == (3, 16, 16) and y >= 5
+
+
+def test_train_classes_override_and_range():
+    bench = _build(dataset="digits", img_size=8, train_classes=3)
+    assert set(_labels(bench.train_stream[0])) == {0, 1, 2}
+    assert set(_labels(bench.test_stream[0])) == set(range(3, 10))
+    with pytest.raises(ValueError, match="train_classes"):
+        _build(dataset="digits", img_size=8, train_classes=10)
+
+
+def test_fgvc_splits_are_pooled_once(tmp_path):
+    """CUB in VPT's json layout: train, val and test images pooled; an image listed twice counts once."""
+    base = make_fgvc_cub(tmp_path)
+    train = json.loads((base / "train.json").read_text())
+    val = dict(list(train.items())[:3])  # a val split carved out of train (listed in both files)
+    (base / "val.json").write_text(json.dumps(val))
+    bench = _build(dataset="cub200", root=str(tmp_path), img_size=8)
+    assert Counter(_labels(bench.train_stream[0])) == {0: 6}  # class 001: 4 train + 2 test, val duplicates dropped
+    assert Counter(_labels(bench.test_stream[0])) == {1: 6}
+    assert benchmark_info(bench).classnames == ("Black footed Albatross", "Laysan Albatross")
+    x, *_ = bench.train_stream[0].dataset[0]
+    assert tuple(x.shape) == (3, 8, 8)
