@@ -180,3 +180,69 @@ def test_steering_vector_is_the_padded_mean_difference():
     torch.testing.assert_close(layer_mean_hidden(lm, "the digit", 1), _layer_inputs(
         lm, lm.tokenizer("the digit", return_tensors="pt")["input_ids"], 2)[0].mean(0), rtol=0, atol=0)
     assert vector_digest(delta) == vector_digest(delta.clone()) != vector_digest(delta * 2)
+
+
+# ----------------------------------------------------------------------------------------------- guided search
+def test_guidance_pair_follows_glov():
+    from ctta.clip_prompting.llm_search import Scored
+    from ctta.strategies.glov.search import guidance_pair, top_templates
+
+    rows = [Scored("i {}", 20.0, 1.0, -1), Scored("a {}", 30.0, 1.0, 0), Scored("b {}", 20.0, 0.5, 0)]
+    assert guidance_pair(rows, 20.0) == (("a {}", "b {}"), 30.0)  # runner-up: the latest of the 20s
+    assert guidance_pair(rows, 30.0) == (None, 30.0)  # no improvement: the pair stays
+    rows.append(Scored("c {}", 30.0, 0.2, 1))
+    assert guidance_pair(rows, 25.0)[0] == ("a {}", "b {}")  # ties: the earliest best
+    assert top_templates(rows, 3) == ["c {}", "a {}", "b {}"]  # score, then lower loss
+
+
+def _search(llm, steps=3, alpha=0.5, layer=1):
+    from ctta.strategies.glov.search import GuidedLM, run_glov_search
+
+    guided = GuidedLM(llm, layer=layer, alpha=alpha, guided={"max_tokens": 10}, seed=7)
+    opt = run_glov_search(guided, MetaPrompt("digits", "handwritten digits", top_bottom=2),
+                          lambda p: (float(len(p.split())), None), "A photo of a {}.", steps, 3,
+                          dict(temperature=1.0, top_k=50, top_p=0.9, max_tokens=8))
+    return opt, guided
+
+
+def test_recorded_search_replays_identically_without_a_call(tmp_path):
+    from ctta.llm import ReplayingLM, ReplayLog, make_llm
+
+    log = tmp_path / "glov.jsonl"
+    live = ReplayingLM(tiny_causal_lm(), ReplayLog(log))
+    opt, guided = _search(live)
+    assert live.calls == 3 and guided.records, "the toy score must improve so that guidance starts"
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    steered = [r for r in records if "extra" in r]
+    assert steered and all(r["extra"]["steering"]["layer"] == 1 and r["sampling"]["max_tokens"] == 10
+                           for r in steered)
+    assert [r["sampling"]["seed"] for r in records] == [7, 8, 9]
+
+    replay = make_llm("replay", log)
+    again, guided_again = _search(replay)
+    assert replay.backend is None and replay.calls == 0
+    assert again.scored == opt.scored and again.events == opt.events and guided_again.records == guided.records
+
+
+def test_steering_settings_are_in_the_replay_key(tmp_path):
+    from ctta.llm import LLMReplayMissing, ReplayingLM, ReplayLog, make_llm, request_key
+
+    log = tmp_path / "glov.jsonl"
+    _search(ReplayingLM(tiny_causal_lm(), ReplayLog(log)))
+    first = [json.loads(line) for line in log.read_text().splitlines() if "extra" in line][0]
+    base = first["extra"]["steering"]
+    keys = {request_key(first["model"], first["messages"], first["sampling"], {"steering": {**base, **change}})
+            for change in ({}, {"alpha": 0.25}, {"layer": 0}, {"vector_sha256": "0" * 64})}
+    assert first["key"] in keys and len(keys) == 4
+    for change in (dict(alpha=0.25), dict(layer=0)):  # the same search with other steering settings is not replayed
+        with pytest.raises(LLMReplayMissing, match="glov.jsonl"):
+            _search(make_llm("replay", log), **change)
+
+
+def test_guidance_refuses_a_model_without_hidden_states(tmp_path):
+    from ctta.llm import make_llm
+
+    script = tmp_path / "answers.json"
+    script.write_text(json.dumps(["a photo of many many words <category>"] * 9))
+    with pytest.raises(ValueError, match="steers a local model's hidden states"):
+        _search(make_llm(f"scripted:{script}", None))
