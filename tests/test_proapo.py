@@ -129,9 +129,11 @@ def test_agnostic_mode_uses_templates_only():
     assert all(r["stage"] == "templates" for r in s.history.rows)
 
 
-def test_bad_choice_refused():
+def test_bad_choice_and_missing_descriptions_refused(tmp_path):
     with pytest.raises(ValueError, match="grouping='faiss'"):
         _strategy(grouping="faiss")
+    with pytest.raises(FileNotFoundError, match="data/dataset/dtd/category_description/<source>.json"):
+        _strategy(dataset="dtd", descriptions=str(tmp_path / "CuPL_full.json"))
 
 
 def test_run_writes_history_and_nothing_trains(tmp_path):

@@ -28,6 +28,7 @@ and description caches on disk and its selection of the final stage-2 prompt by 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 from ctta.strategies.proapo.describe import DescriptionSearch
@@ -66,7 +67,7 @@ class ProAPOConfig(ZeroShotConfig):
     backbone: str = "ViT-B-32"  # which official settings: ViT-B-32 | RN50
     shots: int = 1
     descriptions: str = ""  # stage 2 source: a {class: [descriptions]} JSON, folder or builtin:digits ("": none)
-    description_format: str = "coprompt"  # format name for ctta.clip_prompting.descriptions.load_descriptions
+    description_format: str = "json"  # format name for ctta.clip_prompting.descriptions.load_descriptions
     weights: tuple[float, float, float, float] = (0.1, 0.1, 0.05, 10.0)  # w_top1, w_top5, w_redundancy, w_ce
     specific_weights: tuple[float, ...] = ()  # stage 2 weights (empty: ``weights``)
     black_box: bool = False  # accuracy-only fitness (black_box_flag)
@@ -130,6 +131,17 @@ def with_official(cfg: ProAPOConfig) -> tuple[ProAPOConfig, dict]:
     return cfg, table
 
 
+def check_descriptions(cfg: ProAPOConfig) -> None:
+    """Fail before any search when stage 2's description file is missing (names the reference's file)."""
+    src = cfg.descriptions
+    if cfg.mode == "agnostic" or not src or src.startswith("builtin:") or Path(src).exists():
+        return
+    key = dataset_key(cfg.dataset) or "<dataset>"
+    raise FileNotFoundError(f"proapo: description file {src} not found; ProAPO's are in MorningStarOvO/ProAPO@fefdf18 "
+                            f"data/dataset/{key}/category_description/<source>.json (e.g. CuPL_full.json; copies of "
+                            f"unlicensed CuPL/DCLIP data, so ctta ships none): pass your copy as descriptions=PATH")
+
+
 CHOICES = {"mode": MODES, "add_mode": ("one", "more"), "weighted_mode": ("linear", "exp"),
            "crossover_mode": ("slow", "quick"), "grouping": ("confusion", "kmeans")}  # fmt: skip
 
@@ -146,6 +158,7 @@ class ProAPO(SearchTemplate):
         self.pool = build_pool(self.cfg.templates, dataset_key(self.cfg.dataset), self.cfg.dataset_types)
         self.best_templates: list[str] = [self.pool[0]]
         self.chosen_descriptions: dict[str, list[str]] = {}
+        check_descriptions(self.search_cfg)
 
     @classmethod
     def resolve_config(cls, config, method_kwargs, extra_valid=()):
