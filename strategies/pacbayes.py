@@ -30,6 +30,17 @@ those that lower the training error while keeping the bound; ours ranks by the b
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ctta.clip_prompting.search import FewShotFeatures, SearchHistory, SearchTemplate, fill, fitness_scores
+from ctta.clip_prompting.text_cache import encode_texts
+from ctta.clip_prompting.zero_shot import TextHeadModel, ZeroShotConfig, single_template, text_cache_of
+from ctta.fields import ranged
+from ctta.llm.scoring import CausalLMScorer, TextScorer, UnigramPrior, tokenize_fn
+from ctta.registry import STRATEGIES
 
 KINDS = ("mcallester", "kl")
 CLIP_CONTEXT, CLIP_VOCAB = 77, 49408  # CLIP's context length and BPE vocabulary (the paper's uniform prior)
@@ -93,3 +104,169 @@ def prompt_bound(train_error: float, n: int, log_prior: float, delta: float = 0.
     if kind == "mcallester":
         return train_error + math.sqrt(c / (2 * n))
     return kl_inverse(train_error, c / n)
+
+
+# ---------------------------------------------------------------------------------------------- greedy search
+@dataclass(frozen=True)
+class BoundedPrompt:
+    """A prompt (the searched words) with its train error, prior and bound."""
+
+    prompt: str
+    train_error: float
+    log_prior: float
+    bound: float
+
+
+def extend(prompt: str, word: str) -> str:
+    """``prompt`` followed by ``word`` (one space between; none before the first word)."""
+    return f"{prompt} {word}".strip()
+
+
+def greedy_search(train_errors: Callable[[list[str]], list[float]], log_prior: Callable[[str], float],
+                  words: Sequence[str], n: int, *, init_prompt: str = "", max_words: int = 5, delta: float = 0.05,
+                  kind: str = "kl", history: SearchHistory | None = None) -> BoundedPrompt:
+    """Append, one at a time, the word whose extension has the lowest bound, while that lowers the bound.
+
+    Args:
+        train_errors: prompts -> their train errors (0-1) on the n samples (batched: one call per step).
+        log_prior: prompt -> ln P(prompt) (the prior's ``log_prob``).
+        words: the candidate vocabulary (ties go to the earlier word).
+        n: training samples behind the train errors.
+        init_prompt: the words the search starts from (scored too: the search never returns a worse bound).
+        max_words: most words appended.
+        delta, kind: the bound's confidence and form (``prompt_bound``).
+        history: receives one row per scored prompt (``fitness`` = -bound, ``chosen`` on the kept ones).
+    """
+
+    def score(prompts: list[str]) -> list[BoundedPrompt]:
+        errors = train_errors(prompts)
+        out = []
+        for p, e in zip(prompts, errors):
+            lp = log_prior(p)
+            bound = prompt_bound(e, n, lp, delta, kind) if lp > -math.inf else math.inf
+            out.append(BoundedPrompt(p, float(e), float(lp), bound))
+        return out
+
+    def record(step: int, cands: list[BoundedPrompt], chosen: BoundedPrompt | None) -> None:
+        for c in cands if history is not None else ():
+            history.append(step, c.prompt, {"fitness": -c.bound, **asdict(c)}, chosen=c is chosen)
+
+    current = score([init_prompt])[0]
+    record(0, [current], current)
+    for step in range(1, max_words + 1):
+        cands = score([extend(current.prompt, w) for w in words])
+        best = min(cands, key=lambda c: c.bound, default=None)  # min keeps the first of equal bounds
+        improved = best is not None and best.bound < current.bound
+        record(step, cands, best if improved else None)
+        if not improved:
+            break
+        current = best
+    return current
+
+
+def candidate_words(words: Sequence[str], vocab_file: str = "", clip_tokenizer=None, clip_vocab: int = 0) -> list[str]:
+    """The search's vocabulary: ``words``, then the lines of ``vocab_file``, then the first ``clip_vocab`` whole-word
+    alphabetic tokens of CLIP's BPE vocabulary (merge order: frequent first); de-duplicated, order kept, words with
+    braces or spaces dropped (they would break the template)."""
+    out = list(words)
+    if vocab_file:
+        out += Path(vocab_file).read_text(encoding="utf-8").split()
+    if clip_vocab > 0:
+        ids = sorted(clip_tokenizer.decoder)  # token id -> BPE string; whole words end with "</w>"
+        whole = (clip_tokenizer.decoder[i][:-4] for i in ids if clip_tokenizer.decoder[i].endswith("</w>"))
+        out += [w for w in whole if len(w) > 1 and w.isalpha()][:clip_vocab]
+    return list(dict.fromkeys(w for w in out if w and not set(w) & set("{} ")))
+
+
+def make_prior(spec: str, clip_tokenizer, max_length: int = 75, device=None) -> TextScorer:
+    """``unigram`` (uniform over CLIP's 49,408 tokens with a uniform length prior over 0..``max_length``: a proper
+    prior over prompts of varying length), ``uniform77`` (the paper's baseline: every prompt -77 ln 49408, a full
+    context of uniform tokens) or ``hf:<hub id or folder>`` (a causal LM with its end-of-text token scored)."""
+    if spec == "unigram":
+        return UnigramPrior(tokenize_fn(clip_tokenizer), CLIP_VOCAB, max_length=max_length)
+    if spec == "uniform77":
+        return _Constant(uniform_log_prior())
+    if spec.startswith("hf:"):
+        return CausalLMScorer.from_pretrained(spec[3:], device=device, add_eos=True)
+    raise ValueError(f"unknown prior {spec!r}: unigram | uniform77 | hf:<model id or local folder>")
+
+
+@dataclass(frozen=True)
+class _Constant:
+    value: float
+
+    def log_prob(self, text: str) -> float:
+        return self.value
+
+
+# ---------------------------------------------------------------------------------------------- strategy
+@dataclass(frozen=True)
+class PacBayesConfig(ZeroShotConfig):
+    """Greedy search for a prompt with a low PAC-Bayes bound (see the module notes; unofficial)."""
+
+    prompt_template: str = "{prompt} {}."  # the class text: {prompt} = the searched words, {} = the class name
+    init_prompt: str = "a photo of a"  # the words the search starts from ("" = empty prompt)
+    words: tuple[str, ...] = ()  # candidate words
+    vocab_file: str = ""  # more candidate words, whitespace-separated
+    clip_vocab: int = ranged(0, ge=0)  # + the first K whole-word tokens of CLIP's vocabulary
+    max_words: int = ranged(5, ge=0)  # most words appended
+    prior: str = "unigram"  # unigram | uniform77 | hf:<causal LM id or local folder>
+    max_length: int = ranged(75, ge=1)  # unigram prior: longest prompt (CLIP: 77 positions - start/end tokens)
+    delta: float = ranged(0.05, gt=0, lt=1)  # confidence: the bound holds with probability >= 1 - delta
+    bound: str = "kl"  # kl | mcallester: the bound the search minimises and reports
+    feature_memory: bool = True
+
+
+@STRATEGIES.register("pacbayes", config=PacBayesConfig)
+class PacBayes(SearchTemplate):
+    """Zero-shot CLIP with the prompt of lowest PAC-Bayes bound found by greedy search on the train experience.
+
+    ``self.results``: per train experience ``{"experience", "prompt", "train_error", "log_prior", "bound", "n",
+    "delta", "kind", "prior"}`` (also the run artifact ``pacbayes_bound``). Each experience's bound holds at its own
+    delta; for all T experiences at once use delta / T.
+    """
+
+    config_class = PacBayesConfig
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if self.cfg.bound not in KINDS:
+            raise ValueError(f"pacbayes: bound must be one of {KINDS}, got {self.cfg.bound!r}")
+        if "{prompt}" not in self.cfg.prompt_template:
+            raise ValueError(f"pacbayes: prompt_template needs a {{prompt}} slot, got {self.cfg.prompt_template!r}")
+        self.words = candidate_words(self.cfg.words, self.cfg.vocab_file, self.model.tokenizer, self.cfg.clip_vocab)
+        self.prior = make_prior(self.cfg.prior, self.model.tokenizer, self.cfg.max_length, self.device)
+        self.results: list[dict[str, Any]] = []
+
+    @classmethod
+    def build_prompted(cls, clip_model, tokenizer, classnames: list[str], cfg) -> TextHeadModel:
+        template = class_template(cfg.prompt_template, cfg.init_prompt)
+        return TextHeadModel(clip_model, tokenizer, classnames, single_template(template), cache=text_cache_of(cfg))
+
+    def search(self, feats: FewShotFeatures, classnames: list[str]) -> list[list[str]]:
+        n = int(feats.labels.numel())
+        best = greedy_search(lambda prompts: self.train_errors(feats, classnames, prompts), self.prior.log_prob,
+                             self.words, n, init_prompt=self.cfg.init_prompt, max_words=self.cfg.max_words,
+                             delta=self.cfg.delta, kind=self.cfg.bound, history=self.history)  # fmt: skip
+        self.results.append({"experience": len(self.results), **asdict(best), "n": n, "delta": self.cfg.delta,
+                             "kind": self.cfg.bound, "prior": self.cfg.prior})  # fmt: skip
+        template = class_template(self.cfg.prompt_template, best.prompt)
+        return [[fill(template, name)] for name in classnames]
+
+    def train_errors(self, feats: FewShotFeatures, classnames: list[str], prompts: list[str]) -> list[float]:
+        """The 0-1 train error of each prompt's one-template zero-shot classifier (one encoding pass)."""
+        templates = [class_template(self.cfg.prompt_template, p) for p in prompts]
+        texts = [fill(t, c) for t in templates for c in classnames]
+        emb = encode_texts(self.model.clip, self.model.tokenizer, texts, self.model.cache)
+        emb = emb.view(len(prompts), len(classnames), -1)  # (P, C, E), rows normalised
+        n = int(feats.labels.numel())  # top-1 is a float32 mean: round back to a count of errors
+        return [round((1.0 - fitness_scores(feats, e)["top1"]) * n) / n for e in emb]
+
+    def run_artifacts(self) -> dict[str, Any]:
+        return {**super().run_artifacts(), "pacbayes_bound": list(self.results)}
+
+
+def class_template(prompt_template: str, prompt: str) -> str:
+    """The one-slot class template of a prompt: ``{prompt}`` replaced, spaces collapsed (``"{prompt} {}."`` with
+    prompt ``""`` gives ``"{}."``)."""
+    return " ".join(prompt_template.replace("{prompt}", prompt).split())

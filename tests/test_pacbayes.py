@@ -6,7 +6,24 @@ from __future__ import annotations
 import math
 
 import pytest
-from ctta.strategies.pacbayes import binary_kl, complexity, kl_inverse, prompt_bound, uniform_log_prior
+import torch
+from ctta.scenarios.few_shot import FewShotConfig, build_few_shot
+from ctta.strategies.pacbayes import (
+    PacBayes,
+    binary_kl,
+    candidate_words,
+    class_template,
+    complexity,
+    greedy_search,
+    kl_inverse,
+    prompt_bound,
+    uniform_log_prior,
+)
+
+from ctta.backbones.clip import create_clip
+from ctta.clip_prompting.search import FewShotFeatures, SearchHistory, fitness_scores
+from ctta.evaluation import make_evaluator
+from ctta.llm.scoring import UnigramPrior
 
 
 def test_uniform_prior_is_the_papers_baseline():
@@ -56,3 +73,94 @@ def test_bad_arguments_are_refused():
         prompt_bound(0.1, 10, 1.0)
     with pytest.raises(ValueError, match="train_error"):
         prompt_bound(1.5, 10, -1.0)
+
+
+# ---------------------------------------------------------------------------------------------- greedy search
+def _hand_made():
+    """Six 2-d image features (three per class) and, per candidate word, the class directions it gives."""
+    # angles: class 0 at 0, 37, 53 degrees; class 1 at 90, 127, 217. A head (a, b) with b = -a predicts class 0 on
+    # the half-plane of a: a at -10 deg separates all; at 30 deg it takes 90 too (1 error); at 45, 90 and 127 (2)
+    feats = FewShotFeatures(torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.6, 0.8], [0.0, 1.0], [-0.6, 0.8], [-0.8, -0.6]]),
+                            torch.tensor([0, 0, 0, 1, 1, 1]), 100.0)  # fmt: skip
+
+    def head(deg):
+        a = [math.cos(math.radians(deg)), math.sin(math.radians(deg))]
+        return [a, [-a[0], -a[1]]]
+
+    heads = {"": [[1.0, 0.0], [1.0, 0.1]], "good": head(45), "great": head(30), "perfect": head(-10), "bad": head(-60)}
+    priors = {"": 0.0, "good": math.log(0.5), "great": math.log(0.3), "perfect": math.log(1e-6), "bad": math.log(0.2)}
+    return feats, heads, priors
+
+
+def _errors(feats, heads):
+    def train_errors(prompts):
+        return [1 - fitness_scores(feats, torch.tensor(heads[p.split()[-1] if p else ""]))["top1"] for p in prompts]
+
+    return train_errors
+
+
+@pytest.mark.parametrize("kind", ["kl", "mcallester"])
+def test_greedy_step_picks_the_word_a_brute_force_bound_comparison_picks(kind):
+    feats, heads, priors = _hand_made()
+    words = ["good", "great", "perfect", "bad"]
+    errors = dict(zip(words, _errors(feats, heads)(words)))
+    assert [round(errors[w] * 6) for w in words] == [2, 1, 0, 3]
+    brute = {w: prompt_bound(errors[w], 6, priors[w], 0.5, kind) for w in words}
+    expected = min(words, key=brute.get)
+    assert expected == "great"  # "perfect" has no train error but a prior of 1e-6: its bound is higher
+    history = SearchHistory()
+    best = greedy_search(_errors(feats, heads), lambda p: priors[p.split()[-1] if p else ""], words, 6,
+                         max_words=1, delta=0.5, kind=kind, history=history)  # fmt: skip
+    assert best.prompt == expected and best.bound == pytest.approx(brute[expected], rel=1e-12)
+    assert best.train_error == pytest.approx(1 / 6) and best.log_prior == priors["great"]
+    assert [r["candidate"] for r in history.rows] == ["", "good", "great", "perfect", "bad"]
+    assert [r["chosen"] for r in history.rows] == [True, False, True, False, False]
+    assert all(r["fitness"] == -r["bound"] for r in history.rows)
+
+
+def test_greedy_search_stops_when_no_word_lowers_the_bound():
+    feats, heads, priors = _hand_made()
+    words = ["good", "great", "perfect", "bad"]
+
+    def prior(prompt):  # each word costs its own prior
+        return sum(priors[w] for w in prompt.split())
+
+    best = greedy_search(_errors(feats, heads), prior, words, 6, max_words=5, delta=0.5)
+    # step 1 keeps "great" (as above); step 2: the last word sets the error, the prior adds up: a second word
+    # only raises the complexity of an error that cannot drop below "great"'s except with "perfect" (1e-6)
+    second = {w: prompt_bound(_errors(feats, heads)([f"great {w}"])[0], 6, prior(f"great {w}"), 0.5) for w in words}
+    assert best.prompt == "great" and min(second.values()) >= best.bound
+    assert greedy_search(_errors(feats, heads), prior, [], 6, init_prompt="").prompt == ""  # nothing to add
+
+
+def test_candidate_words_and_class_template():
+    _, _, tok = create_clip("ctta-tiny-clip", "")
+    words = candidate_words(["good", "a b", "x{}", "good"], clip_tokenizer=tok, clip_vocab=5)
+    assert words[0] == "good" and "a b" not in words and "x{}" not in words and len(words) == 6
+    assert all(w.isalpha() and len(w) > 1 for w in words[1:])
+    assert class_template("{prompt} {}.", "") == "{}." and class_template("{prompt} {}.", "a photo") == "a photo {}."
+
+
+def test_pacbayes_strategy_reports_the_bound_of_a_straightforward_recomputation():
+    bench = build_few_shot(FewShotConfig(dataset="digits", shots=4, img_size=32, max_test=20), seed=1)
+    model, _, tok = create_clip("ctta-tiny-clip", "")
+    names = list(bench.info.classnames)
+    strategy = PacBayes(model=model, tokenizer=tok, classnames=names, words=("small", "digit", "number"),
+                        max_words=2, device="cpu", evaluator=make_evaluator())  # fmt: skip
+    strategy.train(bench.train_stream[0])
+    result = strategy.results[0]
+    # straightforward: encode the images and the chosen prompt's texts with open_clip, count the errors
+    data = bench.train_stream[0].dataset.eval()
+    x = torch.stack([data[i][0] for i in range(len(data))])
+    y = torch.tensor([int(data[i][1]) for i in range(len(data))])
+    texts = [f"{result['prompt']} {c.replace('_', ' ')}." for c in strategy.model.classnames]
+    with torch.no_grad():
+        img = torch.nn.functional.normalize(model.encode_image(x).float(), dim=-1)
+        txt = torch.nn.functional.normalize(model.encode_text(tok(texts)).float(), dim=-1)
+    errors = int(((img @ txt.t()).argmax(1) != y).sum())
+    prior = UnigramPrior.from_tokenizer(tok, max_length=75).log_prob(result["prompt"])
+    assert result["n"] == len(y) and result["train_error"] == errors / len(y)
+    assert result["log_prior"] == pytest.approx(prior, rel=1e-12)
+    assert result["bound"] == pytest.approx(prompt_bound(errors / len(y), len(y), prior, 0.05, "kl"), rel=1e-9)
+    assert strategy.run_artifacts()["pacbayes_bound"] == strategy.results
+    assert strategy.model.class_texts(["zero"])[0] == [f"{result['prompt']} zero."]
