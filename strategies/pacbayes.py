@@ -1,7 +1,7 @@
 """PAC-Bayes generalisation bounds for discrete prompts, and a greedy prompt search that lowers them.
 
 Paper: Akinwande, Jiang, Sam, Kolter, "Understanding prompt engineering may not require rethinking generalization"
-(arXiv 2310.03957; ICLR 2024, ICML 2023 SODS workshop). **Unofficial, from the paper**: no code was released; the
+(arXiv 2310.03957; ICML 2023 SODS workshop version). **Unofficial, from the paper**: no code was released; the
 constants below are ours where the paper's could not be confirmed, each stated with its reason.
 
 A prompt is a hypothesis: with CLIP's encoders frozen, the prompt's token sequence fixes the zero-shot classifier.
