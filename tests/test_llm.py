@@ -172,6 +172,21 @@ def test_hf_backend_is_seeded_records_and_replays(tmp_path):
     assert llm.backend.decoder_layers() is model.transformer.h
 
 
+def test_hf_backend_loads_a_local_folder_and_keys_it_by_the_folder_name(tmp_path):
+    pytest.importorskip("transformers")
+    model, tokenizer = _tiny_hf()
+    folder = tmp_path / "models" / "tiny-gpt2"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    llm = make_llm(f"hf:{folder}", tmp_path / "log.jsonl")
+    assert llm.name == "hf:tiny-gpt2"  # the key does not depend on where the copy lies
+    ask = [{"role": "user", "content": "a photo of"}]
+    direct = make_llm("hf:tiny", None, model=model, tokenizer=tokenizer)
+    assert llm.generate(ask, max_tokens=5, seed=2) == direct.generate(ask, max_tokens=5, seed=2)
+    loaded = CausalLMScorer.from_pretrained(str(folder), add_eos=True)
+    assert loaded.log_prob("the cat") == pytest.approx(CausalLMScorer(model, tokenizer, True).log_prob("the cat"))
+
+
 def test_hf_backend_applies_the_chat_template_when_the_tokenizer_has_one():
     pytest.importorskip("transformers")
     from ctta.llm.hf import HFCausalLM
