@@ -161,3 +161,33 @@ def test_missing_replay_entry_fails_with_one_message_naming_the_request(tmp_path
     message = str(err.value)
     assert "\n" not in message and str(LOG) in message and "occurrence 0" in message
     assert "starts 'Your task is to write an instruction <INS>" in message
+
+
+# ----------------------------------------------------------------------------------------- class-incremental
+def test_class_incremental_searches_each_experience_seeded_with_the_previous_best(tiny, tmp_path):
+    from avalanche.training.plugins import EvaluationPlugin
+
+    from ctta.data.digits import DIGIT_NAMES
+    from ctta.registry import STRATEGIES
+    from tests import _conformance_cases as cc
+
+    model, tok = tiny
+    bench = cc.class_incremental(*cc.digits(40, 40))
+    script = tmp_path / "answers.json"
+    script.write_text(json.dumps(["<INS>a <CLASS> digit</INS>", "<INS>the number <CLASS></INS>"]))
+    strategy = STRATEGIES.get("ipo").builder(
+        model=model, tokenizer=tok, classnames=list(DIGIT_NAMES), steps=1, per_step=1, llm=f"scripted:{script}",
+        evaluator=EvaluationPlugin(loggers=[]),
+    )  # fmt: skip
+    strategy.train(bench.train_stream[0])
+    first_best = strategy.best_prompt
+    assert first_best in ("a photo of a <CLASS>.", "A <CLASS> digit")
+    strategy.train(bench.train_stream[1])
+    rows = strategy.history.rows
+    assert [(r["experience"], r["step"]) for r in rows][:2] == [(0, -1), (0, 0)]
+    again = [r["candidate"] for r in rows if r["experience"] == 1 and r["step"] == -1]
+    assert again == list(dict.fromkeys(["a photo of a <CLASS>.", first_best]))  # the previous best is scored again
+    assert [r["candidate"] for r in rows if r["experience"] == 1 and r["step"] == 0] == ["The number <CLASS>"]
+    names = list(DIGIT_NAMES)
+    assert strategy.seen == list(range(10))
+    assert strategy.texts_for(names) == [[strategy.best_prompt.replace("<CLASS>", n)] for n in names]

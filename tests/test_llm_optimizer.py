@@ -1,6 +1,8 @@
 """The LLM black-box optimizer (strategies/llm_optimizer.py): the request against a hand-written text, top/bottom
-selection, the response parser on tricky answers, best-5 averaging, template files."""
+selection, the response parser on tricky answers, best-5 averaging, template files, the recorded smoke search and
+the class-incremental pool."""
 
+import json
 import random
 
 import pytest
@@ -13,6 +15,8 @@ from ctta.strategies.llm_optimizer import (
 )
 
 from ctta.clip_prompting.llm_search import Scored
+from ctta.clip_prompting.prompt_templates import CLIP_IMAGENET_TEMPLATES
+from tests.helpers import ROOT, run_smoke
 
 POOL = [Scored("a {}.", 40.0, 1.0, -1), Scored("b {}.", 70.0, 1.0, -1), Scored("c {}.", 40.0, 0.5, -1),
         Scored("d {}.", 10.0, 2.0, -1), Scored("e {}.", 70.0, 0.9, 0), Scored("f {}.", 55.0, 1.0, 0)]
@@ -64,3 +68,83 @@ def test_template_file_and_seeded_sample(tmp_path):
     assert load_template_file(path, sample_size=50, seed=0) == random.Random(0).sample(lines, 20)
     with pytest.raises(FileNotFoundError, match="laion_coco_samples_size_80_seed_<seed>.txt"):
         load_template_file(tmp_path / "missing.txt")
+
+
+# ------------------------------------------------------------------------------------- recorded search (smoke)
+LOGS = ROOT / "configs" / "smoke" / "llm_logs"
+LOG = LOGS / "llm_optimizer_digits.jsonl"
+
+
+class RaisingLM:
+    """A live backend that must never be reached."""
+
+    name = "scripted:llm_optimizer_digits_script.json"  # the recorded model name
+
+    def generate(self, messages, **sampling):
+        raise AssertionError("the recorded search made a language-model call")
+
+
+def _records(path):
+    return [{k: r[k] for k in ("key", "occurrence", "messages", "sampling", "responses")}
+            for r in map(json.loads, path.read_text().splitlines())]
+
+
+def test_recorded_smoke_search_replays_identically_and_makes_no_call(tmp_path, monkeypatch):
+    import ctta.strategies.llm_optimizer as lo
+
+    from ctta.llm import ReplayingLM, ReplayLog
+
+    log = tmp_path / "log.jsonl"
+    log.write_bytes(LOG.read_bytes())
+    monkeypatch.setattr(lo, "search_llm", lambda cfg: ReplayingLM(RaisingLM(), ReplayLog(cfg.llm_log)))
+    summary = run_smoke("llm_optimizer_digits", tmp_path / "run", (f"strategy.llm_log={log}",))
+    assert 0.0 <= summary["top1"] <= 1.0
+    out = tmp_path / "run"
+    rows = json.loads((out / "search_history.json").read_text())
+    assert [r["candidate"] for r in rows[:80]] == list(CLIP_IMAGENET_TEMPLATES)
+    assert {r["step"] for r in rows[:80]} == {-1}
+    # step 2's first answer had no '- ' line and was asked again (same request, occurrence 1)
+    assert [(r["step"], r["candidate"]) for r in rows[80:]] == [
+        (0, "a photo of a handwritten digit {}."), (1, "a scan of the number {}."), (2, "a {} digit."),
+        (2, "a drawing of the digit {}.")]
+    assert [r["occurrence"] for r in _records(log)] == [0, 0, 0, 1]
+    best5 = json.loads((out / "best5.json").read_text())
+    assert [b["step"] for b in best5] == [0, 1, 2, 3]
+    top5 = sorted((r["score"] for r in rows), reverse=True)[:5]
+    assert best5[-1]["best5"] == pytest.approx(sum(top5) / 5)
+    best = max(rows, key=lambda r: r["score"])["candidate"]  # the first of the highest training accuracy
+    assert json.loads((out / "best_template.json").read_text()) == best
+    assert log.read_bytes() == LOG.read_bytes()
+
+
+def test_committed_log_is_the_record_of_the_current_requests(tmp_path):
+    log = tmp_path / "log.jsonl"
+    script = LOGS / "llm_optimizer_digits_script.json"
+    run_smoke("llm_optimizer_digits", tmp_path / "run", (f"strategy.llm=scripted:{script}", f"strategy.llm_log={log}"))
+    assert _records(log) == _records(LOG)
+
+
+# ----------------------------------------------------------------------------------------- class-incremental
+def test_class_incremental_pool_keeps_the_found_templates(tiny, tmp_path):
+    from avalanche.training.plugins import EvaluationPlugin
+
+    from ctta.data.digits import DIGIT_NAMES
+    from ctta.registry import STRATEGIES
+    from tests import _conformance_cases as cc
+
+    model, tok = tiny
+    bench = cc.class_incremental(*cc.digits(40, 40))
+    script = tmp_path / "answers.json"
+    script.write_text(json.dumps(["- a digit {}.", "- the handwritten {}."]))
+    strategy = STRATEGIES.get("llm_optimizer").builder(
+        model=model, tokenizer=tok, classnames=list(DIGIT_NAMES), steps=1, llm=f"scripted:{script}",
+        evaluator=EvaluationPlugin(loggers=[]),
+    )  # fmt: skip
+    strategy.train(bench.train_stream[0])
+    strategy.train(bench.train_stream[1])
+    rows = strategy.history.rows
+    again = [r["candidate"] for r in rows if r["experience"] == 1 and r["step"] == -1]
+    assert again == [*CLIP_IMAGENET_TEMPLATES, "a digit {}."]  # the pool plus the template found before
+    assert [r["candidate"] for r in rows if r["experience"] == 1 and r["step"] == 0] == ["the handwritten {}."]
+    names = list(DIGIT_NAMES)
+    assert strategy.texts_for(names) == [[strategy.best_template.format(n)] for n in names]
