@@ -122,6 +122,18 @@ def test_bitfit_copies_replace_the_backbone_biases():
     assert not torch.allclose(model.features(x, {}), plain(x))
 
 
+def test_prompt_depth_and_step_give_fewer_tokens_per_block():
+    """The reference's block step: block i gets n - i * step tokens, in the first ``depth`` blocks only."""
+    torch.manual_seed(0)
+    model = VPTSPGModel(tiny_vit(), 3, 8, n_prompts=5, n_class_prompts=4, layout=(4, 2, 2, 4))
+    assert model.prompts.shape[0] == 4 and model.class_prompts.shape[:2] == (2, 3)
+    shared = model.layer_prompts(model.prompts, 2)
+    assert {i: t.shape[0] for i, t in shared.items()} == {0: 5, 1: 3, 2: 1}
+    rows = torch.tensor([2, 2, 0, 0])
+    per_class = model.layer_prompts(model.class_prompts, 4, rows)
+    assert list(per_class) == [0] and torch.equal(per_class[0], model.class_prompts[0][rows])
+
+
 # ------------------------------------------------------------------------------------------------ sampler
 def test_class_balanced_batches():
     targets = [c for c in range(6) for _ in range(5)] + [6]  # class 6 has a single sample

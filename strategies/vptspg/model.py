@@ -11,6 +11,9 @@ Reference (re-implemented from reading): Noahsark/ParameterEfficient-DML @ c7c94
   prompts), an isolated ``LayerNorm -> Linear`` head, L2-normalised; per class in the batch a GRU cell steps over its
   ``k`` samples starting from the class's memory row; the rows are written back and the memory re-normalised (a
   buffer, never learnt); proxies = ``ratio * bias + (1 - ratio) * memory`` over all classes (``bias`` learnable).
+* Prompt depth and step (the reference's ``prompt_depth`` / ``prompt_block_step``, ``p_prompt_depth`` /
+  ``prompt_p_block_step``): prompts go into the first ``depth`` blocks, block ``i`` using the first
+  ``n - i * step`` tokens (none once that is <= 0).
 * BitFit: the backbone's biases are trainable copies substituted at forward time (``torch.func.functional_call``),
   so the shared backbone module stays bit-identical; the trained biases are the copies (same values, same update as
   training the originals in place).
@@ -60,14 +63,20 @@ class VPTSPGModel(nn.Module):
         embed_dim: embedding size E; n_prompts / n_class_prompts: tokens per layer of the shared / class prompts.
         bias_ratio: weight of the learnable bias proxy; k: samples per class in a training batch;
         activation: the GRU cell's candidate activation (``relu`` = the reference's ``gru_relu``).
+        layout: ``(prompt_depth, prompt_step, class_prompt_depth, class_prompt_step)``; a depth of None = every
+            block, step 0 = the same number of tokens in every block.
     """
 
     def __init__(self, backbone: nn.Module, num_classes: int, embed_dim: int = 384, n_prompts: int = 10,
-                 n_class_prompts: int = 3, bias_ratio: float = 0.5, k: int = 2, activation: str = "relu") -> None:
+                 n_class_prompts: int = 3, bias_ratio: float = 0.5, k: int = 2, activation: str = "relu",
+                 layout: tuple = (None, 0, None, 0)) -> None:
         super().__init__()  # fmt: skip
         self.backbone = (backbone if isinstance(backbone, PromptedViT) else PromptedViT(backbone)).requires_grad_(False)
-        d, depth = self.backbone.embed_dim, self.backbone.depth
+        d, vit_depth = self.backbone.embed_dim, self.backbone.depth
         self.bias_ratio, self.k = float(bias_ratio), int(k)
+        depth = min(layout[0] or vit_depth, vit_depth)
+        class_depth = min(layout[2] or vit_depth, vit_depth)
+        self.prompt_step, self.class_prompt_step = int(layout[1]), int(layout[3])
         self.bias_names = [n for n, _ in self.backbone.named_parameters() if "bias" in n]
         self.biases = nn.ParameterList([nn.Parameter(p.detach().clone()) for n, p in self._backbone_biases()])
         self.head = _head(d, embed_dim)
@@ -78,7 +87,7 @@ class VPTSPGModel(nn.Module):
         self.proxy_head = _head(d, embed_dim)
         self.prompts = nn.Parameter(torch.stack([_xavier_normal(1, n_prompts, d)[0] for _ in range(depth)]))
         self.class_prompts = nn.Parameter(torch.stack([_xavier_normal(num_classes, n_class_prompts, d)
-                                                       for _ in range(depth)]))  # (depth, C, n, D) fmt: skip
+                                                       for _ in range(class_depth)]))  # (depth, C, n, D) fmt: skip
 
     def _backbone_biases(self):
         params = dict(self.backbone.named_parameters())
@@ -94,15 +103,27 @@ class VPTSPGModel(nn.Module):
         params = dict(zip(self.bias_names, self.biases))
         return torch.func.functional_call(self.backbone, params, (x,), {"prompts": prompts})
 
+    @staticmethod
+    def layer_prompts(bank: torch.Tensor, step: int, rows: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
+        """``{block: tokens}`` of a prompt bank ``(depth, [C,] n, D)``: block ``i`` gets its first ``n - i step``
+        tokens (of the classes ``rows`` when given: ``(B, n_i, D)``)."""
+        out = {}
+        for i, p in enumerate(bank):
+            n = p.shape[-2] - i * step
+            if n <= 0:
+                break
+            out[i] = (p if rows is None else p[rows])[..., :n, :]
+        return out
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """L2-normalised embeddings ``(B, E)``."""
-        feats = self.features(x, dict(enumerate(self.prompts)))
+        feats = self.features(x, self.layer_prompts(self.prompts, self.prompt_step))
         return F.normalize(self.head(feats), dim=-1)
 
     def semantic_proxies(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """All class proxies ``(C, E)`` after this batch's memory update (graph through the batch's rows)."""
         classes = group_by_class(labels, self.k)  # (P,)
-        prompts = {i: p[labels] for i, p in enumerate(self.class_prompts)}  # layer -> (B, n, D)
+        prompts = self.layer_prompts(self.class_prompts, self.class_prompt_step, labels)  # block -> (B, n_i, D)
         p = F.normalize(self.proxy_head(self.features(x, prompts)), dim=-1)  # (B, E)
         steps = p.view(len(classes), self.k, -1)  # (P, k, E)
         h = self.memory[classes]

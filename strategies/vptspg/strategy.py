@@ -5,10 +5,10 @@ Reference: Noahsark/ParameterEfficient-DML @ c7c9416 (MIT), re-implemented from 
 ``config/cub200_small.yaml`` defaults, ``architectures/peft_vit.py``, ``criteria/dml_proxy_peft.py``). The model is
 ``model.VPTSPGModel``; the loss, GRU cell and sampler are in ``parts``. Training: class-balanced batches (``P``
 classes x ``k`` = 2 samples), Proxy-Anchor loss (alpha 32, delta 0.1) of the embeddings against all class proxies;
-one SGD (momentum 0.9, wd 1e-6) with two groups, network lr 0.005 and proxy-bias lr 0.1 (the reference's two SGD
-optimisers, same schedule), cosine per epoch over ``cosine_length`` = 50 epochs (to 1e-8), 15 epochs. Evaluation:
-the embeddings of the test experience (``scenarios/retrieval.py``: unseen classes) give Recall@1/2/4/8, MAP@R and NMI
-(``ctta.retrieval_metrics.RetrievalMetrics``, the run's summary metrics).
+one SGD (momentum 0.9, wd 1e-6; AdamW as an option) with two groups, network lr 0.005 and proxy-bias lr 0.1 (the
+reference's two optimisers, same schedule), cosine per epoch over ``cosine_length`` = 50 epochs (to 1e-8), 15
+epochs. Evaluation: the embeddings of the test experience (``scenarios/retrieval.py``: unseen classes) give
+Recall@1/2/4/8, MAP@R and NMI (``ctta.retrieval_metrics.RetrievalMetrics``, the run's summary metrics).
 
 Deviations from the reference code:
 - The memory bank that swaps per-class prompt parameters and their optimiser state in and out of a batch buffer
@@ -51,15 +51,20 @@ class VPTSPGConfig:
     embed_dim: int = ranged(384, ge=1)  # embedding and proxy size E
     n_prompts: int = ranged(10, ge=1)  # shared deep VPT prompts per layer
     n_class_prompts: int = ranged(3, ge=1)  # class-specific prompts per layer (proxy branch)
+    prompt_depth: int | None = ranged(None, ge=1)  # blocks with shared prompts (None: all)
+    prompt_step: int = ranged(0, ge=0)  # block i uses n_prompts - i * step tokens (the reference's block_step)
+    class_prompt_depth: int | None = ranged(None, ge=1)  # blocks with class prompts (None: all)
+    class_prompt_step: int = ranged(0, ge=0)
     bias_ratio: float = ranged(0.5, ge=0, le=1)  # proxy = ratio * bias + (1 - ratio) * memory
     gru_activation: str = "relu"  # relu (the reference's gru_relu) | tanh (gru)
     alpha: float = ranged(32.0, gt=0)  # Proxy-Anchor scale
     delta: float = ranged(0.1, ge=0)  # Proxy-Anchor margin
     pos_mean: str = "all"  # all (reference code) | present (the paper)
     samples_per_class: int = ranged(2, ge=1)  # k
-    lr: float = ranged(0.005, gt=0)  # SGD, network (biases, prompts, heads, GRU, class prompts)
-    lr_proxy: float = ranged(0.1, gt=0)  # SGD, learnable proxy biases
-    momentum: float = ranged(0.9, ge=0, lt=1)
+    optimizer: str = "sgd"  # sgd (momentum) | adamw (torch defaults; the reference's Cars / SOP configs)
+    lr: float = ranged(0.005, gt=0)  # network (biases, prompts, heads, GRU, class prompts)
+    lr_proxy: float = ranged(0.1, gt=0)  # learnable proxy biases
+    momentum: float = ranged(0.9, ge=0, lt=1)  # sgd only
     weight_decay: float = ranged(1e-6, ge=0)
     cosine_length: int = ranged(50, ge=1)  # CosineAnnealingLR T_max, in epochs (stepped per epoch)
     lr_min: float = ranged(1e-8, ge=0)
@@ -74,6 +79,8 @@ class VPTSPGConfig:
                              f"{self.samples_per_class} (P classes x k samples)")  # fmt: skip
         if self.gru_activation not in ("relu", "tanh"):
             raise ValueError(f"gru_activation must be 'relu' or 'tanh', got {self.gru_activation!r}")
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
         if self.pos_mean not in ("all", "present"):
             raise ValueError(f"pos_mean must be 'all' or 'present', got {self.pos_mean!r}")
 
@@ -105,8 +112,9 @@ class VPTSPG(EpochTemplate):
 
     def build_model(self, backbone: nn.Module, experience) -> VPTSPGModel:
         c = self.cfg
+        layout = (c.prompt_depth, c.prompt_step, c.class_prompt_depth, c.class_prompt_step)
         return VPTSPGModel(backbone, self.class_count(), c.embed_dim, c.n_prompts, c.n_class_prompts, c.bias_ratio,
-                           c.samples_per_class, c.gru_activation)  # fmt: skip
+                           c.samples_per_class, c.gru_activation, layout)  # fmt: skip
 
     # ------------------------------------------------------------------ data
     def make_train_dataloader(self, num_workers: int | None = None, **kwargs: Any) -> None:
@@ -136,9 +144,12 @@ class VPTSPG(EpochTemplate):
     def make_optimizer(self, **kwargs: Any) -> None:
         proxy = self.model.proxy_bias
         net = [p for p in self.model.parameters() if p.requires_grad and p is not proxy]
-        groups = [{"params": net, "lr": self.cfg.lr}, {"params": [proxy], "lr": self.cfg.lr_proxy}]
-        self.optimizer = torch.optim.SGD(groups, lr=self.cfg.lr, momentum=self.cfg.momentum,
-                                         weight_decay=self.cfg.weight_decay)  # fmt: skip
+        c = self.cfg
+        groups = [{"params": net, "lr": c.lr}, {"params": [proxy], "lr": c.lr_proxy}]
+        if c.optimizer == "adamw":
+            self.optimizer = torch.optim.AdamW(groups, lr=c.lr, weight_decay=c.weight_decay)
+        else:
+            self.optimizer = torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
         self._epoch = 0
 
     def _before_training_epoch(self, **kwargs: Any) -> None:
