@@ -235,6 +235,7 @@ SPECS: dict[str, Spec] = {
     "mcm": Spec("epoch", clip=True, method_kwargs=dict(lr=0.01, prec="fp32"), misspelt="temperatur"),
     "cupl": Spec("epoch", clip=True, method_kwargs=dict(variant="both", descriptions="builtin:digits_cupl"),
                  misspelt="variantt", sizes=dict(eval_batch_size=64), **TOP5),
+    "fudd": Spec("epoch", clip=True, method_kwargs=dict(k=3), misspelt="kk", sizes=dict(eval_batch_size=64), **TOP5),
     "ipo": Spec("epoch", clip=True, misspelt="per_stepp", sizes=dict(eval_batch_size=64), method_kwargs=dict(
         steps=1, per_step=1, llm=f"scripted:{_LLM_LOGS / 'ipo_digits_script.json'}")),
     "llm_optimizer": Spec("epoch", clip=True, misspelt="top_kk", sizes=dict(eval_batch_size=64), method_kwargs=dict(

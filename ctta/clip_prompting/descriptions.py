@@ -122,14 +122,13 @@ _BUILTIN["digits_cupl"] = {  # ctta's own CuPL-style sentences (not GPT-3's), a 
              "The digit nine looks like a balloon on a string."],
 }  # fmt: skip
 _DIGIT_PAIRS = {  # ctta's own differential descriptions of confusable digit pairs (bank ids = DIGIT_NAMES order)
-    (1, 7): [("a photo of a one, a single vertical stroke.", "a photo of a seven, a bar on top of a slanted stroke."),
-             ("a photo of a one, with no bar on top.", "a photo of a seven, with a horizontal bar on top.")],
-    (3, 8): [("a photo of a three, open on the left.", "a photo of an eight, closed on both sides.")],
-    (4, 9): [("a photo of a four, with an open top.", "a photo of a nine, with a closed loop on top."),
-             ("a photo of a four, with a crossing bar.", "a photo of a nine, with a curved stem.")],
-    (5, 6): [("a photo of a five, with a flat bar on top.", "a photo of a six, with a loop at the bottom.")],
-    (0, 6): [("a photo of a zero, an empty oval.", "a photo of a six, with a tail above the loop.")],
-    (2, 7): [("a photo of a two, with a flat base.", "a photo of a seven, with no base.")],
+    (1, 7): [("a one, a single stroke.", "a seven, a bar and a stroke."),
+             ("a one, no top bar.", "a seven, a top bar.")],
+    (3, 8): [("a three, open on the left.", "an eight, closed on the left.")],
+    (4, 9): [("a four, open on top.", "a nine, a loop on top."), ("a four, a crossing bar.", "a nine, a curved stem.")],
+    (5, 6): [("a five, a flat top bar.", "a six, a loop at the bottom.")],
+    (0, 6): [("a zero, an empty oval.", "a six, a tail above a loop.")],
+    (2, 7): [("a two, a flat base.", "a seven, no base.")],
 }  # fmt: skip
 
 
