@@ -25,6 +25,11 @@ vocabulary in turn, scores each extension by its bound (train error of the one-t
 cached few-shot features, KL from the prior), keeps the lowest (ties: the earlier word) and stops when no extension
 lowers the bound or after ``max_words`` words. The paper's search proposes tokens with a language model and keeps
 those that lower the training error while keeping the bound; ours ranks by the bound itself over a given word list.
+
+Benchmarks: few-shot (base-to-new: the search runs on the base classes' training images; the found prompt is
+class-agnostic, so the new classes get it too); class-incremental (a new search per experience over the classes seen
+so far, on the features of every experience seen so far: n grows; each experience's bound holds at its own delta);
+test-time (no training data: the head is ``init_prompt``, no bound).
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from ctta.clip_prompting.search import FewShotFeatures, SearchHistory, SearchTem
 from ctta.clip_prompting.text_cache import encode_texts
 from ctta.clip_prompting.zero_shot import TextHeadModel, ZeroShotConfig, single_template, text_cache_of
 from ctta.fields import ranged
-from ctta.llm.scoring import CausalLMScorer, TextScorer, UnigramPrior, tokenize_fn
+from ctta.llm.scoring import CausalLMScorer, TextScorer, UnigramPrior
 from ctta.registry import STRATEGIES
 
 KINDS = ("mcallester", "kl")
@@ -179,11 +184,15 @@ def candidate_words(words: Sequence[str], vocab_file: str = "", clip_tokenizer=N
 
 
 def make_prior(spec: str, clip_tokenizer, max_length: int = 75, device=None) -> TextScorer:
-    """``unigram`` (uniform over CLIP's 49,408 tokens with a uniform length prior over 0..``max_length``: a proper
-    prior over prompts of varying length), ``uniform77`` (the paper's baseline: every prompt -77 ln 49408, a full
-    context of uniform tokens) or ``hf:<hub id or folder>`` (a causal LM with its end-of-text token scored)."""
+    """The prior a config names.
+
+    ``unigram``: uniform over the CLIP tokenizer's vocabulary (49,408 tokens) with a uniform length prior over
+    0..``max_length``, a proper prior over prompts of varying length; ``uniform77``: the paper's baseline, every
+    prompt -77 ln 49408 (a full context of uniform tokens); ``hf:<hub id or folder>``: a causal LM's likelihood with
+    its end-of-text token scored.
+    """
     if spec == "unigram":
-        return UnigramPrior(tokenize_fn(clip_tokenizer), CLIP_VOCAB, max_length=max_length)
+        return UnigramPrior.from_tokenizer(clip_tokenizer, max_length=max_length)
     if spec == "uniform77":
         return _Constant(uniform_log_prior())
     if spec.startswith("hf:"):
@@ -252,6 +261,12 @@ class PacBayes(SearchTemplate):
                              "kind": self.cfg.bound, "prior": self.cfg.prior})  # fmt: skip
         template = class_template(self.cfg.prompt_template, best.prompt)
         return [[fill(template, name)] for name in classnames]
+
+    def fallback_texts(self, name: str) -> list[str]:
+        """A class the search never saw gets the last found prompt (prompts are class-agnostic)."""
+        if not self.results:
+            return super().fallback_texts(name)
+        return [fill(class_template(self.cfg.prompt_template, self.results[-1]["prompt"]), name)]
 
     def train_errors(self, feats: FewShotFeatures, classnames: list[str], prompts: list[str]) -> list[float]:
         """The 0-1 train error of each prompt's one-template zero-shot classifier (one encoding pass)."""

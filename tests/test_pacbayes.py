@@ -16,6 +16,7 @@ from ctta.strategies.pacbayes import (
     complexity,
     greedy_search,
     kl_inverse,
+    make_prior,
     prompt_bound,
     uniform_log_prior,
 )
@@ -164,3 +165,13 @@ def test_pacbayes_strategy_reports_the_bound_of_a_straightforward_recomputation(
     assert result["bound"] == pytest.approx(prompt_bound(errors / len(y), len(y), prior, 0.05, "kl"), rel=1e-9)
     assert strategy.run_artifacts()["pacbayes_bound"] == strategy.results
     assert strategy.model.class_texts(["zero"])[0] == [f"{result['prompt']} zero."]
+    assert strategy.texts_for(["five"]) == [[f"{result['prompt']} five."]]  # a new class gets the found prompt
+
+
+def test_priors_by_name():
+    _, _, tok = create_clip("ctta-tiny-clip", "")
+    assert make_prior("uniform77", tok).log_prob("anything at all") == uniform_log_prior()
+    unigram = make_prior("unigram", tok, max_length=75)
+    assert unigram.log_prob("a photo") == pytest.approx(-math.log(76) - 2 * math.log(49408), rel=1e-12)
+    with pytest.raises(ValueError, match="unknown prior 'gpt'"):
+        make_prior("gpt", tok)
