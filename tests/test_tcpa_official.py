@@ -13,7 +13,16 @@ import timm
 import torch
 import torch.nn.functional as F
 from ctta.scenarios.class_incremental import class_incremental_benchmark
-from ctta.strategies.tcpa import TCPA, PixelPrompter, TCPAConfig, TCPAModel, make_mixup, mix_batch
+from ctta.strategies.tcpa import (
+    TCPA,
+    PixelPrompter,
+    ReferenceBestTestEpoch,
+    TCPAConfig,
+    TCPAModel,
+    dataset_top1,
+    make_mixup,
+    mix_batch,
+)
 
 from ctta.data.digits import TensorImageDataset
 
@@ -103,13 +112,22 @@ def test_pixel_prompter_shape_and_trainable_only_with_iprompt():
     assert with_p.prompter.net[0].weight.grad.abs().sum() > 0
 
 
+def _tiny(n: int = 5):
+    g = torch.Generator().manual_seed(0)
+    ds = TensorImageDataset(torch.rand(n, 3, 32, 32, generator=g), [i % K for i in range(n)])
+    return ds, class_incremental_benchmark(ds, ds, [list(range(K))])
+
+
+def _strategy(**kw):
+    base = dict(num_classes=K, epochs=1, batch_size=5, eval_batch_size=5, pool_size_cls=2, pool_size_image=2, top_k=1,
+                random_epochs=0, device="cpu")  # fmt: skip
+    return TCPA(model=_vit(), **(base | kw))
+
+
 @pytest.mark.parametrize("mixup", [True, False])
 def test_default_strategy_trains_on_mixed_even_batches(mixup):
-    g = torch.Generator().manual_seed(0)
-    ds = TensorImageDataset(torch.rand(5, 3, 32, 32, generator=g), [0, 1, 2, 3, 0])
-    bench = class_incremental_benchmark(ds, ds, [list(range(K))])
-    strategy = TCPA(model=_vit(), num_classes=K, epochs=1, batch_size=5, eval_batch_size=5, pool_size_cls=2,
-                    pool_size_image=2, top_k=1, random_epochs=0, mixup=mixup, mixup_prob=1.0, device="cpu")  # fmt: skip
+    ds, bench = _tiny()
+    strategy = _strategy(mixup=mixup, mixup_prob=1.0)
     seen = []
     strategy.model.register_forward_hook(lambda m, args, out: seen.append(args[0].detach().clone()))
     np.random.seed(3)
@@ -121,3 +139,22 @@ def test_default_strategy_trains_on_mixed_even_batches(mixup):
         x = (lam * x - (1 - lam) * x.flip(0)) / (2 * lam - 1)
     dist = (x.flatten(1)[:, None] - ds.images.flatten(1)[None]).abs().amax(-1)  # (rows, 5)
     assert dist.amin(1).max() < 1e-4 and len(set(dist.argmin(1).tolist())) == x.shape[0]
+
+
+def test_reference_best_test_epoch_is_labelled_off_by_default_and_leaves_training_unchanged():
+    ds, bench = _tiny(8)
+    assert TCPA.extra_metrics(TCPAConfig()) == () and "reference_test" not in TCPA.benchmark_kwargs(TCPAConfig(), bench)
+    assert TCPA.benchmark_kwargs(TCPAConfig(reference_best_test_epoch=True), bench)["reference_test"] is not None
+    states = []
+    for on in (False, True):
+        torch.manual_seed(0), np.random.seed(0)
+        metric = ReferenceBestTestEpoch()
+        kw = dict(reference_best_test_epoch=True, reference_test=ds, plugins=[metric]) if on else {}
+        strategy = _strategy(epochs=3, batch_size=4, lr=0.05, **kw)
+        strategy.train(bench.train_stream[0])
+        states.append({k: v.clone() for k, v in strategy.model.state_dict().items()})
+    for k, v in states[0].items():
+        assert torch.equal(v, states[1][k]), k  # evaluating the test set each epoch does not change training
+    accs = strategy.reference_epoch_top1
+    assert len(accs) == 3 and accs[-1] == dataset_top1(strategy.model, ds, 8, "cpu")
+    assert metric.result() == max(accs) and metric.summary_name() == "reference_best_test_epoch_top1"
