@@ -5,13 +5,14 @@ its search history (artifact hook) and nothing trains."""
 from __future__ import annotations
 
 import json
+import math
 import random
 
 import pytest
 import torch
 import torch.nn.functional as F
 from ctta.strategies.proapo import ProAPO, ProAPOConfig, with_official
-from ctta.strategies.proapo.describe import confusion_groups
+from ctta.strategies.proapo.describe import confusion_groups, kmeans_groups
 from ctta.strategies.proapo.evolve import Evolution, EvolveSettings
 from ctta.strategies.proapo.pools import build_pool, read_pool, with_dataset_types
 
@@ -145,3 +146,26 @@ def test_run_writes_history_and_nothing_trains(tmp_path):
     assert 0 <= summary["base_acc"] <= 1 and "hm" in summary
     s = _strategy()
     assert not [p for p in s.model.parameters() if p.requires_grad]  # nothing is declared trainable
+
+
+def test_kmeans_groups_two_clusters():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[1.0, 0, 0, 0], [0, 0, 1.0, 0]])
+    emb = centres.repeat_interleave(3, 0) + 0.05 * torch.randn(6, 4, generator=g)  # classes 0-2 and 3-5
+    feats = FewShotFeatures(F.normalize(emb, dim=-1), torch.arange(6), 10.0)
+    groups = kmeans_groups(feats, emb, seed=1234)
+    assert sorted(map(sorted, groups)) == [[0, 1, 2], [3, 4, 5]]
+
+
+def test_add_more_weighted_moves_the_edit_size_table():
+    h = SearchHistory()
+    pool = list(range(32))
+    settings = EvolveSettings(epochs=2, num_top=2, num_add=3, num_remove=3, num_replace=3, num_mutation=2,
+                              num_crossover=2, add_mode="more", weighted=True)  # fmt: skip
+    evo = Evolution(pool, lambda items: (float(sum(items)) / 10, {}), settings, random.Random(1), h, baseline=0.0,
+                    item_weight={i: float(i) for i in pool}, mutation=lambda e, k: random.Random(e).sample(pool, k))
+    evo.run([[0], [1]])
+    assert len(evo.sizes["add"].weights) == int(math.log2(32)) - int(math.log2(2))  # the reference's table size
+    assert evo.sizes["add"].weights != [1.0] * 4  # momentum updates from the candidates' fitness
+    first = {len(r["candidate"]) for r in h.rows if r["op"] == "add" and r["step"] == 1}
+    assert first and first <= {2, 3, 5, 9}  # epoch 1's parents are single items: 1 + 2**j, j < 4
