@@ -212,7 +212,7 @@ class IPO(SearchTemplate):
         cfg = self.cfg
         described = cfg.image_descriptions
         self.descriptions = load_image_descriptions(described, cfg.dataset) if described else ""
-        self.llm = search_llm(cfg)
+        self.llm = search_llm(cfg, self.device)
         self.history = SearchHistory(key="score")
         self.best_prompt = cfg.initial
         self.events: list[dict[str, Any]] = []

@@ -179,7 +179,7 @@ class LLMOptimizer(SearchTemplate):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.pool = initial_templates(self.cfg)
-        self.llm = search_llm(self.cfg)
+        self.llm = search_llm(self.cfg, self.device)
         self.history = SearchHistory(key="score")
         self.best_template = self.pool[0]
         self.best5: list[dict[str, Any]] = []

@@ -327,6 +327,24 @@ def run_smoke(config_name: str, out: Path, overrides: tuple[str, ...] = ()) -> d
     return run(cfg, verbose=False)["summary"]
 
 
+def llm_search_on_class_incremental(name: str, tiny, answers: list[str], folder: Path, **kwargs: Any):
+    """Language-model search strategy ``name`` built as an Avalanche user builds it (tiny CLIP, digit names, method
+    ``kwargs``), its model a scripted one answering ``answers`` in order, and the tiny digits class-incremental
+    benchmark of ``tests/_conformance_cases`` (two experiences): ``(strategy, benchmark)``."""
+    from avalanche.training.plugins import EvaluationPlugin
+
+    from ctta.data.digits import DIGIT_NAMES
+    from ctta.registry import STRATEGIES
+    from tests import _conformance_cases as cc
+
+    model, tok = tiny
+    script = folder / "answers.json"
+    script.write_text(json.dumps(answers))
+    strategy = STRATEGIES.get(name).builder(model=model, tokenizer=tok, classnames=list(DIGIT_NAMES),
+                                            llm=f"scripted:{script}", evaluator=EvaluationPlugin(loggers=[]), **kwargs)
+    return strategy, cc.class_incremental(*cc.digits(40, 40))
+
+
 def assert_base_new_hm(summary: dict[str, Any]) -> None:
     """A base-to-new summary has base/new accuracies and their harmonic mean."""
     assert {"base_acc", "new_acc", "hm"} <= set(summary)

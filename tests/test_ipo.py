@@ -16,7 +16,8 @@ from ctta.strategies.ipo import (
 )
 
 from ctta.clip_prompting.llm_search import Scored
-from tests.helpers import ROOT, assert_base_new_hm, run_smoke
+from ctta.data.digits import DIGIT_NAMES
+from tests.helpers import ROOT, assert_base_new_hm, llm_search_on_class_incremental, run_smoke
 
 HISTORY = [
     Scored("a photo of a <CLASS>.", 50.0, 1.25, -1),
@@ -126,7 +127,7 @@ def test_recorded_smoke_search_replays_identically_and_makes_no_call(tmp_path, m
 
     log = tmp_path / "log.jsonl"
     log.write_bytes(LOG.read_bytes())
-    monkeypatch.setattr(ipo, "search_llm", lambda cfg: ReplayingLM(RaisingLM(), ReplayLog(cfg.llm_log)))
+    monkeypatch.setattr(ipo, "search_llm", lambda cfg, *_, **__: ReplayingLM(RaisingLM(), ReplayLog(cfg.llm_log)))
     summary = run_smoke("ipo_digits", tmp_path / "run", (f"strategy.llm_log={log}",))
     assert_base_new_hm(summary)
     rows = json.loads((tmp_path / "run" / "search_history.json").read_text())
@@ -165,20 +166,8 @@ def test_missing_replay_entry_fails_with_one_message_naming_the_request(tmp_path
 
 # ----------------------------------------------------------------------------------------- class-incremental
 def test_class_incremental_searches_each_experience_seeded_with_the_previous_best(tiny, tmp_path):
-    from avalanche.training.plugins import EvaluationPlugin
-
-    from ctta.data.digits import DIGIT_NAMES
-    from ctta.registry import STRATEGIES
-    from tests import _conformance_cases as cc
-
-    model, tok = tiny
-    bench = cc.class_incremental(*cc.digits(40, 40))
-    script = tmp_path / "answers.json"
-    script.write_text(json.dumps(["<INS>a <CLASS> digit</INS>", "<INS>the number <CLASS></INS>"]))
-    strategy = STRATEGIES.get("ipo").builder(
-        model=model, tokenizer=tok, classnames=list(DIGIT_NAMES), steps=1, per_step=1, llm=f"scripted:{script}",
-        evaluator=EvaluationPlugin(loggers=[]),
-    )  # fmt: skip
+    answers = ["<INS>a <CLASS> digit</INS>", "<INS>the number <CLASS></INS>"]
+    strategy, bench = llm_search_on_class_incremental("ipo", tiny, answers, tmp_path, steps=1, per_step=1)
     strategy.train(bench.train_stream[0])
     first_best = strategy.best_prompt
     assert first_best in ("a photo of a <CLASS>.", "A <CLASS> digit")

@@ -16,7 +16,8 @@ from ctta.strategies.llm_optimizer import (
 
 from ctta.clip_prompting.llm_search import Scored
 from ctta.clip_prompting.prompt_templates import CLIP_IMAGENET_TEMPLATES
-from tests.helpers import ROOT, run_smoke
+from ctta.data.digits import DIGIT_NAMES
+from tests.helpers import ROOT, llm_search_on_class_incremental, run_smoke
 
 POOL = [Scored("a {}.", 40.0, 1.0, -1), Scored("b {}.", 70.0, 1.0, -1), Scored("c {}.", 40.0, 0.5, -1),
         Scored("d {}.", 10.0, 2.0, -1), Scored("e {}.", 70.0, 0.9, 0), Scored("f {}.", 55.0, 1.0, 0)]
@@ -96,7 +97,7 @@ def test_recorded_smoke_search_replays_identically_and_makes_no_call(tmp_path, m
 
     log = tmp_path / "log.jsonl"
     log.write_bytes(LOG.read_bytes())
-    monkeypatch.setattr(lo, "search_llm", lambda cfg: ReplayingLM(RaisingLM(), ReplayLog(cfg.llm_log)))
+    monkeypatch.setattr(lo, "search_llm", lambda cfg, *_, **__: ReplayingLM(RaisingLM(), ReplayLog(cfg.llm_log)))
     summary = run_smoke("llm_optimizer_digits", tmp_path / "run", (f"strategy.llm_log={log}",))
     assert 0.0 <= summary["top1"] <= 1.0
     out = tmp_path / "run"
@@ -126,22 +127,10 @@ def test_committed_log_is_the_record_of_the_current_requests(tmp_path):
 
 # ----------------------------------------------------------------------------------------- class-incremental
 def test_class_incremental_pool_keeps_the_found_templates(tiny, tmp_path):
-    from avalanche.training.plugins import EvaluationPlugin
-
-    from ctta.data.digits import DIGIT_NAMES
-    from ctta.registry import STRATEGIES
-    from tests import _conformance_cases as cc
-
-    model, tok = tiny
-    bench = cc.class_incremental(*cc.digits(40, 40))
-    script = tmp_path / "answers.json"
-    script.write_text(json.dumps(["- a digit {}.", "- the handwritten {}."]))
-    strategy = STRATEGIES.get("llm_optimizer").builder(
-        model=model, tokenizer=tok, classnames=list(DIGIT_NAMES), steps=1, llm=f"scripted:{script}",
-        evaluator=EvaluationPlugin(loggers=[]),
-    )  # fmt: skip
-    strategy.train(bench.train_stream[0])
-    strategy.train(bench.train_stream[1])
+    answers = ["- a digit {}.", "- the handwritten {}."]
+    strategy, bench = llm_search_on_class_incremental("llm_optimizer", tiny, answers, tmp_path, steps=1)
+    for experience in bench.train_stream:
+        strategy.train(experience)
     rows = strategy.history.rows
     again = [r["candidate"] for r in rows if r["experience"] == 1 and r["step"] == -1]
     assert again == [*CLIP_IMAGENET_TEMPLATES, "a digit {}."]  # the pool plus the template found before

@@ -66,11 +66,16 @@ class LLMSearchConfig(ZeroShotConfig):
     llm_api_key_env: str = "OPENAI_API_KEY"  # openai: NAME of the environment variable holding the key
 
 
-def search_llm(cfg: LLMSearchConfig) -> Any:
-    """The recorded / replayed language model ``cfg`` names (``ctta.llm.make_llm``); the key is never stored."""
+def search_llm(cfg: LLMSearchConfig, device: Any = None, **backend_options: Any) -> Any:
+    """The recorded / replayed language model ``cfg`` names (``ctta.llm.make_llm``); the key is never stored.
+    ``backend_options`` go to the live backend (e.g. ``device`` / ``dtype`` of an ``hf:`` model); ``device`` (the
+    strategy's) is the default device of an ``hf:`` model."""
     from ctta.llm import make_llm
 
     options: dict[str, Any] = {"name": cfg.llm_name} if cfg.llm_name else {}
+    if device is not None and cfg.llm.startswith("hf:"):
+        options["device"] = device
+    options.update(backend_options)
     if cfg.llm.startswith("openai:"):
         options["api_key_env"] = cfg.llm_api_key_env
         if cfg.llm_base_url:
