@@ -38,12 +38,18 @@ from ctta.strategies.glov.evaluate import ensemble_texts_for
 from ctta.strategies.glov.meta_prompt import MetaPrompt, parse_answer
 from ctta.strategies.glov.steering import steering_hook, steering_vector, vector_digest
 
-from ctta.clip_prompting.llm_search import PromptOptimizer, Scored, fill_slot, template_scorer
+from ctta.clip_prompting.llm_search import (
+    LLMSearchConfig,
+    PromptOptimizer,
+    Scored,
+    fill_slot,
+    search_llm,
+    template_scorer,
+)
 from ctta.clip_prompting.search import SearchHistory, SearchTemplate
 from ctta.clip_prompting.text_cache import encode_texts
-from ctta.clip_prompting.zero_shot import ZeroShotConfig
 from ctta.fields import ranged
-from ctta.llm import LLMReplayMissing, make_llm
+from ctta.llm import LLMReplayMissing
 from ctta.registry import STRATEGIES
 
 __all__ = ["GLOVSearch", "GLOVSearchConfig", "GuidedLM", "guidance_pair", "run_glov_search", "top_templates"]
@@ -159,11 +165,10 @@ def glov_fillable(prompt: str) -> str | None:
 
 
 @dataclass(frozen=True)
-class GLOVSearchConfig(ZeroShotConfig):
-    """GLOV's search: language model, sampling, guidance and the final ensemble (official defaults)."""
+class GLOVSearchConfig(LLMSearchConfig):
+    """GLOV's search: language model (``llm``: hf:<Llama-3-8B-Instruct id or folder> | replay | ...; ``llm_log``),
+    sampling, guidance and the final ensemble (official defaults)."""
 
-    llm: str = "replay"  # hf:<hub id or folder> (Llama-3-8B-Instruct) | replay | scripted:<file> | openai:<model>
-    llm_log: str = ""  # JSONL replay log: recorded with a live model, replayed without one
     llm_device: str = ""  # "" = the run's device
     llm_dtype: str = ""  # e.g. bfloat16 ("" = the checkpoint's)
     dataset: str = ""  # dataset name shown to the language model
@@ -206,7 +211,7 @@ class GLOVSearch(SearchTemplate):
             options = {}
             if cfg.llm.startswith("hf:"):
                 options = {"device": cfg.llm_device or self.device, "dtype": cfg.llm_dtype or None}
-            self.llm = make_llm(cfg.llm, cfg.llm_log or None, **options)
+            self.llm = search_llm(cfg, **options)
         return self.llm
 
     def meta_prompt(self) -> MetaPrompt:
