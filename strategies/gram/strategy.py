@@ -18,7 +18,8 @@ GRAM on CoOp, two stages:
 Switches: ``meta_init: <file>`` loads stage 1 (or writes it there after running it from ``meta_data``);
 ``meta_data: <pairs.jsonl|.csv>`` / ``generated`` the stage-1 data; ``regulate: false`` plain CoOp steps (from the
 meta-learned context if one is loaded). Without ``meta_init`` and ``meta_data`` there is no stage 1: the context
-starts from ``ctx_init`` and ``beta = 0`` (``r_beta`` the identity), i.e. CoOp.
+starts from ``ctx_init`` and ``beta = 0`` (``r_beta`` the identity), i.e. CoOp. The ``meta_init`` file records the
+stage-1 settings and data source; it is loaded whenever it exists (delete it to meta-train again).
 
 Choices the paper (as available: the abstract) leaves open, with the value taken and why:
 
