@@ -19,7 +19,7 @@ from ctta.strategies.proapo.pools import build_pool, read_pool, with_dataset_typ
 from ctta.clip_prompting.search import FewShotFeatures, SearchHistory, TemplateBank, fill
 from ctta.clip_prompting.text_cache import class_embeddings
 from tests._conformance_cases import tiny_clip
-from tests.helpers import run_smoke
+from tests.helpers import ROOT, run_smoke
 
 NAMES = ["zero", "one", "two", "three", "four"]
 SMALL = dict(templates="tiny_digits", descriptions="builtin:digits", init_seed=3, epochs=2, num_top=2, num_add=2,
@@ -169,3 +169,22 @@ def test_add_more_weighted_moves_the_edit_size_table():
     assert evo.sizes["add"].weights != [1.0] * 4  # momentum updates from the candidates' fitness
     first = {len(r["candidate"]) for r in h.rows if r["op"] == "add" and r["step"] == 1}
     assert first and first <= {2, 3, 5, 9}  # epoch 1's parents are single items: 1 + 2**j, j < 4
+
+
+def test_class_incremental_searches_the_seen_classes(tmp_path):
+    from ctta.runner.config import load_config
+    from ctta.runner.run import run
+
+    scenario = "scenario={name: class_incremental, dataset: digits, n_experiences: 2, img_size: 32}"
+    cfg = load_config(ROOT / "configs" / "smoke" / "proapo_digits.yaml",
+                      [scenario, f"log.out_dir={tmp_path}", "log.plot=false", "device=cpu"])  # fmt: skip
+    run(cfg, verbose=False)
+    rows = json.loads((tmp_path / "search_history.json").read_text())
+    memory = [r for r in rows if r["op"] == "memory"]  # one pass over the pool per experience
+    assert len(memory) == 2 * len(read_pool("tiny_digits"))
+    second = memory[len(memory) // 2]["step"]
+    assert second > memory[0]["step"]  # the second search continues the step count
+    found = json.loads((tmp_path / "proapo_prompts.json").read_text())
+    first, then = found["searches"]
+    assert len(first["classes"]) == 5 and set(then["classes"]) > set(first["classes"]) and len(then["classes"]) == 10
+    assert then["first_step"] == second and len(found["descriptions"]) == 10  # the seen classes, 5 + 5

@@ -158,6 +158,7 @@ class ProAPO(SearchTemplate):
         self.pool = build_pool(self.cfg.templates, dataset_key(self.cfg.dataset), self.cfg.dataset_types)
         self.best_templates: list[str] = [self.pool[0]]
         self.chosen_descriptions: dict[str, list[str]] = {}
+        self.searches: list[dict] = []  # per search (train experience): its first history step and its classes
         check_descriptions(self.search_cfg)
 
     @classmethod
@@ -197,6 +198,7 @@ class ProAPO(SearchTemplate):
 
     def search(self, feats: FewShotFeatures, classnames: list[str]) -> list[list[str]]:
         step0 = (self.history.rows[-1]["step"] + 1) if self.history.rows else 0
+        self.searches.append({"first_step": step0, "classes": list(classnames)})
         with self.progress_bar(None, f"proapo search ({len(classnames)} classes)") as bar:
             templates, step = self.search_templates(feats, classnames, step0, bar)
             self.best_templates = templates
@@ -259,5 +261,5 @@ class ProAPO(SearchTemplate):
     def run_artifacts(self) -> dict:
         """The search history and the prompts found (templates, chosen descriptions, official overrides)."""
         found = {"templates": self.best_templates, "descriptions": self.chosen_descriptions,
-                 "official_overrides": self.overrides}  # fmt: skip
+                 "official_overrides": self.overrides, "searches": self.searches}  # fmt: skip
         return {**super().run_artifacts(), "proapo_prompts": found}
