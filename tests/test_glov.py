@@ -6,11 +6,14 @@ import json
 import pytest
 import torch
 from ctta.strategies.glov.discovered import fill_template, glov_dataset_key, load_templates, read_prompt_dicts
-from ctta.strategies.glov.evaluate import ensemble_texts_for
+from ctta.strategies.glov.evaluate import GLOV, GLOVConfig, ensemble_texts_for
 from ctta.strategies.glov.meta_prompt import MetaPrompt, parse_answer, top_bottom
+from ctta.strategies.glov.search import GuidedLM, guidance_pair, run_glov_search, top_templates
 from ctta.strategies.glov.steering import layer_mean_hidden, steering_hook, steering_vector, vector_digest
 
-from tests.helpers import ROOT
+from ctta.clip_prompting.llm_search import Scored
+from ctta.llm import LLMReplayMissing, ReplayingLM, ReplayLog, make_llm, request_key
+from tests.helpers import ROOT, run_smoke
 
 SMOKE_PROMPTS = ROOT / "configs/smoke/data/glov_discovered_prompts.py"
 
@@ -80,8 +83,6 @@ def test_fill_rule_is_glovs():
 
 
 def test_ensemble_equals_recomputation(tiny):
-    from ctta.strategies.glov.evaluate import GLOV, GLOVConfig
-
     model, tok = tiny
     cfg = GLOVConfig(prompts=str(SMOKE_PROMPTS), dataset="digits", guidance=True)
     head = GLOV.build_prompted(model, tok, ["zero", "one", "two"], cfg).text_features()
@@ -122,6 +123,7 @@ WORDS = ["<unk>", "<s>", "</s>", "a", "photo", "of", "the", "<category>", ".", "
 
 def tiny_causal_lm(seed=0, layers=3):
     """ctta.llm's local backend on a tiny random Llama and a word-level tokenizer (offline, built from configs)."""
+    pytest.importorskip("transformers")
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -184,9 +186,6 @@ def test_steering_vector_is_the_padded_mean_difference():
 
 # ----------------------------------------------------------------------------------------------- guided search
 def test_guidance_pair_follows_glov():
-    from ctta.clip_prompting.llm_search import Scored
-    from ctta.strategies.glov.search import guidance_pair, top_templates
-
     rows = [Scored("i {}", 20.0, 1.0, -1), Scored("a {}", 30.0, 1.0, 0), Scored("b {}", 20.0, 0.5, 0)]
     assert guidance_pair(rows, 20.0) == (("a {}", "b {}"), 30.0)  # runner-up: the latest of the 20s
     assert guidance_pair(rows, 30.0) == (None, 30.0)  # no improvement: the pair stays
@@ -196,8 +195,6 @@ def test_guidance_pair_follows_glov():
 
 
 def _search(llm, steps=3, alpha=0.5, layer=1):
-    from ctta.strategies.glov.search import GuidedLM, run_glov_search
-
     guided = GuidedLM(llm, layer=layer, alpha=alpha, guided={"max_tokens": 10}, seed=7)
     opt = run_glov_search(guided, MetaPrompt("digits", "handwritten digits", top_bottom=2),
                           lambda p: (float(len(p.split())), None), "A photo of a {}.", steps, 3,
@@ -206,8 +203,6 @@ def _search(llm, steps=3, alpha=0.5, layer=1):
 
 
 def test_recorded_search_replays_identically_without_a_call(tmp_path):
-    from ctta.llm import ReplayingLM, ReplayLog, make_llm
-
     log = tmp_path / "glov.jsonl"
     live = ReplayingLM(tiny_causal_lm(), ReplayLog(log))
     opt, guided = _search(live)
@@ -225,8 +220,6 @@ def test_recorded_search_replays_identically_without_a_call(tmp_path):
 
 
 def test_steering_settings_are_in_the_replay_key(tmp_path):
-    from ctta.llm import LLMReplayMissing, ReplayingLM, ReplayLog, make_llm, request_key
-
     log = tmp_path / "glov.jsonl"
     _search(ReplayingLM(tiny_causal_lm(), ReplayLog(log)))
     first = [json.loads(line) for line in log.read_text().splitlines() if "extra" in line][0]
@@ -240,9 +233,19 @@ def test_steering_settings_are_in_the_replay_key(tmp_path):
 
 
 def test_guidance_refuses_a_model_without_hidden_states(tmp_path):
-    from ctta.llm import make_llm
-
     script = tmp_path / "answers.json"
     script.write_text(json.dumps(["a photo of many many words <category>"] * 9))
     with pytest.raises(ValueError, match="steers a local model's hidden states"):
         _search(make_llm(f"scripted:{script}", None))
+
+
+def test_search_smoke_replays_the_committed_log_with_guidance(tmp_path):
+    log = ROOT / "configs/smoke/llm_logs/glov_search_digits.jsonl"
+    before = log.read_bytes()
+    summary = run_smoke("glov_search_digits", tmp_path, (f"strategy.llm_log={log}",))
+    assert log.read_bytes() == before  # pure replay: nothing asked, nothing appended
+    guidance = json.loads((tmp_path / "glov_guidance.json").read_text())
+    history = json.loads((tmp_path / "search_history.json").read_text())
+    assert guidance and {g["layer"] for g in guidance} == {1} and all(len(g["vector_sha256"]) == 64 for g in guidance)
+    assert history[0]["candidate"] == "A photo of a {}." and max(r["score"] for r in history) > history[0]["score"]
+    assert 0.0 <= summary["hm"] <= 1.0
