@@ -13,7 +13,9 @@ The benchmark has one train experience and one test experience; labels keep thei
 
 Datasets: the catalogue's ``cl`` names (bundled ``digits``, ``folder``, ...) and ``transfer`` names read from
 split files (``cub200``, ``stanford-cars`` with VPT's FGVC json splits: train, val and test pooled, duplicates by
-path dropped). Stanford Online Products has no reader in ctta. Images go through ``default_transform(img_size)``
+path dropped), or ``image_folder``: one sub-folder of images per class, classes in sorted folder order (how the
+reference reads CUB: ``CUB_200_2011/images``, whose ``NNN.name`` folders sort in class-id order). Stanford Online
+Products has no reader in ctta. Images go through ``default_transform(img_size)``
 (resize, centre crop; no random crop / flip, no normalisation: ctta's other scenarios do the same).
 """
 
@@ -27,7 +29,7 @@ from torch.utils.data import ConcatDataset, Dataset
 from ctta.benchmark_builders import make_benchmark
 from ctta.data import catalogue
 from ctta.data.avl import as_avl_dataset
-from ctta.data.folder import default_transform
+from ctta.data.folder import ImageFolderDataset, default_transform
 from ctta.fields import ranged
 from ctta.registry import SCENARIOS
 from ctta.templates.benchmark_info import BenchmarkInfo, with_info
@@ -43,6 +45,7 @@ class RetrievalConfig:
     root: str = "data"  # parent folder of local datasets
     train_classes: int | None = ranged(None, ge=1)  # classes 0..P-1 train, the rest test (None: the first half)
     img_size: int = ranged(32, ge=8)  # image side (digits rendered at it; files resized and centre-cropped)
+    image_folder: str = ""  # instead of dataset: <folder>/<class>/<image>, classes in sorted order (CUB images/)
 
 
 class _Labelled(Dataset):
@@ -110,5 +113,8 @@ def retrieval_benchmark(dataset: Dataset, n_train_classes: int | None = None, cl
 @SCENARIOS.register("retrieval", config=RetrievalConfig)
 def build_retrieval(cfg: RetrievalConfig, *, seed: int = 0):
     """Deep-metric-learning retrieval: train on the first classes, retrieve among the unseen ones."""
-    data = load_pooled(cfg.dataset, cfg.root, cfg.img_size)
+    if cfg.image_folder:
+        data = ImageFolderDataset(cfg.image_folder, transform=default_transform(cfg.img_size), dataset_name="retrieval")
+    else:
+        data = load_pooled(cfg.dataset, cfg.root, cfg.img_size)
     return retrieval_benchmark(data, cfg.train_classes, data.classes)

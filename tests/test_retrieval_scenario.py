@@ -11,7 +11,7 @@ from sklearn.datasets import load_digits
 
 from ctta.registry import SCENARIOS
 from ctta.templates.benchmark_info import benchmark_info
-from tests.helpers import make_fgvc_cub
+from tests.helpers import make_fgvc_cub, save_rgb
 
 
 def _build(**kw):
@@ -58,3 +58,15 @@ def test_fgvc_splits_are_pooled_once(tmp_path):
     assert benchmark_info(bench).classnames == ("Black footed Albatross", "Laysan Albatross")
     x, *_ = bench.train_stream[0].dataset[0]
     assert tuple(x.shape) == (3, 8, 8)
+
+
+def test_image_folder_reads_class_folders_as_the_reference_reads_cub(tmp_path):
+    """``image_folder``: one sub-folder per class in sorted order (CUB's ``images/NNN.name``), every image."""
+    sizes = {"001.Albatross": 2, "002.Auklet": 3, "003.Blackbird": 1, "004.Bobolink": 2}
+    for c, n in sizes.items():
+        for i in range(n):
+            save_rgb(tmp_path / "images" / c / f"{i}.jpg")
+    bench = _build(image_folder=str(tmp_path / "images"), img_size=8)
+    assert Counter(_labels(bench.train_stream[0])) == {0: 2, 1: 3}
+    assert Counter(_labels(bench.test_stream[0])) == {2: 1, 3: 2}
+    assert benchmark_info(bench).stream_classnames["test"] == ("003.Blackbird", "004.Bobolink")
