@@ -40,11 +40,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from avalanche.evaluation import PluginMetric
+
 from ctta.clip_prompting.search import FewShotFeatures, SearchHistory, SearchTemplate, fill, fitness_scores
 from ctta.clip_prompting.text_cache import encode_texts
 from ctta.clip_prompting.zero_shot import TextHeadModel, ZeroShotConfig, single_template, text_cache_of
 from ctta.fields import ranged
 from ctta.llm.scoring import CausalLMScorer, TextScorer, UnigramPrior
+from ctta.metrics import SummaryMetric
 from ctta.registry import STRATEGIES
 
 KINDS = ("mcallester", "kl")
@@ -277,8 +280,35 @@ class PacBayes(SearchTemplate):
         n = int(feats.labels.numel())  # top-1 is a float32 mean: round back to a count of errors
         return [round((1.0 - fitness_scores(feats, e)["top1"]) * n) / n for e in emb]
 
+    @classmethod
+    def extra_metrics(cls, cfg) -> tuple:
+        return (*super().extra_metrics(cfg), BoundSummary())
+
     def run_artifacts(self) -> dict[str, Any]:
         return {**super().run_artifacts(), "pacbayes_bound": list(self.results)}
+
+
+class BoundSummary(SummaryMetric, PluginMetric[dict]):
+    """The last search's bound and train error (fractions) in the run's summary; the log-prior, n and the prompt are
+    in the ``pacbayes_bound`` artifact (the summary is printed as percentages)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last: dict[str, float] = {}
+
+    def reset(self) -> None:
+        self.last = {}
+
+    def result(self) -> dict[str, float]:
+        return dict(self.last)
+
+    def after_training_exp(self, strategy: PacBayes) -> None:
+        if strategy.results:
+            r = strategy.results[-1]
+            self.last = {"pacbayes_bound": float(r["bound"]), "pacbayes_train_error": float(r["train_error"])}
+
+    def __str__(self) -> str:
+        return "PacBayesBound"
 
 
 def class_template(prompt_template: str, prompt: str) -> str:

@@ -3,6 +3,7 @@ against a brute-force grid, and the greedy search against a brute-force bound co
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -25,6 +26,7 @@ from ctta.backbones.clip import create_clip
 from ctta.clip_prompting.search import FewShotFeatures, SearchHistory, fitness_scores
 from ctta.evaluation import make_evaluator
 from ctta.llm.scoring import UnigramPrior
+from tests.helpers import run_smoke
 
 
 def test_uniform_prior_is_the_papers_baseline():
@@ -166,6 +168,15 @@ def test_pacbayes_strategy_reports_the_bound_of_a_straightforward_recomputation(
     assert strategy.run_artifacts()["pacbayes_bound"] == strategy.results
     assert strategy.model.class_texts(["zero"])[0] == [f"{result['prompt']} zero."]
     assert strategy.texts_for(["five"]) == [[f"{result['prompt']} five."]]  # a new class gets the found prompt
+
+
+def test_smoke_run_summarises_the_bound(tmp_path):
+    summary = run_smoke("pacbayes_digits", tmp_path)
+    result = json.loads((tmp_path / "pacbayes_bound.json").read_text())[-1]
+    assert summary["pacbayes_bound"] == result["bound"] and summary["pacbayes_train_error"] == result["train_error"]
+    rows = json.loads((tmp_path / "search_history.json").read_text())
+    assert [r["prompt"] for r in rows if r["chosen"]][-1] == result["prompt"]
+    assert result["bound"] == min(r["bound"] for r in rows)
 
 
 def test_priors_by_name():
