@@ -2,7 +2,8 @@
 
 Core dependencies (always installed): torch, torchvision, timm, avalanche-lib, open_clip_torch, scikit-learn.
 Extras: ``diffusion`` (diffusers + transformers; DiffTPT's Stable Diffusion views, ``ctta.diffusion``'s
-text-to-image images for LAPT) and ``dev`` (tests, lint).
+text-to-image images for LAPT, ``ctta.llm``'s local language models ``hf:...`` and causal-LM priors) and ``dev``
+(tests, lint).
 """
 
 from __future__ import annotations
