@@ -166,3 +166,33 @@ def test_fewshot_subset_relabels():
     f = FewShotFeatures(torch.eye(4), torch.tensor([0, 2, 1, 2]), 100.0)
     s = f.subset([2, 0])
     assert s.labels.tolist() == [1, 0, 0] and torch.equal(s.features, torch.eye(4)[[0, 1, 3]])
+
+
+class _Artifacts:
+    """A strategy stand-in with run artifacts (the runner's hook reads only these two methods)."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def run_artifacts(self):
+        return self.data
+
+    def plot_artifact(self, name, path):
+        if name != "h":
+            return False
+        SearchHistory().plot(path)
+        return True
+
+
+def test_write_artifacts_files_names_and_refusals(tmp_path):
+    from ctta.runner.results import write_artifacts
+    from ctta.templates.base import StrategyBase
+
+    names = write_artifacts(tmp_path, _Artifacts({"h": [{"step": 0, "x": float("nan")}], "other": {"a": 1}}))
+    assert names == ["h.json", "h.png", "other.json"]
+    assert json.loads((tmp_path / "h.json").read_text()) == [{"step": 0, "x": None}]  # JSON-safe
+    assert write_artifacts(tmp_path, _Artifacts({"h": []}), plot=False) == ["h.json"]
+    for bad in ("results", "../x", ".hidden", ""):
+        with pytest.raises(ValueError, match="artifact name"):
+            write_artifacts(tmp_path, _Artifacts({bad: 1}))
+    assert StrategyBase.run_artifacts(None) == {} and StrategyBase.plot_artifact(None, "x", "p") is False
