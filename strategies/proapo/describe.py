@@ -17,6 +17,12 @@ sort); each not yet grouped class seeds a group joined by every class in its sam
 scikit-learn ``KMeans`` (seed 1234, ``n_init=1``) on the class embeddings instead of faiss, k chosen by silhouette
 over the reference's range; clusters of two or more classes, hardest (highest mean cross-entropy) first.
 
+Which grouping is the reference's: ``confusion`` is its ``--only_performance_init_flag`` path. Its default path
+(``split_group_by_Kmeans.py``) first forms a group of "important" classes (a per-class importance score against the
+baseline), then takes the confusion groups (with ``--not_consider_performance_flag``: the faiss k-means cluster of
+each group's seed class instead); the importance score is not reproduced, so ``confusion`` is ctta's default and
+``kmeans`` a simplified k-means grouping (scikit-learn, not faiss: seeds give other clusters than faiss's).
+
 Deviations: the reference seeds the confusion of the i-th sorted class with the samples of label i (an index mix-up);
 here each class uses its own samples. Its k-means path also re-ranks classes by an importance score and may repeat a
 class in a group; here clusters are used as they are. Its final stage-2 choice is the candidate with the best
