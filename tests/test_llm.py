@@ -250,7 +250,9 @@ def test_openai_backend_sends_the_key_as_a_header_and_never_writes_it(tmp_path, 
     assert body["messages"] == ASK and body["n"] == 2 and body["temperature"] == 1.0 and "top_k" not in body
     assert secret not in log.read_text() and secret not in repr(vars(llm.backend))
     assert make_llm("replay", log).generate(ASK, n=2) == ["prompt 0 of gpt-3.5-turbo", "prompt 1 of gpt-3.5-turbo"]
-    assert len(_Stub.seen) == 1
+    again = make_llm("openai:gpt-3.5-turbo", log, base_url=stub_server, api_key_env="MY_LLM_KEY")
+    assert again.generate(ASK, n=2)[1] == "prompt 1 of gpt-3.5-turbo" and again.calls == 0
+    assert len(_Stub.seen) == 1  # a live backend with a complete log sends nothing
 
 
 def test_openai_backend_network_error_is_one_clear_message(monkeypatch):
