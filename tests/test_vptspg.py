@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from avalanche.core import SupervisedPlugin
 from ctta.strategies.vptspg import VPTSPG, ClassBalancedBatchSampler, ProxyGRUCell, VPTSPGModel, proxy_anchor_loss
 from ctta.strategies.vptspg.parts import cosine_lr
 
@@ -172,15 +173,29 @@ def trained():
     entry = SCENARIOS.get("retrieval")
     bench = entry.builder(entry.config(dataset="digits", img_size=32), seed=0)
     vit = create_vit("ctta-tiny-vit", True)  # the shipped pretrained tiny ViT: embeddings without near-ties
+    labels = _Labels()
     strategy = VPTSPG.from_config(VPTSPG.config_class(embed_dim=16, n_prompts=2, n_class_prompts=1, epochs=1,
                                                       batch_size=10, eval_batch_size=512),
-                                  backbone=vit, benchmark=bench, device="cpu", evaluator=_silent())  # fmt: skip
+                                  backbone=vit, benchmark=bench, device="cpu", evaluator=_silent(),
+                                  plugins=[labels])  # fmt: skip
+    strategy.batch_labels = labels.seen
     before = {n: p.detach().clone() for n, p in strategy.model.named_parameters()}
     vit_before = {k: v.clone() for k, v in vit.state_dict().items()}
     memory = strategy.model.memory.clone()
     strategy.train(bench.train_stream[0])
     res = strategy.eval(bench.test_stream)
     return strategy, bench, before, vit_before, memory, res
+
+
+class _Labels(SupervisedPlugin):
+    """The labels of every training mini-batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[list[int]] = []
+
+    def before_forward(self, strategy, **kwargs) -> None:
+        self.seen.append(strategy.mb_y.tolist())
 
 
 def _silent():
@@ -207,6 +222,14 @@ def test_only_the_declared_parameters_train(trained):
     assert changed == trainable  # every declared group moved, nothing else
     assert all(torch.equal(v, strategy.model.backbone.vit.state_dict()[k]) for k, v in vit_before.items())
     assert not torch.equal(model.memory, memory)  # the GRU memory was updated (a buffer, not a parameter)
+
+
+def test_training_batches_are_class_balanced(trained):
+    strategy, bench = trained[:2]
+    n_train = len(bench.train_stream[0].dataset)
+    assert len(strategy.batch_labels) == n_train // 10  # one epoch: N // (P k) batches
+    for y in strategy.batch_labels:  # 5 distinct classes x 2 adjacent samples
+        assert len(y) == 10 and y[::2] == y[1::2] and sorted(y[::2]) == [0, 1, 2, 3, 4]
 
 
 def _brute_force(emb, labels):
