@@ -249,3 +249,23 @@ def test_search_smoke_replays_the_committed_log_with_guidance(tmp_path):
     assert guidance and {g["layer"] for g in guidance} == {1} and all(len(g["vector_sha256"]) == 64 for g in guidance)
     assert history[0]["candidate"] == "A photo of a {}." and max(r["score"] for r in history) > history[0]["score"]
     assert 0.0 <= summary["hm"] <= 1.0
+
+
+def test_steered_generation_recomputes_every_position():
+    """GLOV re-runs the whole sequence at each new token (the offset only ever on the last position): the hook
+    switches the generation cache off, then restores it."""
+    lm = tiny_causal_lm()
+    lengths = []
+    hook = lm.decoder_layers()[0].register_forward_pre_hook(
+        lambda m, args, kwargs: lengths.append((args[0] if args else kwargs["hidden_states"]).shape[1]),
+        with_kwargs=True)
+    ask = dict(n=1, max_tokens=4, temperature=0.0)
+    messages = [{"role": "user", "content": "a photo of the digit"}]
+    plain = lm.generate(messages, **ask)
+    assert lengths[1:] == [1] * (len(lengths) - 1)  # cached: one new position per step
+    lengths.clear()
+    with steering_hook(lm, 1, 5 * torch.ones(16), 1.0):
+        steered = lm.generate(messages, **ask)
+    hook.remove()
+    assert lengths == list(range(lengths[0], lengths[0] + len(lengths))) and len(lengths) > 1
+    assert steered != plain
