@@ -17,15 +17,19 @@ the steering is ``steering.py``.
   the vector are part of the request's replay key (``key_extra``), so a replay is exact: without a local model the
   digest is read from the log's records of the same (layer, best, runner-up, model).
 * The head: the ``ensemble`` best templates by few-shot accuracy (ties: lower loss, then earlier), as a template
-  ensemble (GLOV's discovered lists hold three per dataset). Selection uses the training data only.
+  ensemble (GLOV's discovered lists hold three per dataset; its code writes per-step training and validation
+  accuracies and the reported prompts were picked from them, a step ctta replaces by this rule). Selection uses the
+  training data only, never the test set.
 
 Deviations: candidates already scored are skipped (``PromptOptimizer``; GLOV re-scores repeats); the chat request
 ends with the generation prompt (GLOV's ``apply_chat_template(add_generation_prompt=False)``); the meta-prompt
-wording is ctta's (``meta_prompt.py``); each step's sampling seed is ``seed + step`` (GLOV: the global RNG); answers
-are cut at end-of-sequence by ``generate`` with the model's own stop ids; a template GLOV's fill rule would drop or
-fill differently from a plain slot replacement is skipped. Needs ``hf:<Llama-3-8B-Instruct or any causal LM>`` (extra
-``ctta[diffusion]`` for transformers) or a recorded log (``llm: replay``); ``guidance: false`` also runs on
-``openai:`` / ``scripted:`` backends.
+wording is ctta's (``meta_prompt.py``) and shows the initial template as scored (GLOV shows a lower-case copy); each
+step's sampling seed is ``llm_seed + step`` (GLOV: the global RNG); answers end at the model's end-of-sequence ids
+(``generate``); a template GLOV's fill rule would drop or fill differently from a plain slot replacement is skipped.
+On a class-incremental stream the search runs once per experience over the classes seen so far (GLOV has no such
+protocol); on a test-time benchmark (no train experience) nothing is searched and the head stays CLIP's
+"a photo of a {}.". Needs ``hf:<Llama-3-8B-Instruct or any causal LM>`` (extra ``ctta[diffusion]`` for
+transformers) or a recorded log (``llm: replay``); ``guidance: false`` also runs on ``openai:`` / ``scripted:``.
 """
 
 from __future__ import annotations
