@@ -207,7 +207,7 @@ class ReplayingLM:
 def _missing_message(log: ReplayLog, key: str, occurrence: int, messages: list[dict[str, str]]) -> str:
     start = " ".join(messages[-1]["content"].split())[:80]
     where = log.path if log.path is not None else "<memory>"
-    return (f"replay log {where} has no answer for request {key[:16]} (occurrence {occurrence}) whose last message "
+    return (f"replay log {where} has no answer for request {key} (occurrence {occurrence}) whose last message "
             f"starts {start!r}: record it with a live backend (llm=hf:... / openai:...) and the same log")
 
 
