@@ -19,6 +19,7 @@ from ctta.strategies.gram import (
     cluster_tasks,
     generated_pairs,
     meta_loss,
+    meta_train,
     pair_features,
     read_pairs,
     regulate,
@@ -110,6 +111,31 @@ def test_generated_pairs_and_their_tasks(tiny):
     f, t = pair_features(model, tok, pairs, "cpu")
     assert f.shape == t.shape == (48, model.text_projection.shape[1])
     assert len(cluster_tasks(f, t, n_image=3, n_text=2)) == 6
+
+
+def test_stage_one_lowers_the_meta_loss(tiny):
+    """The meta-learned start adapts better: the mean query loss after one regulated inner step, over every task
+    and fixed random splits, drops (tiny CLIP, 120 generated pairs, 20 outer steps: 2.27 -> 1.53 measured)."""
+    model, tok = tiny
+    cfg = GRAMConfig(meta_image_clusters=3, meta_text_clusters=2, meta_iters=20, meta_batch=2, task_size=8,
+                     inner_lr=0.01, meta_lr=0.01)  # fmt: skip
+    m = GRAMModel(model, tok, NAMES, cfg)
+    pairs = generated_pairs(n=120, img_size=32)
+    f, t = pair_features(model, tok, pairs, "cpu")
+    tasks = cluster_tasks(f, t, 3, 2)
+
+    def mean_query_loss(theta, beta):
+        rng, losses = np.random.default_rng(123), []
+        for task in tasks * 2:
+            s, q = (caption_set_loss(m, f, pairs.captions, i) for i in split_task(task, rng, 8))
+            losses.append(meta_loss(theta.clone().requires_grad_(True), beta, s, q, 1, 0.01).item())
+        return float(np.mean(losses))
+
+    before = mean_query_loss(m.ctx.detach(), m.regulator)
+    m.set_classnames(NAMES)
+    state = meta_train(m, pairs, cfg, "cpu")
+    assert m.classnames == NAMES  # the model's head is given back
+    assert mean_query_loss(state["ctx"], state["regulator"]) < before - 0.1
 
 
 def test_caption_set_loss_is_ce_over_distinct_captions(tiny):
