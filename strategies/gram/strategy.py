@@ -35,8 +35,12 @@ Choices the paper (as available: the abstract) leaves open, with the value taken
 - Bi-level update: first order (inner gradients held constant, FOMAML-style; the abstract gives no order), 1 inner
   SGD step at the stage-2 lr 0.002 (so ``beta`` is learned for the step size it regulates), Adam at 1e-3 for the
   outer update, 4 tasks per outer step, 200 outer steps.
-- Data: CC3M-like pairs are the user's file (``meta_data``); smoke runs and tests use ``meta_data: generated``,
-  captioned generated images that share no image or class with the evaluation data (``tasks.py``).
+- Data: CC3M-like pairs are the user's file (``meta_data``; images resized on the short side to CLIP's input size
+  and centre-cropped, CLIP's mean / std); smoke runs and tests use ``meta_data: generated``: 240 generated
+  multi-label pattern images (12 labels, at most 2 per image) at CLIP's input size, captioned from their labels'
+  words, sharing no image or class with the evaluation data (``tasks.py``).
+- Stage 1 runs in fp32 on the run's device without autocast (the meta-parameters are fp32 copies), with its own
+  seed ``meta_seed`` (clustering, task sampling and splits), so one cached file serves every run seed.
 - ``csc`` (class-specific contexts) is refused: the meta-learned initialisation is one shared context.
 
 Trainable parameters on ViT-B/16 (text width 512): stage 1 meta-learns ``ctx`` + ``beta`` = 4 x 512 + 4 x 512 =
