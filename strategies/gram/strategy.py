@@ -39,8 +39,9 @@ Choices the paper (as available: the abstract) leaves open, with the value taken
   and centre-cropped, CLIP's mean / std); smoke runs and tests use ``meta_data: generated``: 240 generated
   multi-label pattern images (12 labels, at most 2 per image) at CLIP's input size, captioned from their labels'
   words, sharing no image or class with the evaluation data (``tasks.py``).
-- Stage 1 runs in fp32 on the run's device without autocast (the meta-parameters are fp32 copies), with its own
-  seed ``meta_seed`` (clustering, task sampling and splits), so one cached file serves every run seed.
+- Stage 1 runs on the run's device without autocast: the meta-parameters are fp32, the frozen CLIP keeps the
+  strategy's precision (half under ``prec: fp16`` on CUDA); its own seed ``meta_seed`` (clustering, task sampling
+  and splits) makes one cached file serve every run seed.
 - ``csc`` (class-specific contexts) is refused: the meta-learned initialisation is one shared context.
 
 Trainable parameters on ViT-B/16 (text width 512): stage 1 meta-learns ``ctx`` + ``beta`` = 4 x 512 + 4 x 512 =
