@@ -101,7 +101,8 @@ class HFCausalLM:
     def generate(self, messages: list[dict[str, str]], **sampling: Any) -> list[str]:
         """n completions (new tokens only, special tokens skipped, cut at the stop strings)."""
         messages, sampling = check_messages(messages), fill_sampling(sampling)
-        enc = self.tokenizer(self.prompt_text(messages), return_tensors="pt", add_special_tokens=False)
+        templated = bool(getattr(self.tokenizer, "chat_template", None))  # the template writes its own BOS
+        enc = self.tokenizer(self.prompt_text(messages), return_tensors="pt", add_special_tokens=not templated)
         enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
         accel = self.device.type != "cpu"  # fork (and restore) the accelerator's RNG too
         with torch.random.fork_rng(devices=[self.device.index or 0] if accel else [],
