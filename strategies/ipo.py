@@ -19,7 +19,8 @@ prompt for every class; it is chosen on the training data only, never on test da
 Protocols: base-to-new (the paper's, 1 shot): search on the base training set, evaluate the best prompt on base and
 new test classes (the template rebuilds the head per stream). Few-shot: the same on all classes. Class-incremental:
 each training experience runs a new search over the classes seen so far, seeded with the previous experience's best
-prompt (scored again on the new data); the head uses the newest best prompt for every seen class.
+prompt (scored again, with every seen experience's cached features: ``feature_memory``); the head uses the newest
+best prompt for every seen class.
 
 Image descriptions: ``image_descriptions`` is the user's copy of ``desc/<dataset>_1_shot_image.txt`` (MiniCPM-V-2.0
 descriptions of the 1-shot training images shipped by lmsdss/IPO@ac804a9, no licence: not shipped here) or a folder
@@ -34,7 +35,8 @@ percentage); every candidate is scored on all cached training features in the ev
 each on the next Dassl batch, augmented); candidates repeated in a step keep generation order (the reference's
 ``set`` order varies between runs); a candidate equal to an initial prompt is not scored again; descriptions are
 joined as written (the reference doubles each line break); ``require_class_slot`` (default off, as the reference)
-skips candidates without ``<CLASS>``.
+skips candidates without ``<CLASS>``; a candidate longer than CLIP's context is skipped (the reference's
+``clip.tokenize`` raises on it).
 """
 
 from __future__ import annotations
@@ -212,11 +214,18 @@ class IPO(SearchTemplate):
         cfg = self.cfg
         described = cfg.image_descriptions
         self.descriptions = load_image_descriptions(described, cfg.dataset) if described else ""
-        self.llm = search_llm(cfg, self.device)
+        self._llm: Any = None  # the language model, built on first use (evaluation alone needs none)
         self.history = SearchHistory(key="score")
         self.best_prompt = cfg.initial
         self.events: list[dict[str, Any]] = []
         self._searches = 0
+
+    @property
+    def llm(self) -> Any:
+        """The recorded / replayed language model of the config (``search_llm``)."""
+        if self._llm is None:
+            self._llm = search_llm(self.cfg, self.device)
+        return self._llm
 
     def messages(self, scored: list[Scored], step: int) -> list[dict[str, str]]:
         """The one user message of a step (``ipo_meta_prompt`` with the config's settings)."""

@@ -14,8 +14,8 @@ zero-shot head ``template.format(class)``. Each of ``steps`` (10) iterations sho
 its own line starting with ``"- "``. A response whose ``"- "`` lines include one without ``{}`` or one that
 ``str.format`` refuses, or that has no such line, is asked again (at most ``max_tries`` (15) calls); every template of a
 valid response is scored unless already scored. Logged as the reference does: the mean training accuracy of the 5
-best templates before each iteration (``best5`` rows of the history; also ``best5_final``). The head uses the
-best template (highest training accuracy; ties: the earlier one).
+best templates before each iteration (the ``best5`` artifact; its last row, ``step == steps``, after the last). The
+head uses the best template (highest training accuracy; ties: the earlier one) for every class.
 
 Protocols: few-shot (the paper's: 1 shot, all classes) and base-to-new (search on base, evaluate base and new); a
 class-incremental stream runs a new search per training experience over the classes seen so far, its pool = the
@@ -27,7 +27,9 @@ overrides it: ``{n}``, ``{good}``, ``{bad}`` are filled); a language-model error
 reference retries any exception, which would hide a missing replay entry); a step whose ``max_tries`` responses were
 all invalid adds nothing (the reference crashes iterating ``None``); accuracies are in percent; the pool is ``80
 CLIP templates`` for every dataset (the reference's ``openai`` pool is a per-dataset selection, ``coop`` CoOp's
-per-dataset hand prompt).
+per-dataset hand prompt; its default, ``laioncoco``, is the user's file here); best-5 averages are logged on the
+training data only (the reference also logs validation and test averages; here the test sets are evaluated once, with
+the best template); a pool template ``str.format`` refuses is skipped (the reference drops it when scoring fails).
 """
 
 from __future__ import annotations
@@ -179,12 +181,19 @@ class LLMOptimizer(SearchTemplate):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.pool = initial_templates(self.cfg)
-        self.llm = search_llm(self.cfg, self.device)
+        self._llm: Any = None  # the language model, built on first use (evaluation alone needs none)
         self.history = SearchHistory(key="score")
         self.best_template = self.pool[0]
         self.best5: list[dict[str, Any]] = []
         self.events: list[dict[str, Any]] = []
         self._searches = 0
+
+    @property
+    def llm(self) -> Any:
+        """The recorded / replayed language model of the config (``search_llm``)."""
+        if self._llm is None:
+            self._llm = search_llm(self.cfg, self.device)
+        return self._llm
 
     def messages(self, scored: list[Scored], step: int) -> list[dict[str, str]]:
         """The iteration's request; logs the best-5 average first, as the reference does."""

@@ -180,3 +180,20 @@ def test_class_incremental_searches_each_experience_seeded_with_the_previous_bes
     names = list(DIGIT_NAMES)
     assert strategy.seen == list(range(10))
     assert strategy.texts_for(names) == [[strategy.best_prompt.replace("<CLASS>", n)] for n in names]
+
+
+def test_evaluation_alone_needs_no_language_model(tiny):
+    from avalanche.training.plugins import EvaluationPlugin
+
+    from ctta.registry import STRATEGIES
+    from tests import _conformance_cases as cc
+
+    model, tok = tiny
+    bench = cc.class_incremental(*cc.digits(20, 20))
+    strategy = STRATEGIES.get("ipo").builder(model=model, tokenizer=tok, classnames=list(DIGIT_NAMES),
+                                             evaluator=EvaluationPlugin(loggers=[]))  # llm: replay, no log
+    strategy.eval(bench.test_stream[0])
+    assert strategy._llm is None
+    assert strategy.model.class_texts(["one"]) == [["a photo of a one."]]
+    with pytest.raises(ValueError, match="llm=replay needs a log file"):
+        strategy.llm  # noqa: B018
