@@ -13,7 +13,7 @@ from ctta.strategies.glov.steering import layer_mean_hidden, steering_hook, stee
 
 from ctta.clip_prompting.llm_search import Scored
 from ctta.llm import LLMReplayMissing, ReplayingLM, ReplayLog, make_llm, request_key
-from tests.helpers import ROOT, run_smoke
+from tests.helpers import ROOT, llm_search_on_class_incremental, run_smoke
 
 SMOKE_PROMPTS = ROOT / "configs/smoke/data/glov_discovered_prompts.py"
 
@@ -269,3 +269,17 @@ def test_steered_generation_recomputes_every_position():
     hook.remove()
     assert lengths == list(range(lengths[0], lengths[0] + len(lengths))) and len(lengths) > 1
     assert steered != plain
+
+
+def test_class_incremental_search_head_and_unseen_classes(tiny, tmp_path):
+    answers = ["a handwritten <category>", "the digit <category>, scanned"]
+    strategy, bench = llm_search_on_class_incremental("glov_search", tiny, answers, tmp_path, steps=1, per_step=1,
+                                                      guidance=False, ensemble=2)
+    strategy.train(bench.train_stream[0])
+    found = strategy.templates
+    assert len(found) == 2 and set(found) <= {"A photo of a {}.", "a handwritten {}"}
+    seen = list(strategy.model.classnames)
+    assert strategy.texts_for(seen) == [[t.format(n) for t in found] for n in seen]
+    assert strategy.fallback_texts("nine") == [t.format("nine") for t in found]  # unsearched classes: same templates
+    strategy.train(bench.train_stream[1])  # a new search over the classes seen so far
+    assert [r["step"] for r in strategy.history.rows] == [-1, 0, -1, 0]

@@ -205,6 +205,7 @@ class GLOVSearch(SearchTemplate):
         super().__init__(**kwargs)
         self.history = SearchHistory(key="score")
         self.llm = None
+        self.templates: list[str] = []  # the head's templates (the last search's best)
         self.guidance_log: list[dict[str, Any]] = []
         self.llm_events: list[dict[str, Any]] = []
 
@@ -234,8 +235,14 @@ class GLOVSearch(SearchTemplate):
                               cfg.steps, cfg.per_step, sampling, self.history, valid=glov_fillable)
         self.guidance_log += guided.records
         self.llm_events += opt.events
-        return ensemble_texts_for(top_templates(opt.scored, cfg.ensemble))(classnames)
+        self.templates = top_templates(opt.scored, cfg.ensemble)
+        return ensemble_texts_for(self.templates)(classnames)
+
+    def fallback_texts(self, name: str) -> list[str]:
+        """Classes the search did not see (e.g. base-to-new's new classes) get the found templates too."""
+        return ensemble_texts_for(self.templates)([name])[0] if self.templates else super().fallback_texts(name)
 
     def run_artifacts(self) -> dict[str, Any]:
         """The search history, each guided step's steering settings and the language model's answers."""
-        return {**super().run_artifacts(), "glov_guidance": self.guidance_log, "glov_llm_events": self.llm_events}
+        return {**super().run_artifacts(), "glov_templates": self.templates, "glov_guidance": self.guidance_log,
+                "glov_llm_events": self.llm_events}
