@@ -19,7 +19,9 @@ Input pipeline options (defaults keep the images as before: [0, 1] tensors, no n
 * ``transform``: ``default`` (above; the digits untouched) or ``promptcam`` (Prompt-CAM's official pipeline,
   ``data/dataset/utils.py:get_transformation`` of Imageomics/Prompt_CAM @ 7722fc2, scaled to ``img_size`` S):
   train ``Resize((240 S / 224,) * 2)`` -> ``RandomCrop(S)`` -> ``RandomHorizontalFlip``, test ``Resize((S, S))``;
-  applied to the digits tensors too.
+  applied to the digits tensors too; or ``damvp`` (DAM-VP's pipeline, which TCPA's official scripts use too:
+  ``ctta.data.transfer_datasets.damvp_transforms`` without its normalisation: train ``Resize(256 S / 224)`` ->
+  ``RandomCrop(S)`` -> ``RandomHorizontalFlip``, test ``Resize(256 S / 224)`` -> ``CenterCrop(S)``).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from ctta.benchmark_builders import make_benchmark
 from ctta.data import catalogue
 from ctta.data.avl import as_avl_dataset
 from ctta.data.folder import default_transform
-from ctta.data.transfer_datasets import NORMALIZATION
+from ctta.data.transfer_datasets import NORMALIZATION, damvp_transforms
 from ctta.fields import ranged
 from ctta.registry import SCENARIOS
 from ctta.templates.benchmark_info import BenchmarkInfo, with_info
@@ -51,13 +53,13 @@ class ClassIncrementalConfig:
     img_size: int = 32  # image side: digits are rendered at it, file images resized and centre-cropped to it
     skip_bad_images: bool = False  # folder datasets: leave unreadable images out (one warning) instead of stopping
     normalize: str = "none"  # none | imagenet | inception (mean/std 0.5) | clip (module docstring)
-    transform: str = "default"  # default (resize + centre crop) | promptcam (Prompt-CAM's official pipeline)
+    transform: str = "default"  # default (resize + centre crop) | promptcam | damvp (official pipelines, docstring)
 
 
 #: ``normalize`` choices: (mean, std), or None for images left in [0, 1]
 NORMALIZE = {"none": None, "imagenet": NORMALIZATION["imagenet"], "inception": NORMALIZATION["half"],
              "clip": NORMALIZATION["clip"]}  # fmt: skip
-TRANSFORMS = ("default", "promptcam")
+TRANSFORMS = ("default", "promptcam", "damvp")
 
 
 def split_classes(
@@ -149,6 +151,8 @@ def image_transforms(img_size: int, normalize: str = "none", transform: str = "d
         big = round(img_size * 240 / 224)
         train = [T.Resize((big, big)), T.RandomCrop(img_size), T.RandomHorizontalFlip(), *to_tensor]
         test = [T.Resize((img_size, img_size)), *to_tensor]
+    elif transform == "damvp":  # the reference pipeline's resize / crop / flip steps (ToTensor, Normalize dropped)
+        train, test = (list(damvp_transforms(s, img_size).transforms[:-2]) + to_tensor for s in ("train", "eval"))
     elif bundled:
         train, test = [], []
     else:

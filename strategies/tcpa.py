@@ -14,19 +14,19 @@ sum over layers and pools of the mean ``1 - cos`` of the chosen keys. A linear h
 Training loss, as the official scripts (``train/utils.py:get_mixup_fn``, ``train/trainer.py``): timm's ``Mixup``
 (``mixup_alpha`` 0.8, ``cutmix_alpha`` 0, ``mixup_prob`` 0.5, ``mixup_switch_prob`` 0.5, ``label_smoothing`` 0.1) on
 every training batch with timm's ``SoftTargetCrossEntropy``, plus the key loss; an odd batch drops its last sample
-(timm's ``Mixup`` needs an even batch; a batch of one is kept, with label-smoothed targets). ``mixup: false`` trains
-with cross-entropy (label-smoothed by ``label_smoothing``, timm's ``train.py`` convention; ``label_smoothing: 0``
-gives plain cross-entropy). Evaluation: plain cross-entropy. ``iprompt: true`` (the official CUB scripts'
-``--IPrompt``) adds the trainable pixel prompter ``x + Conv(3->9, 11x11) -> PReLU -> Conv(9->3, 11x11)(x)`` before the
-patch embedding (``PixelPrompter``).
+(timm's ``Mixup`` needs an even batch; a batch of one is kept, with label-smoothed targets, where the reference
+would train on an empty batch). ``label_smoothing`` smooths mixup's soft targets; ``mixup: false`` trains with plain
+cross-entropy, as the official scripts without ``--mixup``. Evaluation: plain cross-entropy. ``iprompt: true`` (the
+official CUB script's ``--IPrompt``) adds the trainable pixel prompter ``x + Conv(3->9, 11x11) -> PReLU ->
+Conv(9->3, 11x11)(x)`` ("same" padding 5, PyTorch's default initialisation) before the patch embedding
+(``PixelPrompter``).
 
 Model selection: ctta reports the last epoch (the honest number). The reference reports its best *test* accuracy over
 epochs (test-set model selection); ``reference_best_test_epoch: true`` evaluates the test set after every training
 epoch and adds that optimistic number to the run's summary as ``reference_best_test_epoch_top1`` (labelled; never the
 default, and it does not change training).
 
-Deviations: no ADVP or simam (off in the official scripts); fp32 (the reference uses fp16 autocast on GPU); the pixel
-prompter's convolutions keep the image size ("same" padding 5, PyTorch's default initialisation; assumed).
+Deviations: no ADVP or simam (off in the official scripts); fp32 (the reference uses fp16 autocast on GPU).
 """
 
 from __future__ import annotations
@@ -70,12 +70,12 @@ class TCPAConfig:
     epochs: int = ranged(100, ge=1)
     batch_size: int = 128
     eval_batch_size: int = 128
-    mixup: bool = True  # timm Mixup + soft-target cross-entropy (official); false: cross-entropy
+    mixup: bool = True  # timm Mixup + soft-target cross-entropy (official); false: plain cross-entropy
     mixup_alpha: float = ranged(0.8, ge=0)
     cutmix_alpha: float = ranged(0.0, ge=0)
     mixup_prob: float = ranged(0.5, ge=0, le=1)  # probability of mixing a batch
     mixup_switch_prob: float = ranged(0.5, ge=0, le=1)  # mixup vs cutmix when both alphas are > 0
-    label_smoothing: float = ranged(0.1, ge=0, lt=1)
+    label_smoothing: float = ranged(0.1, ge=0, lt=1)  # of mixup's soft targets
     iprompt: bool = False  # pixel prompter before the ViT (the official CUB scripts' --IPrompt)
     reference_best_test_epoch: bool = False  # also report the best test top-1 over epochs (test-set selection)
 
@@ -290,10 +290,8 @@ class TCPA(PromptedViTEpochTemplate):
     def criterion(self) -> torch.Tensor:
         if not self.is_training:
             return F.cross_entropy(self.mb_output, self.mb_y)
-        if self._mixup is not None:
-            from timm.loss import SoftTargetCrossEntropy
+        if self._mixup is None:
+            return F.cross_entropy(self.mb_output, self.mb_y) + self.model.key_loss
+        from timm.loss import SoftTargetCrossEntropy
 
-            loss = SoftTargetCrossEntropy()(self.mb_output, self._soft_targets.to(self.mb_output))
-        else:
-            loss = F.cross_entropy(self.mb_output, self.mb_y, label_smoothing=self.cfg.label_smoothing)
-        return loss + self.model.key_loss
+        return SoftTargetCrossEntropy()(self.mb_output, self._soft_targets.to(self.mb_output)) + self.model.key_loss

@@ -95,6 +95,18 @@ def test_promptcam_train_image_is_a_crop_of_the_square_resize():
     torch.testing.assert_close(test(pil), TF.to_tensor(TF.resize(pil, [14, 14])))  # no crop: both sides resized
 
 
+def test_damvp_transform_is_the_reference_pipeline_without_its_normalisation():
+    train, test = image_transforms(224, "imagenet", "damvp")
+    assert [type(t).__name__ for t in train.transforms] == [
+        "Resize", "RandomCrop", "RandomHorizontalFlip", "ToTensor", "Normalize"
+    ]  # fmt: skip
+    assert [type(t).__name__ for t in test.transforms] == ["Resize", "CenterCrop", "ToTensor", "Normalize"]
+    assert train.transforms[0].size == test.transforms[0].size == 256  # shorter side, as TCPA's resize_dim 256
+    pil = Image.new("RGB", (300, 170), (40, 90, 200))
+    torch.testing.assert_close(test(pil), TF.normalize(TF.to_tensor(TF.center_crop(TF.resize(pil, 256), 224)),
+                                                       *STATS["imagenet"]))  # fmt: skip
+
+
 def test_official_config_datasets_and_recipe():
     want = {"cub200": (0.005, 130), "stanford-cars": (0.01, 100), "stanford-dogs": (0.005, 100),
             "imagefolder:pets": (0.005, 100), "birds525": (0.01, 100)}  # fmt: skip

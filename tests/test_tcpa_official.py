@@ -77,19 +77,16 @@ def test_odd_batch_drops_its_last_sample_and_a_single_sample_is_kept():
     torch.testing.assert_close(soft1, _smooth([0], 0.1))
 
 
-def test_mixup_off_is_cross_entropy_with_the_configured_smoothing():
+def test_mixup_off_is_plain_cross_entropy():
     assert make_mixup(TCPAConfig(mixup=False), K) is None
     logits, y = torch.randn(3, K), torch.tensor([2, 0, 1])
-    for eps in (0.0, 0.1):
+    hand = -logits.log_softmax(-1)[torch.arange(3), y].mean()
+    for eps in (0.0, 0.1):  # the official scripts without --mixup: nn.CrossEntropyLoss(), no smoothing
         stub = SimpleNamespace(is_training=True, _mixup=None, mb_output=logits, mb_y=y,
-                               cfg=TCPAConfig(mixup=False, label_smoothing=eps), model=SimpleNamespace(key_loss=0.0))
-        log_p = logits.log_softmax(-1)
-        hand = -((1 - eps) * log_p[torch.arange(3), y] + eps * log_p.mean(-1)).mean()
-        torch.testing.assert_close(TCPA.criterion(stub), hand)
-    stub.cfg = TCPAConfig(mixup=False, label_smoothing=0.0)
-    torch.testing.assert_close(TCPA.criterion(stub), F.cross_entropy(logits, y))  # plain CE
-    stub.is_training = False  # evaluation: plain CE whatever the switches
-    stub.cfg = TCPAConfig()
+                               cfg=TCPAConfig(mixup=False, label_smoothing=eps), model=SimpleNamespace(key_loss=0.5))
+        torch.testing.assert_close(TCPA.criterion(stub), hand + 0.5)
+    stub.is_training = False  # evaluation: plain CE, no key loss, whatever the switches
+    stub.cfg, stub._mixup = TCPAConfig(), object()
     torch.testing.assert_close(TCPA.criterion(stub), F.cross_entropy(logits, y))
 
 
@@ -158,3 +155,15 @@ def test_reference_best_test_epoch_is_labelled_off_by_default_and_leaves_trainin
     accs = strategy.reference_epoch_top1
     assert len(accs) == 3 and accs[-1] == dataset_top1(strategy.model, ds, 8, "cpu")
     assert metric.result() == max(accs) and metric.summary_name() == "reference_best_test_epoch_top1"
+
+
+def test_official_config_uses_the_official_pieces():
+    from ctta.runner.config import load_config
+    from tests.helpers import ROOT
+
+    for name in ("cub200", "stanford-dogs", "svhn"):
+        cfg = load_config(ROOT / "configs/tcpa.yaml", [f"scenario.dataset={name}"])
+        st, sc = cfg.strategy.params, cfg.scenario.params
+        assert st.mixup and st.label_smoothing == 0.1 and not st.reference_best_test_epoch
+        assert st.iprompt == (name == "cub200")  # --IPrompt only in the CUB script
+        assert (sc.normalize, sc.transform) == ("imagenet", "damvp")
