@@ -136,6 +136,25 @@ def test_greedy_search_stops_when_no_word_lowers_the_bound():
     assert greedy_search(_errors(feats, heads), prior, [], 6, init_prompt="").prompt == ""  # nothing to add
 
 
+def test_select_error_takes_the_lowest_train_error_whose_bound_is_not_above_the_current_one():
+    feats, heads, priors = _hand_made()
+    priors = {**priors, "great": math.log(0.01)}
+    words = ["good", "great", "perfect", "bad"]
+    errors = dict(zip(words, _errors(feats, heads)(words)))
+    bounds = {w: prompt_bound(errors[w], 6, priors[w], 0.5, "mcallester") for w in words}
+    start = prompt_bound(0.5, 6, 0.0, 0.5, "mcallester")
+    # by hand: start 0.936; good 0.831, great 0.924, perfect 1.158, bad 1.069
+    assert bounds["good"] < bounds["great"] <= start < bounds["bad"] < bounds["perfect"]
+
+    def run(select):
+        return greedy_search(_errors(feats, heads), lambda p: priors[p.split()[-1] if p else ""], words, 6,
+                             max_words=1, delta=0.5, kind="mcallester", select=select).prompt  # fmt: skip
+
+    assert run("bound") == "good" and run("error") == "great"  # "perfect" has no error but a bound above start
+    with pytest.raises(ValueError, match="select must be"):
+        run("loss")
+
+
 def test_candidate_words_and_class_template():
     _, _, tok = create_clip("ctta-tiny-clip", "")
     words = candidate_words(["good", "a b", "x{}", "good"], clip_tokenizer=tok, clip_vocab=5)
