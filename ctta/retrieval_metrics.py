@@ -5,7 +5,7 @@ shares its label); MAP@R from Musgrave et al., "A Metric Learning Reality Check"
 samples of its class, ``AP@R = (1/R) * sum_{i<=R} P@i * rel(i)`` over its R nearest neighbours. VPTSP-G
 (Noahsark/ParameterEfficient-DML @ c7c9416, ``remaining-seed-systems.md`` A4) reports Recall@1/2/4/8 and MAP@R on
 L2-normalised embeddings (cosine similarity); the reference computes them with faiss, here exact in torch.
-Ties between equal similarities are broken by sample index (``torch.topk`` order); queries without another sample of
+Ties between equal similarities are broken by sample index (a stable sort); queries without another sample of
 their class are left out of MAP@R.
 NMI as the reference computes it (k-means with one cluster per class, 20 iterations, L2, then scikit-learn's
 ``normalized_mutual_info_score``), with scikit-learn's ``KMeans`` (one seeded init) instead of faiss.
@@ -33,7 +33,8 @@ def neighbours(emb: torch.Tensor, k: int) -> torch.Tensor:
     e = F.normalize(emb.float(), dim=-1)
     sim = e @ e.T
     sim.fill_diagonal_(float("-inf"))  # a query never retrieves itself
-    return sim.topk(min(k, len(e) - 1), dim=-1).indices
+    # a stable sort, not topk: equal similarities keep index order (topk orders ties arbitrarily)
+    return sim.sort(dim=-1, descending=True, stable=True).indices[:, : min(k, len(e) - 1)]
 
 
 def recall_at_k(emb: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 2, 4, 8)) -> dict[int, float]:

@@ -10,11 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
+from ctta.scenarios.retrieval import retrieval_benchmark
 from ctta.strategies.vptspg import VPTSPG, ClassBalancedBatchSampler, ProxyGRUCell, VPTSPGModel, proxy_anchor_loss
 from ctta.strategies.vptspg.parts import cosine_lr
 
 from ctta.backbones.vit import PromptedViT, create_vit
-from ctta.registry import SCENARIOS
+from ctta.data.digits import TensorImageDataset, load_digits
+from ctta.retrieval_metrics import map_at_r, neighbours
 from tests._conformance_cases import tiny_vit
 
 
@@ -168,10 +170,11 @@ def test_cosine_schedule_equals_torch_cosine_annealing():
 # ------------------------------------------------------------------------------------------------ a short run
 @pytest.fixture(scope="module")
 def trained():
-    """VPTSP-G trained one epoch on the digits retrieval benchmark (classes 0-4), evaluated on classes 5-9."""
+    """VPTSP-G trained one epoch on a digits retrieval benchmark (classes 0-4), evaluated on classes 5-9."""
     torch.manual_seed(0)
-    entry = SCENARIOS.get("retrieval")
-    bench = entry.builder(entry.config(dataset="digits", img_size=32), seed=0)
+    train, _ = load_digits(img_size=32)
+    subset = TensorImageDataset(train.images[:400], train.targets[:400], train.classes)  # ~200 per half
+    bench = retrieval_benchmark(subset, classnames=train.classes)
     vit = create_vit("ctta-tiny-vit", True)  # the shipped pretrained tiny ViT: embeddings without near-ties
     labels = _Labels()
     strategy = VPTSPG.from_config(VPTSPG.config_class(embed_dim=16, n_prompts=2, n_class_prompts=1, epochs=1,
@@ -233,11 +236,13 @@ def test_training_batches_are_class_balanced(trained):
 
 
 def _brute_force(emb, labels):
-    """Recall@K and MAP@R from a full sort of cosine similarities per query (self excluded)."""
-    e = F.normalize(emb, dim=-1).double()
+    """Recall@K and MAP@R from a full sort of cosine similarities per query (self excluded). The similarities are
+    float32 like the run's, so that near-ties order the same way."""
+    e = F.normalize(emb.float(), dim=-1)
+    cos = e @ e.T
     n, recall, aps = len(e), {k: 0 for k in (1, 2, 4, 8)}, []
     for q in range(n):
-        sims = (e @ e[q]).tolist()
+        sims = cos[q].tolist()
         order = sorted((j for j in range(n) if j != q), key=lambda j: (-sims[j], j))
         rel = [int(labels[j] == labels[q]) for j in order]
         for k in recall:
@@ -245,6 +250,15 @@ def _brute_force(emb, labels):
         r = sum(rel)
         aps.append(sum(sum(rel[: i + 1]) / (i + 1) * rel[i] for i in range(r)) / r)
     return {f"recall_at_{k}": v / n for k, v in recall.items()} | {"map_at_r": sum(aps) / n}
+
+
+def test_equal_similarities_rank_by_sample_index():
+    """Exact ties (identical embeddings) are ranked by index, as documented (``topk`` ordered them arbitrarily)."""
+    emb = torch.tensor([[1.0, 0.0]] * 40 + [[0.0, 1.0]] * 3)
+    nn = neighbours(emb, 39)
+    assert all(nn[q].tolist() == [j for j in range(40) if j != q][:39] for q in range(40))
+    labels = torch.tensor([0, 1] * 20 + [2, 2, 2])
+    assert map_at_r(emb, labels) == pytest.approx(_brute_force(emb, labels.tolist())["map_at_r"], abs=1e-6)
 
 
 def test_run_metrics_equal_brute_force_on_the_test_embeddings(trained):
