@@ -23,6 +23,9 @@ Deviations from the reference code:
 - ``pos_mean="all"`` is the reference code's positive-term average (over every class, 0 for classes without a
   positive in the batch); ``"present"`` averages over classes with positives (the Proxy-Anchor paper).
 - Data: ctta's scenario transforms (resize + centre crop); the reference trains with RandomResizedCrop + flip.
+- Not built: the reference's GRU dropout (``rnn_dropout``, used by its SOP recipe only), its unused ``W_ia`` GRU
+  weight, distilled-token heads (DeiT backbones) and adapters; precision is ctta's ``precision`` setting (the
+  reference: CUDA AMP with a GradScaler). Parameters are created in ctta's order, so the RNG stream differs.
 """
 
 from __future__ import annotations
