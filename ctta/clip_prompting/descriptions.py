@@ -59,6 +59,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ctta.clip_prompting.text_cache import encode_texts
+
 __all__ = ["FORMATS", "PAIR_DEFAULT", "DescriptionBank", "PairwiseBank", "align_classnames", "description_file",
            "load_alignment", "load_descriptions", "load_pairwise", "load_templates", "match_classnames",
            "pairwise_files"]
@@ -278,14 +280,8 @@ class DescriptionBank(nn.Module):
         self.reduce, self.renormalize, self.round_fp16, self.chunk = reduce, renormalize, round_fp16, chunk
         self.set_classnames(classnames)
 
-    @torch.no_grad()
     def _encode(self, texts: list[str]) -> torch.Tensor:
-        clip = self.clip[0]
-        dev = next(clip.parameters()).device
-        parts = [clip.encode_text(self.tokenizer(texts[i : i + self.chunk]).to(dev)).float()
-                 for i in range(0, len(texts), self.chunk)]  # fmt: skip
-        feats = torch.cat(parts)
-        return feats / feats.norm(dim=-1, keepdim=True)
+        return encode_texts(self.clip[0], self.tokenizer, texts, chunk=self.chunk)  # no cache: every text, in order
 
     @torch.no_grad()
     def set_classnames(self, classnames: Sequence[str]) -> None:
