@@ -5,7 +5,8 @@ prepare_prompts,manipulate_embeddings}`` and ``modeling_llama.py`` (``mean_emb_g
 ``scripts/clip_opt.sh`` (``specific_layer_diff`` + ``mean_emb``, ``diff_layer`` 17, alpha in {1.0, 0.75, 0.5, 0.25}).
 
 * Each prompt template (``<category>`` form) is tokenised with the model's special tokens; the shorter one is padded
-  on the right with the end-of-sequence token text so both have the same length (GLOV: ``<|eot_id|>``).
+  on the right with ``<|eot_id|>`` (GLOV's pad; the end-of-sequence token text for a model without it) so both have
+  the same length.
 * ``h(p)`` = mean over tokens of the output of decoder layer ``layer`` (0-based; GLOV's ``hidden_states[1:][17]``).
 * Steering vector ``d = h(best) - h(negative)``; during generation ``alpha * d`` is added to the layer's output at the
   last position of every forward pass (GLOV recomputes the whole sequence each step without a cache, so earlier
@@ -49,8 +50,9 @@ def layer_mean_hidden(lm, text: str, layer: int) -> torch.Tensor:
 
 
 def _pad_pair(tokenizer, first: str, second: str) -> tuple[str, str]:
-    """Right-pad the shorter text with the end-of-sequence token text to the same token count (GLOV)."""
-    pad = tokenizer.eos_token or ""
+    """Right-pad the shorter text to the same token count with Llama-3's ``<|eot_id|>`` (GLOV's pad) when the
+    vocabulary has it, else the end-of-sequence token text."""
+    pad = "<|eot_id|>" if "<|eot_id|>" in tokenizer.get_vocab() else (tokenizer.eos_token or "")
 
     def length(text: str) -> int:
         return len(tokenizer(text)["input_ids"])
