@@ -108,6 +108,22 @@ def test_memory_update_and_proxies_equal_the_explicit_computation():
     torch.testing.assert_close(model.memory[[1, 3]], memory0[[1, 3]])  # classes not in the batch keep their row
 
 
+def test_prompted_features_equal_the_reference_prepend_run_strip_loop():
+    """The reference's ``_forward_vpt_block``: prompts PREPENDED to the tokens, timm's block, prompt outputs cut off;
+    ctta appends them and drops their outputs: the same CLS feature (attention ignores token order)."""
+    model = _tiny_model()
+    x, labels = torch.randn(4, 3, 32, 32), torch.tensor([1, 1, 3, 3])
+    vit = model.backbone.vit
+    with torch.no_grad():
+        t = vit.norm_pre(vit._pos_embed(vit.patch_embed(x)))
+        for i, blk in enumerate(vit.blocks):
+            p = model.class_prompts[i][labels]  # (B, n, D)
+            t = blk(torch.cat([p, t], dim=1))[:, p.shape[1] :]
+        want = vit.norm(t)[:, 0]
+        got = model.features(x, model.layer_prompts(model.class_prompts, 0, labels))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_proxy_branch_refuses_a_batch_that_is_not_class_balanced():
     model = _tiny_model()
     with pytest.raises(ValueError, match="consecutive"):
