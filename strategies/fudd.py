@@ -35,6 +35,7 @@ stable sort (class index); texts are embedded through ``ctta.clip_prompting.text
 from __future__ import annotations
 
 import itertools
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -54,6 +55,7 @@ from ctta.registry import STRATEGIES
 __all__ = ["FAR_LOGIT", "FuDD", "FuDDConfig", "FuDDModel", "candidate_texts", "dedup_capitalize", "pooled_texts"]
 
 FAR_LOGIT = MASKED_LOGIT / 2  # offset of the head's classes outside an image's ambiguous set
+MAX_SETS = 4096  # stage-2 classifiers kept (least recently used dropped; the text rows stay in the text cache)
 
 
 def dedup_capitalize(texts: list[str]) -> list[str]:
@@ -107,7 +109,7 @@ class FuDDModel(TextHeadModel):
     def __init__(self, clip_model, tokenizer, classnames, bank: PairwiseBank, k: int | str = 10, *, table=None,
                  template: str = PAIR_DEFAULT, cache=None) -> None:  # fmt: skip
         self.bank, self.k, self.table, self.template = bank, k, dict(table or {}), template
-        self.sets: dict[tuple[int, ...], torch.Tensor] = {}  # candidate ids -> (k, E) stage-2 classifier
+        self.sets: OrderedDict[tuple[int, ...], torch.Tensor] = OrderedDict()  # candidate ids -> (k, E), LRU
         super().__init__(clip_model, tokenizer, classnames, self._stage_one, cache=cache)
 
     def bank_ids(self, names: list[str]) -> list[int]:
@@ -130,9 +132,13 @@ class FuDDModel(TextHeadModel):
         """Cosines ``(k,)`` of one normalised image feature ``f`` with the classifier of its candidates ``cand``
         (head indices, rank order)."""
         key = tuple(self.ids[int(c)] for c in cand)
-        if key not in self.sets:
+        if key in self.sets:
+            self.sets.move_to_end(key)
+        else:
             texts = candidate_texts(self.bank, list(key))
             self.sets[key] = class_embeddings(self.clip, self.tokenizer, texts, self.cache)
+            if len(self.sets) > MAX_SETS:
+                self.sets.popitem(last=False)
         return self.sets[key].to(f.device) @ f.float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
