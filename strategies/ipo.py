@@ -47,17 +47,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ctta.clip_prompting.llm_search import (
-    LLMSearchConfig,
-    PromptOptimizer,
-    Scored,
-    fill_slot,
-    search_llm,
-    template_scorer,
-    texts_for_prompt,
-)
-from ctta.clip_prompting.search import FewShotFeatures, SearchHistory, SearchTemplate
-from ctta.clip_prompting.text_cache import encode_texts
+from ctta.clip_prompting.llm_search import LLMSearchConfig, LLMSearchTemplate, Scored, fill_slot, texts_for_prompt
+from ctta.clip_prompting.search import FewShotFeatures
 from ctta.clip_prompting.zero_shot import TextHeadModel, text_cache_of
 from ctta.fields import ranged
 from ctta.registry import STRATEGIES
@@ -199,7 +190,7 @@ class IPOConfig(LLMSearchConfig):
 
 
 @STRATEGIES.register("ipo", config=IPOConfig)
-class IPO(SearchTemplate):
+class IPO(LLMSearchTemplate):
     """IPO as an Avalanche strategy: an LLM-in-the-loop search of one prompt per train experience (module notes)."""
 
     config_class = IPOConfig
@@ -214,18 +205,7 @@ class IPO(SearchTemplate):
         cfg = self.cfg
         described = cfg.image_descriptions
         self.descriptions = load_image_descriptions(described, cfg.dataset) if described else ""
-        self._llm: Any = None  # the language model, built on first use (evaluation alone needs none)
-        self.history = SearchHistory(key="score")
         self.best_prompt = cfg.initial
-        self.events: list[dict[str, Any]] = []
-        self._searches = 0
-
-    @property
-    def llm(self) -> Any:
-        """The recorded / replayed language model of the config (``search_llm``)."""
-        if self._llm is None:
-            self._llm = search_llm(self.cfg, self.device)
-        return self._llm
 
     def messages(self, scored: list[Scored], step: int) -> list[dict[str, str]]:
         """The one user message of a step (``ipo_meta_prompt`` with the config's settings)."""
@@ -237,18 +217,13 @@ class IPO(SearchTemplate):
 
     def search(self, feats: FewShotFeatures, classnames: list[str]) -> list[list[str]]:
         cfg, tokenizer = self.cfg, self.model.tokenizer
-        encode = lambda texts: encode_texts(self.model.clip, tokenizer, texts, self.model.cache)  # noqa: E731
-        optimizer = PromptOptimizer(
-            self.llm, self.messages, parse_ipo, template_scorer(feats, classnames, encode, CLASS_SLOT),
-            steps=cfg.steps, per_step=cfg.per_step, max_retries=cfg.max_retries, history=self.history,
+        optimizer = self.optimize(
+            list(dict.fromkeys([cfg.initial, self.best_prompt])), build_messages=self.messages, parse=parse_ipo,
+            evaluate=self.scorer(feats, classnames, CLASS_SLOT), steps=cfg.steps, per_step=cfg.per_step,
             sampling={"n": cfg.n_per_call, "temperature": cfg.temperature, "max_tokens": cfg.max_tokens},
-            class_slot=CLASS_SLOT if cfg.require_class_slot else None,
+            max_retries=cfg.max_retries, class_slot=CLASS_SLOT if cfg.require_class_slot else None,
             valid=ipo_valid(clip_token_count(tokenizer), getattr(tokenizer, "context_length", 77)),
-            history_extra={"experience": self._searches},
         )
-        optimizer.run(list(dict.fromkeys([cfg.initial, self.best_prompt])))
-        self.events += [{"experience": self._searches, **e} for e in optimizer.events]
-        self._searches += 1
         self.best_prompt = optimizer.best().prompt  # chosen on the training features only
         return texts_for_prompt(self.best_prompt, CLASS_SLOT)(classnames)
 
@@ -258,4 +233,4 @@ class IPO(SearchTemplate):
 
     def run_artifacts(self) -> dict[str, Any]:
         """The search history, every language-model completion with what it gave, and the best prompt."""
-        return {**super().run_artifacts(), "llm_events": list(self.events), "best_prompt": self.best_prompt}
+        return {**super().run_artifacts(), "best_prompt": self.best_prompt}

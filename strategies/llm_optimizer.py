@@ -40,18 +40,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ctta.clip_prompting.llm_search import (
-    LLMSearchConfig,
-    PromptOptimizer,
-    Scored,
-    fill_slot,
-    search_llm,
-    template_scorer,
-    texts_for_prompt,
-)
+from ctta.clip_prompting.llm_search import LLMSearchConfig, LLMSearchTemplate, Scored, fill_slot, texts_for_prompt
 from ctta.clip_prompting.prompt_templates import CLIP_IMAGENET_TEMPLATES
-from ctta.clip_prompting.search import FewShotFeatures, SearchHistory, SearchTemplate
-from ctta.clip_prompting.text_cache import encode_texts
+from ctta.clip_prompting.search import FewShotFeatures
 from ctta.clip_prompting.zero_shot import TextHeadModel, text_cache_of
 from ctta.fields import ranged
 from ctta.registry import STRATEGIES
@@ -168,7 +159,7 @@ def initial_templates(cfg: LLMOptimizerConfig) -> list[str]:
 
 
 @STRATEGIES.register("llm_optimizer", config=LLMOptimizerConfig)
-class LLMOptimizer(SearchTemplate):
+class LLMOptimizer(LLMSearchTemplate):
     """The LLM black-box optimizer as an Avalanche strategy: one template search per train experience."""
 
     config_class = LLMOptimizerConfig
@@ -181,41 +172,26 @@ class LLMOptimizer(SearchTemplate):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.pool = initial_templates(self.cfg)
-        self._llm: Any = None  # the language model, built on first use (evaluation alone needs none)
-        self.history = SearchHistory(key="score")
         self.best_template = self.pool[0]
         self.best5: list[dict[str, Any]] = []
-        self.events: list[dict[str, Any]] = []
-        self._searches = 0
-
-    @property
-    def llm(self) -> Any:
-        """The recorded / replayed language model of the config (``search_llm``)."""
-        if self._llm is None:
-            self._llm = search_llm(self.cfg, self.device)
-        return self._llm
 
     def messages(self, scored: list[Scored], step: int) -> list[dict[str, str]]:
         """The iteration's request; logs the best-5 average first, as the reference does."""
         avg = best5_average(scored)
         if avg is not None:
-            self.best5.append({"experience": self._searches, "step": step, "best5": avg})
+            self.best5.append({"experience": self.searches, "step": step, "best5": avg})
         text = blackbox_message(scored, self.cfg.top_k, self.cfg.n_templates, self.cfg.message)
         return [{"role": "user", "content": text}]
 
     def search(self, feats: FewShotFeatures, classnames: list[str]) -> list[list[str]]:
-        cfg = self.cfg
-        encode = lambda texts: encode_texts(self.model.clip, self.model.tokenizer, texts, self.model.cache)  # noqa: E731
-        optimizer = PromptOptimizer(
-            self.llm, self.messages, parse_templates, template_scorer(feats, classnames, encode),
-            steps=cfg.steps, per_step=1, max_retries=cfg.max_tries - 1, history=self.history,
+        cfg, experience = self.cfg, self.searches
+        optimizer = self.optimize(
+            self.pool, build_messages=self.messages, parse=parse_templates, evaluate=self.scorer(feats, classnames),
+            steps=cfg.steps, per_step=1, max_retries=cfg.max_tries - 1, valid=format_check,
             sampling={"temperature": cfg.temperature, "max_tokens": cfg.max_tokens},
-            valid=format_check, history_extra={"experience": self._searches},
         )
-        scored = optimizer.run(self.pool)
-        self.events += [{"experience": self._searches, **e} for e in optimizer.events]
-        self.best5.append({"experience": self._searches, "step": cfg.steps, "best5": best5_average(scored)})
-        self._searches += 1
+        scored = optimizer.scored
+        self.best5.append({"experience": experience, "step": cfg.steps, "best5": best5_average(scored)})
         self.pool = list(dict.fromkeys([*self.pool, *(s.prompt for s in scored)]))  # found templates stay
         self.best_template = ranked(scored)[0].prompt  # training accuracy only
         return texts_for_prompt(self.best_template)(classnames)
@@ -226,5 +202,4 @@ class LLMOptimizer(SearchTemplate):
 
     def run_artifacts(self) -> dict[str, Any]:
         """The search history, the best-5 averages, every completion with what it gave, and the best template."""
-        return {**super().run_artifacts(), "best5": list(self.best5), "llm_events": list(self.events),
-                "best_template": self.best_template}
+        return {**super().run_artifacts(), "best5": list(self.best5), "best_template": self.best_template}

@@ -121,13 +121,12 @@ class RaisingLM:
 
 
 def test_recorded_smoke_search_replays_identically_and_makes_no_call(tmp_path, monkeypatch):
-    import ctta.strategies.ipo as ipo
-
+    import ctta.clip_prompting.llm_search as llm_search
     from ctta.llm import ReplayingLM, ReplayLog
 
     log = tmp_path / "log.jsonl"
     log.write_bytes(LOG.read_bytes())
-    monkeypatch.setattr(ipo, "search_llm", lambda cfg, *_, **__: ReplayingLM(RaisingLM(), ReplayLog(cfg.llm_log)))
+    monkeypatch.setattr(llm_search, "search_llm", lambda cfg, *_: ReplayingLM(RaisingLM(), ReplayLog(cfg.llm_log)))
     summary = run_smoke("ipo_digits", tmp_path / "run", (f"strategy.llm_log={log}",))
     assert_base_new_hm(summary)
     rows = json.loads((tmp_path / "run" / "search_history.json").read_text())

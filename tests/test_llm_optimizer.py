@@ -91,13 +91,12 @@ def _records(path):
 
 
 def test_recorded_smoke_search_replays_identically_and_makes_no_call(tmp_path, monkeypatch):
-    import ctta.strategies.llm_optimizer as lo
-
+    import ctta.clip_prompting.llm_search as llm_search
     from ctta.llm import ReplayingLM, ReplayLog
 
     log = tmp_path / "log.jsonl"
     log.write_bytes(LOG.read_bytes())
-    monkeypatch.setattr(lo, "search_llm", lambda cfg, *_, **__: ReplayingLM(RaisingLM(), ReplayLog(cfg.llm_log)))
+    monkeypatch.setattr(llm_search, "search_llm", lambda cfg, *_: ReplayingLM(RaisingLM(), ReplayLog(cfg.llm_log)))
     summary = run_smoke("llm_optimizer_digits", tmp_path / "run", (f"strategy.llm_log={log}",))
     assert 0.0 <= summary["top1"] <= 1.0
     out = tmp_path / "run"

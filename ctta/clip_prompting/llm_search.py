@@ -31,11 +31,13 @@ from typing import Any
 
 import torch
 
+from ctta.clip_prompting.search import SearchHistory, SearchTemplate
 from ctta.clip_prompting.search_ops import fitness_scores
+from ctta.clip_prompting.text_cache import encode_texts
 from ctta.clip_prompting.zero_shot import ZeroShotConfig
 
-__all__ = ["LLMSearchConfig", "PromptOptimizer", "Scored", "fill_slot", "search_llm", "texts_for_prompt",
-           "template_scorer"]
+__all__ = ["LLMSearchConfig", "LLMSearchTemplate", "PromptOptimizer", "Scored", "fill_slot", "search_llm",
+           "texts_for_prompt", "template_scorer"]
 
 
 @dataclass
@@ -224,3 +226,46 @@ class PromptOptimizer:
             self.scored.append(row)
             if self.history is not None:
                 self.history.append(step, prompt, {"score": row.score, "loss": row.loss}, **self.history_extra)
+
+
+class LLMSearchTemplate(SearchTemplate):
+    """A ``SearchTemplate`` whose search is a ``PromptOptimizer`` run per train experience (IPO, LLM optimizer).
+
+    Provides the config's language model (``llm``, built on first use: evaluation alone needs none), a scorer of
+    prompts on the cached features (``scorer``), one optimiser run per experience (``optimize``: history rows and
+    completions tagged with the experience index, ``searches`` counts the runs) and the ``llm_events`` artifact.
+    ``self.history`` keeps the score (0-100) as its key.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.history = SearchHistory(key="score")
+        self.llm_events: list[dict[str, Any]] = []
+        self.searches = 0
+        self._llm: Any = None
+
+    @property
+    def llm(self) -> Any:
+        """The recorded / replayed language model of the config (``search_llm``)."""
+        if self._llm is None:
+            self._llm = search_llm(self.cfg, self.device)
+        return self._llm
+
+    def scorer(self, feats: Any, classnames: Sequence[str], class_slot: str = "{}") -> Callable[[str], tuple]:
+        """``template_scorer`` over the head's CLIP, tokenizer and text cache."""
+        model = self.model
+        return template_scorer(feats, classnames, lambda t: encode_texts(model.clip, model.tokenizer, t, model.cache),
+                               class_slot)  # fmt: skip
+
+    def optimize(self, initial: Sequence[str], **optimizer_kwargs: Any) -> PromptOptimizer:
+        """Run a ``PromptOptimizer`` (``optimizer_kwargs``: all but ``llm`` / ``history``) from ``initial``."""
+        tag = {"experience": self.searches}
+        optimizer = PromptOptimizer(self.llm, history=self.history, history_extra=tag, **optimizer_kwargs)
+        optimizer.run(initial)
+        self.llm_events += [{**tag, **e} for e in optimizer.events]
+        self.searches += 1
+        return optimizer
+
+    def run_artifacts(self) -> dict[str, Any]:
+        """The search history and every language-model completion with what it gave."""
+        return {**super().run_artifacts(), "llm_events": list(self.llm_events)}
