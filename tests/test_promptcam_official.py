@@ -132,3 +132,10 @@ def test_birds525_reads_the_kaggle_layout(tmp_path):
     assert data.classnames == ["ABBOTTS BABBLER", "ZEBRA DOVE"]
     assert (len(data.train), len(data.val), len(data.test)) == (4, 2, 2)
     assert data.test.targets == [0, 1]
+    cfg = ClassIncrementalConfig(dataset="birds525", root=str(tmp_path), n_experiences=1, img_size=16,
+                                 normalize="inception", transform="promptcam")  # fmt: skip
+    bench = SCENARIOS.get("class_incremental").builder(cfg, seed=0)  # the official config's pipeline, end to end
+    x, y = bench.train_stream[0].dataset[0][:2]
+    assert x.shape == (3, 16, 16) and int(y) == 0 and bench.info.normalization == STATS["inception"]
+    want = torch.tensor([0.0, 20.0, 30.0]).div(255).mul(2).sub(1).view(3, 1, 1).expand_as(x)  # (RGB / 255 - 0.5) / 0.5
+    torch.testing.assert_close(x, want, atol=4 / 255, rtol=0)  # JPEG rounding of a plain colour
