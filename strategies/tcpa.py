@@ -239,8 +239,8 @@ class TCPA(PromptedViTEpochTemplate):
     constructor_arguments = (*PromptedViTEpochTemplate.constructor_arguments, "reference_test")
 
     def __init__(self, *, reference_test=None, **kwargs: Any) -> None:
-        """``reference_test``: the test set evaluated after every epoch when ``reference_best_test_epoch`` is on
-        (the runner passes the benchmark's)."""
+        """``reference_test``: the test set (items ``(x, y, ...)``) evaluated after every epoch when
+        ``reference_best_test_epoch`` is on (the runner passes the benchmark's, with its eval transforms)."""
         self.reference_test, self.reference_epoch_top1 = reference_test, []
         super().__init__(**kwargs)
 
@@ -248,7 +248,7 @@ class TCPA(PromptedViTEpochTemplate):
     def benchmark_kwargs(cls, cfg, benchmark) -> dict[str, Any]:
         out = super().benchmark_kwargs(cfg, benchmark)
         if cfg.reference_best_test_epoch:
-            out["reference_test"] = benchmark_info(benchmark).test_dataset
+            out["reference_test"] = benchmark_info(benchmark).test_dataset.eval()  # eval transforms
         return out
 
     @classmethod
@@ -272,8 +272,8 @@ class TCPA(PromptedViTEpochTemplate):
 
     def _after_training_epoch(self, **kwargs: Any) -> None:
         if self.cfg.reference_best_test_epoch and self.reference_test is not None:
-            data = self.reference_test.eval() if hasattr(self.reference_test, "eval") else self.reference_test
-            self.reference_epoch_top1.append(dataset_top1(self.model, data, self.cfg.eval_batch_size, self.device))
+            acc = dataset_top1(self.model, self.reference_test, self.cfg.eval_batch_size, self.device)
+            self.reference_epoch_top1.append(acc)
         super()._after_training_epoch(**kwargs)
 
     def _before_training_iteration(self, **kwargs: Any) -> None:
