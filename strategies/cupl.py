@@ -79,7 +79,7 @@ class CuPLConfig(ZeroShotConfig):
 
     variant: str = "cupl"  # cupl | templates | both
     descriptions: str = ""  # description bank: file, CuPL repository folder (with dataset) or builtin:digits_cupl
-    description_format: str = "cupl"  # cupl (official layout) | json (any {class: [texts]} file)
+    description_format: str = "cupl"  # cupl (official "full" files) | cupl_base | json (any {class: [texts]} file)
     dataset: str = ""  # ctta catalogue name, to find the official file in a folder
     classname_map: str = ""  # class-name alignment table (JSON {ctta class name: bank key})
     templates: str = "builtin:clip_imagenet"  # template list (variants templates / both)

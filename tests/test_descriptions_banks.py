@@ -37,6 +37,8 @@ def test_cupl_layout_and_generic_json(tmp_path):
     _write(tmp_path / "imagenet_prompts/CuPL_image_prompts.json", {"tench": ["a fish."]})
     assert load_descriptions(tmp_path, "cupl", "pets") == BANK  # the repository folder
     assert load_descriptions(tmp_path, "cupl", "imagenet_v2") == {"tench": ["a fish."]}
+    _write(tmp_path / "all_prompts/base_prompts/pet_prompts_base.json", {"Abyssinian": ["a cat."]})
+    assert load_descriptions(tmp_path, "cupl_base", "pets") == {"Abyssinian": ["a cat."]}  # base files: "pet"
     flat = _write(tmp_path / "flat/pets_prompts_full.json", BANK)
     assert load_descriptions(flat.parent, "cupl", "oxford_pets") == BANK  # the files in one folder
     assert load_descriptions(flat, "json") == BANK

@@ -27,8 +27,9 @@ Shared with wave 2: CoPrompt, MSGCoOp and HiCroPL. API (HiCroPL uses the ``copro
 Issue 23 (block R2 of ``remaining-seed-systems.md`` §19; CuPL, FuDD, ProAPO, GLOV, TFUP):
 
 * formats ``cupl`` (sarahpratt/CuPL@719619c: ``all_prompts/full_prompts/<stem>_prompts_full.json``, ImageNet's
-  ``imagenet_prompts/CuPL_image_prompts.json``; ``source`` = the file or the repository folder) and ``json`` (any
-  ``{class: [texts]}`` file: CuPL's ``base`` files, ProAPO's ``category_description/<source>.json``);
+  ``imagenet_prompts/CuPL_image_prompts.json``; ``source`` = the file or the repository folder), ``cupl_base``
+  (``all_prompts/base_prompts/<stem>_prompts_base.json``) and ``json`` (any ``{class: [texts]}`` file, e.g. ProAPO's
+  ``category_description/<source>.json``);
   ``builtin:digits_cupl`` (ctta's own CuPL-style sentences, a different count per class).
 * class-name alignment: ``align_classnames(keys, classnames, table)`` / ``match_classnames(..., table)`` with a
   table ``{ctta class name: bank key}`` (``load_alignment``: a mapping or a JSON file); every class without a key is
@@ -88,10 +89,13 @@ _CUPL_FILES = {  # CuPL's GPT-3 banks ("full" variant; ImageNet's lives in image
 }  # fmt: skip
 _CUPL_STEMS = {k: ("imagenet_prompts/CuPL_image_prompts.json" if v == "imagenet"
                    else f"all_prompts/full_prompts/{v}_prompts_full.json") for k, v in _CUPL_FILES.items()}  # fmt: skip
+_CUPL_BASE = {k: f"all_prompts/base_prompts/{'pet' if v == 'pets' else v}_prompts_base.json"
+              for k, v in _CUPL_FILES.items() if v != "bird"}  # the "base" variant (no CUB file)
 FORMATS = {
     "coprompt": ("ShuvenduRoy/CoPrompt@a2a6c12 (MIT)", "gpt_file", "{}_prompt.json", _COPROMPT_STEMS),
     "msgcoop": ("Rain-Bus/MSGCoOp@a298669 (MIT)", "MSGCoOp/desc/gpt-4.1/descriptions_top4", "{}.json", _MSGCOOP_NAMES),
     "cupl": ("sarahpratt/CuPL@719619c (no licence: user-supplied)", "", "{}", _CUPL_STEMS),  # repository root
+    "cupl_base": ("sarahpratt/CuPL@719619c (no licence: user-supplied)", "", "{}", _CUPL_BASE),
     # any {class: [texts]} file, e.g. CuPL's all_prompts/*/<ds>_prompts_*.json or ProAPO's
     # (MorningStarOvO/ProAPO@fefdf18, MIT) data/dataset/<ds>/category_description/<source>.json: pass the file itself
     "json": ("a {class name: [texts]} JSON file", "", "<file>.json", {}),
