@@ -107,3 +107,24 @@ def test_class_incremental_head_caps_k_at_the_seen_classes():
     assert out.shape == (3, 10) and (out[:, 5:] == MASKED_LOGIT).all()
     assert (out[:, :5] > FAR_LOGIT / 2).all()  # k = 10 capped at the 5 seen classes: all are candidates
     assert all(len(key) == 5 for key in strategy.model.sets)
+
+
+def _test_time_summary(tmp_path, n_views: int) -> dict:
+    from ctta.runner.config import load_config
+    from ctta.runner.run import run
+
+    cfg = tmp_path / f"v{n_views}.yaml"
+    cfg.write_text("seed: 1\ndevice: cpu\n"
+                   f"scenario: {{name: test_time, dataset: digits, n_views: {n_views}, resolution: 32, "
+                   "max_samples: 20}\n"
+                   "backbone: {name: clip, model: ctta-tiny-clip-digits, pretrained: ctta}\n"
+                   "strategy: {name: fudd, k: 3, eval_batch_size: 8}\n"
+                   f"log: {{out_dir: {tmp_path / f'out{n_views}'}, plot: false}}\n")  # fmt: skip
+    return run(load_config(cfg), verbose=False)["summary"]
+
+
+def test_test_time_run_classifies_the_centre_crop_of_the_views(tmp_path):
+    """A test-time benchmark runs without a train stream; with several views only ``views[0]`` (the centre crop, the
+    same image as a one-view run) is classified."""
+    one, four = _test_time_summary(tmp_path, 1), _test_time_summary(tmp_path, 4)
+    assert one == four and 0.0 <= one["top1"] <= one["top5"] <= 1.0
