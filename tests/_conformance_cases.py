@@ -230,7 +230,9 @@ SPECS: dict[str, Spec] = {
                                     lr=0.01), misspelt="pool_size_clss",
     ),
     "pvp": Spec("epoch", method_kwargs=dict(n_prompts=2, lr=0.01), misspelt="n_promts"),
-    "vptspg": Spec("epoch", method_kwargs=dict(embed_dim=16, n_prompts=2, n_class_prompts=1), misspelt="n_class_promts"),
+    "vptspg": Spec(
+        "epoch", method_kwargs=dict(embed_dim=16, n_prompts=2, n_class_prompts=1), misspelt="n_class_promts"
+    ),
     "coop": Spec("epoch", clip=True, method_kwargs=dict(n_ctx=2, ctx_init="", lr=0.01, prec="fp32"), misspelt="n_ctxx"),
     "mcm": Spec("epoch", clip=True, method_kwargs=dict(lr=0.01, prec="fp32"), misspelt="temperatur"),
     "cupl": Spec("epoch", clip=True, method_kwargs=dict(variant="both", descriptions="builtin:digits_cupl"),
