@@ -8,6 +8,7 @@ from avalanche.training.plugins import SupervisedPlugin
 from torch import nn
 
 from ctta.benchmark_builders import single_experience_stream
+from ctta.clip_prompting.zero_shot import ZeroShotTemplate
 from ctta.evaluation import anytime_metric, make_evaluator
 from ctta.templates import TestTimeTemplate
 from tests.helpers import LinearOnline as Linear
@@ -176,7 +177,9 @@ def test_runner_reads_declared_capabilities_not_duck_typing():
         assert cls.resumable == issubclass(cls, OnlineCLTemplate), name
         assert cls.adapts_in_eval == issubclass(cls, TestTimeTemplate), name
         assert not (cls.resumable and cls.adapts_in_eval), name
-        assert cls.records_epochs == hasattr(cls, "build_prompted"), name  # the CLIP prompt learners
+        # the CLIP prompt learners record their epochs; the zero-shot / search ones (nothing trains) have none
+        assert cls.records_epochs == (hasattr(cls, "build_prompted") and not cls.zero_shot), name
+        assert cls.zero_shot == issubclass(cls, ZeroShotTemplate), name
     assert STRATEGIES.get("difftpt").builder.pregenerate is not StrategyBase.pregenerate
 
 
