@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from ctta.strategies.vptspg.bank import PromptBank
 from ctta.strategies.vptspg.parts import ProxyGRUCell
 from torch import nn
 
@@ -65,11 +66,14 @@ class VPTSPGModel(nn.Module):
         activation: the GRU cell's candidate activation (``relu`` = the reference's ``gru_relu``).
         layout: ``(prompt_depth, prompt_step, class_prompt_depth, class_prompt_step)``; a depth of None = every
             block, step 0 = the same number of tokens in every block.
+        bank_rows: None (class prompts resident: the parameter ``class_prompts``), or the classes per batch ``P``:
+            the class prompts live in a CPU ``PromptBank`` (``bank``) and a ``(depth, P, n, D)`` parameter
+            ``class_prompt_buffer`` holds the batch's classes (the strategy swaps them around each update).
     """
 
     def __init__(self, backbone: nn.Module, num_classes: int, embed_dim: int = 384, n_prompts: int = 10,
                  n_class_prompts: int = 3, bias_ratio: float = 0.5, k: int = 2, activation: str = "relu",
-                 layout: tuple = (None, 0, None, 0)) -> None:
+                 layout: tuple = (None, 0, None, 0), bank_rows: int | None = None) -> None:
         super().__init__()  # fmt: skip
         self.backbone = (backbone if isinstance(backbone, PromptedViT) else PromptedViT(backbone)).requires_grad_(False)
         d, vit_depth = self.backbone.embed_dim, self.backbone.depth
@@ -86,8 +90,12 @@ class VPTSPGModel(nn.Module):
         self.gru = ProxyGRUCell(embed_dim, embed_dim, activation)
         self.proxy_head = _head(d, embed_dim)
         self.prompts = nn.Parameter(torch.stack([_xavier_normal(1, n_prompts, d)[0] for _ in range(depth)]))
-        self.class_prompts = nn.Parameter(torch.stack([_xavier_normal(num_classes, n_class_prompts, d)
-                                                       for _ in range(class_depth)]))  # (depth, C, n, D) fmt: skip
+        class_prompts = torch.stack([_xavier_normal(num_classes, n_class_prompts, d) for _ in range(class_depth)])
+        self.bank = None if bank_rows is None else PromptBank(class_prompts)  # (depth, C, n, D) on the CPU
+        if self.bank is None:
+            self.class_prompts = nn.Parameter(class_prompts)  # (depth, C, n, D)
+        else:
+            self.class_prompt_buffer = nn.Parameter(torch.zeros(class_depth, bank_rows, n_class_prompts, d))
 
     def _backbone_biases(self):
         params = dict(self.backbone.named_parameters())
@@ -123,7 +131,7 @@ class VPTSPGModel(nn.Module):
     def semantic_proxies(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """All class proxies ``(C, E)`` after this batch's memory update (graph through the batch's rows)."""
         classes = group_by_class(labels, self.k)  # (P,)
-        prompts = self.layer_prompts(self.class_prompts, self.class_prompt_step, labels)  # block -> (B, n_i, D)
+        prompts = self.layer_prompts(*self._class_prompt_rows(classes, labels))  # block -> (B, n_i, D)
         p = F.normalize(self.proxy_head(self.features(x, prompts)), dim=-1)  # (B, E)
         steps = p.view(len(classes), self.k, -1)  # (P, k, E)
         h = self.memory[classes]
@@ -133,6 +141,16 @@ class VPTSPGModel(nn.Module):
         with torch.no_grad():
             self.memory.copy_(memory.detach())
         return self.bias_ratio * self.proxy_bias + (1 - self.bias_ratio) * memory
+
+    def _class_prompt_rows(self, classes: torch.Tensor, labels: torch.Tensor) -> tuple:
+        """``(bank, step, rows)`` for ``layer_prompts``: the resident parameter by label, or the bank's buffer by
+        the row its class was withdrawn to."""
+        if self.bank is None:
+            return self.class_prompts, self.class_prompt_step, labels
+        if self.bank.classes is None or not torch.equal(self.bank.classes, classes.cpu()):
+            raise RuntimeError("the prompt bank holds other classes: withdraw the batch's classes first")
+        rows = torch.arange(len(classes), device=labels.device).repeat_interleave(self.k)  # (B,)
+        return self.class_prompt_buffer, self.class_prompt_step, rows
 
     def all_proxies(self) -> torch.Tensor:
         """Proxies ``(C, E)`` from the current memory (no update)."""
