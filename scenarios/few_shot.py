@@ -30,6 +30,16 @@ and ``datasets/*.py`` (folders and split files).
   folders; ImageNet-V2/-Sketch/-A/-R are test-only (only as ``eval_datasets``: domain generalisation, CoCoOp's
   ``scripts/cocoop/xd_*.sh`` protocol with ``dataset: imagenet, setting: all``).
 
+* ``fewshot_index`` (ProAPO's protocol, MorningStarOvO/ProAPO@fefdf18 ``tools/data_process/named_data.py``, MIT):
+  the few-shot sets are read from an index file instead of drawn: a ``seed_<seed>_num_shots_<shots>.json`` file, or
+  the folder holding them (ProAPO's ``data/dataset/<ds>/fewshot_dataset/``; the file is picked by the run's seed and
+  ``shots``). Its ``{"train": {path: class name}, "val": {...}}`` entries name images relative to the dataset's
+  image folder (``banded/banded_0117.jpg``, ``cars_train/00467.jpg``); each is matched against the end of the image
+  paths of the split of the same name (``val`` only where the dataset has one; without ``val`` in the file the
+  validation set is drawn as above), in the file's order, with the split's labels and class names (ProAPO's own class
+  names, e.g. EuroSAT's "annual crop land", are only checked to map to one label each). Entries not found are
+  listed in one error. The index files are per-dataset data and not shipped: take them from the reference.
+
 Deviations: the official few-shot cache ``split_fewshot/*.pkl`` and Dassl's ImageNet ``preprocessed.pkl`` are not
 read (the same images are re-sampled; for ImageNet the images of a class are listed in sorted order, CoOp's in
 ``os.listdir`` order).
@@ -37,11 +47,13 @@ read (the same images are re-sampled; for ImageNet the images of a class are lis
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath
 
 from avalanche.benchmarks.scenarios import CLScenario, DatasetExperience
 from avalanche.benchmarks.scenarios.generic_scenario import EagerCLStream
@@ -55,7 +67,10 @@ from ctta.data.tta_datasets import read_coop_split as read_split
 from ctta.registry import SCENARIOS
 from ctta.templates.benchmark_info import BenchmarkInfo, with_info
 
-__all__ = ["DATASETS", "FewShotConfig", "build_few_shot", "generate_fewshot", "read_split", "subsample_classes"]
+__all__ = [
+    "DATASETS", "FewShotConfig", "build_few_shot", "generate_fewshot", "read_fewshot_index", "read_split",
+    "select_indexed", "subsample_classes",
+]  # fmt: skip
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -73,6 +88,7 @@ class FewShotConfig:
     img_size: int = 224
     max_test: int = 0  # keep the first N test items per stream (0: all); for quick runs
     eval_datasets: tuple[str, ...] = ()  # cross-dataset / domain generalisation: extra test streams test_<name>
+    fewshot_index: str = ""  # ProAPO's few-shot index: a seed_<s>_num_shots_<k>.json or its folder ("": draw)
 
 
 # ---------------------------------------------------------------------------------------------- protocol
@@ -117,6 +133,95 @@ def classnames_of(items: Sequence[tuple]) -> list[str]:
         missing = sorted(set(range(max(names) + 1)) - set(names))[:5] if names else []
         raise ValueError(f"labels are not 0..n-1: classes {missing} have no items")
     return [names[y] for y in sorted(names)]
+
+
+# ---------------------------------------------------------------------------------------------- index files
+#: where ProAPO keeps its few-shot index files (named in the error for a missing one)
+PROAPO_INDEX = "data/dataset/<dataset>/fewshot_dataset/seed_<seed>_num_shots_<shots>.json of MorningStarOvO/ProAPO"
+
+
+def read_fewshot_index(path: str | Path, seed: int, shots: int) -> dict[str, list[tuple[str, str]]]:
+    """``{"train": [(image path, class name), ...], "val": [...]}`` of a ProAPO few-shot index file, in file order.
+
+    Args:
+        path: the file, or a folder holding ``seed_<seed>_num_shots_<shots>.json``.
+        seed: the run's seed (picks the file in a folder).
+        shots: shots per class (picks the file in a folder).
+
+    Raises:
+        FileNotFoundError: no such file (names where ProAPO keeps it).
+        ValueError: the file has no ``train`` mapping.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / f"seed_{seed}_num_shots_{shots}.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"scenario.fewshot_index: {path} not found. ProAPO ships its few-shot index files as {PROAPO_INDEX} "
+            "(@fefdf18, MIT); copy that folder (or one file) and point scenario.fewshot_index at it."
+        )
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict) or not isinstance(data.get("train"), dict):
+        raise ValueError(f"{path}: not a ProAPO few-shot index (expected {{'train': {{image path: class name}}}})")
+    parts = [k for k in ("train", "val") if isinstance(data.get(k), dict)]
+    return {k: [(str(p), str(c)) for p, c in data[k].items()] for k in parts}
+
+
+def _parts(path: str) -> tuple[str, ...]:
+    """The components of an image path (either separator)."""
+    return PurePosixPath(path.replace("\\", "/")).parts
+
+
+def _check_class_names(entries: Sequence[tuple[str, str]], chosen: Sequence[tuple], split: str) -> None:
+    """Every index class name must map to one label of the split (else the index belongs to another split)."""
+    labels: dict[str, set] = {}
+    for (_, name), it in zip(entries, chosen):
+        labels.setdefault(name, set()).add(int(it[1]))
+    mixed = {n: sorted(ys) for n, ys in labels.items() if len(ys) > 1}
+    if mixed:
+        raise ValueError(f"scenario.fewshot_index: {split} class names mapping to several labels: {mixed}")
+
+
+def select_indexed(items: Sequence[tuple], entries: Sequence[tuple[str, str]], split: str = "train") -> list:
+    """The split items named by index ``entries`` (``(relative image path, class name)``), in the entries' order.
+
+    An entry matches the one item whose image path ends with the entry's path (whole components).
+
+    Raises:
+        ValueError: entries matching no item (or several) in ``split``, all listed; or one index class name that
+            maps to several labels of the split.
+    """
+    keys = [_parts(p) for p, _ in entries]
+    found: dict[tuple, list] = {}
+    for depth in {len(k) for k in keys}:
+        for it in items:
+            if isinstance(it[0], str):
+                found.setdefault(_parts(it[0])[-depth:], []).append(it)
+    bad = [k for k in keys if len(found.get(k, ())) != 1]
+    if bad:
+        many = sum(k in found for k in bad)
+        raise ValueError(
+            f"scenario.fewshot_index: {len(bad)} of {len(keys)} {split} entries not found in the {split} split"
+            f"{f' ({many} match several images)' if many else ''}: {', '.join('/'.join(k) for k in bad)}"
+        )
+    chosen = [found[k][0] for k in keys]
+    _check_class_names(entries, chosen, split)
+    return chosen
+
+
+def _fewshot_sets(cfg: FewShotConfig, splits: dict, seed: int) -> tuple[list, list]:
+    """The few-shot train and validation sets: drawn (module docstring) or read from ``cfg.fewshot_index``."""
+    rng = random.Random(seed)
+    index = read_fewshot_index(cfg.fewshot_index, seed, cfg.shots) if cfg.fewshot_index else {}
+    if index:
+        train = select_indexed(splits["train"], index["train"], "train")
+    else:
+        train = generate_fewshot(splits["train"], cfg.shots, rng)
+    if not splits["val"]:
+        return train, []
+    if "val" in index:
+        return train, select_indexed(splits["val"], index["val"], "val")
+    return train, generate_fewshot(splits["val"], min(cfg.shots, 4), rng)
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -174,9 +279,7 @@ def build_few_shot(cfg: FewShotConfig, *, seed: int = 1) -> CLScenario:
         raise ValueError(
             f"few-shot dataset {cfg.dataset!r} has no train split (a test-only set: use it in scenario.eval_datasets)"
         )
-    rng = random.Random(seed)
-    train = generate_fewshot(splits["train"], cfg.shots, rng)
-    val = generate_fewshot(splits["val"], min(cfg.shots, 4), rng) if splits["val"] else []
+    train, val = _fewshot_sets(cfg, splits, seed)
     test = splits["test"]
     parts = {"train": train, "valid": val}
     if cfg.setting == "all":
