@@ -70,3 +70,41 @@ def test_image_folder_reads_class_folders_as_the_reference_reads_cub(tmp_path):
     assert Counter(_labels(bench.train_stream[0])) == {0: 2, 1: 3}
     assert Counter(_labels(bench.test_stream[0])) == {2: 1, 3: 2}
     assert benchmark_info(bench).stream_classnames["test"] == ("003.Blackbird", "004.Bobolink")
+
+
+def _make_sop(base, reference_layout=False):
+    """A tiny Stanford Online Products: classes 11 and 3 in Ebay_train.txt, 7 and 20 in Ebay_test.txt."""
+    split_dir, image_dir = (base / "Info_Files", base / "images") if reference_layout else (base, base)
+    rows = {"train": [(11, "bicycle_final/11_0.JPG"), (3, "chair_final/3_0.JPG"), (11, "bicycle_final/11_1.JPG"),
+                      (3, "chair_final/3_1.JPG"), (3, "chair_final/3_2.JPG")],
+            "test": [(20, "mug_final/20_0.JPG"), (7, "sofa_final/7_0.JPG"), (7, "sofa_final/7_1.JPG")]}  # fmt: skip
+    split_dir.mkdir(parents=True, exist_ok=True)
+    for split, items in rows.items():
+        lines = ["image_id class_id super_class_id path"]
+        lines += [f"{i + 1} {c} {c % 5 + 1} {path}" for i, (c, path) in enumerate(items)]
+        (split_dir / f"Ebay_{split}.txt").write_text("\n".join(lines) + "\n")
+        for i, (_, path) in enumerate(items):
+            save_rgb(image_dir / path, colour=(10 * i, 20, 30))
+
+
+@pytest.mark.parametrize("reference_layout", [False, True])
+def test_sop_follows_the_official_split_files(tmp_path, reference_layout):
+    """SOP: the Ebay_train classes (class-id order) train, the Ebay_test classes are the unseen test set."""
+    _make_sop(tmp_path / "Stanford_Online_Products", reference_layout)
+    bench = _build(dataset="sop", root=str(tmp_path), img_size=8)
+    assert Counter(_labels(bench.train_stream[0])) == {0: 3, 1: 2}  # class 3 -> 0, class 11 -> 1
+    assert Counter(_labels(bench.test_stream[0])) == {2: 2, 3: 1}  # class 7 -> 2, class 20 -> 3
+    info = benchmark_info(bench)
+    assert info.classnames == ("3", "11", "7", "20") and info.task_classes == ((0, 1),)
+    x, y, *_ = bench.test_stream[0].dataset[0]
+    assert tuple(x.shape) == (3, 8, 8) and y >= 2
+    with pytest.raises(ValueError, match="train_classes"):
+        _build(dataset="sop", root=str(tmp_path), train_classes=1)
+
+
+def test_sop_missing_folder_or_split_file_names_the_layout(tmp_path):
+    with pytest.raises(FileNotFoundError, match="Ebay_train.txt and Ebay_test.txt"):
+        _build(dataset="sop", root=str(tmp_path))
+    (tmp_path / "Stanford_Online_Products").mkdir()
+    with pytest.raises(FileNotFoundError, match="Ebay_train.txt missing"):
+        _build(dataset="sop", root=str(tmp_path))
