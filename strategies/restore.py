@@ -3,8 +3,8 @@ for Vision-Language Prompt Learning", arXiv 2403.06136). Official code: Yaphabat
 ``trainers/maple_fsa.py`` (trainer ``MaPLe_FSA``), ``train.py``, ``run_maple_fsa.sh`` (MIT, (c) 2024 Yaphabates;
 behaviour read, re-implemented, no code copied). Spec: ``clip-prompt-learners.md`` sections 17 and 23.2.
 
-Model: MaPLe's coupled prompts (the core's ``context_init`` and ``MaPLeCoupling``, as ``maple``'s model; methods do
-not import each other) plus a text and a visual **feature calibrator**
+Model: MaPLe's compound prompts (the core's ``CompoundPromptedCLIP``, as ``maple``'s and ``coprompt``'s models;
+methods do not import each other) plus a text and a visual **feature calibrator**
 ``Cal(x) = x + FFN(LN(x))`` (``FFN = Linear(E -> 4E) -> QuickGELU -> Linear(4E -> E)``), mixed as
 ``r * Cal(x) + (1 - r) * x`` before the cosine logits. Loss: ``CE + fs_loss_r * sum_i (|T_i^T T_i|_F / |T_i^T
 T_i|_F(init) - |V_i^T V_i|_F / |V_i^T V_i|_F(init))^2`` over the deep prompts ``T_i`` and their coupled vision
@@ -46,11 +46,9 @@ import torch
 from torch import nn
 
 from ctta.clip_prompting.adapters import FeatureCalibrator, ResidualMix
-from ctta.clip_prompting.coupling import MaPLeCoupling
-from ctta.clip_prompting.model import PromptedCLIP
+from ctta.clip_prompting.compound import CompoundPromptedCLIP
 from ctta.clip_prompting.template import PromptLearnerConfig, PromptLearnerTemplate, init_generator
-from ctta.clip_prompting.text import context_init
-from ctta.clip_prompting.vision import encode_image, vision_width
+from ctta.clip_prompting.vision import encode_image
 from ctta.fields import ranged
 from ctta.registry import STRATEGIES
 
@@ -97,28 +95,16 @@ def _round_fp16_(module: nn.Module) -> None:
             p.copy_(p.half().to(p.dtype))
 
 
-class RESTOREModel(PromptedCLIP):
-    """MaPLe's prompts (``ctx``, ``deep_text``, ``coupling``: the core's ``MaPLeCoupling``, as ``maple``'s model) +
+class RESTOREModel(CompoundPromptedCLIP):
+    """MaPLe's prompts (``ctx``, ``deep_text``, ``coupling``: the core's ``CompoundPromptedCLIP``, as ``maple``'s
+    model; ``prompts()`` gives ``(ctx, [T_i], V_0, [V_i])``, ``V_i`` before the fp16 rounding of insertion) +
     ``text_adapter`` / ``visual_adapter`` (``ResidualMix`` over a ``FeatureCalibrator``, the reference's attribute
     names) whose ratios are fixed floats (``learn_ratios``: the parameters ``learned_ratios``). In training mode
     ``forward`` leaves the feature-shift regulariser in ``self.fs_reg``."""
 
-    context_is_the_prompt = False  # TPT tunes the deep and coupled prompts and the calibrators too
-
     def __init__(self, clip_model, tokenizer, classnames, cfg: RESTOREConfig = RESTOREConfig(), *, generator=None):
-        layout, ctx0 = context_init(clip_model, tokenizer, cfg.ctx_init, cfg.n_ctx, generator=generator)
-        super().__init__(
-            clip_model, tokenizer, classnames, layout, truncate=cfg.truncate, round_prompts=cfg.round_prompts
-        )
-        n_layers = min(len(clip_model.transformer.resblocks), len(clip_model.visual.transformer.resblocks))
-        if not 1 <= cfg.depth <= n_layers:
-            raise ValueError(f"depth must be in 1..{n_layers} (layers of the towers), got {cfg.depth}")
-        (n, d), dtype = ctx0.shape, self.text.cast_dtype
-        self.ctx = nn.Parameter(ctx0.to(dtype))
-        self.deep_text = nn.ParameterList(
-            nn.Parameter(torch.randn(n, d, generator=generator) * 0.02) for _ in range(cfg.depth - 1)
-        )
-        self.coupling = MaPLeCoupling(d, vision_width(clip_model), cfg.depth, generator=generator)
+        super().__init__(clip_model, tokenizer, classnames, n_ctx=cfg.n_ctx, ctx_init=cfg.ctx_init, depth=cfg.depth,
+                         truncate=cfg.truncate, round_prompts=cfg.round_prompts, generator=generator)  # fmt: skip
         dim = int(clip_model.text_projection.shape[-1])
         self.text_adapter = ResidualMix(FeatureCalibrator(dim, generator=generator), cfg.text_calib_r)
         self.visual_adapter = ResidualMix(FeatureCalibrator(dim, generator=generator), cfg.vis_calib_r)
@@ -144,12 +130,6 @@ class RESTOREModel(PromptedCLIP):
             return mix(x)
         r = self.learned_ratios[which].to(x.dtype)
         return r * mix.module(x) + (1 - r) * x
-
-    def prompts(self):
-        """``(ctx, [T_i], V_0, [V_i])``: MaPLe's coupled prompts (``V_i`` before the fp16 rounding of insertion)."""
-        deep = list(self.deep_text)
-        v0, vs = self.coupling(self.ctx, deep)
-        return self.ctx, deep, v0, vs
 
     @torch.no_grad()
     def current_shift(self) -> tuple[float, float]:

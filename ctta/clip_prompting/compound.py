@@ -5,7 +5,8 @@ Paper: MaPLe (Khattak et al., CVPR 2023, arXiv 2210.03117) eq. 5-6. Reference (b
 code copied): muzairkhattak/multimodal-prompt-learning@69bce21 ``trainers/maple.py:MultiModalPromptLearner``, and its
 copies in ShuvenduRoy/CoPrompt@a2a6c12 and Yaphabates/RESTORE_@4c64a17 (spec ``clip-prompt-learners.md`` 23.1-23.2).
 
-Shared with wave 2: MaPLe's ``MaPLeModel`` and CoPrompt are built on it; RESTORE may move onto it.
+Shared with wave 2: MaPLe's ``MaPLeModel``, CoPrompt's and RESTORE's models are built on it (subclasses add their
+modules after ``super().__init__``, so the RNG order and the state-dict keys stay those above).
 ``CompoundPromptedCLIP`` sets ``ctx`` ``(n, D)`` (the first ``n_ctx`` words of ``ctx_init``, the text keeping the whole
 phrase, or N(0, 0.02^2) without words), ``deep_text[i]`` ``(n, D)`` (N(0, 0.02^2)) and ``coupling``
 (``MaPLeCoupling``); ``prompts()`` returns
