@@ -3,10 +3,13 @@
 Every cell of the grid is one run (``ctta.runner.run.run``) into its own folder
 ``<out>/<method>/<dataset>/[<sweep values>/]seed<seed>`` (the layout of ``compose.default_out_dir`` under ``<out>``).
 A cell whose folder already holds a finished (or diverged) run with the same fingerprint (``run_fingerprint``: the
-resolved config minus output-only keys, the device type and the package versions) is skipped, so a killed
-comparison resumes where it stopped; any other cell runs with ``overwrite=true``. A cell that fails (its config
-does not load, its run raises) is recorded with status ``failed`` and its error (``error.txt`` in its folder holds
-the traceback); it stays in the CSV and in the table.
+resolved config minus output-only keys, the device type and the package versions; plus the data identity recorded
+in ``compare_cell.json``) is skipped, so a killed comparison resumes where it stopped; an unfinished cell of a
+resumable (online continual-learning) strategy whose checkpoints match continues with ``resume=true``; any other
+cell runs with ``overwrite=true``, with the reason printed when its folder held a run
+(``ctta.runner.compare_cells``). A cell that fails (its config does not load, its run raises) is recorded with
+status ``failed`` and its error (``error.txt`` in its folder holds the traceback); it stays in the CSV and in the
+table.
 
 Cells run in the current process (``jobs=1``), in ``jobs`` local worker processes (``jobs>1``; each worker's
 torch and OpenMP use ``threads`` threads, by default the CPUs divided by ``jobs``), or as Ray tasks
@@ -37,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-FINAL = ("finished", "diverged")  # statuses a rerun with the same fingerprint would reproduce
+from ctta.runner.compare_cells import DataIdentity, Plan, plan, record, run_overrides
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,10 @@ class Cell:
 
 @dataclass
 class CellResult:
-    """What a cell gave: ``status`` (finished, diverged, failed), ``action`` (ran, skipped) and its summary."""
+    """What a cell gave: ``status`` (finished, diverged, failed), ``action`` (ran, resumed, skipped), its summary.
+
+    ``note``: why a cell whose folder held something ran again, or from where it resumed.
+    """
 
     cell: Cell
     status: str
@@ -97,6 +103,7 @@ class CellResult:
     summary: dict[str, float] = field(default_factory=dict)
     error: str = ""
     seconds: float = 0.0
+    note: str = ""
 
 
 def method(spec: str | Mapping[str, Any]) -> Method:
@@ -183,42 +190,18 @@ def _file_dataset(path: str) -> str:
     return str(scenario.get("dataset") or "-") if isinstance(scenario, Mapping) else "-"
 
 
-def _run_overrides(overrides: Sequence[str], out_dir: str) -> list[str]:
-    """A cell's overrides as run: into its folder, replacing what is there, without a progress bar."""
-    return [*overrides, f"log.out_dir={out_dir}", "overwrite=true", "log.progress=false"]
-
-
-def finished_summary(cell: Cell) -> tuple[str, dict[str, float]] | None:
-    """``(status, summary)`` of the run already in the cell's folder if it is final and its fingerprint matches."""
-    import json
-
-    from ctta.runner.checkpoint import OUTPUT_ONLY_KEYS, _flatten, diff_fingerprints, run_fingerprint
-    from ctta.runner.config import load_config
-
-    path = Path(cell.out_dir) / "results.json"
-    if cell.error or not path.is_file():
-        return None
-    try:
-        done = json.loads(path.read_text())
-        cfg = load_config(cell.config, _run_overrides(cell.overrides, cell.out_dir))
-    except (ValueError, OSError):
-        return None
-    if done.get("status", "finished") not in FINAL or not isinstance(done.get("config"), dict):
-        return None
-    conf = {k: v for k, v in done["config"].items() if k not in OUTPUT_ONLY_KEYS}
-    recorded = _flatten(conf) | {"device_type": str(done.get("device", "")).split(":")[0]}
-    recorded |= _flatten(done.get("versions") or {}, "versions.")
-    if diff_fingerprints(recorded, run_fingerprint(cfg)):
-        return None
-    return done.get("status", "finished"), dict(done.get("summary") or {})
-
-
-def run_cell(config: str, overrides: Sequence[str], out_dir: str, threads: int | None = None) -> dict[str, Any]:
+def run_cell(config: str, overrides: Sequence[str], out_dir: str, threads: int | None = None,
+             resume: bool = False) -> dict[str, Any]:  # fmt: skip
     """Run one cell (in this process) as ``ctta run config overrides log.out_dir=out_dir overwrite=true``.
 
+    With ``resume`` it first tries ``resume=true`` (the runner restores the matching checkpoint with the most
+    progress); when the runner refuses (no checkpoint matches the full fingerprint, data included; none readable)
+    the cell runs afresh with ``overwrite=true``.
+
     Returns:
-        ``{"status", "summary", "error", "seconds"}``; an exception becomes ``status="failed"`` (traceback in
-        ``out_dir/error.txt``), a diverged run ``status="diverged"`` with its results.json summary.
+        ``{"status", "summary", "error", "seconds", "resumed_from", "note"}``; an exception becomes
+        ``status="failed"`` (traceback in ``out_dir/error.txt``), a diverged run ``status="diverged"`` with its
+        results.json summary; ``resumed_from`` is the stream samples the resumed checkpoint had done (0: not resumed).
     """
     import json
 
@@ -229,13 +212,11 @@ def run_cell(config: str, overrides: Sequence[str], out_dir: str, threads: int |
     t0 = time.perf_counter()
     err = Path(out_dir) / "error.txt"
     err.unlink(missing_ok=True)
+    info = {"resumed_from": 0, "note": ""}
     try:
-        from ctta.runner.config import load_config
-        from ctta.runner.run import run
-
-        res = run(load_config(config, _run_overrides(overrides, out_dir)), verbose=False)
+        res = _run_cell(config, overrides, out_dir, resume, info)
         return {"status": "finished", "summary": dict(res["summary"]), "error": "",
-                "seconds": time.perf_counter() - t0}  # fmt: skip
+                "seconds": time.perf_counter() - t0, **info}  # fmt: skip
     except Exception as e:  # noqa: BLE001 - every failure is a result of the comparison
         diverged = type(e).__name__ == "DivergenceError"
         summary = json.loads((Path(out_dir) / "results.json").read_text())["summary"] if diverged else {}
@@ -244,9 +225,26 @@ def run_cell(config: str, overrides: Sequence[str], out_dir: str, threads: int |
             err.write_text(traceback.format_exc())
         error = f"{type(e).__name__}: {' '.join(str(e).split())}"
         return {"status": "diverged" if diverged else "failed", "summary": summary, "error": error,
-                "seconds": time.perf_counter() - t0}  # fmt: skip
+                "seconds": time.perf_counter() - t0, **info}  # fmt: skip
     finally:
         torch.set_num_threads(before)
+
+
+def _run_cell(config: str, overrides: Sequence[str], out_dir: str, resume: bool, info: dict) -> dict[str, Any]:
+    """``run_cell``'s run: resumed if asked and the runner accepts, else afresh; ``info`` says which."""
+    from ctta.runner.config import load_config
+    from ctta.runner.outdir import RunError
+    from ctta.runner.run import execute, prepare
+
+    if resume:
+        try:
+            ctx = prepare(load_config(config, run_overrides(overrides, out_dir, resume=True)))
+        except RunError as e:  # refused before anything ran (the folder is as it was): start afresh
+            info["note"] = f"not resumed: {' '.join(str(e).split())[:300]}"
+        else:
+            info["resumed_from"] = int(ctx.strategy.seen_samples)
+            return execute(ctx, verbose=False)
+    return execute(prepare(load_config(config, run_overrides(overrides, out_dir))), verbose=False)
 
 
 def _init_worker(threads: int) -> None:
@@ -258,9 +256,10 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _dispatch(cells: list[Cell], jobs: int, threads: int, backend: str, ray_address: str | None):
-    """Yield ``(cell, result dict)`` as cells finish, on the chosen backend."""
-    args = [(c.config, c.overrides, c.out_dir) for c in cells]
+def _dispatch(cells: list[Cell], jobs: int, threads: int, backend: str, ray_address: str | None,
+              resume: frozenset[Cell] = frozenset()):  # fmt: skip
+    """Yield ``(cell, result dict)`` as cells finish, on the chosen backend (``resume``: cells to resume)."""
+    args = [(c.config, c.overrides, c.out_dir, c in resume) for c in cells]
     if not cells:
         return
     if backend == "ray":
@@ -268,13 +267,13 @@ def _dispatch(cells: list[Cell], jobs: int, threads: int, backend: str, ray_addr
         return
     if jobs <= 1:
         for c, a in zip(cells, args):
-            yield c, run_cell(*a, threads=threads)
+            yield c, run_cell(*a[:3], threads=threads, resume=a[3])
         return
     import multiprocessing as mp
 
     with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_init_worker,
                              initargs=(threads,)) as pool:  # fmt: skip
-        futures = {pool.submit(run_cell, *a): c for c, a in zip(cells, args)}
+        futures = {pool.submit(run_cell, *a[:3], resume=a[3]): c for c, a in zip(cells, args)}
         try:
             for f in as_completed(futures):
                 yield futures[f], f.result()
@@ -299,7 +298,7 @@ def _ray_results(cells: list[Cell], args: list[tuple], jobs: int, threads: int, 
         ray.init(address=address, include_dashboard=False, log_to_driver=False, **local)
     env = {"env_vars": {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}}
     task = ray.remote(num_cpus=threads, runtime_env=env)(run_cell)
-    refs = {task.remote(*a, threads=threads): c for c, a in zip(cells, args)}
+    refs = {task.remote(*a[:3], threads=threads, resume=a[3]): c for c, a in zip(cells, args)}
     pending = list(refs)
     try:
         while pending:
@@ -346,16 +345,23 @@ def compare(grid: Grid, out: str | Path = "runs/compare", jobs: int = 1, threads
     jobs = max(1, int(jobs))
     threads = int(threads or max(1, (os.cpu_count() or 1) // jobs))
     cells = expand(grid, out)
-    results = {c: _known(c) for c in cells}
-    todo = [c for c, r in results.items() if r is None]
     say = print if verbose else (lambda *a, **k: None)
+    t0, data = time.perf_counter(), DataIdentity()
+    plans = {c: plan(c, data) for c in cells if not c.error}
+    results = {c: _known(c, plans.get(c)) for c in cells}
+    todo = [c for c, r in results.items() if r is None]
+    resume = frozenset(c for c in todo if plans[c].action == "resume")
     bad = sum(bool(c.error) for c in cells)
     say(f"ctta compare: {len(cells)} cells, {len(cells) - len(todo) - bad} finished earlier, {bad} with config errors; "
-        f"running {len(todo)} ({jobs} at once, {threads} thread(s) each, {backend})")  # fmt: skip
-    for c in (c for c in cells if c.error):
-        say(f"  {_describe(results[c])}")
-    for i, (cell, res) in enumerate(_dispatch(todo, jobs, threads, backend, ray_address), 1):
-        results[cell] = CellResult(cell, res["status"], "ran", res["summary"], res["error"], res["seconds"])
+        f"running {len(todo)}, {len(resume)} of them resumed ({jobs} at once, {threads} thread(s) each, {backend}); "
+        f"data identity of {len(data.cache)} folder(s) in {time.perf_counter() - t0:.1f}s")  # fmt: skip
+    for c in cells:
+        if c.error or (c in todo and plans[c].why):
+            say(f"  {_describe(results[c])}" if c.error else f"  {_name(c)}: runs again ({plans[c].why})")
+        if c in todo:
+            record(c.out_dir, plans[c].data)
+    for i, (cell, res) in enumerate(_dispatch(todo, jobs, threads, backend, ray_address, resume), 1):
+        results[cell] = _ran(cell, res, plans[cell])
         say(f"[{i}/{len(todo)}] {_describe(results[cell])}")
     done = [results[c] for c in cells]
     files, table = write_outputs(out, done)
@@ -364,21 +370,32 @@ def compare(grid: Grid, out: str | Path = "runs/compare", jobs: int = 1, threads
     return Comparison(out, done, files, table)
 
 
-def _known(cell: Cell) -> CellResult | None:
+def _known(cell: Cell, p: Plan | None) -> CellResult | None:
     """The cell's result without running it: failed (its config does not load) or finished earlier; else None."""
     if cell.error:
         return CellResult(cell, "failed", "skipped", error=cell.error)
-    found = finished_summary(cell)
-    return None if found is None else CellResult(cell, found[0], "skipped", found[1])
+    return CellResult(cell, p.status, "skipped", p.summary) if p is not None and p.action == "skip" else None
+
+
+def _ran(cell: Cell, res: dict[str, Any], p: Plan) -> CellResult:
+    """A ``CellResult`` from ``run_cell``'s dict: ``resumed`` when it continued from a checkpoint."""
+    resumed = int(res.get("resumed_from") or 0)
+    note = f"resumed at {resumed} stream samples" if resumed else res.get("note") or p.why
+    return CellResult(cell, res["status"], "resumed" if resumed else "ran", res["summary"], res["error"],
+                      res["seconds"], note)  # fmt: skip
+
+
+def _name(c: Cell) -> str:
+    return " ".join(x for x in (c.method, c.dataset, c.variant, f"seed{c.seed}") if x)
 
 
 def _describe(r: CellResult) -> str:
-    c = r.cell
-    name = " ".join(x for x in (c.method, c.dataset, c.variant, f"seed{c.seed}") if x)
+    shown = r.action == "resumed" or r.note.startswith("not resumed")  # the other notes were said before the run
+    name, note = _name(r.cell), f"; {r.note}" if shown else ""
     if r.status == "failed":
         return f"{name}: failed ({r.error})"
     metrics = ", ".join(f"{k}={100 * v:.2f}" for k, v in r.summary.items() if v is not None)
-    return f"{name}: {r.status} {metrics} ({r.seconds:.1f}s)"
+    return f"{name}: {r.status} {metrics} ({r.seconds:.1f}s{note})"
 
 
 def _split_values(raw: str) -> list[str]:

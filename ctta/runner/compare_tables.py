@@ -1,7 +1,8 @@
 """The outputs of ``ctta compare``: a tidy CSV of every cell, mean +/- std tables (Markdown, LaTeX, terminal).
 
-``cells.csv`` has one row per cell (method, dataset, variant, seed, status, action, seconds, out_dir, error) and
-one column per summary metric. The tables have one row per method (and sweep variant) and one column per dataset
+``cells.csv`` has one row per cell (method, dataset, variant, seed, status, action (ran, resumed, skipped),
+seconds, out_dir, error, note (why a cell ran again, where it resumed)) and one column per summary metric.
+The tables have one row per method (and sweep variant) and one column per dataset
 and metric: the mean over the seeds that finished +/- their sample standard deviation (``ddof=1``; none with one
 seed), in % (summary metrics are fractions), with ``(k/n)`` when only k of the n seeds finished and ``failed
 (n/n)`` when none did; failed cells are listed under the table with their errors. The best mean of each column is
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-BASE_COLUMNS = ("method", "dataset", "variant", "seed", "status", "action", "seconds", "out_dir", "error")
+BASE_COLUMNS = ("method", "dataset", "variant", "seed", "status", "action", "seconds", "out_dir", "error", "note")
 
 
 def lower_is_better(metric: str) -> bool:
@@ -34,7 +35,7 @@ def cell_rows(results: Sequence[Any]) -> list[dict[str, Any]]:
         c = r.cell
         rows.append({"method": c.method, "dataset": c.dataset, "variant": c.variant, "seed": c.seed,
                      "status": r.status, "action": r.action, "seconds": round(r.seconds, 2), "out_dir": c.out_dir,
-                     "error": r.error, **r.summary})  # fmt: skip
+                     "error": r.error, "note": r.note, **r.summary})  # fmt: skip
     return rows
 
 
