@@ -98,3 +98,15 @@ def test_bundled_digits_cannot_be_indexed(tmp_path):
     cfg = FewShotConfig(dataset="digits", shots=2, img_size=8, fewshot_index=str(tmp_path / "i.json"))
     with pytest.raises(ValueError, match="1 of 1 train entries not found"):
         build_few_shot(cfg, seed=1)
+
+
+@pytest.mark.parametrize("kind", ["proapo", "proapo_ato"])
+def test_proapo_configs_read_the_index_folders(kind):
+    from pathlib import Path
+
+    from ctta.runner.config import load_config
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "fewshot" / f"{kind}.yaml"
+    for ds, folder in (("cars", "stanford_cars"), ("eurosat", "euro_sat"), ("flower102", "flo")):
+        scenario = load_config(path, [f"scenario.dataset={ds}"]).scenario.params
+        assert scenario.fewshot_index == f"data/proapo/{folder}/fewshot_dataset"
