@@ -14,10 +14,12 @@ sample`` = 16 sampled descriptions per class (``description_sample``). The fitne
 ``weights`` (stage 1) and ``specific_weights`` (stage 2), or accuracy only (``black_box``); ``official: <dataset>``
 reads the reference's per-dataset overrides (``data/official_settings.json``, for ``backbone`` and ``shots``).
 
-Protocols: few-shot benchmarks (1 shot per the paper): the search runs on the train experience, the texts found
-classify every test stream (new classes get the best template set); class-incremental: one search per experience
-over the classes seen so far, scored on the cached features of every seen experience (``feature_memory``);
-test-time benchmarks (no train stream): no search, the baseline template (nothing to score on).
+Protocols: few-shot benchmarks (1 shot per the paper): the search runs on the train experience (the reference's
+few-shot index files ``fewshot_dataset/seed_<s>_num_shots_<k>.json`` are read by the few_shot scenario's
+``fewshot_index``, which ``configs/fewshot/proapo*.yaml`` set), the texts found classify every test stream (new
+classes get the best template set); class-incremental: one search per experience over the classes seen so far,
+scored on the cached features of every seen experience (``feature_memory``); test-time benchmarks (no train
+stream): no search, the baseline template (nothing to score on).
 
 Deviations: one seeded ``random.Random`` (``init_seed``; the reference mixes Python and NumPy global RNGs); the
 pool is de-duplicated; the reference's ``threshold_worst_decrease`` / ``num_max_prompt`` pool filters, its template
