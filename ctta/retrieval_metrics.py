@@ -28,13 +28,19 @@ from ctta.metrics import SummaryMetric
 __all__ = ["neighbours", "recall_at_k", "map_at_r", "nmi", "retrieval_scores", "RetrievalMetrics"]
 
 
-def neighbours(emb: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices ``(N, k)`` of each sample's ``k`` most cosine-similar other samples, nearest first."""
+def neighbours(emb: torch.Tensor, k: int, chunk: int = 4096) -> torch.Tensor:
+    """Indices ``(N, k)`` of each sample's ``k`` most cosine-similar other samples, nearest first (``chunk`` queries
+    at a time: SOP's 60,502 test images would need an N x N matrix; up to ``chunk`` samples it is one matrix
+    product, as before; across chunks the products may round differently in the last bit)."""
     e = F.normalize(emb.float(), dim=-1)
-    sim = e @ e.T
-    sim.fill_diagonal_(float("-inf"))  # a query never retrieves itself
-    # a stable sort, not topk: equal similarities keep index order (topk orders ties arbitrarily)
-    return sim.sort(dim=-1, descending=True, stable=True).indices[:, : min(k, len(e) - 1)]
+    out = []
+    for start in range(0, len(e), chunk):
+        sim = e[start : start + chunk] @ e.T  # (chunk, N)
+        rows = torch.arange(len(sim))
+        sim[rows, rows + start] = float("-inf")  # a query never retrieves itself
+        # a stable sort, not topk: equal similarities keep index order (topk orders ties arbitrarily)
+        out.append(sim.sort(dim=-1, descending=True, stable=True).indices[:, : min(k, len(e) - 1)])
+    return torch.cat(out)
 
 
 def recall_at_k(emb: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 2, 4, 8)) -> dict[int, float]:

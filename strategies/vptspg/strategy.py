@@ -85,9 +85,12 @@ class VPTSPGConfig:
     batch_size: int = ranged(64, ge=1)  # P x k
     eval_batch_size: int = ranged(128, ge=1)
     num_workers: int = ranged(0, ge=0)
+    recall_ks: tuple[int, ...] = (1, 2, 4, 8)  # Recall@K reported (SOP's convention: 1, 10, 100, 1000)
     memory_bank: str | bool = "auto"  # class prompts in a CPU bank: auto (>= 1000 classes) | true | false
 
     def __post_init__(self) -> None:
+        if not self.recall_ks or min(self.recall_ks) < 1:
+            raise ValueError(f"recall_ks must be positive ranks, got {self.recall_ks!r}")
         if self.memory_bank not in ("auto", True, False):
             raise ValueError(f"memory_bank must be auto, true or false, got {self.memory_bank!r}")
         if self.batch_size % self.samples_per_class:
@@ -121,7 +124,7 @@ class VPTSPG(EpochTemplate):
 
     @classmethod
     def extra_metrics(cls, cfg) -> tuple:
-        return (RetrievalMetrics(),)
+        return (RetrievalMetrics(cfg.recall_ks),)
 
     def prepare_backbone(self, model: nn.Module) -> nn.Module:
         return model if isinstance(model, PromptedViT) else PromptedViT(model)
