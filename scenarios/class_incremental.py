@@ -22,6 +22,10 @@ Input pipeline options (defaults keep the images as before: [0, 1] tensors, no n
   applied to the digits tensors too; or ``damvp`` (DAM-VP's pipeline, which TCPA's official scripts use too:
   ``ctta.data.transfer_datasets.damvp_transforms`` without its normalisation: train ``Resize(256 S / 224)`` ->
   ``RandomCrop(S)`` -> ``RandomHorizontalFlip``, test ``Resize(256 S / 224)`` -> ``CenterCrop(S)``).
+* ``autoaugment`` (default off): torchvision's ``AutoAugment`` with the ImageNet policy on the train images only,
+  after the resize / crop / flip steps and before the conversion to a tensor, as TCPA's official Stanford Cars
+  pipeline (zhoujiahuan1991/ICML2025-TCPA @ dce8b3a ``data_utils/transforms.py``: ``AutoAugImageNetPolicy`` after
+  ``RandomHorizontalFlip``). Tensor images (the digits, ``transform: default``) go through it as uint8 and back.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ class ClassIncrementalConfig:
     skip_bad_images: bool = False  # folder datasets: leave unreadable images out (one warning) instead of stopping
     normalize: str = "none"  # none | imagenet | inception (mean/std 0.5) | clip (module docstring)
     transform: str = "default"  # default (resize + centre crop) | promptcam | damvp (official pipelines, docstring)
+    autoaugment: bool = False  # AutoAugment (ImageNet policy) on the train images (TCPA's Stanford Cars, docstring)
 
 
 #: ``normalize`` choices: (mean, std), or None for images left in [0, 1]
@@ -135,10 +140,22 @@ class _Transformed(Dataset):
         return self.transform(x), y
 
 
-def image_transforms(img_size: int, normalize: str = "none", transform: str = "default", bundled: bool = False):
+def _autoaugmented(steps: list, pil: bool) -> list:
+    """``steps`` followed by AutoAugment (ImageNet policy): before their final ``ToTensor`` for PIL images, else on
+    the tensor as uint8 (AutoAugment's tensor ops need it) and back to float."""
+    from torchvision import transforms as T
+
+    aug = T.AutoAugment(T.AutoAugmentPolicy.IMAGENET)
+    if pil:
+        return [*steps[:-1], aug, steps[-1]]
+    return [*steps, T.ConvertImageDtype(torch.uint8), aug, T.ConvertImageDtype(torch.float32)]
+
+
+def image_transforms(img_size: int, normalize: str = "none", transform: str = "default", bundled: bool = False,
+                     autoaugment: bool = False):  # fmt: skip
     """``(train, test)`` transforms of the scenario's pipeline (module docstring); ``None`` leaves a split as it is
     (bundled tensors with ``transform=default`` and ``normalize=none``). File images come in as PIL images, bundled
-    ones as tensors at ``img_size``."""
+    ones as tensors at ``img_size``; ``autoaugment`` adds AutoAugment to the train transform."""
     from torchvision import transforms as T
 
     if normalize not in NORMALIZE:
@@ -155,21 +172,25 @@ def image_transforms(img_size: int, normalize: str = "none", transform: str = "d
         train, test = (list(damvp_transforms(s, img_size).transforms[:-2]) + to_tensor for s in ("train", "eval"))
     elif bundled:
         train, test = [], []
-    else:
+    elif not autoaugment:
         return (T.Compose([default_transform(img_size), *norm]),) * 2
+    else:  # resize / crop / to-tensor in one step: AutoAugment on its tensor
+        train, test = [default_transform(img_size)], [default_transform(img_size)]
+    if autoaugment:
+        train = _autoaugmented(train, pil=not bundled and transform != "default")
     mk = lambda steps: T.Compose(steps + norm) if steps + norm else None  # noqa: E731
     return mk(train), mk(test)
 
 
 def load_labelled(name: str, root: str, img_size: int, skip_bad_images: bool = False, normalize: str = "none",
-                  transform: str = "default"):  # fmt: skip
+                  transform: str = "default", autoaugment: bool = False):  # fmt: skip
     """``(train, test, classnames)`` of catalogue dataset ``name`` (kinds ``KINDS``) with tensor images, through
-    ``image_transforms(img_size, normalize, transform)``."""
+    ``image_transforms(img_size, normalize, transform, bundled, autoaugment)``."""
     entry = catalogue.entry(name, KINDS)
     extra = {"skip_bad_images": True} if skip_bad_images else {}  # ctta.data.folder.load_folder's option
     if extra and entry.loaders.get("cl") != "ctta.data.folder:load_folder":
         raise ValueError(f"scenario.skip_bad_images=true applies to folder datasets, not {name!r}")
-    tr_tf, te_tf = image_transforms(img_size, normalize, transform, entry.bundled)
+    tr_tf, te_tf = image_transforms(img_size, normalize, transform, entry.bundled, autoaugment)
     if "cl" in entry.loaders:
         if entry.bundled:
             train, test = entry.load("cl", root, img_size=img_size, train_transform=tr_tf, test_transform=te_tf)
@@ -185,7 +206,7 @@ def load_labelled(name: str, root: str, img_size: int, skip_bad_images: bool = F
 def build_class_incremental(cfg: ClassIncrementalConfig, *, seed: int = 0):
     """Class-incremental stream (one experience per class group) over a named catalogue dataset."""
     train, test, names = load_labelled(
-        cfg.dataset, cfg.root, cfg.img_size, cfg.skip_bad_images, cfg.normalize, cfg.transform
+        cfg.dataset, cfg.root, cfg.img_size, cfg.skip_bad_images, cfg.normalize, cfg.transform, cfg.autoaugment
     )
     groups = split_classes(
         len(names), cfg.n_experiences, cfg.classes_per_exp, cfg.class_order, cfg.shuffle_classes, seed

@@ -26,6 +26,11 @@ epochs (test-set model selection); ``reference_best_test_epoch: true`` evaluates
 epoch and adds that optimistic number to the run's summary as ``reference_best_test_epoch_top1`` (labelled; never the
 default, and it does not change training).
 
+Data pipeline (``data_utils/transforms.py``): DAM-VP's resize / crop / flip with ImageNet statistics
+(``scenario.transform: damvp``, ``normalize: imagenet``), plus AutoAugment (ImageNet policy) after the flip on the
+Stanford Cars train images (``scenario.autoaugment: true``, torchvision's ``AutoAugment`` for the reference's
+``AutoAugImageNetPolicy``); see ``configs/tcpa.yaml``.
+
 Deviations: no ADVP or simam (off in the official scripts); fp32 (the reference uses fp16 autocast on GPU).
 """
 
