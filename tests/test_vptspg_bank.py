@@ -112,3 +112,17 @@ def test_memory_bank_switch_and_auto_threshold():
     assert VPTSPGConfig().memory_bank == "auto"
     with pytest.raises(ValueError, match="memory_bank"):
         VPTSPGConfig(memory_bank="yes")
+
+
+def test_the_bank_travels_in_the_state_dict():
+    banked = _model(2)
+    opt = _optimizer(banked, "sgd")
+    _step(banked, opt, torch.randn(4, 3, 32, 32), [0, 0, 3, 3])
+    state = banked.state_dict()
+    assert "bank_store._extra_state" in state and "class_prompts" not in state
+    fresh = _model(2)
+    fresh.load_state_dict(state)
+    torch.testing.assert_close(fresh.bank.values, banked.bank.values, rtol=0, atol=0)
+    torch.testing.assert_close(fresh.bank.state["momentum_buffer"], banked.bank.state["momentum_buffer"])
+    assert fresh.bank.seen.tolist() == [1, 0, 0, 1, 0] and fresh.bank.hparams == banked.bank.hparams
+    assert "bank_store._extra_state" not in _model(None).state_dict()  # resident models' state_dict unchanged

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["PromptBank", "STATE_KEYS"]
+__all__ = ["PromptBank", "BankState", "STATE_KEYS"]
 
 STATE_KEYS = {"SGD": ("momentum_buffer",), "AdamW": ("exp_avg", "exp_avg_sq")}
 
@@ -146,3 +146,22 @@ class PromptBank:
             rows[:, idx] = p
             for k, v in st.items():
                 state[k][:, idx] = v
+
+
+class BankState(nn.Module):
+    """Carries a ``PromptBank`` in its module's ``state_dict`` (``_extra_state``: store, per-class state, steps), so
+    checkpoints keep the class prompts; nothing here moves with ``.to(device)``."""
+
+    def __init__(self, bank: PromptBank) -> None:
+        super().__init__()
+        self.bank = bank
+
+    def get_extra_state(self) -> dict:
+        b = self.bank
+        return {"values": b.values, "state": dict(b.state), "seen": b.seen, "hparams": list(b.hparams)}
+
+    def set_extra_state(self, state: dict) -> None:
+        b = self.bank
+        b.values = state["values"].detach().cpu().clone()
+        b.state = {k: v.detach().cpu().clone() for k, v in state["state"].items()}
+        b.seen, b.hparams, b.classes = state["seen"].clone(), list(state["hparams"]), None

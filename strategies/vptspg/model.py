@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from ctta.strategies.vptspg.bank import PromptBank
+from ctta.strategies.vptspg.bank import BankState, PromptBank
 from ctta.strategies.vptspg.parts import ProxyGRUCell
 from torch import nn
 
@@ -96,6 +96,7 @@ class VPTSPGModel(nn.Module):
             self.class_prompts = nn.Parameter(class_prompts)  # (depth, C, n, D)
         else:
             self.class_prompt_buffer = nn.Parameter(torch.zeros(class_depth, bank_rows, n_class_prompts, d))
+            self.bank_store = BankState(self.bank)  # the bank in the state_dict (checkpoints)
 
     def _backbone_biases(self):
         params = dict(self.backbone.named_parameters())
