@@ -13,6 +13,9 @@ gradients (momentum, weight decay). Here a class coming back is first brought fo
 missed, with a zero gradient and the learning rate of each missed step (the same tensor operations as torch's SGD /
 AdamW), so that its prompts and state equal those of resident training. Cost: one small update per missed step on the
 batch's rows (on the device), about ``C / P`` steps per batch on average.
+
+Limits: one optimizer per bank (a new optimizer, e.g. for a second training experience, would still be handed the
+bank's state); a step that an fp16 GradScaler skips is counted as taken; plain SGD momentum and AdamW only.
 """
 
 from __future__ import annotations
