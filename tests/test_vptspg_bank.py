@@ -126,3 +126,34 @@ def test_the_bank_travels_in_the_state_dict():
     torch.testing.assert_close(fresh.bank.state["momentum_buffer"], banked.bank.state["momentum_buffer"])
     assert fresh.bank.seen.tolist() == [1, 0, 0, 1, 0] and fresh.bank.hparams == banked.bank.hparams
     assert "bank_store._extra_state" not in _model(None).state_dict()  # resident models' state_dict unchanged
+
+
+def _train_strategy(memory_bank):
+    """The vptspg strategy trained one epoch on digits 0-4 (batches of 2 classes x 2) with the bank on or off."""
+    import warnings
+
+    from avalanche.training.plugins import EvaluationPlugin
+    from ctta.scenarios.retrieval import retrieval_benchmark
+    from ctta.strategies.vptspg import VPTSPG
+
+    from ctta.data.digits import TensorImageDataset, load_digits
+
+    train, _ = load_digits(img_size=32)
+    bench = retrieval_benchmark(TensorImageDataset(train.images[:80], train.targets[:80], train.classes))
+    torch.manual_seed(0)
+    cfg = VPTSPGConfig(embed_dim=8, n_prompts=1, n_class_prompts=1, epochs=1, batch_size=4, memory_bank=memory_bank)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        strategy = VPTSPG.from_config(cfg, backbone=tiny_vit(), benchmark=bench, device="cpu",
+                                      evaluator=EvaluationPlugin(loggers=[]))  # fmt: skip
+    strategy.train(bench.train_stream[0])
+    return strategy
+
+
+def test_the_strategy_swaps_around_each_update_and_trains_as_resident():
+    resident, banked = _train_strategy(False), _train_strategy(True)
+    assert resident.model.bank is None and banked.model.bank is not None
+    assert banked.model.bank.steps == 80 // 2 // 4  # one deposit per update (40 training images, batches of 4)
+    values, _ = banked.model.bank.resident(banked.model.class_prompt_buffer, banked.optimizer)
+    torch.testing.assert_close(values, resident.model.class_prompts.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(banked.model.proxy_bias, resident.model.proxy_bias, rtol=1e-5, atol=1e-6)
