@@ -51,10 +51,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ctta.clip_prompting.coupling import MaPLeCoupling
+from ctta.clip_prompting.compound import deep_and_coupling
 from ctta.clip_prompting.model import PromptedCLIP
 from ctta.clip_prompting.template import PromptLearnerConfig, PromptLearnerTemplate, init_generator
-from ctta.clip_prompting.vision import encode_image, vision_width
+from ctta.clip_prompting.vision import encode_image
 from ctta.fields import ranged
 from ctta.registry import STRATEGIES
 
@@ -125,13 +125,7 @@ class ATPModel(PromptedCLIP):
         self.ctx = nn.Parameter(torch.randn(cfg.n_ctx, d, generator=generator) * 0.02)
         self.depth = depth
         if depth:
-            n_layers = min(len(clip_model.transformer.resblocks), len(clip_model.visual.transformer.resblocks))
-            if not 1 <= depth <= n_layers:
-                raise ValueError(f"depth must be in 1..{n_layers} (layers of the towers), got {depth}")
-            self.deep_text = nn.ParameterList(
-                nn.Parameter(torch.randn(cfg.n_ctx, d, generator=generator) * 0.02) for _ in range(depth - 1)
-            )
-            self.coupling = MaPLeCoupling(d, vision_width(clip_model), depth, generator=generator)
+            self.deep_text, self.coupling = deep_and_coupling(clip_model, cfg.n_ctx, d, depth, generator=generator)
 
     def soft_tokens(self) -> torch.Tensor:
         return torch.cat([*self.att, self.ctx])  # (n_soft, D) in layout order

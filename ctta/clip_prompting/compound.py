@@ -10,7 +10,8 @@ modules after ``super().__init__``, so the RNG order and the state-dict keys sta
 ``CompoundPromptedCLIP`` sets ``ctx`` ``(n, D)`` (the first ``n_ctx`` words of ``ctx_init``, the text keeping the whole
 phrase, or N(0, 0.02^2) without words), ``deep_text[i]`` ``(n, D)`` (N(0, 0.02^2)) and ``coupling``
 (``MaPLeCoupling``); ``prompts()`` returns
-``(ctx, [P_i], V_0, [V_i])``. The depth J must fit both towers.
+``(ctx, [P_i], V_0, [V_i])``. The depth J must fit both towers. ``deep_and_coupling`` draws the deep prompts and
+couplings alone (MaPLe+ATP, whose context is not ``context_init``'s).
 
 Deviations: none beyond MaPLe's (see ``ctta.strategies.maple``).
 """
@@ -25,7 +26,23 @@ from ctta.clip_prompting.model import PromptedCLIP
 from ctta.clip_prompting.text import context_init
 from ctta.clip_prompting.vision import vision_width
 
-__all__ = ["CompoundPromptedCLIP"]
+__all__ = ["CompoundPromptedCLIP", "deep_and_coupling"]
+
+
+def deep_and_coupling(
+    clip_model: nn.Module, n: int, d: int, depth: int, *, generator: torch.Generator | None = None
+) -> tuple[nn.ParameterList, MaPLeCoupling]:
+    """MaPLe's J-1 deep text prompts ``(n, d)`` (N(0, 0.02^2)) and then its coupling maps, drawn in this order from
+    ``generator`` (None: the global RNG). Also used by MaPLe+ATP, whose text layout differs.
+
+    Raises:
+        ValueError: unless ``1 <= depth <=`` the layers of the shallower tower (J must fit both).
+    """
+    n_layers = min(len(clip_model.transformer.resblocks), len(clip_model.visual.transformer.resblocks))
+    if not 1 <= depth <= n_layers:
+        raise ValueError(f"depth must be in 1..{n_layers} (layers of the towers), got {depth}")
+    deep = nn.ParameterList(nn.Parameter(torch.randn(n, d, generator=generator) * 0.02) for _ in range(depth - 1))
+    return deep, MaPLeCoupling(d, vision_width(clip_model), depth, generator=generator)
 
 
 class CompoundPromptedCLIP(PromptedCLIP):
@@ -48,15 +65,8 @@ class CompoundPromptedCLIP(PromptedCLIP):
     ) -> None:  # fmt: skip
         layout, ctx0 = context_init(clip_model, tokenizer, ctx_init, n_ctx, generator=generator)
         super().__init__(clip_model, tokenizer, classnames, layout, truncate=truncate, round_prompts=round_prompts)
-        n_layers = min(len(clip_model.transformer.resblocks), len(clip_model.visual.transformer.resblocks))
-        if not 1 <= depth <= n_layers:
-            raise ValueError(f"depth must be in 1..{n_layers} (layers of the towers), got {depth}")
-        n, d = ctx0.shape
         self.ctx = nn.Parameter(ctx0.to(self.text.cast_dtype))
-        self.deep_text = nn.ParameterList(
-            nn.Parameter(torch.randn(n, d, generator=generator) * 0.02) for _ in range(depth - 1)
-        )
-        self.coupling = MaPLeCoupling(d, vision_width(clip_model), depth, generator=generator)
+        self.deep_text, self.coupling = deep_and_coupling(clip_model, *ctx0.shape, depth, generator=generator)
 
     def prompts(self):
         """``(ctx, [P_i], V_0, [V_i])``."""
