@@ -109,6 +109,9 @@ class ReplayLog:
 
     Args:
         path: the log file (created on the first append); ``None`` keeps records in memory only.
+
+    Raises:
+        ValueError: ``path`` is a folder.
     """
 
     def __init__(self, path: str | Path | None):
@@ -116,6 +119,8 @@ class ReplayLog:
         self.records: dict[tuple[str, int], dict] = {}
         self._cut_to: int | None = None  # byte offset of a partial last line (cut off before appending)
         self._needs_newline = False  # the last record's newline was never written
+        if self.path is not None and self.path.is_dir():
+            raise ValueError(f"replay log {self.path} is a folder: pass a JSONL log file (e.g. {self.path}/run.jsonl)")
         if self.path is not None and self.path.exists():
             self._read()
 
