@@ -113,6 +113,22 @@ def test_changed_data_folder_reruns_unchanged_skips_unrecorded_says_why(tmp_path
     assert "vpt_digits folder seed1: runs again (data identity not recorded)" in capsys.readouterr().out
 
 
+def test_a_cell_killed_before_its_turn_keeps_its_old_data_identity(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    _images(data)
+    ovr = ["device=cpu", "log.plot=false", "scenario.dataset=folder", f"scenario.root={data}", "strategy.batch_size=2"]
+    grid = make_grid([VPT], seeds=[1, 2], overrides=ovr)
+    compare(grid, tmp_path / "cmp", threads=1, verbose=False)
+    save_rgb(data / "test" / "cat" / "3.png", (9, 9, 9), (8, 8))
+    _killing(monkeypatch, after_batches=1)
+    with pytest.raises(KeyboardInterrupt):  # killed inside seed 1: seed 2 (finished on the old data) never started
+        compare(grid, tmp_path / "cmp", threads=1, verbose=False)
+    monkeypatch.undo()
+    first, second = (plan(c, DataIdentity()) for c in expand(grid, tmp_path / "cmp"))
+    assert (first.action, first.why) == ("run", "unfinished")
+    assert (second.action, second.why) == ("run", "data changed: data.folder")  # not skipped with a newer identity
+
+
 def test_data_identity_of_bundled_and_uncatalogued_names(tmp_path):
     ident = DataIdentity()
     assert ident.of(load_config(VPT, [])) == {"data.digits": "bundled"}

@@ -191,12 +191,13 @@ def _file_dataset(path: str) -> str:
 
 
 def run_cell(config: str, overrides: Sequence[str], out_dir: str, threads: int | None = None,
-             resume: bool = False) -> dict[str, Any]:  # fmt: skip
+             resume: bool = False, data: Mapping[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
     """Run one cell (in this process) as ``ctta run config overrides log.out_dir=out_dir overwrite=true``.
 
     With ``resume`` it first tries ``resume=true`` (the runner restores the matching checkpoint with the most
     progress); when the runner refuses (no checkpoint matches the full fingerprint, data included; none readable)
-    the cell runs afresh with ``overwrite=true``.
+    the cell runs afresh with ``overwrite=true``. ``data``: the cell's data identity, recorded in its folder once
+    the run has started (earlier results removed), so that a results.json is never paired with a newer identity.
 
     Returns:
         ``{"status", "summary", "error", "seconds", "resumed_from", "note"}``; an exception becomes
@@ -214,7 +215,7 @@ def run_cell(config: str, overrides: Sequence[str], out_dir: str, threads: int |
     err.unlink(missing_ok=True)
     info = {"resumed_from": 0, "note": ""}
     try:
-        res = _run_cell(config, overrides, out_dir, resume, info)
+        res = _run_cell(config, overrides, out_dir, resume, data, info)
         return {"status": "finished", "summary": dict(res["summary"]), "error": "",
                 "seconds": time.perf_counter() - t0, **info}  # fmt: skip
     except Exception as e:  # noqa: BLE001 - every failure is a result of the comparison
@@ -230,21 +231,24 @@ def run_cell(config: str, overrides: Sequence[str], out_dir: str, threads: int |
         torch.set_num_threads(before)
 
 
-def _run_cell(config: str, overrides: Sequence[str], out_dir: str, resume: bool, info: dict) -> dict[str, Any]:
+def _run_cell(config: str, overrides: Sequence[str], out_dir: str, resume: bool, data: Mapping[str, str] | None,
+              info: dict) -> dict[str, Any]:  # fmt: skip
     """``run_cell``'s run: resumed if asked and the runner accepts, else afresh; ``info`` says which."""
     from ctta.runner.config import load_config
     from ctta.runner.outdir import RunError
     from ctta.runner.run import execute, prepare
 
+    ctx = None
     if resume:
         try:
             ctx = prepare(load_config(config, run_overrides(overrides, out_dir, resume=True)))
+            info["resumed_from"] = int(ctx.strategy.seen_samples)
         except RunError as e:  # refused before anything ran (the folder is as it was): start afresh
             info["note"] = f"not resumed: {' '.join(str(e).split())[:300]}"
-        else:
-            info["resumed_from"] = int(ctx.strategy.seen_samples)
-            return execute(ctx, verbose=False)
-    return execute(prepare(load_config(config, run_overrides(overrides, out_dir))), verbose=False)
+    ctx = ctx or prepare(load_config(config, run_overrides(overrides, out_dir)))
+    if data is not None:
+        record(out_dir, data)
+    return execute(ctx, verbose=False)
 
 
 def _init_worker(threads: int) -> None:
@@ -257,9 +261,10 @@ def _init_worker(threads: int) -> None:
 
 
 def _dispatch(cells: list[Cell], jobs: int, threads: int, backend: str, ray_address: str | None,
-              resume: frozenset[Cell] = frozenset()):  # fmt: skip
-    """Yield ``(cell, result dict)`` as cells finish, on the chosen backend (``resume``: cells to resume)."""
-    args = [(c.config, c.overrides, c.out_dir, c in resume) for c in cells]
+              plans: Mapping[Cell, Plan] | None = None):  # fmt: skip
+    """Yield ``(cell, result dict)`` as cells finish, on the chosen backend (``plans``: resume, data identity)."""
+    plans = plans or {}
+    args = [(c.config, c.overrides, c.out_dir, _cell_options(plans.get(c))) for c in cells]
     if not cells:
         return
     if backend == "ray":
@@ -267,19 +272,24 @@ def _dispatch(cells: list[Cell], jobs: int, threads: int, backend: str, ray_addr
         return
     if jobs <= 1:
         for c, a in zip(cells, args):
-            yield c, run_cell(*a[:3], threads=threads, resume=a[3])
+            yield c, run_cell(*a[:3], threads=threads, **a[3])
         return
     import multiprocessing as mp
 
     with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_init_worker,
                              initargs=(threads,)) as pool:  # fmt: skip
-        futures = {pool.submit(run_cell, *a[:3], resume=a[3]): c for c, a in zip(cells, args)}
+        futures = {pool.submit(run_cell, *a[:3], **a[3]): c for c, a in zip(cells, args)}
         try:
             for f in as_completed(futures):
                 yield futures[f], f.result()
         except BaseException:  # interrupted: start no further cell (the unfinished ones rerun next time)
             pool.shutdown(wait=False, cancel_futures=True)
             raise
+
+
+def _cell_options(p: Plan | None) -> dict[str, Any]:
+    """``run_cell``'s keyword arguments from a cell's plan."""
+    return {} if p is None else {"resume": p.action == "resume", "data": p.data}
 
 
 def _ray_results(cells: list[Cell], args: list[tuple], jobs: int, threads: int, address: str | None):
@@ -298,7 +308,7 @@ def _ray_results(cells: list[Cell], args: list[tuple], jobs: int, threads: int, 
         ray.init(address=address, include_dashboard=False, log_to_driver=False, **local)
     env = {"env_vars": {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}}
     task = ray.remote(num_cpus=threads, runtime_env=env)(run_cell)
-    refs = {task.remote(*a[:3], threads=threads, resume=a[3]): c for c, a in zip(cells, args)}
+    refs = {task.remote(*a[:3], threads=threads, **a[3]): c for c, a in zip(cells, args)}
     pending = list(refs)
     try:
         while pending:
@@ -358,9 +368,7 @@ def compare(grid: Grid, out: str | Path = "runs/compare", jobs: int = 1, threads
     for c in cells:
         if c.error or (c in todo and plans[c].why):
             say(f"  {_describe(results[c])}" if c.error else f"  {_name(c)}: runs again ({plans[c].why})")
-        if c in todo:
-            record(c.out_dir, plans[c].data)
-    for i, (cell, res) in enumerate(_dispatch(todo, jobs, threads, backend, ray_address, resume), 1):
+    for i, (cell, res) in enumerate(_dispatch(todo, jobs, threads, backend, ray_address, plans), 1):
         results[cell] = _ran(cell, res, plans[cell])
         say(f"[{i}/{len(todo)}] {_describe(results[cell])}")
     done = [results[c] for c in cells]

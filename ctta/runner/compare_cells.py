@@ -12,12 +12,13 @@ Data identity (``DataIdentity``), cheap by design and computed once per dataset 
 
 - bundled or generated data (``digits``, ``synthetic``, ``noise``; catalogue entries without a folder): the name
   (its parameters are already in the config);
-- a file-backed dataset: every catalogue entry of that name whose folder exists under ``scenario.root``, as the
-  resolved folder plus ``folder_digest``; scenario paths (``corruption_root``, ``image_folder``, ``split_file``)
-  likewise; a name the catalogue does not know: the name only.
+- a file-backed dataset: every catalogue entry of that name whose folder exists under ``scenario.root`` (none:
+  the documented folder, ``missing``), as the resolved folder plus ``folder_digest``; scenario paths
+  (``corruption_root``, ``image_folder``, ``split_file``) likewise; a name the catalogue does not know: the name
+  only.
 
 ``folder_digest`` is a SHA-256 over the folder's listing: every directory (relative path, mtime, sorted entry
-names) and, per file, its size and mtime, except that in a tree of more than ``STAT_ALL_LIMIT`` files the image
+names) and, per file, its size and mtime, except that in a tree of more than ``STAT_ALL_LIMIT`` images the image
 files (by extension) are not ``stat``-ed, only named: a 1.3M-file ImageNet-size tree then costs one directory
 read per folder plus a ``stat`` of every directory and non-image file (split lists, annotations, pickles). What it
 cannot see in such a tree is an image rewritten in place under the same name (its directory's mtime does not
@@ -122,8 +123,9 @@ class DataIdentity:
             return "uncatalogued (name only)"
         if all(e.bundled for e in found):
             return "bundled"
-        folders = dict.fromkeys(str(e.locate(root)) for e in found if not e.bundled)
-        return " | ".join(self.path(f) for f in folders)
+        folders = [e.locate(root) for e in found if not e.bundled]
+        existing = dict.fromkeys(str(f) for f in folders if f.exists()) or [str(folders[0])]
+        return " | ".join(self.path(f) for f in existing)
 
 
 def _params(cfg) -> dict[str, Any]:
