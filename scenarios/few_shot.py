@@ -38,7 +38,9 @@ and ``datasets/*.py`` (folders and split files).
   paths of the split of the same name (``val`` only where the dataset has one; without ``val`` in the file the
   validation set is drawn as above), in the file's order, with the split's labels and class names (ProAPO's own class
   names, e.g. EuroSAT's "annual crop land", are only checked to map to one label each). Entries not found are
-  listed in one error. The index files are per-dataset data and not shipped: take them from the reference.
+  listed in one error. The index files are per-dataset data and not shipped: take them from the reference. On
+  CoOp's split files they hold the very images of the draw above with the same seed (checked for DTD, Pets and Stanford
+  Cars, seeds 1 and 42, 1 and 16 shots, train and validation); they matter where ctta's listing differs (ImageNet).
 
 Deviations: the official few-shot cache ``split_fewshot/*.pkl`` and Dassl's ImageNet ``preprocessed.pkl`` are not
 read (the same images are re-sampled; for ImageNet the images of a class are listed in sorted order, CoOp's in
