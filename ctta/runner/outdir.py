@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,13 +33,16 @@ def _writable_ancestor(path: Path) -> Path:
     return p
 
 
-def check_out_dir(out: str | Path, *, resume: bool = False, overwrite: bool = False) -> None:
+def check_out_dir(out: str | Path, *, resume: bool = False, overwrite: bool = False,
+                  resumable: Callable[[], str | None] | None = None) -> None:
     """Raise ``RunError`` if ``out`` cannot hold this run; writes nothing.
 
     Args:
         out: the run's output folder (``log.out_dir``).
         resume: ``resume=true``: an unfinished run there may be resumed (the checkpoint check follows).
         overwrite: ``overwrite=true``: an earlier run's results may be replaced (its checkpoints are kept).
+        resumable: asked only when an unfinished run is found: ``None`` if this run's strategy can resume, else
+            the reason it cannot (the message then offers ``overwrite=true`` alone, not ``resume=true``).
     """
     out = Path(out)
     ancestor = _writable_ancestor(out)
@@ -60,6 +64,10 @@ def check_out_dir(out: str | Path, *, resume: bool = False, overwrite: bool = Fa
                        f"or choose another log.out_dir")  # fmt: skip
     if (marker.is_file() or ckpts) and not results.is_file() and not resume:
         started = _started(marker)
+        why_not = resumable() if resumable is not None else None
+        if why_not:
+            raise RunError(f"log.out_dir {out} holds an unfinished run{started}; it cannot be resumed ({why_not}): "
+                           f"overwrite=true starts over (its checkpoints are kept), or choose another log.out_dir")
         raise RunError(f"log.out_dir {out} holds an unfinished run{started}; resume=true resumes it (if its config "
                        f"matches), overwrite=true starts over (its checkpoints are kept), or choose another "
                        f"log.out_dir")  # fmt: skip

@@ -63,6 +63,13 @@ class RunContext:
     outputs: bool = True  # this process writes the run's outputs (rank 0, not ``ctta generate``)
 
 
+def _not_resumable(cfg: RunConfig) -> str | None:
+    """Why ``resume=true`` cannot continue this run's strategy (``None``: it can)."""
+    if STRATEGIES.get(cfg.strategy.name).builder.resumable:
+        return None
+    return f"resume=true is supported for online continual learning, not {cfg.strategy.name!r}"
+
+
 def prepare(cfg: RunConfig, outputs: bool = True, label: str | None = None) -> RunContext:
     """Check the output folder, seed, write the resolved config, build benchmark, backbone, evaluator and strategy.
 
@@ -77,7 +84,7 @@ def prepare(cfg: RunConfig, outputs: bool = True, label: str | None = None) -> R
     check_class_count(cfg)
     out = Path(cfg.log.out_dir)
     if outputs:  # before anything loads: a folder we may write, no earlier run to overwrite, a resumable match
-        check_out_dir(out, resume=cfg.resume, overwrite=cfg.overwrite)
+        check_out_dir(out, resume=cfg.resume, overwrite=cfg.overwrite, resumable=lambda: _not_resumable(cfg))
         if cfg.resume:
             _check_resumable(cfg, out / "checkpoints", run_fingerprint(cfg), partial=True)
     dctx = distributed.init_from_env(cfg.device)
