@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ctta.clip_prompting.compound import independent_prompts, normal_prompt
 from ctta.clip_prompting.model import PromptedCLIP
 from ctta.clip_prompting.template import PromptLearnerConfig, PromptLearnerTemplate, init_generator
 from ctta.clip_prompting.text import context_init
@@ -83,10 +84,6 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1
     return F.kl_div(log_p, q, reduction="sum") * t * t / student.numel()
 
 
-def _normal(n: int, d: int, generator: torch.Generator | None = None) -> nn.Parameter:
-    return nn.Parameter(torch.randn(n, d, generator=generator) * 0.02)
-
-
 class CasPLModel(PromptedCLIP):
     """Frozen CLIP + adapting IVLP prompts (``ctx``, ``deep_text``, ``vpt``, ``deep_vision``) with boosting prompts
     (``boost_text``, ``boost_vision``: input layer + deep layers) cascaded in front of them in both towers."""
@@ -103,13 +100,11 @@ class CasPLModel(PromptedCLIP):
             raise ValueError(f"depth_text must be in 1..{n_text} and depth_vision in 1..{n_vis}")
         d, w, n = ctx0.shape[-1], vision_width(clip_model), ctx0.shape[0]
         self.ctx = nn.Parameter(ctx0.to(self.text.cast_dtype))
-        self.deep_text = nn.ParameterList(_normal(n, d, generator) for _ in range(cfg.depth_text - 1))
-        self.vpt = _normal(cfg.n_ctx_vision, w, generator)
-        self.deep_vision = nn.ParameterList(
-            _normal(cfg.n_ctx_vision, w, generator) for _ in range(cfg.depth_vision - 1)
+        self.deep_text, self.vpt, self.deep_vision = independent_prompts(
+            n, d, cfg.n_ctx_vision, w, cfg.depth_text, cfg.depth_vision, generator=generator
         )
-        self.boost_text = nn.ParameterList(_normal(cfg.n_boost, d, generator) for _ in range(cfg.depth_text))
-        self.boost_vision = nn.ParameterList(_normal(cfg.n_boost, w, generator) for _ in range(cfg.depth_vision))
+        self.boost_text = nn.ParameterList(normal_prompt(cfg.n_boost, d, generator) for _ in range(cfg.depth_text))
+        self.boost_vision = nn.ParameterList(normal_prompt(cfg.n_boost, w, generator) for _ in range(cfg.depth_vision))
         self.kd_teacher = [teacher]  # (clip, tokenizer) or None; not a submodule
         self.boosted = False
 

@@ -11,7 +11,8 @@ modules after ``super().__init__``, so the RNG order and the state-dict keys sta
 phrase, or N(0, 0.02^2) without words), ``deep_text[i]`` ``(n, D)`` (N(0, 0.02^2)) and ``coupling``
 (``MaPLeCoupling``); ``prompts()`` returns
 ``(ctx, [P_i], V_0, [V_i])``. The depth J must fit both towers. ``deep_and_coupling`` draws the deep prompts and
-couplings alone (MaPLe+ATP, whose context is not ``context_init``'s).
+couplings alone (MaPLe+ATP, whose context is not ``context_init``'s); ``independent_prompts`` draws IVLP's uncoupled
+text and vision prompts (the MaPLe paper's baseline; PromptSRC and CasPL).
 
 Deviations: none beyond MaPLe's (see ``ctta.strategies.maple``).
 """
@@ -26,7 +27,27 @@ from ctta.clip_prompting.model import PromptedCLIP
 from ctta.clip_prompting.text import context_init
 from ctta.clip_prompting.vision import vision_width
 
-__all__ = ["CompoundPromptedCLIP", "deep_and_coupling"]
+__all__ = ["CompoundPromptedCLIP", "deep_and_coupling", "independent_prompts", "normal_prompt"]
+
+
+def normal_prompt(n: int, d: int, generator: torch.Generator | None = None) -> nn.Parameter:
+    """A prompt ``(n, d)`` drawn from N(0, 0.02^2) (the references' ``nn.init.normal_(std=0.02)``)."""
+    return nn.Parameter(torch.randn(n, d, generator=generator) * 0.02)
+
+
+def independent_prompts(
+    n_text: int, d: int, n_vis: int, w: int, depth_text: int, depth_vision: int, *, generator=None
+) -> tuple[nn.ParameterList, nn.Parameter, nn.ParameterList]:
+    """IVLP's uncoupled prompts (MaPLe's baseline, PromptSRC, CasPL): ``depth_text - 1`` deep text prompts
+    ``(n_text, d)``, then the vision input prompt ``(n_vis, w)`` and ``depth_vision - 1`` deep vision prompts, each
+    ``normal_prompt``, drawn in that order from ``generator`` (None: the global RNG). The caller checks the depths.
+
+    Returns:
+        ``(deep_text, vpt, deep_vision)``.
+    """
+    deep_text = nn.ParameterList(normal_prompt(n_text, d, generator) for _ in range(depth_text - 1))
+    vpt = normal_prompt(n_vis, w, generator)
+    return deep_text, vpt, nn.ParameterList(normal_prompt(n_vis, w, generator) for _ in range(depth_vision - 1))
 
 
 def deep_and_coupling(
@@ -41,7 +62,7 @@ def deep_and_coupling(
     n_layers = min(len(clip_model.transformer.resblocks), len(clip_model.visual.transformer.resblocks))
     if not 1 <= depth <= n_layers:
         raise ValueError(f"depth must be in 1..{n_layers} (layers of the towers), got {depth}")
-    deep = nn.ParameterList(nn.Parameter(torch.randn(n, d, generator=generator) * 0.02) for _ in range(depth - 1))
+    deep = nn.ParameterList(normal_prompt(n, d, generator) for _ in range(depth - 1))
     return deep, MaPLeCoupling(d, vision_width(clip_model), depth, generator=generator)
 
 

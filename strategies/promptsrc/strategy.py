@@ -34,6 +34,7 @@ from ctta.strategies.promptsrc.losses import promptsrc_consistency
 from ctta.strategies.promptsrc.templates import PROMPTSRC_TEMPLATES
 from torch import nn
 
+from ctta.clip_prompting.compound import independent_prompts
 from ctta.clip_prompting.model import PromptedCLIP
 from ctta.clip_prompting.teacher import HAND_CRAFTED, FrozenCLIPTeacher
 from ctta.clip_prompting.template import PromptLearnerConfig, PromptLearnerTemplate, init_generator
@@ -64,10 +65,6 @@ class PromptSRCConfig(PromptLearnerConfig):
     teacher_templates: str = "promptsrc"  # promptsrc (60 templates) | hand ("a photo of a {}.")
 
 
-def _normal(n: int, d: int, generator: torch.Generator | None = None) -> nn.Parameter:
-    return nn.Parameter(torch.randn(n, d, generator=generator) * 0.02)
-
-
 class PromptSRCModel(PromptedCLIP):
     """Frozen CLIP + independent text (``ctx``, ``deep_text``) and vision (``vpt``, ``deep_vision``) prompts, and a
     frozen-CLIP ``teacher``. In training mode ``forward`` also keeps the normalised features in ``self.features``."""
@@ -88,10 +85,8 @@ class PromptSRCModel(PromptedCLIP):
             raise ValueError(f"depth_text must be in 1..{n_text} and depth_vision in 1..{n_vis}")
         d, w = ctx0.shape[-1], vision_width(clip_model)
         self.ctx = nn.Parameter(ctx0.to(self.text.cast_dtype))
-        self.deep_text = nn.ParameterList(_normal(ctx0.shape[0], d, generator) for _ in range(cfg.depth_text - 1))
-        self.vpt = _normal(cfg.n_ctx_vision, w, generator)
-        self.deep_vision = nn.ParameterList(
-            _normal(cfg.n_ctx_vision, w, generator) for _ in range(cfg.depth_vision - 1)
+        self.deep_text, self.vpt, self.deep_vision = independent_prompts(
+            ctx0.shape[0], d, cfg.n_ctx_vision, w, cfg.depth_text, cfg.depth_vision, generator=generator
         )
         templates = TEACHER_TEMPLATES[cfg.teacher_templates]
         self.teacher = FrozenCLIPTeacher(
