@@ -132,6 +132,11 @@ def _loaded(module: str, name: str) -> tuple[type, ...]:
     return (cls,) if isinstance(cls, type) else ()
 
 
+def _said_errors() -> tuple[type, ...]:
+    """ctta's own user errors whose message says what to do: an output folder's, a replay log's missing answer."""
+    return (*_loaded("ctta.runner.outdir", "RunError"), *_loaded("ctta.llm.replay", "LLMReplayMissing"))
+
+
 def _user_message(e: BaseException, cmd: str) -> str:
     """The one-line message for a user error (missing data/weights, config, output folder, divergence, inputs)."""
     from ctta.runner.config import ConfigError
@@ -140,7 +145,7 @@ def _user_message(e: BaseException, cmd: str) -> str:
         return f"config error: {e}"
     if isinstance(e, _loaded("ctta.runner.guards", "DivergenceError")):
         return f"run diverged: {e} (recorded in results.json with status 'diverged')"
-    if isinstance(e, (FileNotFoundError, *_loaded("ctta.runner.outdir", "RunError"))):  # the message says what to do
+    if isinstance(e, (FileNotFoundError, *_said_errors())):  # the message says what to do
         return str(e)
     msg = " ".join(str(e).split())  # refused inputs, a missing extra, weights not available
     return f"{type(e).__name__}: {msg} (ctta --debug {cmd} ... shows the traceback)"
@@ -172,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except Exception as e:
-        if args.debug or not isinstance(e, (*_USER_ERRORS, *_loaded("ctta.runner.outdir", "RunError"))):
+        if args.debug or not isinstance(e, (*_USER_ERRORS, *_said_errors())):
             raise
         print(f"ctta: {_user_message(e, args.cmd)}", file=sys.stderr)
         return 2  # every user error (ConfigError is a ValueError, DivergenceError a RuntimeError): exit code 2
