@@ -20,3 +20,16 @@ def test_missing_replay_answer_is_one_line_exit_2(tmp_path, capsys):
     (line,) = [s for s in err.splitlines() if s.startswith("ctta: replay log")]
     assert f"{log} has no answer for request" in line and "record it with a live backend" in line
     assert "truncated last line" in err  # the killed record was ignored with a warning
+
+
+def test_unloadable_hf_model_is_one_line_exit_2(tmp_path, capsys):
+    """``strategy.llm=hf:<folder>`` naming no model: one line saying to pass a local folder (was an ``OSError``
+    traceback, exit code 1)."""
+    import pytest
+
+    pytest.importorskip("transformers")
+    rc = main(["run", "configs/smoke/ipo_digits.yaml", f"strategy.llm=hf:{tmp_path / 'no-model'}",
+               f"strategy.llm_log={tmp_path / 'new.jsonl'}", f"log.out_dir={tmp_path / 'out'}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert any(s.startswith("ctta: hf:") and "pass a local folder holding it" in s for s in err.splitlines())

@@ -30,7 +30,7 @@ def load_causal_lm(model_id: str, device: str | torch.device | None = None, dtyp
 
     Raises:
         MissingExtraError: transformers is not installed (names ``pip install 'ctta[diffusion]'``).
-        OSError: the model cannot be found (one message: pass a local folder, hf:/path/to/model).
+        FileNotFoundError: the model cannot be found (one message: pass a local folder, hf:/path/to/model).
     """
     transformers = require("transformers", "diffusion", FEATURE)
     kwargs = {"dtype": getattr(torch, dtype)} if dtype else {}
@@ -38,8 +38,8 @@ def load_causal_lm(model_id: str, device: str | torch.device | None = None, dtyp
         tokenizer = transformers.AutoTokenizer.from_pretrained(model_id)
         model = transformers.AutoModelForCausalLM.from_pretrained(model_id, **kwargs)
     except OSError as err:
-        raise OSError(f"hf:{model_id}: cannot load this causal language model ({str(err).splitlines()[0]}); "
-                      f"offline, pass a local folder holding it: hf:/path/to/model") from None
+        raise FileNotFoundError(f"hf:{model_id}: cannot load this causal language model ({str(err).splitlines()[0]}); "
+                                f"offline, pass a local folder holding it: hf:/path/to/model") from None
     return model.to(device or "cpu").eval(), tokenizer
 
 
