@@ -18,8 +18,9 @@ from __future__ import annotations
 import ast
 import importlib.util
 import re
+from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 
@@ -194,7 +195,17 @@ def _module_entries(module: str, path: Path) -> list[IndexEntry]:
             schema = _class_schema(module, cfg) if cfg else {}
             fields, ranges = (None, {}) if schema is None else (tuple(schema), {k: r for k, r in schema.items() if r})
             out.append(IndexEntry(kind, name, builder, module, cfg, fields, _doc_line(tree, builder), about, ranges))
-    return out
+    return _tell_apart(tree, out)
+
+
+def _tell_apart(tree: ast.Module, entries: list[IndexEntry]) -> list[IndexEntry]:
+    """Entries of one kind that share a module are summarised by their builders' docstrings (each would otherwise
+    get the module's one sentence: ``ctta list`` showed promptcam and promptcam_online alike)."""
+    kinds = Counter(e.kind for e in entries)
+    defs = (n for n in ast.walk(tree) if isinstance(n, (ast.ClassDef, ast.FunctionDef)))
+    docs = {n.name: ast.get_docstring(n) or "" for n in defs}
+    return [replace(e, summary=summary(docs.get(e.builder, "")) or e.summary) if kinds[e.kind] > 1 else e
+            for e in entries]
 
 
 def _modules(package: str) -> list[tuple[str, Path]]:
