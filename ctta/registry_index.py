@@ -43,7 +43,7 @@ class IndexEntry:
     config: str | None  # the config class's name (None: the component takes no parameters)
     fields: tuple[str, ...] | None  # the config's field names (None: not resolvable from the source)
     doc: str  # first line of the builder's docstring
-    summary: str = ""  # the module docstring's first sentence, without citations and markup (``ctta list``)
+    summary: str = ""  # module (or, if it registers several, builder) docstring's first sentence (``ctta list``)
     ranges: Mapping[str, Range] = field(default_factory=dict)  # fields declared with ``ctta.fields.ranged``
 
 

@@ -20,7 +20,8 @@ def _line(name: str, text: str) -> str:
 
 
 def component_lines(kind: str) -> list[str]:
-    """``name  summary`` for every built-in component of ``kind`` (summary: its module docstring's first sentence)."""
+    """``name  summary`` for every built-in component of ``kind`` (summary: its module docstring's first sentence;
+    its builder's where one module registers several)."""
     return [_line(name, e.summary) for name, e in sorted(registry_index.entries(kind).items())]
 
 
