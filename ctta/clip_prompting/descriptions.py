@@ -62,9 +62,9 @@ from torch import nn
 
 from ctta.clip_prompting.text_cache import encode_texts
 
-__all__ = ["FORMATS", "PAIR_DEFAULT", "DescriptionBank", "PairwiseBank", "align_classnames", "description_file",
-           "load_alignment", "load_descriptions", "load_pairwise", "load_templates", "match_classnames",
-           "pairwise_files"]
+__all__ = ["FORMATS", "PAIR_DEFAULT", "BankKeyError", "DescriptionBank", "PairwiseBank", "align_classnames",
+           "description_file", "load_alignment", "load_descriptions", "load_pairwise", "load_templates",
+           "match_classnames", "pairwise_files"]
 
 #: official file location per format: (repository@commit, folder in it, file-name pattern, dataset -> stem)
 _COPROMPT_STEMS = {
@@ -217,13 +217,21 @@ def load_alignment(table: str | Path | Mapping[str, str] | None) -> dict[str, st
     return dict(data)
 
 
+class BankKeyError(KeyError, ValueError):
+    """A description bank or prompt file lacks entries the run needs. A ``KeyError`` (a missing key) and a
+    ``ValueError`` (the user's input does not fit), so ``ctta run`` prints its message as one line, exit code 2."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""  # KeyError would quote the message
+
+
 def align_classnames(keys: Sequence[str], classnames: Sequence[str], table: Mapping[str, str] | None = None,
                      what: str = "descriptions") -> list[str]:  # fmt: skip
     """The bank key of each class of ``classnames``: ``table[name]`` (the alignment table, by the ctta name or its
     ``_`` -> space form), else the exact name (``_`` -> space), else its unique case-insensitive match.
 
     Raises:
-        KeyError: classes without a key, all listed in one message (with a few available keys).
+        BankKeyError: classes without a key, all listed in one message (with a few available keys).
     """
     table, known = dict(table or {}), set(keys)
     lower: dict[str, list[str]] = {}
@@ -240,7 +248,7 @@ def align_classnames(keys: Sequence[str], classnames: Sequence[str], table: Mapp
             missing.append(name)
         out.append(key)
     if missing:
-        raise KeyError(f"no {what} for classes {missing} (keys such as {sorted(keys)[:5]}); map them with a "
+        raise BankKeyError(f"no {what} for classes {missing} (keys such as {sorted(keys)[:5]}); map them with a "
                        f"class-name alignment table {{ctta class name: bank key}}")  # fmt: skip
     return out
 

@@ -19,6 +19,7 @@ import json
 import re
 from pathlib import Path
 
+from ctta.clip_prompting.descriptions import BankKeyError
 from ctta.data import catalogue
 
 __all__ = [
@@ -29,7 +30,7 @@ GLOV_FILE = ("utils/discovered_prompts.py of https://github.com/jmiemirza/GLOV (
              "does not ship it: download that file and pass its path)")
 
 # GLOV's dataset names (Dassl class names) -> ctta catalogue names. RESISC45 has no catalogue entry: a scenario on a
-# user's own loader selects it with ``prompts_key: RESISC45``.
+# user's own loader selects it with ``dataset: RESISC45`` (strategy.dataset).
 GLOV_DATASETS: dict[str, str] = {
     "ImageNet": "imagenet", "ImageNetV2": "imagenet_v2", "ImageNetSketch": "imagenet_sketch",
     "ImageNetA": "imagenet_a", "ImageNetR": "imagenet_r", "Caltech101": "caltech101", "OxfordPets": "pets",
@@ -83,8 +84,8 @@ def glov_dataset_key(dataset: str) -> str:
     for key, value in GLOV_DATASETS.items():
         if value == name:
             return key
-    raise KeyError(f"dataset {dataset!r} has no GLOV prompts; GLOV's datasets: {sorted(GLOV_DATASETS)} "
-                   f"(set prompts_key to one of them)")
+    raise BankKeyError(f"dataset {dataset!r} has no GLOV prompts; GLOV's datasets: {sorted(GLOV_DATASETS)} "
+                       f"(set strategy.dataset to one of them)")
 
 
 def load_templates(path: str | Path, dataset: str = "", guidance: bool = True) -> list[str]:
