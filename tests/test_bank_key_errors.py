@@ -21,3 +21,10 @@ def test_glov_unknown_dataset_is_one_line_naming_strategy_dataset(tmp_path, caps
     assert rc == 2 and "Traceback" not in err
     (line,) = [s for s in err.splitlines() if "has no GLOV prompts" in s]
     assert "ctta: BankKeyError: dataset 'NoSuchSet'" in line and "set strategy.dataset to one of them" in line
+
+
+def test_glov_prompt_file_without_the_dataset_is_a_value_error():
+    from ctta.strategies.glov.discovered import load_templates
+
+    with pytest.raises(ValueError, match=r"has no entry 'ImageNet'"):  # the smoke file holds digits only
+        load_templates("configs/smoke/data/glov_discovered_prompts.py", dataset="imagenet")

@@ -111,7 +111,7 @@ def load_templates(path: str | Path, dataset: str = "", guidance: bool = True) -
             raise ValueError(f"{path} has no dict {name} (expected {GLOV_FILE})")
         key = dataset if dataset in table else glov_dataset_key(dataset)
         if key not in table:
-            raise KeyError(f"{path}: {name} has no entry {key!r} (has {sorted(table)})")
+            raise BankKeyError(f"{path}: {name} has no entry {key!r} (has {sorted(table)})")
         templates = table[key]
     if not isinstance(templates, list) or not templates or not all(isinstance(t, str) for t in templates):
         raise ValueError(f"{path}: expected a non-empty list of template strings")
