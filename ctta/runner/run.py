@@ -94,8 +94,8 @@ def prepare(cfg: RunConfig, outputs: bool = True, label: str | None = None) -> R
             f"strategy {cfg.strategy.name!r} does not support multi-process runs (WORLD_SIZE={dctx.world}); "
             f"run it in one process (supported: online continual learning and episodic test-time strategies)"
         )
-    if cfg.resume and not strategy_cls.resumable:
-        raise RunError(f"resume=true is supported for online continual learning, not {cfg.strategy.name!r}")
+    if cfg.resume and (why_not := _not_resumable(cfg)):
+        raise RunError(why_not)
     distributed.barrier()  # every rank has checked the folder before rank 0 writes into it
     seed_everything(cfg.seed)
     run_id = uuid.uuid4().hex
