@@ -132,6 +132,13 @@ def _loaded(module: str, name: str) -> tuple[type, ...]:
     return (cls,) if isinstance(cls, type) else ()
 
 
+def _close_progress_bars() -> None:
+    """End the bars a failed run left open, so the error starts its own line (it was appended to the bar's)."""
+    bar_class = getattr(sys.modules.get("tqdm.std"), "tqdm", None)
+    for bar in list(getattr(bar_class, "_instances", ())):
+        bar.close()
+
+
 def _said_errors() -> tuple[type, ...]:
     """ctta's own user errors whose message says what to do: an output folder's, a replay log's missing answer."""
     return (*_loaded("ctta.runner.outdir", "RunError"), *_loaded("ctta.llm.replay", "LLMReplayMissing"))
@@ -179,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if args.debug or not isinstance(e, (*_USER_ERRORS, *_said_errors())):
             raise
+        _close_progress_bars()
         print(f"ctta: {_user_message(e, args.cmd)}", file=sys.stderr)
         return 2  # every user error (ConfigError is a ValueError, DivergenceError a RuntimeError): exit code 2
     finally:
