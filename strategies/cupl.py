@@ -30,7 +30,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ctta.clip_prompting.descriptions import align_classnames, load_alignment, load_descriptions, load_templates
+from ctta.clip_prompting.descriptions import (
+    align_classnames,
+    check_descriptions,
+    load_alignment,
+    load_descriptions,
+    load_templates,
+)
 from ctta.clip_prompting.zero_shot import TextHeadModel, ZeroShotConfig, ZeroShotTemplate, text_cache_of
 from ctta.registry import STRATEGIES
 
@@ -144,6 +150,19 @@ class CuPL(ZeroShotTemplate):
     """CuPL as an Avalanche strategy (zero-shot: a frozen CLIP, a head built from texts)."""
 
     config_class = CuPLConfig
+
+    @classmethod
+    def check_resources(cls, cfg: CuPLConfig) -> None:
+        """The description bank, alignment table and template list resolve; the language model's log/folder/key."""
+        if cfg.descriptions:
+            check_descriptions(cfg.descriptions, cfg.description_format, cfg.dataset)
+        load_alignment(cfg.classname_map)
+        if cfg.variant != "cupl":
+            load_templates(cfg.templates)
+        if cfg.llm:
+            from ctta.llm import check_llm
+
+            check_llm(cfg.llm, cfg.llm_log or None)
 
     @classmethod
     def build_prompted(cls, clip_model, tokenizer, classnames, cfg: CuPLConfig) -> TextHeadModel:

@@ -46,6 +46,7 @@ from ctta.clip_prompting.descriptions import (
     align_classnames,
     load_alignment,
     load_pairwise,
+    pairwise_files,
 )
 from ctta.clip_prompting.template import MASKED_LOGIT
 from ctta.clip_prompting.text_cache import class_embeddings
@@ -162,6 +163,13 @@ class FuDD(ZeroShotTemplate):
     """FuDD as an Avalanche strategy (zero-shot, per-image two-stage classifier)."""
 
     config_class = FuDDConfig
+
+    @classmethod
+    def check_resources(cls, cfg: FuDDConfig) -> None:
+        """FuDD's two files (pairs, class names) and the alignment table resolve, before anything loads."""
+        if cfg.descriptions != "builtin:digits":
+            pairwise_files(cfg.descriptions, cfg.dataset)
+        load_alignment(cfg.classname_map)
 
     @classmethod
     def build_prompted(cls, clip_model, tokenizer, classnames, cfg: FuDDConfig) -> FuDDModel:

@@ -145,6 +145,20 @@ def load_image_descriptions(source: str | Path, dataset: str = "") -> str:
     Raises:
         FileNotFoundError: naming the file and where the official repository keeps it.
     """
+    path = image_descriptions_file(source, dataset)
+    if "eurosat" in path.name.lower():
+        warnings.warn(f"{path.name}: the file {IPO_REPO} ships for EuroSAT describes cars (a copy of Stanford Cars); "
+                      "check your copy", stacklevel=2)
+    return path.read_text(encoding="utf-8").strip()
+
+
+def image_descriptions_file(source: str | Path, dataset: str = "") -> Path:
+    """The file ``load_image_descriptions`` reads (``source`` itself, or ``<dataset>_1_shot_image.txt`` in it).
+
+    Raises:
+        FileNotFoundError: naming the file and where the official repository keeps it. ValueError: a folder and
+            no ``dataset``.
+    """
     path = Path(source)
     if path.is_dir():
         if not dataset:
@@ -155,10 +169,7 @@ def load_image_descriptions(source: str | Path, dataset: str = "") -> str:
             f"IPO image descriptions {path} not found: they are desc/{dataset or '<dataset>'}_1_shot_image.txt in "
             f"{IPO_REPO} (no licence, not shipped with ctta): put your copy there or pass its path"
         )
-    if "eurosat" in path.name.lower():
-        warnings.warn(f"{path.name}: the file {IPO_REPO} ships for EuroSAT describes cars (a copy of Stanford Cars); "
-                      "check your copy", stacklevel=2)
-    return path.read_text(encoding="utf-8").strip()
+    return path
 
 
 def clip_token_count(tokenizer) -> Callable[[str], int] | None:
@@ -194,6 +205,13 @@ class IPO(LLMSearchTemplate):
     """IPO as an Avalanche strategy: an LLM-in-the-loop search of one prompt per train experience (module notes)."""
 
     config_class = IPOConfig
+
+    @classmethod
+    def check_resources(cls, cfg: IPOConfig) -> None:
+        """The language model's (``LLMSearchTemplate``) and the image-descriptions file, before anything loads."""
+        super().check_resources(cfg)
+        if cfg.image_descriptions:
+            image_descriptions_file(cfg.image_descriptions, cfg.dataset)
 
     @classmethod
     def build_prompted(cls, clip_model, tokenizer, classnames: list[str], cfg: IPOConfig) -> TextHeadModel:

@@ -112,6 +112,19 @@ def load_template_file(path: str | Path, sample_size: int = 0, seed: int = 0) ->
     Raises:
         FileNotFoundError: naming the file and where the reference's LAION-COCO templates come from.
     """
+    p = template_file(path)
+    templates = [line.strip() for line in p.read_text(encoding="utf-8").splitlines()]
+    if sample_size:
+        templates = random.Random(seed).sample(templates, min(sample_size, len(templates)))
+    return [t for t in templates if t]
+
+
+def template_file(path: str | Path) -> Path:
+    """``path`` if it is a file (``load_template_file``'s check).
+
+    Raises:
+        FileNotFoundError: naming the file and where the reference's LAION-COCO templates come from.
+    """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(
@@ -119,10 +132,7 @@ def load_template_file(path: str | Path, sample_size: int = 0, seed: int = 0) ->
             "laion_coco_results/laion_coco_samples_size_80_seed_<seed>.txt, sampled by its load_laioncoco_templates.py "
             "from laion_coco_1M_seed_0.txt (a download linked in that script); pass your file (one template per line)"
         )
-    templates = [line.strip() for line in p.read_text(encoding="utf-8").splitlines()]
-    if sample_size:
-        templates = random.Random(seed).sample(templates, min(sample_size, len(templates)))
-    return [t for t in templates if t]
+    return p
 
 
 @dataclass(frozen=True)
@@ -163,6 +173,13 @@ class LLMOptimizer(LLMSearchTemplate):
     """The LLM black-box optimizer as an Avalanche strategy: one template search per train experience."""
 
     config_class = LLMOptimizerConfig
+
+    @classmethod
+    def check_resources(cls, cfg: LLMOptimizerConfig) -> None:
+        """The language model's (``LLMSearchTemplate``) and the initial template file, before anything loads."""
+        super().check_resources(cfg)
+        if cfg.init_templates != "clip80":
+            template_file(cfg.init_templates)
 
     @classmethod
     def build_prompted(cls, clip_model, tokenizer, classnames: list[str], cfg: LLMOptimizerConfig) -> TextHeadModel:

@@ -257,6 +257,16 @@ class PacBayes(SearchTemplate):
 
     config_class = PacBayesConfig
 
+    @classmethod
+    def check_resources(cls, cfg: PacBayesConfig) -> None:
+        """The vocabulary file and a local ``hf:`` prior's folder exist, before anything loads."""
+        if cfg.vocab_file and not Path(cfg.vocab_file).is_file():
+            raise FileNotFoundError(f"pacbayes: vocab_file {cfg.vocab_file} not found (whitespace-separated words)")
+        if cfg.prior.startswith("hf:"):
+            from ctta.llm import check_llm
+
+            check_llm(cfg.prior, None)
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if self.cfg.bound not in KINDS:

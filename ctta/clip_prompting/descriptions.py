@@ -63,8 +63,8 @@ from torch import nn
 from ctta.clip_prompting.text_cache import encode_texts
 
 __all__ = ["FORMATS", "PAIR_DEFAULT", "BankKeyError", "DescriptionBank", "PairwiseBank", "align_classnames",
-           "description_file", "load_alignment", "load_descriptions", "load_pairwise", "load_templates",
-           "match_classnames", "pairwise_files"]
+           "check_descriptions", "description_file", "load_alignment", "load_descriptions", "load_pairwise",
+           "load_templates", "match_classnames", "pairwise_files"]
 
 #: official file location per format: (repository@commit, folder in it, file-name pattern, dataset -> stem)
 _COPROMPT_STEMS = {
@@ -195,6 +195,15 @@ def load_descriptions(source: str | Path, fmt: str = "coprompt", dataset: str = 
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err}); expected {{class name: [descriptions]}}") from err
     return _validate(data, path)
+
+
+def check_descriptions(source: str | Path, fmt: str = "coprompt", dataset: str = "") -> None:
+    """Raise what ``load_descriptions`` raises for a missing file, an unknown format or built-in, without reading
+    the file (a run's early check: CuPL, ProAPO)."""
+    if str(source).startswith("builtin:"):
+        load_descriptions(source, fmt, dataset)  # in memory
+    else:
+        description_file(source, fmt, dataset)  # checks the format too
 
 
 def load_alignment(table: str | Path | Mapping[str, str] | None) -> dict[str, str]:

@@ -36,7 +36,8 @@ from ctta.clip_prompting.search_ops import fitness_scores
 from ctta.clip_prompting.text_cache import encode_texts
 from ctta.clip_prompting.zero_shot import ZeroShotConfig
 
-__all__ = ["LLMSearchConfig", "LLMSearchTemplate", "PromptOptimizer", "Scored", "fill_slot", "search_llm",
+__all__ = ["LLMSearchConfig", "LLMSearchTemplate", "PromptOptimizer", "Scored", "check_search_llm", "fill_slot",
+           "search_llm",
            "texts_for_prompt", "template_scorer"]
 
 
@@ -83,6 +84,13 @@ def search_llm(cfg: LLMSearchConfig, device: Any = None, **backend_options: Any)
         if cfg.llm_base_url:
             options["base_url"] = cfg.llm_base_url
     return make_llm(cfg.llm, cfg.llm_log or None, **options)
+
+
+def check_search_llm(cfg: LLMSearchConfig) -> None:
+    """Check, before anything loads, what ``search_llm(cfg)`` will need from the user (``ctta.llm.check_llm``)."""
+    from ctta.llm import check_llm
+
+    check_llm(cfg.llm, cfg.llm_log or None, cfg.llm_api_key_env, cfg.llm_base_url)
 
 
 def fill_slot(prompt: str, name: str, class_slot: str = "{}") -> str:
@@ -243,6 +251,11 @@ class LLMSearchTemplate(SearchTemplate):
         self.llm_events: list[dict[str, Any]] = []
         self.searches = 0
         self._llm: Any = None
+
+    @classmethod
+    def check_resources(cls, cfg) -> None:
+        """The language model's files and key (``check_search_llm``), before anything loads."""
+        check_search_llm(cfg)
 
     @property
     def llm(self) -> Any:

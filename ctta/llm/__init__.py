@@ -12,10 +12,11 @@ Specs: ``replay`` | ``hf:<hub id or local folder>`` (transformers, extra ``ctta[
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
-from ctta.llm.backends import OpenAICompatibleLM, ScriptedLM
+from ctta.llm.backends import DEFAULT_BASE_URL, OpenAICompatibleLM, ScriptedLM
 from ctta.llm.replay import (
     SAMPLING_DEFAULTS,
     LanguageModel,
@@ -26,8 +27,8 @@ from ctta.llm.replay import (
     request_key,
 )
 
-__all__ = ["LanguageModel", "LLMReplayMissing", "ReplayLog", "ReplayingLM", "SAMPLING_DEFAULTS", "fill_sampling",
-           "make_backend", "make_llm", "request_key"]
+__all__ = ["LanguageModel", "LLMReplayMissing", "ReplayLog", "ReplayingLM", "SAMPLING_DEFAULTS", "check_llm",
+           "fill_sampling", "make_backend", "make_llm", "request_key"]
 
 SPECS = ("replay", "hf:<model id or folder>", "openai:<model>", "scripted:<file.json>")
 
@@ -71,11 +72,45 @@ def make_llm(spec: str | None, log: str | Path | None, **options: Any) -> Replay
     return ReplayingLM(backend, replay_log)
 
 
-def _recorded_name(replay_log: ReplayLog, log: str | Path | None) -> str:
-    if log is None:
+def check_llm(spec: str | None, log: str | Path | None, api_key_env: str = "OPENAI_API_KEY", base_url: str = "",
+              ) -> None:
+    """Check, without loading anything, what ``make_llm(spec, log)`` will need from the user (a run's early check).
+
+    Pure replay: the log exists; ``hf:`` naming a local folder: it exists; ``openai:`` at the default server: the
+    key's environment variable ``api_key_env`` is set (a ``base_url`` server may need none); ``scripted:``: the file.
+
+    Raises:
+        FileNotFoundError: a missing file or folder. ValueError: an unknown spec, replay without log, an unset key.
+    """
+    if spec in (None, "replay"):
+        _check_replay_log(log)
+        return
+    kind, _, arg = spec.partition(":")
+    if not arg or kind not in ("hf", "openai", "scripted"):
+        raise ValueError(f"unknown language model {spec!r}; expected one of {SPECS}")
+    if kind == "scripted" and not Path(arg).is_file():
+        raise FileNotFoundError(f"scripted language model: no file {arg} (a JSON list of responses)")
+    if kind == "hf" and _looks_local(arg) and not Path(arg).expanduser().is_dir():
+        raise FileNotFoundError(f"language model folder {arg} not found (llm=hf:<hub id or local folder>)")
+    if kind == "openai" and base_url in ("", DEFAULT_BASE_URL) and not os.environ.get(api_key_env):
+        raise ValueError(f"llm={spec} needs an API key in the environment variable {api_key_env}, which is not set "
+                         f"(export it, or point llm_base_url at a server that needs none)")
+
+
+def _looks_local(model_id: str) -> bool:
+    """A ``hf:`` argument that is a path, not a hub id (``owner/name`` or ``name``)."""
+    return model_id.startswith(("/", ".", "~")) or "\\" in model_id or model_id.count("/") > 1
+
+
+def _check_replay_log(log: str | Path | None) -> None:
+    if log is None or str(log) == "":
         raise ValueError("llm=replay needs a log file (llm_log=...)")
     if not Path(log).is_file():
         raise FileNotFoundError(f"replay log {log} does not exist: record one with a live backend and this log")
+
+
+def _recorded_name(replay_log: ReplayLog, log: str | Path | None) -> str:
+    _check_replay_log(log)
     models = replay_log.models()
     if len(models) != 1:
         found = f"holds records of {models}" if models else "is empty"

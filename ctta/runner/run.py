@@ -82,6 +82,8 @@ def prepare(cfg: RunConfig, outputs: bool = True, label: str | None = None) -> R
     check_device(cfg.device)
     check_image_size(cfg)
     check_class_count(cfg)
+    # user-supplied files (description banks, replay logs, model folders): before data, weights and the folder
+    STRATEGIES.get(cfg.strategy.name).builder.check_resources(cfg.strategy.params)
     out = Path(cfg.log.out_dir)
     if outputs:  # before anything loads: a folder we may write, no earlier run to overwrite, a resumable match
         check_out_dir(out, resume=cfg.resume, overwrite=cfg.overwrite, resumable=lambda: _not_resumable(cfg))

@@ -115,6 +115,9 @@ class StrategyBase:
             parameters; ``optimizer=None`` = the method's reference optimiser from its config).
         criterion_refusal: why a user ``criterion`` cannot be used (None: it is used).
         train_epochs_refusal: why ``train_epochs`` must be 1 (None: the method uses it).
+
+    ``check_resources(cfg)`` (classmethod) is the optional early check of user-supplied files, called by the
+    runner before anything loads.
     """
 
     config_class: ClassVar[type | None] = None
@@ -225,6 +228,13 @@ class StrategyBase:
     def extra_metrics(cls, cfg) -> tuple:
         """ctta metrics the runner adds to its evaluator for this method (e.g. TPT's top-5)."""
         return ()
+
+    @classmethod
+    def check_resources(cls, cfg) -> None:
+        """Check the files and settings the user must supply for config ``cfg`` (description banks, replay logs, a
+        local model folder, an API key's variable) without loading anything; the runner calls it before data,
+        weights or the output folder. Raises the loader's own error (``FileNotFoundError`` naming the official
+        location, ``ValueError``). Default: nothing to check."""
 
     @classmethod
     def metrics(cls, config=None) -> list:

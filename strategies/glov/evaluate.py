@@ -64,10 +64,20 @@ class GLOV(ZeroShotTemplate):
     config_class = GLOVConfig
 
     @classmethod
-    def build_prompted(cls, clip_model, tokenizer, classnames: list[str], cfg: GLOVConfig) -> TextHeadModel:
+    def check_resources(cls, cfg: GLOVConfig) -> None:
+        """The prompt file resolves and holds the dataset's entry (read as literals, nothing loads)."""
+        cls.templates(cfg)
+
+    @staticmethod
+    def templates(cfg: GLOVConfig) -> list[str]:
+        """The discovered templates ``cfg`` names (``load_templates``)."""
         if not cfg.prompts:
             raise ValueError("glov needs prompts: the path of GLOV's utils/discovered_prompts.py (your copy from "
                              "https://github.com/jmiemirza/GLOV) or a JSON list of templates")
-        templates = load_templates(cfg.prompts, cfg.dataset, cfg.guidance)
+        return load_templates(cfg.prompts, cfg.dataset, cfg.guidance)
+
+    @classmethod
+    def build_prompted(cls, clip_model, tokenizer, classnames: list[str], cfg: GLOVConfig) -> TextHeadModel:
+        templates = cls.templates(cfg)
         return TextHeadModel(clip_model, tokenizer, classnames, ensemble_texts_for(templates),
                              cache=text_cache_of(cfg))

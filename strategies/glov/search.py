@@ -35,6 +35,7 @@ transformers) or a recorded log (``llm: replay``); ``guidance: false`` also runs
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ctta.strategies.glov.discovered import fill_template
@@ -46,6 +47,7 @@ from ctta.clip_prompting.llm_search import (
     LLMSearchConfig,
     PromptOptimizer,
     Scored,
+    check_search_llm,
     fill_slot,
     search_llm,
     template_scorer,
@@ -200,6 +202,14 @@ class GLOVSearch(SearchTemplate):
     """GLOV's guided prompt search (see the module notes); the head is the best templates' ensemble."""
 
     config_class = GLOVSearchConfig
+
+    @classmethod
+    def check_resources(cls, cfg: GLOVSearchConfig) -> None:
+        """The language model's log / folder / key and the meta-prompt file, before anything loads."""
+        check_search_llm(cfg)
+        if cfg.meta_prompt_file and not Path(cfg.meta_prompt_file).is_file():
+            raise FileNotFoundError(f"meta-prompt file {cfg.meta_prompt_file} not found (a JSON object with "
+                                    "system, first, later; leave meta_prompt_file empty for GLOV's wording)")
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

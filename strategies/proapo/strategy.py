@@ -37,6 +37,7 @@ from ctta.strategies.proapo.describe import DescriptionSearch
 from ctta.strategies.proapo.evolve import Evolution, EvolveSettings
 from ctta.strategies.proapo.pools import build_pool, dataset_key, official_settings
 
+from ctta.clip_prompting.descriptions import check_descriptions as check_bank
 from ctta.clip_prompting.descriptions import load_descriptions, match_classnames
 from ctta.clip_prompting.search import (
     FewShotFeatures,
@@ -153,6 +154,14 @@ class ProAPO(SearchTemplate):
     """ProAPO's two-stage search (see the module notes); the texts found are the zero-shot head."""
 
     config_class = ProAPOConfig
+
+    @classmethod
+    def check_resources(cls, cfg: ProAPOConfig) -> None:
+        """The template pool and stage 2's description file resolve, before anything loads."""
+        build_pool(cfg.templates, dataset_key(cfg.dataset), cfg.dataset_types)
+        check_descriptions(cfg)
+        if cfg.mode != "agnostic" and cfg.descriptions:
+            check_bank(cfg.descriptions, cfg.description_format, cfg.dataset)
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
