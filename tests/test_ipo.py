@@ -105,10 +105,11 @@ def test_eurosat_descriptions_warn_of_the_known_bug(tmp_path):
 # ------------------------------------------------------------------------------------- recorded search (smoke)
 LOG = ROOT / "configs" / "smoke" / "llm_logs" / "ipo_digits.jsonl"
 SCRIPT = ROOT / "configs" / "smoke" / "llm_logs" / "ipo_digits_script.json"
-#: the prompts of the recorded smoke search, in order: the initial one, then the parsed answers (the fourth answer
-#: repeats the first and is skipped)
-SMOKE_PROMPTS = ["a photo of a <CLASS>.", "A blurry photo of the digit <CLASS>.", "A handwritten <CLASS>, a digit.",
+#: the prompts of the recorded smoke search, in order: the initial one (words the shipped tiny CLIP never saw), then
+#: the parsed answers (the fourth answer repeats the first and is skipped), with their training scores (1 shot x 5)
+SMOKE_PROMPTS = ["a handwritten digit <CLASS>", "A bag of the digit <CLASS>.", "A blurry photo of a <CLASS>.",
                  "A photo of the number <CLASS> written by hand."]
+SMOKE_SCORES = [80.0, 60.0, 100.0, 80.0]
 
 
 class RaisingLM:
@@ -131,12 +132,13 @@ def test_recorded_smoke_search_replays_identically_and_makes_no_call(tmp_path, m
     assert_base_new_hm(summary)
     rows = json.loads((tmp_path / "run" / "search_history.json").read_text())
     assert [r["candidate"] for r in rows] == SMOKE_PROMPTS
-    assert [r["step"] for r in rows] == [-1, 0, 0, 1]
+    assert [r["step"] for r in rows] == [-1, 0, 0, 1] and [r["score"] for r in rows] == SMOKE_SCORES
     events = json.loads((tmp_path / "run" / "llm_events.json").read_text())
-    skipped = {"experience": 0, "step": 1, "skipped": "A blurry photo of the digit <CLASS>.", "reason": "duplicate"}
+    skipped = {"experience": 0, "step": 1, "skipped": "A bag of the digit <CLASS>.", "reason": "duplicate"}
     assert skipped in events
     best = max(rows, key=lambda r: (r["score"], -r["loss"]))["candidate"]  # training score, then lower loss
-    assert json.loads((tmp_path / "run" / "best_prompt.json").read_text()) == best
+    assert json.loads((tmp_path / "run" / "best_prompt.json").read_text()) == best == SMOKE_PROMPTS[2]
+    assert summary["base_acc"] > 0.8 and summary["new_acc"] > 0.8  # the shipped trained CLIP, not chance
     assert log.read_bytes() == LOG.read_bytes()  # nothing appended
 
 
