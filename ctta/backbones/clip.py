@@ -21,8 +21,10 @@ Deviations / implementation notes:
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +40,7 @@ __all__ = [
     "SHIPPED_CLIP",
     "create_clip",
     "build_clip",
+    "clip_image_size",
 ]
 
 # ctta's shipped tiny CLIP (ctta/pretrained/): pretrained "ctta" = its packaged, sha256-checked weights.
@@ -173,6 +176,61 @@ def _create_tiny(name: str, pretrained: str, precision: str):
     return model
 
 
+def clip_image_size(name: str) -> int | None:
+    """The input side of CLIP ``name``'s image tower, from its config alone (no weights load); None if unknown.
+
+    Args:
+        name: a ``CLIPConfig.model`` (open_clip name, ``/`` accepted for ``-``; or a ctta tiny CLIP name).
+    """
+    name = name.replace("/", "-")
+    if name == SHIPPED_CLIP:
+        from ctta.pretrained.archs import clip_config
+
+        vision = clip_config(0)["vision_cfg"]
+    elif name in TINY_CLIP_CONFIGS:
+        vision = TINY_CLIP_CONFIGS[name]["vision_cfg"]
+    else:
+        import open_clip
+
+        vision = (open_clip.get_model_config(name) or {}).get("vision_cfg", {})
+    size = vision.get("image_size")
+    return int(size[0] if isinstance(size, (list, tuple)) else size) if size else None
+
+
+@contextmanager
+def _open_clip_errors_held():
+    """Hold back the ERROR records open_clip logs while it loads; re-log them only if the load succeeds.
+
+    open_clip ``logging.error``s a failed download or a bad ``pretrained`` value and then raises; ``create_clip``
+    turns that exception into its own message, so the log line would only repeat it (as ``ERROR:root:...``).
+    Records below ERROR (open_clip's warnings) pass through unchanged.
+    """
+    import open_clip
+
+    package = os.path.dirname(open_clip.__file__)
+    held: list[logging.LogRecord] = []
+
+    def hold(record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and record.pathname.startswith(package):
+            held.append(record)
+            return False
+        return True
+
+    loggers = (logging.getLogger(), logging.getLogger("open_clip"))
+    handlers = list(logging.getLogger().handlers)
+    for lg in loggers:
+        lg.addFilter(hold)
+    try:
+        yield
+    finally:
+        for lg in loggers:
+            lg.removeFilter(hold)
+        if not handlers:  # ``logging.error`` configured the root logger on the way: undo that
+            logging.getLogger().handlers[:] = []
+    for record in held:  # the load succeeded after all: nothing supersedes these
+        logging.getLogger(record.name).handle(record)
+
+
 def _create_open_clip(name, pretrained, precision, quick_gelu, allow_mismatch, cache_dir):
     """``open_clip.create_model`` with checked tags/files, the QuickGELU rule and a clear offline error."""
     import open_clip
@@ -184,7 +242,7 @@ def _create_open_clip(name, pretrained, precision, quick_gelu, allow_mismatch, c
         raise ValueError(f"unknown pretrained tag {pretrained!r} for {name}; valid tags: {tags} (or a file path)")
     name, force_qg = _resolve_activation(name, pretrained, quick_gelu, allow_mismatch)
     try:
-        with warnings.catch_warnings(), hub_download_guard():
+        with warnings.catch_warnings(), hub_download_guard(), _open_clip_errors_held():
             warnings.filterwarnings("ignore", message="QuickGELU mismatch")
             model = open_clip.create_model(
                 name, pretrained=pretrained or None, precision=precision, force_quick_gelu=force_qg, cache_dir=cache_dir

@@ -161,42 +161,49 @@ def check_device(device: str) -> None:
 _SCENARIO_SIZE_KEYS = ("resolution", "img_size", "image_size")
 
 
+def _vit_image_size(bp) -> int | None:
+    """The input side of the configured timm ViT (or ``ctta-tiny-vit``), from its config alone; None if unknown."""
+    if bp.model == "ctta-tiny-vit":  # fixed architecture: an img_size override is refused when it builds
+        from ctta.pretrained.archs import VIT_ARCH
+
+        return int(VIT_ARCH["img_size"])
+    if getattr(bp, "img_size", None):
+        return int(bp.img_size)
+    import timm
+
+    pc = timm.get_pretrained_cfg(bp.model) if timm.is_model(bp.model.split(".")[0]) else None
+    return int(pc.input_size[-1]) if pc is not None and pc.input_size else None
+
+
 def _backbone_image_size(cfg: RunConfig) -> int | None:
     """The input side the configured backbone takes, from its config alone (no weights load); None if unknown."""
-    bp = cfg.backbone.params
     if cfg.backbone.name == "vit":
-        if getattr(bp, "img_size", None):
-            return int(bp.img_size)
-        import timm
-
-        pc = timm.get_pretrained_cfg(bp.model) if timm.is_model(bp.model.split(".")[0]) else None
-        return int(pc.input_size[-1]) if pc is not None and pc.input_size else None
+        return _vit_image_size(cfg.backbone.params)
     if cfg.backbone.name == "clip":
-        from ctta.backbones.clip import TINY_CLIP_CONFIGS
+        from ctta.backbones.clip import clip_image_size
 
-        name = bp.model.replace("/", "-")
-        if name in TINY_CLIP_CONFIGS:
-            return int(TINY_CLIP_CONFIGS[name]["vision_cfg"]["image_size"])
-        import open_clip
-
-        mc = open_clip.get_model_config(name)
-        size = (mc or {}).get("vision_cfg", {}).get("image_size")
-        return int(size[0] if isinstance(size, (list, tuple)) else size) if size else None
+        return clip_image_size(cfg.backbone.params.model)
     return None
 
 
 def check_image_size(cfg: RunConfig) -> None:
-    """Raise ``RunError`` (before data and weights load) when the scenario's images cannot enter the backbone."""
+    """Raise ``RunError`` (before data and weights load) when the scenario's images cannot enter the backbone.
+
+    Timm ViTs (``backbone.img_size`` or the weight tag's input size), ``ctta-tiny-vit`` and CLIP image towers
+    (open_clip's model config, ctta's tiny CLIPs) have a fixed input side; a backbone of unknown size passes.
+    """
     key = next((k for k in _SCENARIO_SIZE_KEYS if getattr(cfg.scenario.params, k, None)), None)
     if key is None:
         return
     side, takes = int(getattr(cfg.scenario.params, key)), _backbone_image_size(cfg)
     if takes is None or side == takes:
         return
-    alt = f" or backbone.img_size={side}" if cfg.backbone.name == "vit" else ""
+    model = cfg.backbone.params.model
+    resizable = cfg.backbone.name == "vit" and model != "ctta-tiny-vit"
+    alt = f"backbone.img_size={side}" if resizable else f"a backbone.model that takes {side}-px images"
     raise RunError(
-        f"scenario.{key}={side} but the {cfg.backbone.name} backbone {cfg.backbone.params.model} takes {takes}-px "
-        f"images; set scenario.{key}={takes}{alt}"
+        f"scenario.{key}={side} but the {cfg.backbone.name} backbone {model} takes {takes}-px "
+        f"images; set scenario.{key}={takes} or {alt}"
     )
 
 
