@@ -248,7 +248,7 @@ def test_search_smoke_replays_the_committed_log_with_guidance(tmp_path):
     history = json.loads((tmp_path / "search_history.json").read_text())
     assert guidance and {g["layer"] for g in guidance} == {1} and all(len(g["vector_sha256"]) == 64 for g in guidance)
     assert history[0]["candidate"] == "A photo of a {}." and max(r["score"] for r in history) > history[0]["score"]
-    assert 0.0 <= summary["hm"] <= 1.0
+    assert summary["base_acc"] > 0.8 and summary["new_acc"] > 0.8  # the shipped trained CLIP, not chance
 
 
 def test_steered_generation_recomputes_every_position():

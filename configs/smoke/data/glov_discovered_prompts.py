@@ -6,7 +6,7 @@ lov_templates_clip = {
                'a grey image of a {} written by hand'],
 }
 lov_guidance_templates_clip = {
-    'digits': ["a tiny 8x8 picture of the digit {}, drawn in a single pen stroke.", '"the number {} on a scanned form',
+    'digits': ["a small picture of the digit {}, drawn in one stroke.", '"the number {} on a scanned form',
                'a handwritten numeral, Please replace [digit] with the class name'],
     "EuroSAT": ['a satellite photo of {}.'],
 }
