@@ -91,7 +91,8 @@ def check_llm(spec: str | None, log: str | Path | None, api_key_env: str = "OPEN
     if kind == "scripted" and not Path(arg).is_file():
         raise FileNotFoundError(f"scripted language model: no file {arg} (a JSON list of responses)")
     if kind == "hf" and _looks_local(arg) and not Path(arg).expanduser().is_dir():
-        raise FileNotFoundError(f"language model folder {arg} not found (llm=hf:<hub id or local folder>)")
+        raise FileNotFoundError(f"hf:{arg}: cannot load this causal language model (no such folder); pass a local "
+                                "folder holding it: hf:/path/to/model")
     if kind == "openai" and base_url in ("", DEFAULT_BASE_URL) and not os.environ.get(api_key_env):
         raise ValueError(f"llm={spec} needs an API key in the environment variable {api_key_env}, which is not set "
                          f"(export it, or point llm_base_url at a server that needs none)")
