@@ -196,6 +196,7 @@ def test_smoke_run_summarises_the_bound(tmp_path):
     rows = json.loads((tmp_path / "search_history.json").read_text())
     assert [r["prompt"] for r in rows if r["chosen"]][-1] == result["prompt"]
     assert result["bound"] == min(r["bound"] for r in rows)
+    assert summary["base_acc"] > 0.8 and summary["new_acc"] > 0.8 and result["bound"] < 0.9  # trained CLIP: not chance
 
 
 def test_priors_by_name():
