@@ -17,6 +17,8 @@ Deviations / implementation notes:
 - ``ctta-tiny-clip`` is a tiny randomly initialised CLIP built from a config dict (tests and smoke runs);
   ``ctta-tiny-clip-digits`` is ctta's shipped pretrained tiny CLIP (``ctta.pretrained``; ``pretrained: ctta`` for
   its packaged weights, ``""`` for random init), with a compact-vocabulary tokenizer.
+- a failed open_clip load raises ctta's one message; the ERROR line open_clip logs on the way is held back
+  (``_open_clip_errors_held``); ``clip_image_size`` reads a model's input side without building it.
 """
 
 from __future__ import annotations
@@ -216,17 +218,15 @@ def _open_clip_errors_held():
             return False
         return True
 
-    loggers = (logging.getLogger(), logging.getLogger("open_clip"))
-    handlers = list(logging.getLogger().handlers)
-    for lg in loggers:
-        lg.addFilter(hold)
+    root = logging.getLogger()  # open_clip v3.3.0 logs through the root logger only (``logging.error(...)``)
+    had_handlers = bool(root.handlers)
+    root.addFilter(hold)
     try:
         yield
     finally:
-        for lg in loggers:
-            lg.removeFilter(hold)
-        if not handlers:  # ``logging.error`` configured the root logger on the way: undo that
-            logging.getLogger().handlers[:] = []
+        root.removeFilter(hold)
+        if not had_handlers:  # ``logging.error`` configured the root logger on the way: undo that
+            root.handlers[:] = []
     for record in held:  # the load succeeded after all: nothing supersedes these
         logging.getLogger(record.name).handle(record)
 
