@@ -345,6 +345,14 @@ def llm_search_on_class_incremental(name: str, tiny, answers: list[str], folder:
     return strategy, cc.class_incremental(*cc.digits(40, 40))
 
 
+def changed_by_training(strategy, experience) -> set[str]:
+    """Train ``strategy`` on ``experience`` (its loss must stay finite); the state-dict entries that changed."""
+    frozen = {k: v.clone() for k, v in strategy.model.state_dict().items()}
+    strategy.train(experience)
+    assert torch.isfinite(strategy.loss)
+    return {k for k, v in strategy.model.state_dict().items() if not torch.equal(v, frozen[k])}
+
+
 def assert_base_new_hm(summary: dict[str, Any]) -> None:
     """A base-to-new summary has base/new accuracies and their harmonic mean."""
     assert {"base_acc", "new_acc", "hm"} <= set(summary)

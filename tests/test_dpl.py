@@ -16,7 +16,7 @@ from ctta.clip_prompting.vision import encode_image
 from ctta.data.digits import DIGIT_NAMES
 from ctta.registry import STRATEGIES
 from tests import _conformance_cases as cc
-from tests.helpers import assert_base_new_hm, run_smoke
+from tests.helpers import assert_base_new_hm, changed_by_training, run_smoke
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = list(DIGIT_NAMES[:4])
@@ -135,11 +135,8 @@ def test_only_the_prompts_train(tiny):
     declared = ["ctx", "vis.0", "vis.1", "txt_prompts", *(f"txt_net.linear{i}.{w}" for i in (1, 2)
                                                           for w in ("weight", "bias"))]  # fmt: skip
     assert sorted(trainable) == sorted(declared)
-    frozen = {k: v.clone() for k, v in strategy.model.state_dict().items()}
-    strategy.train(cc.class_incremental(train, test).train_stream[0])
-    changed = {k for k, v in strategy.model.state_dict().items() if not torch.equal(v, frozen[k])}
+    changed = changed_by_training(strategy, cc.class_incremental(train, test).train_stream[0])
     assert changed == set(declared)
-    assert torch.isfinite(strategy.loss)
 
 
 def test_vit_b16_trainable_parameter_count():

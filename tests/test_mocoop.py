@@ -25,7 +25,7 @@ from ctta.clip_prompting.text import encode_words
 from ctta.data.digits import DIGIT_NAMES
 from ctta.registry import STRATEGIES
 from tests import _conformance_cases as cc
-from tests.helpers import assert_base_new_hm, run_smoke
+from tests.helpers import assert_base_new_hm, changed_by_training, run_smoke
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = list(DIGIT_NAMES[:4])
@@ -107,11 +107,8 @@ def test_only_contexts_and_router_train(tiny):
     )  # fmt: skip
     trainable = sorted(n for n, p in strategy.model.named_parameters() if p.requires_grad)
     assert trainable == ["ctx", "router.bias", "router.weight"]
-    frozen = {k: v.clone() for k, v in strategy.model.state_dict().items()}
-    strategy.train(cc.class_incremental(train, test).train_stream[0])
-    changed = {k for k, v in strategy.model.state_dict().items() if not torch.equal(v, frozen[k])}
+    changed = changed_by_training(strategy, cc.class_incremental(train, test).train_stream[0])
     assert changed == {"ctx", "router.bias", "router.weight"}
-    assert torch.isfinite(strategy.loss)
 
 
 def test_base_to_new_end_to_end(tmp_path):

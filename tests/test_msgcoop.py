@@ -15,7 +15,7 @@ from ctta.clip_prompting.template import MASKED_LOGIT
 from ctta.data.digits import DIGIT_NAMES
 from ctta.registry import STRATEGIES
 from tests import _conformance_cases as cc
-from tests.helpers import assert_base_new_hm, run_smoke
+from tests.helpers import assert_base_new_hm, changed_by_training, run_smoke
 
 ROOT = Path(__file__).resolve().parents[1]
 DESC = "builtin:digits"
@@ -105,11 +105,8 @@ def test_only_the_contexts_train(tiny):
     strategy = _strategy(model, tok, n_prompts=2, ctx_init="", n_ctx=2)
     trainable = [n for n, p in strategy.model.named_parameters() if p.requires_grad]
     assert trainable == ["ctx"]
-    frozen = {k: v.clone() for k, v in strategy.model.state_dict().items()}
-    strategy.train(cc.class_incremental(train, test).train_stream[0])
-    changed = {k for k, v in strategy.model.state_dict().items() if not torch.equal(v, frozen[k])}
+    changed = changed_by_training(strategy, cc.class_incremental(train, test).train_stream[0])
     assert changed == {"ctx"}
-    assert torch.isfinite(strategy.loss)
 
 
 def test_class_incremental_stream_and_tpt_handoff(tiny):
