@@ -41,7 +41,7 @@ from ctta.clip_prompting.model import clip_parts
 from ctta.fields import ranged
 from ctta.registry import STRATEGIES
 from ctta.templates.base import split_arguments
-from ctta.templates.benchmark_info import benchmark_info
+from ctta.templates.benchmark_info import required_classnames
 from ctta.templates.transductive import TransductiveTemplate, UnlabelledImages
 
 __all__ = ["TFUP", "TFUPConfig", "TFUPModel", "TFUPT", "TFUPTConfig", "kl_matrix", "kl_similarity",
@@ -236,10 +236,7 @@ class TFUP(TransductiveTemplate):
 
     @classmethod
     def benchmark_kwargs(cls, cfg, benchmark) -> dict:
-        names = benchmark_info(benchmark).classnames
-        if not names:
-            raise ValueError(f"{cls.__name__} needs a benchmark with class names (benchmark.info.classnames)")
-        return {"classnames": list(names)}
+        return {"classnames": required_classnames(benchmark, cls.__name__)}
 
     def encode_all(self, images: UnlabelledImages) -> torch.Tensor:
         """Raw CLIP features of every target image (centre views), in dataset order."""

@@ -33,6 +33,7 @@ __all__ = [
     "infer_test_dataset",
     "origin_benchmark",
     "origin_info",
+    "required_classnames",
     "stream_classnames",
     "stream_dataset",
     "with_info",
@@ -175,6 +176,18 @@ def benchmark_info(bench) -> BenchmarkInfo:
         classnames=names if names is not None and len(names) == n else None,
         test_dataset=stream_dataset(test) if test is not None else None,
     )
+
+
+def required_classnames(bench, who: str) -> list[str]:
+    """The class names of ``bench``'s record (``benchmark_info``) for a strategy that needs them.
+
+    Raises:
+        ValueError: the record has none (names ``who``).
+    """
+    names = benchmark_info(bench).classnames
+    if not names:
+        raise ValueError(f"{who} needs a benchmark with class names (benchmark.info.classnames)")
+    return list(names)
 
 
 def origin_info(exp) -> BenchmarkInfo | None:

@@ -17,7 +17,7 @@ from ctta.clip_prompting.model import PromptedCLIP, clip_parts
 from ctta.data.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Stats, clip_image_stats, renormalize
 from ctta.metrics import TopKAccuracy
 from ctta.templates.base import split_arguments
-from ctta.templates.benchmark_info import benchmark_info, infer_classnames, origin_info
+from ctta.templates.benchmark_info import infer_classnames, origin_info, required_classnames
 from ctta.templates.test_time import TestTimeTemplate
 
 __all__ = ["PromptTuningTemplate"]
@@ -139,10 +139,7 @@ class PromptTuningTemplate(TestTimeTemplate):
 
     @classmethod
     def benchmark_kwargs(cls, cfg, benchmark) -> dict:
-        names = benchmark_info(benchmark).classnames
-        if not names:
-            raise ValueError(f"{cls.__name__} needs a benchmark with class names (benchmark.info.classnames)")
-        return {"classnames": list(names)}
+        return {"classnames": required_classnames(benchmark, cls.__name__)}
 
 
 def _as_stats(value) -> Stats | None:
