@@ -200,8 +200,8 @@ class LAPT(OODPromptLearnerTemplate):
 
     @classmethod
     def build_prompted(cls, clip_model, tokenizer, classnames, cfg: LAPTConfig) -> LAPTModel:
-        negatives = mine_for(clip_model, tokenizer, classnames, cfg, cfg.n_negatives)
-        train_negatives = mine_for(clip_model, tokenizer, classnames, cfg, cfg.n_negatives_train)
+        negatives, train_negatives = mine_for(clip_model, tokenizer, classnames, cfg,
+                                              (cfg.n_negatives, cfg.n_negatives_train))  # fmt: skip
         return LAPTModel(clip_model, tokenizer, classnames, cfg, negatives, train_negatives,
                          generator=init_generator(cfg))  # fmt: skip
 

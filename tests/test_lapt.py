@@ -93,3 +93,23 @@ def test_lapt_trains_on_generated_negative_images(tmp_path):
     labels = torch.cat(spy.seen)
     n_id = len(ctx.strategy.model.classnames)
     assert set(labels[labels >= n_id].tolist()) == set(range(n_id, n_id + len(negatives)))
+
+
+def test_mining_several_counts_encodes_the_candidates_once(monkeypatch):
+    """LAPT's test and training negatives come from one mining pass: each candidate list is encoded once, and the
+    labels equal separate minings."""
+    from types import SimpleNamespace
+
+    import ctta.clip_prompting.ood as ood
+    from tests._conformance_cases import tiny_clip
+
+    model, tok = tiny_clip()
+    cfg = SimpleNamespace(nouns=("cat", "dog", "car", "tree", "boat", "lamp"), adjectives=("red", "big", "soft"),
+                          wordnet="", percentile=0.95)  # fmt: skip
+    names = ["zero", "one", "two"]
+    separate = [ood.mine_for(model, tok, names, cfg, n) for n in (6, 3)]
+    calls = []
+    real = ood.FrozenCLIPTeacher
+    monkeypatch.setattr(ood, "FrozenCLIPTeacher", lambda *a, **k: calls.append(tuple(a[2])) or real(*a, **k))
+    assert ood.mine_for(model, tok, names, cfg, (6, 3)) == separate
+    assert len(calls) == len(set(calls)) == 3  # ID prompts, adjective prompts, noun prompts: once each

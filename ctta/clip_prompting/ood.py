@@ -36,16 +36,27 @@ def ood_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits[keep], y[keep]) if keep.any() else logits.sum() * 0.0
 
 
-def mine_for(clip_model, tokenizer, classnames, cfg, n: int) -> list[str]:
-    """``n`` negative labels for ``classnames`` with ``clip_model``'s text tower, from ``cfg``'s inline ``nouns`` /
-    ``adjectives`` or its ``wordnet`` folder (``ctta.ood_scores.mine_negative_labels`` at ``cfg.percentile``)."""
+def mine_for(clip_model, tokenizer, classnames, cfg, ns: int | tuple[int, ...]) -> list[str] | list[list[str]]:
+    """Negative labels for ``classnames`` with ``clip_model``'s text tower, from ``cfg``'s inline ``nouns`` /
+    ``adjectives`` or its ``wordnet`` folder (``ctta.ood_scores.mine_negative_labels`` at ``cfg.percentile``).
+
+    ``ns``: one count (-> its labels) or several (-> one list per count; the word lists are read and the candidate
+    prompts encoded once for all of them: LAPT mines its test and training negatives from the same WordNet pools).
+    """
     inline = cfg.nouns or cfg.adjectives
     nouns, adjs = (list(cfg.nouns), list(cfg.adjectives)) if inline else load_wordnet_words(cfg.wordnet)
+    encoded: dict[tuple[str, ...], torch.Tensor] = {}
 
     def encode(texts):
-        return FrozenCLIPTeacher(clip_model, tokenizer, texts, ("{}",), round_embeddings=False).text_features
+        key = tuple(texts)
+        if key not in encoded:
+            teacher = FrozenCLIPTeacher(clip_model, tokenizer, texts, ("{}",), round_embeddings=False)
+            encoded[key] = teacher.text_features
+        return encoded[key]
 
-    return mine_negative_labels(encode, classnames, nouns, adjs, n, cfg.percentile)
+    counts = (ns,) if isinstance(ns, int) else tuple(ns)
+    mined = [mine_negative_labels(encode, classnames, nouns, adjs, n, cfg.percentile) for n in counts]
+    return mined[0] if isinstance(ns, int) else mined
 
 
 class NegPromptModel(ContextModel):
